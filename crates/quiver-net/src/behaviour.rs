@@ -1,0 +1,154 @@
+//! The composed libp2p behaviour and how each part is configured.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageId, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
+};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, connection_limits, identify, ping};
+use sha2::{Digest, Sha256};
+
+use crate::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError};
+
+/// The gossip topic of node heartbeats. Scored on its own terms (see [`nodes_topic_params`]).
+pub const NODES_TOPIC: &str = "quiver/1/nodes";
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+}
+
+impl Behaviour {
+    pub(crate) fn new(key: &Keypair, cfg: &NetConfig) -> Result<Self, NetError> {
+        let peer_id = key.public().to_peer_id();
+
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(cfg.max_connections))
+            .with_max_pending_incoming(Some(cfg.max_pending_incoming))
+            .with_max_pending_outgoing(Some(cfg.max_pending_incoming))
+            .with_max_established_per_peer(Some(cfg.max_connections_per_peer));
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                .with_agent_version(cfg.agent_version.clone())
+                .with_push_listen_addr_updates(true)
+                .with_cache_size(256),
+        );
+
+        let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kad_cfg
+            .disjoint_query_paths(true)
+            .set_query_timeout(Duration::from_secs(30))
+            .set_periodic_bootstrap_interval(Some(cfg.kad_bootstrap_interval))
+            // Records are validated by the event loop before they are stored.
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_max_packet_size(16 * 1024);
+        if let Some(r) = NonZeroUsize::new(20) {
+            kad_cfg.set_replication_factor(r);
+        }
+        let store = MemoryStore::with_config(
+            peer_id,
+            MemoryStoreConfig {
+                max_records: 4096,
+                max_value_bytes: 16 * 1024,
+                max_providers_per_key: 64,
+                max_provided_keys: 256,
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
+        kad.set_mode(Some(match cfg.kad_mode {
+            crate::KadMode::Server => kad::Mode::Server,
+            crate::KadMode::Client => kad::Mode::Client,
+        }));
+
+        let gossip_cfg = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(cfg.gossip_heartbeat)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(cfg.gossip_max_message)
+            .message_id_fn(content_message_id)
+            .duplicate_cache_time(Duration::from_secs(120))
+            .build()
+            .map_err(|e| NetError::Config(e.to_string()))?;
+        let mut gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_cfg,
+        )
+        .map_err(|e| NetError::Config(e.to_string()))?;
+        gossipsub
+            .with_peer_score(score_params(), score_thresholds())
+            .map_err(NetError::Config)?;
+
+        Ok(Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+            kad,
+            gossipsub,
+        })
+    }
+}
+
+/// Messages are identified by their content, so the same bytes relayed twice are one message.
+fn content_message_id(m: &gossipsub::Message) -> MessageId {
+    let mut h = Sha256::new();
+    h.update(m.topic.as_str().as_bytes());
+    h.update([0]);
+    h.update(&m.data);
+    MessageId::from(h.finalize()[..20].to_vec())
+}
+
+/// Thresholds below which a peer loses gossip, publishing, then all RPCs.
+pub(crate) fn score_thresholds() -> PeerScoreThresholds {
+    PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    }
+}
+
+fn score_params() -> PeerScoreParams {
+    let mut p = PeerScoreParams::default();
+    // Many honest nodes can share one address on a test host; the loopback range is not a
+    // sign of a Sybil. Real addresses keep the colocation penalty.
+    p.ip_colocation_factor_whitelist = HashSet::from([
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ]);
+    p.topics
+        .insert(IdentTopic::new(NODES_TOPIC).hash(), nodes_topic_params());
+    p
+}
+
+/// Heartbeats are rare (one per node per period), so mesh delivery-rate penalties would punish
+/// honest peers; invalid messages are what this topic punishes.
+fn nodes_topic_params() -> TopicScoreParams {
+    TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        // One invalid heartbeat costs -50; two put the sender below the graylist threshold.
+        // The count decays by 1% a second (half-life about 70 s).
+        invalid_message_deliveries_weight: -50.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..TopicScoreParams::default()
+    }
+}

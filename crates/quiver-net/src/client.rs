@@ -1,0 +1,177 @@
+//! The cloneable handle the rest of QUIVer uses to talk to the network event loop.
+
+use std::collections::BTreeMap;
+
+use libp2p::gossipsub::MessageId;
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::NetError;
+
+/// What the application decided about a gossip message it was handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    /// Valid: deliver and forward.
+    Accept,
+    /// Invalid: drop, do not forward, and lower the score of the peer that sent it.
+    Reject,
+    /// Not for us (e.g. stale): drop without penalty.
+    Ignore,
+}
+
+/// Events the network hands to the application.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A gossip message waiting for validation: answer with [`NetClient::report_validation`].
+    Gossip {
+        topic: String,
+        /// Author of the message (verified by gossipsub's signature check).
+        author: Option<PeerId>,
+        /// The peer that forwarded it to us; it is the one penalised if the message is invalid.
+        propagation_source: PeerId,
+        id: MessageId,
+        data: Vec<u8>,
+    },
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+    /// A new full listen address, ending in `/p2p/<our PeerId>`.
+    NewListenAddr(Multiaddr),
+}
+
+/// One connected peer as the swarm sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    pub addresses: Vec<Multiaddr>,
+    pub agent_version: Option<String>,
+    pub rtt_ms: Option<f64>,
+    pub gossip_score: Option<f64>,
+    pub in_routing_table: bool,
+}
+
+/// A snapshot of the swarm's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetStatus {
+    pub peer_id: PeerId,
+    /// Full listen addresses, each ending in `/p2p/<PeerId>`.
+    pub listen_addrs: Vec<Multiaddr>,
+    pub connected_peers: Vec<PeerId>,
+    pub routing_table_size: usize,
+    pub routing_table: Vec<PeerId>,
+    pub kad_mode: String,
+    /// Topic → number of mesh peers.
+    pub gossip_mesh: BTreeMap<String, usize>,
+}
+
+pub(crate) enum Command {
+    Subscribe {
+        topic: String,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    ReportValidation {
+        id: MessageId,
+        source: PeerId,
+        validation: Validation,
+    },
+    Status {
+        reply: oneshot::Sender<NetStatus>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Shutdown,
+}
+
+/// Cloneable handle to the network event loop. Every call is bounded by the command channel.
+#[derive(Clone, Debug)]
+pub struct NetClient {
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) peer_id: PeerId,
+}
+
+impl NetClient {
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), NetError> {
+        self.tx.send(cmd).await.map_err(|_| NetError::Stopped)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Subscribes to a gossip topic; its messages arrive as [`NetEvent::Gossip`].
+    pub async fn subscribe(&self, topic: impl Into<String>) -> Result<(), NetError> {
+        let topic = topic.into();
+        self.ask(|reply| Command::Subscribe { topic, reply })
+            .await?
+    }
+
+    /// Publishes `data` on `topic`, signed with this node's key.
+    pub async fn publish(&self, topic: impl Into<String>, data: Vec<u8>) -> Result<(), NetError> {
+        let topic = topic.into();
+        self.ask(|reply| Command::Publish { topic, data, reply })
+            .await?
+    }
+
+    /// Reports the application's verdict on a gossip message (exactly once per message).
+    pub async fn report_validation(
+        &self,
+        id: MessageId,
+        source: PeerId,
+        validation: Validation,
+    ) -> Result<(), NetError> {
+        self.send(Command::ReportValidation {
+            id,
+            source,
+            validation,
+        })
+        .await
+    }
+
+    pub async fn status(&self) -> Result<NetStatus, NetError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// Dials an address (with or without `/p2p/<PeerId>`).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Stores a record in the DHT (locally and on the closest peers). Only keys and values that
+    /// pass the event loop's record validation are accepted by other nodes.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::PutRecord { key, value }).await
+    }
+
+    /// Stops the event loop; connections are closed.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+}

@@ -1,0 +1,81 @@
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use serde::{Deserialize, Serialize};
+
+use crate::BootstrapAddr;
+
+/// Whether this node answers DHT queries from others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KadMode {
+    /// Serve the DHT (the default until reachability detection decides per node).
+    #[default]
+    Server,
+    /// Only query the DHT; never added to others' routing tables.
+    Client,
+}
+
+/// Everything the swarm needs to start.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on. A QUIC address with port 0 beside a TCP address with port 0 on
+    /// the same IP gets the port number TCP was given, so one number serves both.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Peers to join through.
+    pub bootstrap: Vec<BootstrapAddr>,
+    pub kad_mode: KadMode,
+    /// Period of the full Kademlia bootstrap (routing-table refresh).
+    pub kad_bootstrap_interval: Duration,
+    /// Period of random walks (lookups of random keys) that keep the routing table full.
+    pub random_walk_interval: Duration,
+    /// Gossipsub heartbeat period (mesh maintenance).
+    pub gossip_heartbeat: Duration,
+    /// Largest gossip message accepted or sent.
+    pub gossip_max_message: usize,
+    /// Connections without activity are closed after this long.
+    pub idle_connection_timeout: Duration,
+    /// Connection limits.
+    pub max_connections: u32,
+    pub max_pending_incoming: u32,
+    pub max_connections_per_peer: u32,
+    /// Capacity of the command and event channels.
+    pub channel_capacity: usize,
+    /// Agent version sent in Identify, e.g. `quiver/0.1.0`.
+    pub agent_version: String,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            listen_addrs: default_listen_addrs(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, true),
+            bootstrap: Vec::new(),
+            kad_mode: KadMode::Server,
+            kad_bootstrap_interval: Duration::from_secs(300),
+            random_walk_interval: Duration::from_secs(60),
+            gossip_heartbeat: Duration::from_secs(1),
+            gossip_max_message: 64 * 1024,
+            idle_connection_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            max_pending_incoming: 64,
+            max_connections_per_peer: 4,
+            channel_capacity: 1024,
+            agent_version: format!("quiver/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// TCP on `ip:port`, and QUIC-v1 on the same IP and port number over UDP when `quic` is set.
+pub fn default_listen_addrs(ip: IpAddr, port: u16, quic: bool) -> Vec<Multiaddr> {
+    let mut addrs = vec![Multiaddr::from(ip).with(Protocol::Tcp(port))];
+    if quic {
+        addrs.push(
+            Multiaddr::from(ip)
+                .with(Protocol::Udp(port))
+                .with(Protocol::QuicV1),
+        );
+    }
+    addrs
+}

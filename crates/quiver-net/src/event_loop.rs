@@ -1,0 +1,704 @@
+//! The one task that owns the `Swarm`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::kad::{self, store::RecordStore};
+use libp2p::metrics::{Metrics, Recorder};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, tcp, tls, yamux};
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tracing::{debug, info, trace, warn};
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, Validation};
+use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, split_peer_id};
+
+/// Prefix of DHT keys holding signed node records: `/quiver/node/<PeerId bytes>`.
+pub const NODE_RECORD_PREFIX: &[u8] = b"/quiver/node/";
+/// Prefix of DHT provider keys for models: `/quiver/model/<sha256 hex>`.
+pub const MODEL_KEY_PREFIX: &[u8] = b"/quiver/model/";
+/// Most addresses taken from one peer's Identify into the routing table.
+const MAX_IDENTIFY_ADDRS: usize = 8;
+const BOOTSTRAP_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The DHT key of `peer`'s node record.
+pub fn node_record_key(peer: &PeerId) -> Vec<u8> {
+    [NODE_RECORD_PREFIX, &peer.to_bytes()].concat()
+}
+
+struct BootstrapState {
+    target: BootstrapAddr,
+    /// Learned on connect when the user gave no `/p2p/<PeerId>`.
+    peer_id: Option<PeerId>,
+    dialing: Option<ConnectionId>,
+    next_attempt: Instant,
+    backoff: Duration,
+    failures: u32,
+}
+
+#[derive(Default)]
+struct PeerMeta {
+    agent_version: Option<String>,
+    rtt: Option<Duration>,
+    addresses: HashSet<Multiaddr>,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    cfg: NetConfig,
+    bootstrap: Vec<BootstrapState>,
+    peers: HashMap<PeerId, PeerMeta>,
+    metrics: Metrics,
+}
+
+/// Builds the swarm, starts listening, and spawns the event loop.
+///
+/// Returns the handle, the bounded stream of events for the application, and the loop's task.
+pub async fn spawn(
+    keypair: libp2p::identity::Keypair,
+    cfg: NetConfig,
+    registry: &mut Registry,
+) -> Result<(NetClient, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
+    let local = keypair.public().to_peer_id();
+    let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
+    let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            (tls::Config::new, noise::Config::new),
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_behaviour(|key| {
+            Behaviour::new(key, &cfg)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
+        .build();
+
+    let (events_tx, events_rx) = mpsc::channel(cfg.channel_capacity);
+    listen(&mut swarm, &cfg, &events_tx).await?;
+
+    let (tx, commands) = mpsc::channel(cfg.channel_capacity);
+    let now = Instant::now();
+    let bootstrap = cfg
+        .bootstrap
+        .iter()
+        .map(|b| BootstrapState {
+            target: b.clone(),
+            peer_id: b.peer_id,
+            dialing: None,
+            next_attempt: now,
+            backoff: BOOTSTRAP_BACKOFF_MIN,
+            failures: 0,
+        })
+        .collect();
+    let event_loop = EventLoop {
+        swarm,
+        commands,
+        events: events_tx,
+        cfg,
+        bootstrap,
+        peers: HashMap::new(),
+        metrics,
+    };
+    let task = tokio::spawn(event_loop.run());
+    Ok((NetClient { tx, peer_id: local }, events_rx, task))
+}
+
+/// Listens on every configured address. TCP first: a QUIC address asking for port 0 then gets
+/// the port number TCP was given on the same IP, so users see one number for both.
+async fn listen(
+    swarm: &mut Swarm<Behaviour>,
+    cfg: &NetConfig,
+    events: &mpsc::Sender<NetEvent>,
+) -> Result<(), NetError> {
+    let local = *swarm.local_peer_id();
+    let listen_err = |addr: &Multiaddr, reason: String| NetError::Listen {
+        addr: addr.clone(),
+        reason,
+    };
+    let mut tcp_ports: HashMap<Multiaddr, u16> = HashMap::new();
+    let (quic, others): (Vec<_>, Vec<_>) = cfg.listen_addrs.iter().partition(|a| is_quic(a));
+    for addr in others {
+        let listener = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| listen_err(addr, e.to_string()))?;
+        let Some((ip, 0)) = ip_and_tcp_port(addr) else {
+            continue;
+        };
+        // Learn the port the OS chose.
+        let learned = timeout(Duration::from_secs(10), async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr {
+                        listener_id,
+                        address,
+                    } if listener_id == listener => {
+                        let port = ip_and_tcp_port(&address).map(|(_, p)| p);
+                        let full = address.with_p2p(local).unwrap_or_else(|a| a);
+                        let _ = events.try_send(NetEvent::NewListenAddr(full));
+                        return port;
+                    }
+                    SwarmEvent::ListenerClosed { listener_id, .. } if listener_id == listener => {
+                        return None;
+                    }
+                    other => trace!(?other, "event before listening"),
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| listen_err(addr, "the listener reported no address".into()))?;
+        tcp_ports.insert(ip, learned);
+    }
+    for addr in quic {
+        let same_port = match ip_and_udp_port(addr) {
+            Some((ip, 0)) => tcp_ports
+                .get(&ip)
+                .map(|p| ip.with(Protocol::Udp(*p)).with(Protocol::QuicV1)),
+            _ => None,
+        };
+        if let Some(same) = same_port {
+            match swarm.listen_on(same.clone()) {
+                Ok(_) => continue,
+                // TCP is enough to take part; QUIC on another port is still better than none.
+                Err(e) => {
+                    warn!(%same, error = %e, "cannot listen for QUIC on the TCP port number; using another")
+                }
+            }
+        }
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| listen_err(addr, e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::QuicV1))
+}
+
+/// `(/ip4|ip6/<ip>, port)` of a TCP address.
+fn ip_and_tcp_port(addr: &Multiaddr) -> Option<(Multiaddr, u16)> {
+    let mut it = addr.iter();
+    let ip = match it.next()? {
+        p @ (Protocol::Ip4(_) | Protocol::Ip6(_)) => Multiaddr::empty().with(p),
+        _ => return None,
+    };
+    match it.next()? {
+        Protocol::Tcp(port) => Some((ip, port)),
+        _ => None,
+    }
+}
+
+fn ip_and_udp_port(addr: &Multiaddr) -> Option<(Multiaddr, u16)> {
+    let mut it = addr.iter();
+    let ip = match it.next()? {
+        p @ (Protocol::Ip4(_) | Protocol::Ip6(_)) => Multiaddr::empty().with(p),
+        _ => return None,
+    };
+    match it.next()? {
+        Protocol::Udp(port) => Some((ip, port)),
+        _ => None,
+    }
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut tick = interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut random_walk = interval(self.cfg.random_walk_interval);
+        random_walk.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                _ = tick.tick() => self.redial_bootstrap(),
+                _ = random_walk.tick() => {
+                    if self.swarm.behaviour_mut().kad.kbuckets().next().is_some() {
+                        self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random());
+                    }
+                }
+            }
+        }
+        info!("network event loop stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Subscribe { topic, reply } => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&IdentTopic::new(topic))
+                    .map(|_| ())
+                    .map_err(|e| NetError::Config(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::Publish { topic, data, reply } => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(IdentTopic::new(topic), data)
+                    .map(|_| ())
+                    .map_err(|e| NetError::Publish(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::ReportValidation {
+                id,
+                source,
+                validation,
+            } => {
+                let acceptance = match validation {
+                    Validation::Accept => MessageAcceptance::Accept,
+                    Validation::Reject => MessageAcceptance::Reject,
+                    Validation::Ignore => MessageAcceptance::Ignore,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::Dial { addr, reply } => {
+                let r = self
+                    .swarm
+                    .dial(addr)
+                    .map_err(|e| NetError::Dial(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::PutRecord { key, value } => {
+                let record = kad::Record::new(key, value);
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    warn!(error = %e, "cannot store DHT record locally");
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn status(&mut self) -> NetStatus {
+        let local = *self.swarm.local_peer_id();
+        let listen_addrs = self
+            .swarm
+            .listeners()
+            .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
+            .collect();
+        let routing_table = self.routing_table();
+        let gossip = &self.swarm.behaviour().gossipsub;
+        let gossip_mesh = gossip
+            .topics()
+            .map(|t| (t.to_string(), gossip.mesh_peers(t).count()))
+            .collect();
+        NetStatus {
+            peer_id: local,
+            listen_addrs,
+            connected_peers: self.swarm.connected_peers().copied().collect(),
+            routing_table_size: routing_table.len(),
+            routing_table,
+            kad_mode: self.swarm.behaviour().kad.mode().to_string(),
+            gossip_mesh,
+        }
+    }
+
+    fn routing_table(&mut self) -> Vec<PeerId> {
+        let mut peers = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                peers.push(*entry.node.key.preimage());
+            }
+        }
+        peers
+    }
+
+    fn peer_infos(&mut self) -> Vec<PeerInfo> {
+        let in_table: HashSet<PeerId> = self.routing_table().into_iter().collect();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        connected
+            .into_iter()
+            .map(|peer_id| {
+                let meta = self.peers.get(&peer_id);
+                PeerInfo {
+                    peer_id,
+                    addresses: meta
+                        .map(|m| m.addresses.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    agent_version: meta.and_then(|m| m.agent_version.clone()),
+                    rtt_ms: meta.and_then(|m| m.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    gossip_score: self.swarm.behaviour().gossipsub.peer_score(&peer_id),
+                    in_routing_table: in_table.contains(&peer_id),
+                }
+            })
+            .collect()
+    }
+
+    /// Dials every bootstrap peer we are not connected to, with exponential backoff per peer.
+    fn redial_bootstrap(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.bootstrap.len() {
+            let b = &self.bootstrap[i];
+            let connected = b.peer_id.is_some_and(|p| self.swarm.is_connected(&p));
+            if connected || b.dialing.is_some() || now < b.next_attempt {
+                continue;
+            }
+            let opts = match b.peer_id {
+                Some(p) => DialOpts::peer_id(p)
+                    .addresses(vec![b.target.addr.clone()])
+                    .build(),
+                None => DialOpts::unknown_peer_id()
+                    .address(b.target.addr.clone())
+                    .build(),
+            };
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => self.bootstrap[i].dialing = Some(id),
+                Err(e) => self.bootstrap_failed(i, &e.to_string()),
+            }
+        }
+    }
+
+    fn bootstrap_failed(&mut self, i: usize, error: &str) {
+        let b = &mut self.bootstrap[i];
+        b.dialing = None;
+        b.failures += 1;
+        b.next_attempt = Instant::now() + b.backoff;
+        // Warn on the first failures, then only when the backoff doubles, so a dead bootstrap
+        // peer does not flood the log while the node keeps serving its other peers.
+        if b.failures <= 3 || b.failures.is_power_of_two() {
+            warn!(bootstrap = %b.target, failures = b.failures, retry_in = ?b.backoff, %error, "bootstrap peer unreachable");
+        }
+        b.backoff = (b.backoff * 2).min(BOOTSTRAP_BACKOFF_MAX);
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(&event);
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or_else(|a| a);
+                let _ = self.events.try_send(NetEvent::NewListenAddr(full));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.peers
+                    .entry(peer_id)
+                    .or_default()
+                    .addresses
+                    .insert(endpoint.get_remote_address().clone());
+                if let Some(i) = self
+                    .bootstrap
+                    .iter()
+                    .position(|b| b.dialing == Some(connection_id))
+                {
+                    let b = &mut self.bootstrap[i];
+                    b.dialing = None;
+                    b.failures = 0;
+                    b.backoff = BOOTSTRAP_BACKOFF_MIN;
+                    b.peer_id = Some(peer_id);
+                    info!(bootstrap = %b.target, %peer_id, "joined through bootstrap peer");
+                    let addr = b.target.addr.clone();
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.add_address(&peer_id, addr);
+                    if let Err(e) = kad.bootstrap() {
+                        debug!(error = %e, "kademlia bootstrap not started");
+                    }
+                }
+                if num_established.get() == 1 {
+                    let _ = self.events.try_send(NetEvent::PeerConnected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                    let _ = self.events.try_send(NetEvent::PeerDisconnected(peer_id));
+                    let now = Instant::now();
+                    for b in self
+                        .bootstrap
+                        .iter_mut()
+                        .filter(|b| b.peer_id == Some(peer_id))
+                    {
+                        b.next_attempt = now + b.backoff;
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                peer_id,
+            } => {
+                if let Some(i) = self
+                    .bootstrap
+                    .iter()
+                    .position(|b| b.dialing == Some(connection_id))
+                {
+                    self.bootstrap_failed(i, &error.to_string());
+                } else {
+                    debug!(?peer_id, %error, "outgoing connection failed");
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                // Garbage on the port, a failed handshake or a connection over the limits.
+                debug!(%send_back_addr, %error, "incoming connection refused");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(event) => {
+                self.metrics.record(&event);
+                if let identify::Event::Received { peer_id, info, .. } = event {
+                    self.on_identify(peer_id, info);
+                }
+            }
+            BehaviourEvent::Ping(event) => {
+                self.metrics.record(&event);
+                if let ping::Event {
+                    peer,
+                    result: Ok(rtt),
+                    ..
+                } = event
+                {
+                    self.peers.entry(peer).or_default().rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Kad(event) => {
+                self.metrics.record(&event);
+                self.on_kad(event);
+            }
+            BehaviourEvent::Gossipsub(event) => {
+                self.metrics.record(&event);
+                if let gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                } = event
+                {
+                    let ev = NetEvent::Gossip {
+                        topic: message.topic.to_string(),
+                        author: message.source,
+                        propagation_source,
+                        id: message_id.clone(),
+                        data: message.data,
+                    };
+                    if self.events.try_send(ev).is_err() {
+                        // The application is behind: drop the message without blaming the sender.
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                MessageAcceptance::Ignore,
+                            );
+                    }
+                }
+            }
+            BehaviourEvent::Limits(never) => match never {},
+        }
+    }
+
+    fn on_identify(&mut self, peer_id: PeerId, info: identify::Info) {
+        if info.protocol_version != IDENTIFY_PROTOCOL {
+            // Not a QUIVer node (e.g. an IPFS peer that found our port): keep our network private.
+            debug!(%peer_id, version = %info.protocol_version, "disconnecting a peer of another network");
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+            return;
+        }
+        let mut agent = info.agent_version;
+        agent.truncate(128);
+        self.peers.entry(peer_id).or_default().agent_version = Some(agent);
+        let serves_dht = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+        if !serves_dht {
+            return;
+        }
+        for addr in info
+            .listen_addrs
+            .into_iter()
+            .filter(|a| is_dialable(a))
+            .take(MAX_IDENTIFY_ADDRS)
+        {
+            let (addr, _) = split_peer_id(addr);
+            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest { request } => match request {
+                kad::InboundRequest::PutRecord {
+                    source,
+                    record: Some(record),
+                    ..
+                } => {
+                    if valid_node_record(&record) {
+                        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                            debug!(error = %e, "DHT record not stored");
+                        }
+                    } else {
+                        debug!(%source, "refused an invalid DHT record");
+                    }
+                }
+                kad::InboundRequest::AddProvider {
+                    record: Some(record),
+                } => {
+                    if record.key.as_ref().starts_with(MODEL_KEY_PREFIX)
+                        && record.key.as_ref().len() <= 128
+                    {
+                        if let Err(e) = self
+                            .swarm
+                            .behaviour_mut()
+                            .kad
+                            .store_mut()
+                            .add_provider(record)
+                        {
+                            debug!(error = %e, "provider record not stored");
+                        }
+                    } else {
+                        debug!(provider = %record.provider, "refused a provider record for a foreign key");
+                    }
+                }
+                _ => {}
+            },
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                ..
+            } => {
+                debug!(%peer, "added to routing table");
+            }
+            kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::Bootstrap(Ok(r)),
+                ..
+            } => {
+                trace!(remaining = r.num_remaining, "kademlia bootstrap step");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A node record must name the peer that signed it, under that peer's key.
+fn valid_node_record(record: &kad::Record) -> bool {
+    let Some(peer_bytes) = record.key.as_ref().strip_prefix(NODE_RECORD_PREFIX) else {
+        return false;
+    };
+    let Ok(peer) = PeerId::from_bytes(peer_bytes) else {
+        return false;
+    };
+    quiver_proto::SignedHeartbeat::decode(&record.value).is_ok_and(|hb| hb.peer_id == peer)
+}
+
+/// Addresses worth putting in the routing table: not unspecified, with a transport we dial.
+fn is_dialable(addr: &Multiaddr) -> bool {
+    let mut ip_ok = false;
+    let mut transport = false;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(ip) => ip_ok = !ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip_ok = !ip.is_unspecified(),
+            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Memory(_) => {
+                ip_ok = true
+            }
+            Protocol::Tcp(port) => transport = port != 0,
+            Protocol::QuicV1 => transport = true,
+            _ => {}
+        }
+    }
+    ip_ok && transport
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialable_addresses() {
+        assert!(is_dialable(&"/ip4/127.0.0.1/tcp/4001".parse().unwrap()));
+        assert!(is_dialable(
+            &"/ip4/127.0.0.1/udp/4001/quic-v1".parse().unwrap()
+        ));
+        assert!(!is_dialable(&"/ip4/0.0.0.0/tcp/4001".parse().unwrap()));
+        assert!(!is_dialable(&"/ip4/127.0.0.1/tcp/0".parse().unwrap()));
+        assert!(!is_dialable(&"/ip4/127.0.0.1/udp/4001".parse().unwrap()));
+    }
+
+    #[test]
+    fn node_records_must_be_signed_by_the_peer_they_name() {
+        let kp = libp2p::identity::Keypair::generate_ed25519();
+        let peer = kp.public().to_peer_id();
+        let hb = quiver_proto::Heartbeat {
+            peer_id: peer.to_bytes(),
+            agent_version: "t".into(),
+            timestamp_ms: 1,
+            ..Default::default()
+        };
+        let value = hb.sign_and_encode(&kp);
+        assert!(valid_node_record(&kad::Record::new(
+            node_record_key(&peer),
+            value.clone()
+        )));
+        let other = PeerId::random();
+        assert!(!valid_node_record(&kad::Record::new(
+            node_record_key(&other),
+            value.clone()
+        )));
+        assert!(!valid_node_record(&kad::Record::new(
+            b"/other/key".to_vec(),
+            value
+        )));
+        assert!(!valid_node_record(&kad::Record::new(
+            node_record_key(&peer),
+            vec![1, 2, 3]
+        )));
+    }
+}

@@ -1,0 +1,171 @@
+//! Heartbeats: the signed node information every node publishes on `quiver/1/nodes`.
+
+use libp2p_identity::{Keypair, PeerId};
+use prost::Message;
+
+use crate::{Heartbeat, ProtoError, SignedRecord, sign};
+
+/// Domain the heartbeat's signature is made for.
+pub const HEARTBEAT_DOMAIN: &str = "quiver/heartbeat/1";
+/// Largest encoded signed heartbeat accepted from a peer.
+pub const MAX_HEARTBEAT_BYTES: usize = 8 * 1024;
+/// Limits on the fields of a heartbeat.
+pub const MAX_LISTEN_ADDRS: usize = 32;
+pub const MAX_ADDR_BYTES: usize = 256;
+pub const MAX_MODELS: usize = 32;
+pub const MAX_MODEL_NAME: usize = 128;
+pub const MAX_AGENT_LEN: usize = 128;
+
+/// A heartbeat whose signature, signer and fields have been checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedHeartbeat {
+    pub peer_id: PeerId,
+    pub heartbeat: Heartbeat,
+}
+
+impl Heartbeat {
+    /// Field checks applied to every heartbeat, ours before sending and peers' after decoding.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        let invalid = |field, reason| Err(ProtoError::Invalid { field, reason });
+        if self.agent_version.len() > MAX_AGENT_LEN {
+            return invalid("agent_version", "too long");
+        }
+        if self.listen_addrs.len() > MAX_LISTEN_ADDRS {
+            return invalid("listen_addrs", "too many");
+        }
+        if self
+            .listen_addrs
+            .iter()
+            .any(|a| a.is_empty() || a.len() > MAX_ADDR_BYTES)
+        {
+            return invalid("listen_addrs", "empty or too long address");
+        }
+        if self.models.len() > MAX_MODELS {
+            return invalid("models", "too many");
+        }
+        for m in &self.models {
+            if m.name.is_empty() || m.name.len() > MAX_MODEL_NAME {
+                return invalid("models.name", "empty or too long");
+            }
+            if m.sha256.len() != 32 {
+                return invalid("models.sha256", "not 32 bytes");
+            }
+        }
+        if !self.cpu_load.is_finite() || self.cpu_load < 0.0 || self.cpu_load > 1024.0 {
+            return invalid("cpu_load", "not a finite load in 0..=1024");
+        }
+        if self.timestamp_ms == 0 {
+            return invalid("timestamp_ms", "missing");
+        }
+        Ok(())
+    }
+
+    /// Signs this heartbeat with the node's key and encodes it for gossip.
+    pub fn sign_and_encode(&self, keypair: &Keypair) -> Vec<u8> {
+        sign(keypair, HEARTBEAT_DOMAIN, self.encode_to_vec()).encode_to_vec()
+    }
+}
+
+impl SignedHeartbeat {
+    /// Decodes and checks a heartbeat received from the network.
+    ///
+    /// Refused: more than [`MAX_HEARTBEAT_BYTES`], undecodable bytes, a signature that does not
+    /// verify, a heartbeat naming another peer than its signer, fields out of their limits.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let signed = SignedRecord::decode_verified(bytes, HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES)?;
+        let heartbeat = Heartbeat::decode(signed.payload.as_slice())?;
+        let named = PeerId::from_bytes(&heartbeat.peer_id).map_err(|_| ProtoError::Invalid {
+            field: "peer_id",
+            reason: "not a PeerId",
+        })?;
+        if named != signed.signer {
+            return Err(ProtoError::PeerMismatch {
+                named: named.to_string(),
+                signer: signed.signer.to_string(),
+            });
+        }
+        heartbeat.validate()?;
+        Ok(SignedHeartbeat {
+            peer_id: named,
+            heartbeat,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelInfo;
+
+    fn sample(kp: &Keypair) -> Heartbeat {
+        Heartbeat {
+            peer_id: kp.public().to_peer_id().to_bytes(),
+            agent_version: "quiver/test".into(),
+            listen_addrs: vec![vec![4, 127, 0, 0, 1, 6, 0x0f, 0xa1]],
+            models: vec![ModelInfo {
+                name: "m".into(),
+                sha256: vec![7; 32],
+            }],
+            cpu_load: 0.25,
+            free_slots: 2,
+            uptime_secs: 10,
+            timestamp_ms: 1_700_000_000_000,
+            seq: 3,
+            queue_depth: 0,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let kp = Keypair::generate_ed25519();
+        let hb = sample(&kp);
+        let got = SignedHeartbeat::decode(&hb.sign_and_encode(&kp)).unwrap();
+        assert_eq!(got.peer_id, kp.public().to_peer_id());
+        assert_eq!(got.heartbeat, hb);
+    }
+
+    #[test]
+    fn heartbeat_for_another_peer_is_refused() {
+        let kp = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519();
+        let hb = sample(&other);
+        assert!(matches!(
+            SignedHeartbeat::decode(&hb.sign_and_encode(&kp)),
+            Err(ProtoError::PeerMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_fields_are_refused() {
+        let kp = Keypair::generate_ed25519();
+        let mut hb = sample(&kp);
+        hb.cpu_load = f32::NAN;
+        assert!(SignedHeartbeat::decode(&hb.sign_and_encode(&kp)).is_err());
+        let mut hb = sample(&kp);
+        hb.models[0].sha256 = vec![1; 3];
+        assert!(SignedHeartbeat::decode(&hb.sign_and_encode(&kp)).is_err());
+        let mut hb = sample(&kp);
+        hb.listen_addrs = vec![vec![1]; MAX_LISTEN_ADDRS + 1];
+        assert!(SignedHeartbeat::decode(&hb.sign_and_encode(&kp)).is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for len in 0..2048 {
+            let bytes: Vec<u8> = (0..len % 300)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            assert!(SignedHeartbeat::decode(&bytes).is_err());
+        }
+        assert!(matches!(
+            SignedHeartbeat::decode(&vec![0u8; MAX_HEARTBEAT_BYTES + 1]),
+            Err(ProtoError::TooLarge { .. })
+        ));
+    }
+}
