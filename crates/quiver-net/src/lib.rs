@@ -16,7 +16,7 @@ pub use client::{NetClient, NetEvent, NetStatus, PeerInfo, Validation};
 pub use config::{KadMode, NetConfig, default_listen_addrs};
 pub use event_loop::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key, spawn};
 pub use libp2p::gossipsub::MessageId;
-pub use libp2p::identity::Keypair;
+pub use libp2p::identity::{KeyType, Keypair};
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 
 /// The Kademlia protocol of QUIVer's private DHT (not IPFS's).

@@ -1,1 +1,25 @@
+//! A QUIVer node: identity, configuration, and node discovery through signed heartbeats, built
+//! on the network layer of `quiver-net`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), quiver_node::NodeError> {
+//! use quiver_node::{Node, NodeConfig};
+//! let node = Node::start(NodeConfig {
+//!     listen_addrs: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid"), "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid")],
+//!     bootstrap_peers: vec!["bootstrap.example.org:4001".parse().expect("valid")],
+//!     ..NodeConfig::default()
+//! })
+//! .await?;
+//! println!("{} knows {} nodes", node.peer_id(), node.known_nodes().len());
+//! # Ok(()) }
+//! ```
 
+pub mod config;
+pub mod discovery;
+pub mod identity;
+mod metrics;
+mod node;
+
+pub use discovery::{KnownNode, NODES_TOPIC};
+pub use node::{AGENT_VERSION, Node, NodeConfig, NodeError, NodeStatus};
+pub use quiver_net::{BootstrapAddr, Multiaddr, PeerId, PeerInfo};

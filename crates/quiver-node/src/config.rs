@@ -1,0 +1,119 @@
+//! The TOML configuration file. Flags and environment variables (handled by the CLI) win over it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Every setting a config file may hold; all optional.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where the identity key (and later state) lives.
+    pub data_dir: Option<PathBuf>,
+    /// TCP port, and the same number for QUIC over UDP. 0 picks a free port.
+    pub port: Option<u16>,
+    /// IP address to listen on.
+    pub listen_ip: Option<IpAddr>,
+    /// Explicit listen multiaddrs (override listen_ip/port).
+    pub listen: Option<Vec<String>>,
+    /// Peers to join through: multiaddrs or host:port.
+    pub bootstrap: Option<Vec<String>>,
+    /// Run as a bootstrap node.
+    pub bootstrap_node: Option<bool>,
+    /// Address of the local control API, e.g. "127.0.0.1:4080"; "off" disables it.
+    pub api: Option<String>,
+    /// Listen on QUIC beside TCP.
+    pub quic: Option<bool>,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval_secs: Option<u64>,
+    /// "text" or "json".
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// `$XDG_DATA_HOME/quiver`, else `$HOME/.local/share/quiver`, else `./quiver-data`.
+pub fn default_data_dir() -> PathBuf {
+    let non_empty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(x) = non_empty("XDG_DATA_HOME") {
+        return x.join("quiver");
+    }
+    if let Some(h) = non_empty("HOME") {
+        return h.join(".local/share/quiver");
+    }
+    PathBuf::from("quiver-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_fields_and_refuses_unknown_ones() {
+        let c = FileConfig::parse(
+            r#"
+            data_dir = "/var/lib/quiver"
+            port = 4001
+            listen_ip = "127.0.0.1"
+            bootstrap = ["example.org:4001"]
+            bootstrap_node = true
+            api = "127.0.0.1:0"
+            quic = false
+            heartbeat_interval_secs = 5
+            log_format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.port, Some(4001));
+        assert_eq!(
+            c.bootstrap.as_deref(),
+            Some(&["example.org:4001".to_string()][..])
+        );
+        assert!(FileConfig::parse("prot = 1").unwrap_err().contains("prot"));
+        assert!(FileConfig::parse("port = 99999").is_err());
+        assert!(FileConfig::parse("port = [").is_err());
+    }
+}

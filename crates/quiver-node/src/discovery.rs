@@ -1,0 +1,291 @@
+//! Node information sharing: the heartbeats every node publishes on `quiver/1/nodes`, and the
+//! bounded, expiring table of the nodes heard of.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quiver_net::{Multiaddr, PeerId};
+use quiver_proto::{Heartbeat, ProtoError, SignedHeartbeat};
+use serde::Serialize;
+
+/// The gossip topic of heartbeats.
+pub const NODES_TOPIC: &str = "quiver/1/nodes";
+/// A heartbeat dated further than this in the future is ignored (clock skew allowance).
+const MAX_FUTURE_SKEW: Duration = Duration::from_secs(60);
+
+/// What the table says of one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct KnownNode {
+    pub peer_id: PeerId,
+    pub agent_version: String,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub models: Vec<KnownModel>,
+    pub cpu_load: f32,
+    pub free_slots: u32,
+    pub queue_depth: u32,
+    pub uptime_secs: u64,
+    /// Seconds since the last heartbeat was received.
+    pub last_seen_secs: f64,
+    #[serde(skip)]
+    last_seen: Instant,
+    #[serde(skip)]
+    timestamp_ms: u64,
+    #[serde(skip)]
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KnownModel {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// Verdict on a received heartbeat.
+#[derive(Debug, PartialEq)]
+pub enum HeartbeatVerdict {
+    /// New information: stored, and forwarded by gossip.
+    Accepted,
+    /// Valid but not newer than what we have, or dated too far from now: dropped, no penalty.
+    Stale,
+}
+
+/// Why a heartbeat was refused: the peer that forwarded it is penalised.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("heartbeat of {heartbeat} published by {author}")]
+    WrongAuthor { heartbeat: PeerId, author: String },
+}
+
+/// Bounded table of the nodes heard of; entries expire when their heartbeats stop.
+#[derive(Debug)]
+pub struct NodeTable {
+    nodes: HashMap<PeerId, KnownNode>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl NodeTable {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        NodeTable {
+            nodes: HashMap::new(),
+            capacity: capacity.max(1),
+            ttl,
+        }
+    }
+
+    /// Checks a heartbeat received by gossip from `author` and stores it if it is news.
+    pub fn on_heartbeat(
+        &mut self,
+        data: &[u8],
+        author: Option<PeerId>,
+        local: PeerId,
+    ) -> Result<HeartbeatVerdict, HeartbeatError> {
+        let SignedHeartbeat { peer_id, heartbeat } = SignedHeartbeat::decode(data)?;
+        // Only a node itself publishes its heartbeat; a relayed copy under another author is
+        // someone replaying it.
+        if author != Some(peer_id) {
+            return Err(HeartbeatError::WrongAuthor {
+                heartbeat: peer_id,
+                author: author
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "nobody".into()),
+            });
+        }
+        let now = now_ms();
+        let too_new = heartbeat.timestamp_ms > now + MAX_FUTURE_SKEW.as_millis() as u64;
+        let too_old = heartbeat.timestamp_ms + (self.ttl.as_millis() as u64) < now;
+        if peer_id == local || too_new || too_old {
+            return Ok(HeartbeatVerdict::Stale);
+        }
+        if let Some(known) = self.nodes.get(&peer_id)
+            && (heartbeat.timestamp_ms, heartbeat.seq) <= (known.timestamp_ms, known.seq)
+        {
+            return Ok(HeartbeatVerdict::Stale);
+        }
+        self.insert(peer_id, heartbeat);
+        Ok(HeartbeatVerdict::Accepted)
+    }
+
+    fn insert(&mut self, peer_id: PeerId, hb: Heartbeat) {
+        if !self.nodes.contains_key(&peer_id) && self.nodes.len() >= self.capacity {
+            // Full: the node heard of least recently makes room.
+            if let Some(oldest) = self
+                .nodes
+                .values()
+                .min_by_key(|n| n.last_seen)
+                .map(|n| n.peer_id)
+            {
+                self.nodes.remove(&oldest);
+            }
+        }
+        let listen_addrs = hb
+            .listen_addrs
+            .into_iter()
+            .filter_map(|a| Multiaddr::try_from(a).ok())
+            .collect();
+        let models = hb
+            .models
+            .into_iter()
+            .map(|m| KnownModel {
+                name: m.name,
+                sha256: hex(&m.sha256),
+            })
+            .collect();
+        self.nodes.insert(
+            peer_id,
+            KnownNode {
+                peer_id,
+                agent_version: hb.agent_version,
+                listen_addrs,
+                models,
+                cpu_load: hb.cpu_load,
+                free_slots: hb.free_slots,
+                queue_depth: hb.queue_depth,
+                uptime_secs: hb.uptime_secs,
+                last_seen_secs: 0.0,
+                last_seen: Instant::now(),
+                timestamp_ms: hb.timestamp_ms,
+                seq: hb.seq,
+            },
+        );
+    }
+
+    /// Forgets nodes not heard of within the TTL.
+    pub fn expire(&mut self) -> usize {
+        let ttl = self.ttl;
+        let before = self.nodes.len();
+        self.nodes.retain(|_, n| n.last_seen.elapsed() <= ttl);
+        before - self.nodes.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The live entries, most recently heard first.
+    pub fn snapshot(&self) -> Vec<KnownNode> {
+        let mut v: Vec<KnownNode> = self
+            .nodes
+            .values()
+            .filter(|n| n.last_seen.elapsed() <= self.ttl)
+            .cloned()
+            .map(|mut n| {
+                n.last_seen_secs = n.last_seen.elapsed().as_secs_f64();
+                n
+            })
+            .collect();
+        v.sort_by(|a, b| a.last_seen.cmp(&b.last_seen).reverse());
+        v
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// CPU load for heartbeats: the 1-minute load average over the number of cores (Linux), or 0.
+pub(crate) fn cpu_load() -> f32 {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f32;
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f32>().ok())
+        })
+        .map(|l| (l / cores).clamp(0.0, 1024.0))
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_net::Keypair;
+
+    fn heartbeat(kp: &Keypair, seq: u64, timestamp_ms: u64) -> Vec<u8> {
+        Heartbeat {
+            peer_id: kp.public().to_peer_id().to_bytes(),
+            agent_version: "quiver/test".into(),
+            timestamp_ms,
+            seq,
+            ..Default::default()
+        }
+        .sign_and_encode(kp)
+    }
+
+    #[test]
+    fn accepts_news_ignores_stale_rejects_forgeries() {
+        let local = PeerId::random();
+        let mut t = NodeTable::new(10, Duration::from_secs(60));
+        let kp = Keypair::generate_ed25519();
+        let me = Some(kp.public().to_peer_id());
+        let now = now_ms();
+        assert_eq!(
+            t.on_heartbeat(&heartbeat(&kp, 1, now), me, local).unwrap(),
+            HeartbeatVerdict::Accepted
+        );
+        assert_eq!(
+            t.on_heartbeat(&heartbeat(&kp, 1, now), me, local).unwrap(),
+            HeartbeatVerdict::Stale
+        );
+        assert_eq!(
+            t.on_heartbeat(&heartbeat(&kp, 2, now), me, local).unwrap(),
+            HeartbeatVerdict::Accepted
+        );
+        // Far future or long past: dropped without penalty.
+        assert_eq!(
+            t.on_heartbeat(&heartbeat(&kp, 3, now + 3_600_000), me, local)
+                .unwrap(),
+            HeartbeatVerdict::Stale
+        );
+        assert_eq!(
+            t.on_heartbeat(&heartbeat(&kp, 3, now - 3_600_000), me, local)
+                .unwrap(),
+            HeartbeatVerdict::Stale
+        );
+        // Published by someone else, or garbage: refused.
+        let other = Some(PeerId::random());
+        assert!(
+            t.on_heartbeat(&heartbeat(&kp, 4, now), other, local)
+                .is_err()
+        );
+        assert!(t.on_heartbeat(b"garbage", me, local).is_err());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn bounded_and_expiring() {
+        let local = PeerId::random();
+        let mut t = NodeTable::new(3, Duration::from_millis(200));
+        let now = now_ms();
+        for _ in 0..5 {
+            let kp = Keypair::generate_ed25519();
+            t.on_heartbeat(
+                &heartbeat(&kp, 1, now),
+                Some(kp.public().to_peer_id()),
+                local,
+            )
+            .unwrap();
+        }
+        assert_eq!(t.len(), 3);
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(t.snapshot().is_empty());
+        assert_eq!(t.expire(), 3);
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,61 @@
+//! The node's own Prometheus metrics (libp2p's are registered beside them by quiver-net).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct NodeMetrics {
+    pub known_nodes: Gauge,
+    pub connected_peers: Gauge,
+    pub heartbeats_published: Counter,
+    pub heartbeats_received: Family<OutcomeLabel, Counter>,
+}
+
+impl NodeMetrics {
+    pub fn register(registry: &mut Registry, start_unix_secs: i64) -> Self {
+        let m = NodeMetrics::default();
+        let q = registry.sub_registry_with_prefix("quiver");
+        q.register(
+            "known_nodes",
+            "Nodes heard of through heartbeats and not expired",
+            m.known_nodes.clone(),
+        );
+        q.register(
+            "connected_peers",
+            "Peers with at least one open connection",
+            m.connected_peers.clone(),
+        );
+        q.register(
+            "heartbeats_published",
+            "Heartbeats this node published",
+            m.heartbeats_published.clone(),
+        );
+        q.register(
+            "heartbeats_received",
+            "Heartbeats received by gossip, by outcome (accepted, stale, rejected)",
+            m.heartbeats_received.clone(),
+        );
+        q.register(
+            "build",
+            "Version of this node",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let start: Gauge = Gauge::default();
+        start.set(start_unix_secs);
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch",
+            start,
+        );
+        m
+    }
+}

@@ -1,0 +1,354 @@
+//! [`Node`]: a running QUIVer node, and [`NodeConfig`], what it starts from.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use quiver_net::{
+    BootstrapAddr, KadMode, Keypair, Multiaddr, NetClient, NetConfig, NetError, NetEvent,
+    NetStatus, PeerInfo, Protocol, Validation, default_listen_addrs,
+};
+use quiver_proto::Heartbeat;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::discovery::{self, HeartbeatVerdict, KnownNode, NODES_TOPIC, NodeTable};
+use crate::identity::{self, IdentityError};
+use crate::metrics::{NodeMetrics, OutcomeLabel};
+
+/// Version string nodes announce (Identify agent and heartbeats).
+pub const AGENT_VERSION: &str = concat!("quiver/", env!("CARGO_PKG_VERSION"));
+/// Most listen addresses put in a heartbeat.
+const MAX_ADVERTISED_ADDRS: usize = 16;
+/// The node record in the DHT is republished every this many heartbeats.
+const NODE_RECORD_EVERY: u64 = 30;
+
+/// What a node starts from. `NodeConfig::default()` listens on all interfaces on free ports with
+/// a fresh identity that is not stored.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Addresses to listen on (TCP and QUIC-v1 multiaddrs).
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Peers to join through.
+    pub bootstrap_peers: Vec<BootstrapAddr>,
+    /// Directory of the identity key; `None` uses a fresh identity for this run only.
+    pub data_dir: Option<PathBuf>,
+    /// A bootstrap node always serves the DHT and needs no peers itself.
+    pub bootstrap_node: bool,
+    /// Period of heartbeats on `quiver/1/nodes`.
+    pub heartbeat_interval: Duration,
+    /// Nodes not heard of for this long are forgotten.
+    pub node_ttl: Duration,
+    /// Most nodes kept in the table.
+    pub max_known_nodes: usize,
+    /// Period of random DHT walks that keep the routing table full.
+    pub random_walk_interval: Duration,
+    /// Period of full DHT bootstraps.
+    pub kad_bootstrap_interval: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen_addrs: default_listen_addrs(std::net::Ipv4Addr::UNSPECIFIED.into(), 0, true),
+            bootstrap_peers: Vec::new(),
+            data_dir: None,
+            bootstrap_node: false,
+            heartbeat_interval: Duration::from_secs(10),
+            node_ttl: Duration::from_secs(60),
+            max_known_nodes: 10_000,
+            random_walk_interval: Duration::from_secs(60),
+            kad_bootstrap_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+/// A node's view of itself and the network, as `/api/v1/status` serves it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    pub version: String,
+    pub bootstrap_node: bool,
+    pub uptime_secs: u64,
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub peers: Vec<String>,
+    pub routing_table_size: usize,
+    pub routing_table: Vec<String>,
+    pub kad_mode: String,
+    pub gossip_mesh: BTreeMap<String, usize>,
+    pub known_nodes: Vec<KnownNode>,
+}
+
+struct Inner {
+    net: NetClient,
+    keypair: Keypair,
+    config: NodeConfig,
+    started: Instant,
+    table: Mutex<NodeTable>,
+    metrics: NodeMetrics,
+    registry: Registry,
+    listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running node. Cheap to clone; every clone drives the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Starts a node: loads (or creates) its identity, starts the swarm, listens, joins through
+    /// the bootstrap peers (retrying in the background), and starts publishing heartbeats.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let keypair = match &config.data_dir {
+            Some(dir) => identity::load_or_create(dir)?,
+            None => Keypair::generate_ed25519(),
+        };
+        let mut registry = Registry::default();
+        let start_unix = (discovery::now_ms() / 1000) as i64;
+        let metrics = NodeMetrics::register(&mut registry, start_unix);
+        let net_config = NetConfig {
+            listen_addrs: config.listen_addrs.clone(),
+            bootstrap: config.bootstrap_peers.clone(),
+            kad_mode: KadMode::Server,
+            kad_bootstrap_interval: config.kad_bootstrap_interval,
+            random_walk_interval: config.random_walk_interval,
+            agent_version: AGENT_VERSION.to_owned(),
+            ..NetConfig::default()
+        };
+        let (net, events, net_task) =
+            quiver_net::spawn(keypair.clone(), net_config, &mut registry).await?;
+        net.subscribe(NODES_TOPIC).await?;
+        let (listen_tx, listen_rx) = watch::channel(Vec::new());
+        let inner = Arc::new(Inner {
+            net,
+            keypair,
+            table: Mutex::new(NodeTable::new(config.max_known_nodes, config.node_ttl)),
+            config,
+            started: Instant::now(),
+            metrics,
+            registry,
+            listen_addrs: listen_rx,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let node = Node { inner };
+        let tasks = vec![
+            net_task,
+            tokio::spawn(node.clone().handle_events(events, listen_tx)),
+            tokio::spawn(node.clone().publish_heartbeats()),
+        ];
+        *lock(&node.inner.tasks) = tasks;
+        info!(peer_id = %node.peer_id(), "node started");
+        Ok(node)
+    }
+
+    pub fn peer_id(&self) -> quiver_net::PeerId {
+        self.inner.net.peer_id()
+    }
+
+    /// The handle to the network layer, for roles built on top of the node.
+    pub fn net(&self) -> &NetClient {
+        &self.inner.net
+    }
+
+    /// Full listen addresses (ending in `/p2p/<PeerId>`), updated as listeners come up.
+    pub fn listen_addrs(&self) -> watch::Receiver<Vec<Multiaddr>> {
+        self.inner.listen_addrs.clone()
+    }
+
+    /// The nodes heard of through heartbeats.
+    pub fn known_nodes(&self) -> Vec<KnownNode> {
+        lock(&self.inner.table).snapshot()
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let NetStatus {
+            peer_id,
+            listen_addrs,
+            connected_peers,
+            routing_table,
+            kad_mode,
+            gossip_mesh,
+            ..
+        } = self.inner.net.status().await?;
+        let known_nodes = self.known_nodes();
+        Ok(NodeStatus {
+            peer_id: peer_id.to_string(),
+            version: AGENT_VERSION.to_owned(),
+            bootstrap_node: self.inner.config.bootstrap_node,
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
+            connected_peers: connected_peers.len(),
+            peers: connected_peers.iter().map(ToString::to_string).collect(),
+            routing_table_size: routing_table.len(),
+            routing_table: routing_table.iter().map(ToString::to_string).collect(),
+            kad_mode,
+            gossip_mesh,
+            known_nodes,
+        })
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeError> {
+        Ok(self.inner.net.peers().await?)
+    }
+
+    /// All metrics in the Prometheus/OpenMetrics text format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
+            warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// Stops the node: background work ends and connections close.
+    pub async fn shutdown(&self) {
+        self.inner.net.shutdown().await;
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    async fn handle_events(
+        self,
+        mut events: mpsc::Receiver<NetEvent>,
+        listen_tx: watch::Sender<Vec<Multiaddr>>,
+    ) {
+        while let Some(event) = events.recv().await {
+            match event {
+                NetEvent::Gossip {
+                    topic,
+                    author,
+                    propagation_source,
+                    id,
+                    data,
+                } => {
+                    let verdict = if topic == NODES_TOPIC {
+                        self.on_heartbeat(&data, author)
+                    } else {
+                        Validation::Ignore
+                    };
+                    if let Err(e) = self
+                        .inner
+                        .net
+                        .report_validation(id, propagation_source, verdict)
+                        .await
+                    {
+                        debug!(error = %e, "validation not reported");
+                    }
+                }
+                NetEvent::NewListenAddr(addr) => {
+                    info!(%addr, "listening");
+                    listen_tx.send_modify(|v| v.push(addr));
+                }
+                NetEvent::PeerConnected(_) => {
+                    self.inner.metrics.connected_peers.inc();
+                }
+                NetEvent::PeerDisconnected(_) => {
+                    self.inner.metrics.connected_peers.dec();
+                }
+            }
+        }
+    }
+
+    fn on_heartbeat(&self, data: &[u8], author: Option<quiver_net::PeerId>) -> Validation {
+        let mut table = lock(&self.inner.table);
+        let (verdict, outcome) = match table.on_heartbeat(data, author, self.peer_id()) {
+            Ok(HeartbeatVerdict::Accepted) => (Validation::Accept, "accepted"),
+            Ok(HeartbeatVerdict::Stale) => (Validation::Ignore, "stale"),
+            Err(e) => {
+                debug!(?author, error = %e, "rejected a heartbeat");
+                (Validation::Reject, "rejected")
+            }
+        };
+        self.inner.metrics.known_nodes.set(table.len() as i64);
+        self.inner
+            .metrics
+            .heartbeats_received
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        verdict
+    }
+
+    fn heartbeat(&self, seq: u64) -> Heartbeat {
+        let listen_addrs = self
+            .inner
+            .listen_addrs
+            .borrow()
+            .iter()
+            .map(|a| {
+                let (a, _) = quiver_net::split_peer_id(a.clone());
+                a
+            })
+            .filter(|a| {
+                !a.iter()
+                    .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
+            })
+            .take(MAX_ADVERTISED_ADDRS)
+            .map(|a| a.to_vec())
+            .collect();
+        Heartbeat {
+            peer_id: self.peer_id().to_bytes(),
+            agent_version: AGENT_VERSION.to_owned(),
+            listen_addrs,
+            models: Vec::new(),
+            cpu_load: discovery::cpu_load(),
+            free_slots: 0,
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            timestamp_ms: discovery::now_ms(),
+            seq,
+            queue_depth: 0,
+        }
+    }
+
+    async fn publish_heartbeats(self) {
+        let mut tick = tokio::time::interval(self.inner.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        loop {
+            tick.tick().await;
+            seq += 1;
+            let signed = self.heartbeat(seq).sign_and_encode(&self.inner.keypair);
+            match self.inner.net.publish(NODES_TOPIC, signed.clone()).await {
+                Ok(()) => {
+                    self.inner.metrics.heartbeats_published.inc();
+                }
+                // No peers yet: expected right after start.
+                Err(NetError::Publish(e)) => debug!(error = %e, "heartbeat not published"),
+                Err(_) => return,
+            }
+            // The signed heartbeat is also the node's record in the DHT, replicated to the
+            // closest peers, so the node's card outlives its connections.
+            if seq % NODE_RECORD_EVERY == 3 {
+                let key = quiver_net::node_record_key(&self.peer_id());
+                if self.inner.net.put_record(key, signed).await.is_err() {
+                    return;
+                }
+            }
+            let expired = lock(&self.inner.table).expire();
+            if expired > 0 {
+                debug!(expired, "forgot silent nodes");
+            }
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the table stays usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

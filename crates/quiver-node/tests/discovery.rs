@@ -1,0 +1,198 @@
+//! Real nodes in one process on loopback: discovery through the DHT alone, heartbeats heard by
+//! everyone, garbage gossip penalised, identity kept across restarts.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use quiver_net::default_listen_addrs;
+use quiver_node::{BootstrapAddr, NODES_TOPIC, Node, NodeConfig};
+
+fn loopback_config() -> NodeConfig {
+    NodeConfig {
+        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, true),
+        heartbeat_interval: Duration::from_millis(500),
+        node_ttl: Duration::from_secs(30),
+        random_walk_interval: Duration::from_secs(2),
+        kad_bootstrap_interval: Duration::from_secs(10),
+        ..NodeConfig::default()
+    }
+}
+
+/// The TCP address (with `/p2p/`) a node listens on, once it is up.
+async fn tcp_addr(node: &Node) -> BootstrapAddr {
+    let mut rx = node.listen_addrs();
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(a) = rx.borrow().iter().find(|a| a.to_string().contains("/tcp/")) {
+                return a.clone();
+            }
+            rx.changed().await.expect("node stopped");
+        }
+    })
+    .await
+    .expect("node reported no TCP address");
+    addr.to_string().parse().expect("own address parses")
+}
+
+async fn start_network(n: usize) -> Vec<Node> {
+    let boot = Node::start(NodeConfig {
+        bootstrap_node: true,
+        ..loopback_config()
+    })
+    .await
+    .expect("bootstrap starts");
+    let boot_addr = tcp_addr(&boot).await;
+    let mut nodes = vec![boot];
+    for _ in 1..n {
+        let cfg = NodeConfig {
+            bootstrap_peers: vec![boot_addr.clone()],
+            ..loopback_config()
+        };
+        nodes.push(Node::start(cfg).await.expect("node starts"));
+    }
+    nodes
+}
+
+/// Polls `check` until it holds or `limit` passes; returns how long it took.
+async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_nodes_find_each_other_through_the_dht_and_hear_every_heartbeat() {
+    let nodes = start_network(12).await;
+    let ids: Vec<_> = nodes.iter().map(|n| n.peer_id().to_string()).collect();
+
+    let took = eventually(
+        Duration::from_secs(120),
+        "every routing table holds every other node",
+        async || {
+            for (i, node) in nodes.iter().enumerate() {
+                let status = node.status().await.expect("status");
+                let table: HashSet<_> = status.routing_table.into_iter().collect();
+                if ids
+                    .iter()
+                    .enumerate()
+                    .any(|(j, id)| j != i && !table.contains(id))
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    println!("DHT discovery complete after {took:?}");
+
+    let took = eventually(
+        Duration::from_secs(60),
+        "every node heard every other's heartbeat",
+        async || {
+            nodes.iter().enumerate().all(|(i, node)| {
+                let known: HashSet<_> = node
+                    .known_nodes()
+                    .into_iter()
+                    .map(|k| k.peer_id.to_string())
+                    .collect();
+                ids.iter()
+                    .enumerate()
+                    .all(|(j, id)| j == i || known.contains(id))
+            })
+        },
+    )
+    .await;
+    println!("heartbeats from all nodes heard after {took:?}");
+
+    // What a heartbeat says is what the node is.
+    let first = nodes[1].known_nodes();
+    let boot = first
+        .iter()
+        .find(|k| k.peer_id == nodes[0].peer_id())
+        .expect("bootstrap known");
+    assert_eq!(boot.agent_version, quiver_node::AGENT_VERSION);
+    assert!(
+        boot.listen_addrs
+            .iter()
+            .any(|a| a.to_string().starts_with("/ip4/127.0.0.1/tcp/"))
+    );
+    assert!(boot.cpu_load >= 0.0);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_heartbeats_lower_the_senders_score_and_honest_peers_stay() {
+    let nodes = start_network(3).await;
+    let (boot, honest, bad) = (&nodes[0], &nodes[1], &nodes[2]);
+    eventually(
+        Duration::from_secs(60),
+        "bootstrap hears both",
+        async || boot.known_nodes().len() == 2,
+    )
+    .await;
+
+    for i in 0..3u8 {
+        bad.net()
+            .publish(NODES_TOPIC, vec![0xde, 0xad, i])
+            .await
+            .expect("garbage is published");
+    }
+    eventually(
+        Duration::from_secs(30),
+        "bad peer's gossip score below zero at the bootstrap",
+        async || {
+            let peers = boot.peers().await.expect("peers");
+            peers
+                .iter()
+                .any(|p| p.peer_id == bad.peer_id() && p.gossip_score.is_some_and(|s| s < 0.0))
+        },
+    )
+    .await;
+    // The honest peer is unaffected and still heard.
+    let peers = boot.peers().await.expect("peers");
+    let h = peers
+        .iter()
+        .find(|p| p.peer_id == honest.peer_id())
+        .expect("honest peer still connected");
+    assert!(
+        h.gossip_score.is_some_and(|s| s >= 0.0),
+        "honest score {:?}",
+        h.gossip_score
+    );
+    assert!(
+        boot.known_nodes()
+            .iter()
+            .any(|k| k.peer_id == honest.peer_id())
+    );
+    let metrics = boot.metrics_text();
+    assert!(
+        metrics.contains("quiver_heartbeats_received_total{outcome=\"rejected\"}"),
+        "{metrics}"
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn restart_keeps_the_peer_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = NodeConfig {
+        data_dir: Some(dir.path().to_owned()),
+        ..loopback_config()
+    };
+    let a = Node::start(cfg.clone()).await.expect("first start");
+    let first = a.peer_id();
+    a.shutdown().await;
+    let b = Node::start(cfg).await.expect("second start");
+    assert_eq!(b.peer_id(), first);
+    b.shutdown().await;
+}
