@@ -1,1 +1,44 @@
+//! The command-line front of QUIVer: argument parsing, config merging, logging, and the
+//! long-running node process. The binaries in `src/bin/` are thin wrappers around this.
 
+pub mod client;
+pub mod node_cmd;
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for bad input (flags, config file), as clap uses for usage errors.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Logs go to stderr so stdout stays for what users copy (addresses, answers).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn,libp2p_tcp=warn,libp2p_quic=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Prints a usage error naming what was wrong and exits with code 2.
+pub fn usage_error(message: impl std::fmt::Display) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(EXIT_USAGE)
+}
+
+/// File in the data directory where a running node writes its control API address.
+pub fn api_addr_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("api.addr")
+}

@@ -1,1 +1,96 @@
+//! QUIVer's HTTP surfaces. For now: the local control API of a node —
+//! `GET /api/v1/status`, `GET /api/v1/peers` and `GET /metrics` (Prometheus text).
 
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use quiver_node::Node;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// Content type of the metrics page (OpenMetrics text, which Prometheus scrapes).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The control API's routes.
+pub fn api_router(node: Node) -> Router {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/peers", get(peers))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        // Only GETs are served: no request needs a body.
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .with_state(node)
+}
+
+/// Binds the control API; the returned listener's `local_addr` is the address actually used.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })
+}
+
+/// Serves the control API until `shutdown` completes.
+pub async fn serve_api(
+    node: Node,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    axum::serve(listener, api_router(node))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(GatewayError::Serve)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": { "message": message, "code": status.as_u16() } })),
+    )
+        .into_response()
+}
+
+async fn status(State(node): State<Node>) -> Response {
+    match node.status().await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn peers(State(node): State<Node>) -> Response {
+    match node.peers().await {
+        Ok(p) => axum::Json(p).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn metrics(State(node): State<Node>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        node.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; try /api/v1/status, /api/v1/peers or /metrics",
+    )
+}

@@ -1,1 +1,26 @@
-fn main() {}
+//! `quiver-node`: run a QUIVer node (the command the design document promises).
+//!
+//! ```text
+//! quiver-node --bootstrap-node --port 4001
+//! quiver-node --bootstrap /ip4/192.168.1.100/tcp/4001/p2p/<PeerId>
+//! quiver-node --bootstrap your-server.com:4001
+//! ```
+
+use clap::Parser;
+use quiver_cli::node_cmd::{self, NodeArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "quiver-node",
+    version,
+    about = "Run a QUIVer node: a DHT and gossip peer of the network"
+)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    node_cmd::run(Cli::parse().node).await
+}

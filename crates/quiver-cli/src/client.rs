@@ -1,0 +1,159 @@
+//! `quiver status` and `quiver peers`: read a running node's control API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use quiver_node::config::default_data_dir;
+use serde_json::Value;
+
+use crate::api_addr_file;
+use crate::node_cmd::DEFAULT_API;
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Control API of the node to ask. [default: the address the node in --data-dir recorded,
+    /// else 127.0.0.1:4080]
+    #[arg(long, value_name = "ADDR:PORT", env = "QUIVER_API")]
+    pub api: Option<SocketAddr>,
+    /// Data directory of the node to ask.
+    #[arg(long, value_name = "DIR", env = "QUIVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ApiArgs {
+    fn api_addr(&self) -> SocketAddr {
+        if let Some(a) = self.api {
+            return a;
+        }
+        let dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        std::fs::read_to_string(api_addr_file(&dir))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(DEFAULT_API)
+    }
+}
+
+async fn get(args: &ApiArgs, path: &str) -> anyhow::Result<Value> {
+    let addr = args.api_addr();
+    let url = format!("http://{addr}{path}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let resp = client.get(&url).send().await.with_context(|| {
+        format!("no QUIVer node answers at {addr} (is it running? see --api / --data-dir)")
+    })?;
+    if !resp.status().is_success() {
+        bail!("{url} answered {}", resp.status());
+    }
+    resp.json()
+        .await
+        .with_context(|| format!("{url} did not answer JSON"))
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("?")
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn short(id: &str) -> String {
+    if id.len() > 16 {
+        format!("{}…{}", &id[..8], &id[id.len() - 6..])
+    } else {
+        id.to_owned()
+    }
+}
+
+pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
+    let v = get(&args, "/api/v1/status").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("Peer ID:         {}", s(&v, "peer_id"));
+    println!(
+        "Version:         {}{}",
+        s(&v, "version"),
+        if v["bootstrap_node"] == true {
+            " (bootstrap node)"
+        } else {
+            ""
+        }
+    );
+    println!("Uptime:          {}s", n(&v, "uptime_secs"));
+    println!("Listening on:");
+    for a in v["listen_addrs"].as_array().into_iter().flatten() {
+        println!("  {}", a.as_str().unwrap_or("?"));
+    }
+    println!("Connected peers: {}", n(&v, "connected_peers"));
+    println!(
+        "Routing table:   {} peers (DHT mode: {})",
+        n(&v, "routing_table_size"),
+        s(&v, "kad_mode")
+    );
+    let known = v["known_nodes"].as_array().cloned().unwrap_or_default();
+    println!("Known nodes:     {} (from heartbeats)", known.len());
+    for k in &known {
+        println!(
+            "  {:<20} {:<14} load {:>4.2}  slots {:>2}  up {:>6}s  seen {:>4.1}s ago",
+            short(s(k, "peer_id")),
+            s(k, "agent_version"),
+            k["cpu_load"].as_f64().unwrap_or(0.0),
+            n(k, "free_slots"),
+            n(k, "uptime_secs"),
+            k["last_seen_secs"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(())
+}
+
+pub async fn peers(args: ApiArgs) -> anyhow::Result<()> {
+    let v = get(&args, "/api/v1/peers").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let peers = v.as_array().cloned().unwrap_or_default();
+    println!("{} connected peers", peers.len());
+    println!(
+        "{:<54} {:>8} {:>8} {:>4}  {:<14} address",
+        "peer", "rtt ms", "gossip", "dht", "agent"
+    );
+    for p in &peers {
+        let addr = p["addresses"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map(|r| format!("{r:.1}"))
+            .unwrap_or_else(|| "-".into());
+        let score = p["gossip_score"]
+            .as_f64()
+            .map(|r| format!("{r:.1}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<54} {:>8} {:>8} {:>4}  {:<14} {}",
+            s(p, "peer_id"),
+            rtt,
+            score,
+            if p["in_routing_table"] == true {
+                "yes"
+            } else {
+                "no"
+            },
+            p["agent_version"].as_str().unwrap_or("-"),
+            addr
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! `quiver-node` / `quiver node`: run a node until SIGINT or SIGTERM.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use quiver_net::{BootstrapAddr, Multiaddr, NetError, default_listen_addrs};
+use quiver_node::config::{FileConfig, default_data_dir};
+use quiver_node::{Node, NodeConfig, NodeError};
+use tracing::{info, warn};
+
+use crate::{LogFormat, api_addr_file, init_logging, usage_error};
+
+/// Port used when none is given (and if it is taken, a free one is picked instead).
+pub const DEFAULT_PORT: u16 = 4001;
+/// Control API address used when none is given (likewise falls back to a free port).
+pub const DEFAULT_API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4080);
+
+fn parse_bootstrap(s: &str) -> Result<BootstrapAddr, String> {
+    s.parse::<BootstrapAddr>().map_err(|e| e.to_string())
+}
+
+fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
+    s.parse::<Multiaddr>().map_err(|e| e.to_string())
+}
+
+fn parse_api(s: &str) -> Result<ApiAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ApiAddr::Off);
+    }
+    s.parse::<SocketAddr>()
+        .map(ApiAddr::At)
+        .map_err(|_| format!("expected ADDR:PORT such as 127.0.0.1:4080, or \"off\"; got {s:?}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiAddr {
+    At(SocketAddr),
+    Off,
+}
+
+/// Flags of a node. Each can also come from the environment (`QUIVER_*`) or the config file;
+/// flags win over the environment, which wins over the file.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Run as a bootstrap node: serve the DHT for others to join through; needs no peers itself.
+    #[arg(long, env = "QUIVER_BOOTSTRAP_NODE")]
+    pub bootstrap_node: bool,
+
+    /// Peer to join through: a multiaddr (/ip4/1.2.3.4/tcp/4001/p2p/<PeerId>, /dns4/host/tcp/4001)
+    /// or host:port. Repeat the flag for several.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bootstrap, env = "QUIVER_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<BootstrapAddr>,
+
+    /// TCP port, and the same port number for QUIC over UDP; 0 picks a free port.
+    /// [default: 4001, or a free port if 4001 is taken]
+    #[arg(long, env = "QUIVER_PORT")]
+    pub port: Option<u16>,
+
+    /// IP address to listen on. [default: 0.0.0.0]
+    #[arg(long, value_name = "IP", env = "QUIVER_LISTEN_IP")]
+    pub listen_ip: Option<IpAddr>,
+
+    /// Listen on exactly these multiaddrs instead of --listen-ip/--port (repeatable).
+    #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr)]
+    pub listen: Vec<Multiaddr>,
+
+    /// Do not listen on QUIC (TCP only).
+    #[arg(long)]
+    pub no_quic: bool,
+
+    /// Directory for the identity key and state. [default: $XDG_DATA_HOME/quiver]
+    #[arg(long, value_name = "DIR", env = "QUIVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Local control API (status, peers, metrics), or "off". [default: 127.0.0.1:4080, or a free
+    /// port if that is taken]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_api, env = "QUIVER_API")]
+    pub api: Option<ApiAddr>,
+
+    /// TOML config file.
+    #[arg(long, value_name = "FILE", env = "QUIVER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Seconds between heartbeats. [default: 10]
+    #[arg(long, value_name = "SECS", env = "QUIVER_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, env = "QUIVER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Settings after merging flags, environment and config file.
+struct Settings {
+    node: NodeConfig,
+    /// Whether the port came from the user (then a taken port is an error, not a fallback).
+    port_explicit: bool,
+    api: ApiAddr,
+    api_explicit: bool,
+    data_dir: PathBuf,
+    log_format: LogFormat,
+}
+
+fn settings(args: NodeArgs) -> Settings {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path).unwrap_or_else(|e| usage_error(e)),
+        None => FileConfig::default(),
+    };
+    let bootstrap = if args.bootstrap.is_empty() {
+        file.bootstrap
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                parse_bootstrap(s).unwrap_or_else(|e| {
+                    usage_error(format!("invalid bootstrap {s:?} in config file: {e}"))
+                })
+            })
+            .collect()
+    } else {
+        args.bootstrap
+    };
+    let listen: Vec<Multiaddr> = if args.listen.is_empty() {
+        file.listen
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                parse_multiaddr(s).unwrap_or_else(|e| {
+                    usage_error(format!("invalid listen {s:?} in config file: {e}"))
+                })
+            })
+            .collect()
+    } else {
+        args.listen
+    };
+    let port = args.port.or(file.port);
+    let quic = !args.no_quic && file.quic.unwrap_or(true);
+    let ip = args
+        .listen_ip
+        .or(file.listen_ip)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let listen_explicit = !listen.is_empty();
+    let listen_addrs = if listen.is_empty() {
+        default_listen_addrs(ip, port.unwrap_or(DEFAULT_PORT), quic)
+    } else {
+        listen
+    };
+    let api_file = file.api.as_deref().map(|s| {
+        parse_api(s).unwrap_or_else(|e| usage_error(format!("invalid api in config file: {e}")))
+    });
+    let api = args.api.or(api_file);
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(default_data_dir);
+    let heartbeat = args
+        .heartbeat_interval
+        .or(file.heartbeat_interval_secs)
+        .unwrap_or(10);
+    if heartbeat == 0 {
+        usage_error("--heartbeat-interval must be at least 1 second");
+    }
+    let log_format = match (args.log_format, file.log_format.as_deref()) {
+        (Some(f), _) => f,
+        (None, None | Some("text")) => LogFormat::Text,
+        (None, Some("json")) => LogFormat::Json,
+        (None, Some(other)) => usage_error(format!(
+            "invalid log_format {other:?} in config file: expected text or json"
+        )),
+    };
+    let heartbeat_interval = Duration::from_secs(heartbeat);
+    Settings {
+        node: NodeConfig {
+            listen_addrs,
+            bootstrap_peers: bootstrap,
+            data_dir: Some(data_dir.clone()),
+            bootstrap_node: args.bootstrap_node || file.bootstrap_node.unwrap_or(false),
+            heartbeat_interval,
+            node_ttl: heartbeat_interval * 6,
+            ..NodeConfig::default()
+        },
+        port_explicit: port.is_some() || listen_explicit,
+        api: api.unwrap_or(ApiAddr::At(DEFAULT_API)),
+        api_explicit: api.is_some(),
+        data_dir,
+        log_format,
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let mut s = settings(args);
+    init_logging(s.log_format);
+
+    let node = match Node::start(s.node.clone()).await {
+        Err(NodeError::Net(NetError::Listen { addr, reason })) if !s.port_explicit => {
+            warn!(%addr, %reason, "default port taken; listening on a free port instead (set --port to choose)");
+            let ip = s
+                .node
+                .listen_addrs
+                .first()
+                .and_then(|a| a.iter().next())
+                .and_then(|p| match p {
+                    quiver_net::Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+                    quiver_net::Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+                    _ => None,
+                });
+            let quic = s.node.listen_addrs.len() > 1;
+            s.node.listen_addrs =
+                default_listen_addrs(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0, quic);
+            Node::start(s.node.clone()).await?
+        }
+        other => other?,
+    };
+
+    println!(
+        "QUIVer node {} ({})",
+        node.peer_id(),
+        if s.node.bootstrap_node {
+            "bootstrap node"
+        } else {
+            "node"
+        }
+    );
+    let mut addrs = node.listen_addrs();
+    tokio::spawn(async move {
+        let mut printed = 0;
+        loop {
+            let new: Vec<String> = addrs
+                .borrow_and_update()
+                .iter()
+                .skip(printed)
+                .map(ToString::to_string)
+                .collect();
+            for a in &new {
+                println!("listening on {a}");
+            }
+            printed += new.len();
+            if addrs.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api_task = match s.api {
+        ApiAddr::Off => None,
+        ApiAddr::At(addr) => {
+            if !addr.ip().is_loopback() {
+                warn!(%addr, "the control API is reachable from other machines; it has no authentication");
+            }
+            let listener = match quiver_gateway::bind(addr).await {
+                Ok(l) => l,
+                Err(e) if !s.api_explicit => {
+                    warn!(error = %e, "default API address taken; using a free port (set --api to choose)");
+                    quiver_gateway::bind(SocketAddr::new(addr.ip(), 0)).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let local = listener.local_addr().context("API listener address")?;
+            println!("api on http://{local}");
+            let file = api_addr_file(&s.data_dir);
+            if let Err(e) = std::fs::write(&file, local.to_string()) {
+                warn!(file = %file.display(), error = %e, "cannot record the API address for `quiver status`");
+            }
+            let mut stop = stop_rx.clone();
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(quiver_gateway::serve_api(
+                node.clone(),
+                listener,
+                shutdown,
+            )))
+        }
+    };
+
+    wait_for_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    if let Some(task) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let _ = std::fs::remove_file(api_addr_file(&s.data_dir));
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
