@@ -1,0 +1,249 @@
+//! Running the real binaries as separate processes on 127.0.0.1 with ephemeral ports.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running node process; killed when dropped.
+pub struct NodeProc {
+    pub name: String,
+    pub child: Child,
+    pub peer_id: String,
+    /// Full TCP multiaddr with /p2p/.
+    pub tcp_addr: String,
+    pub tcp_port: u16,
+    pub udp_port: Option<u16>,
+    pub api: SocketAddr,
+}
+
+fn port_of(addr: &str, proto: &str) -> Option<u16> {
+    let mut parts = addr.split('/');
+    while let Some(p) = parts.next() {
+        if p == proto {
+            return parts.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+impl NodeProc {
+    /// Starts `bin` with `args` plus loopback-only, ephemeral-port and data-dir flags, and waits
+    /// until it has printed its addresses and its API address.
+    pub fn start(bin: &str, name: &str, args: &[&str], data_dir: &Path) -> NodeProc {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .args([
+                "--listen-ip",
+                "127.0.0.1",
+                "--api",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "1",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir.join(name))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(data_dir.join(format!("{name}.log"))).expect("log file"),
+            ));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut peer_id, mut tcp_addr, mut udp_port, mut api) = (None, None, None, None);
+        while api.is_none() || tcp_addr.is_none() || udp_port.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("{name} did not print its addresses within 30 s");
+                }
+            };
+            if let Some(rest) = line.strip_prefix("QUIVer node ") {
+                peer_id = rest.split_whitespace().next().map(str::to_owned);
+            } else if let Some(a) = line.strip_prefix("listening on ") {
+                if a.contains("/tcp/") {
+                    tcp_addr = Some(a.to_owned());
+                } else if a.contains("/quic-v1") {
+                    udp_port = port_of(a, "udp");
+                }
+            } else if let Some(a) = line.strip_prefix("api on http://") {
+                api = a.parse().ok();
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        let tcp_addr = tcp_addr.expect("tcp address");
+        let tcp_port = port_of(&tcp_addr, "tcp").expect("tcp port");
+        NodeProc {
+            name: name.to_owned(),
+            child,
+            peer_id: peer_id.expect("peer id printed"),
+            tcp_addr,
+            tcp_port,
+            udp_port,
+            api: api.expect("api address"),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        http_get_json(self.api, path)
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        self.get("/api/v1/status")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and returns the exit status if the process ends within `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback, so the tests depend on no HTTP client crate.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn http_get_json(addr: SocketAddr, path: &str) -> Option<Value> {
+    let (code, body) = http_get(addr, path)?;
+    if code != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
+/// Polls `check` every 250 ms until it holds; panics with `what` after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// PeerIds in a node's routing table.
+pub fn routing_table(status: &Value) -> Vec<String> {
+    strings(status, "routing_table")
+}
+
+/// PeerIds a node has heard heartbeats from within `fresh_secs`.
+pub fn known_nodes(status: &Value, fresh_secs: f64) -> Vec<String> {
+    status["known_nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| {
+            k["last_seen_secs"]
+                .as_f64()
+                .is_some_and(|s| s <= fresh_secs)
+        })
+        .filter_map(|k| k["peer_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Whether `node` has every one of `others` (except itself) in its routing table and has heard
+/// a fresh heartbeat from each.
+pub fn sees_all(node: &NodeProc, others: &[&str]) -> bool {
+    let Some(status) = node.status() else {
+        return false;
+    };
+    let table = routing_table(&status);
+    let known = known_nodes(&status, 3.0);
+    others
+        .iter()
+        .filter(|id| **id != node.peer_id)
+        .all(|id| table.iter().any(|t| t == id) && known.iter().any(|k| k == id))
+}

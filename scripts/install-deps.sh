@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system packages QUIVer needs to build (Debian/Ubuntu), only those missing.
+#   protoc              - compiles the wire format in crates/quiver-proto/proto/
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install these packages with your package manager, then retry: ${need[*]}" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+echo "installing ${need[*]} ..." >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
