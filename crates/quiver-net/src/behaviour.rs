@@ -71,7 +71,13 @@ impl Behaviour {
             crate::KadMode::Client => kad::Mode::Client,
         }));
 
-        let gossip_cfg = gossipsub::ConfigBuilder::default()
+        let mut gossip_cfg = gossipsub::ConfigBuilder::default();
+        for (topic, max) in &cfg.gossip_topic_limits {
+            // Bigger messages on such a topic count as invalid: the sender is penalised, not
+            // just ignored.
+            gossip_cfg.max_transmit_size_for_topic(*max, IdentTopic::new(topic.clone()).hash());
+        }
+        let gossip_cfg = gossip_cfg
             .heartbeat_interval(cfg.gossip_heartbeat)
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()

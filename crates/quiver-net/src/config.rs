@@ -35,6 +35,8 @@ pub struct NetConfig {
     pub gossip_heartbeat: Duration,
     /// Largest gossip message accepted or sent.
     pub gossip_max_message: usize,
+    /// Tighter limits for some topics; a bigger message there is invalid and penalised.
+    pub gossip_topic_limits: Vec<(String, usize)>,
     /// Connections without activity are closed after this long.
     pub idle_connection_timeout: Duration,
     /// Connection limits.
@@ -57,6 +59,12 @@ impl Default for NetConfig {
             random_walk_interval: Duration::from_secs(60),
             gossip_heartbeat: Duration::from_secs(1),
             gossip_max_message: 64 * 1024,
+            // A heartbeat is at most MAX_HEARTBEAT_BYTES; 1 KiB more for the gossip envelope
+            // (author, key, signature, topic).
+            gossip_topic_limits: vec![(
+                crate::behaviour::NODES_TOPIC.to_owned(),
+                quiver_proto::MAX_HEARTBEAT_BYTES + 1024,
+            )],
             idle_connection_timeout: Duration::from_secs(60),
             max_connections: 512,
             max_pending_incoming: 64,

@@ -450,18 +450,16 @@ impl EventLoop {
                 peer_id,
                 num_established,
                 ..
-            } => {
-                if num_established == 0 {
-                    self.peers.remove(&peer_id);
-                    let _ = self.events.try_send(NetEvent::PeerDisconnected(peer_id));
-                    let now = Instant::now();
-                    for b in self
-                        .bootstrap
-                        .iter_mut()
-                        .filter(|b| b.peer_id == Some(peer_id))
-                    {
-                        b.next_attempt = now + b.backoff;
-                    }
+            } if num_established == 0 => {
+                self.peers.remove(&peer_id);
+                let _ = self.events.try_send(NetEvent::PeerDisconnected(peer_id));
+                let now = Instant::now();
+                for b in self
+                    .bootstrap
+                    .iter_mut()
+                    .filter(|b| b.peer_id == Some(peer_id))
+                {
+                    b.next_attempt = now + b.backoff;
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -564,7 +562,7 @@ impl EventLoop {
         for addr in info
             .listen_addrs
             .into_iter()
-            .filter(|a| is_dialable(a))
+            .filter(is_dialable)
             .take(MAX_IDENTIFY_ADDRS)
         {
             let (addr, _) = split_peer_id(addr);

@@ -11,6 +11,7 @@ mod client;
 mod config;
 mod event_loop;
 
+pub use behaviour::NODES_TOPIC;
 pub use bootstrap::{BootstrapAddr, ParseBootstrapError};
 pub use client::{NetClient, NetEvent, NetStatus, PeerInfo, Validation};
 pub use config::{KadMode, NetConfig, default_listen_addrs};

@@ -8,8 +8,7 @@ use quiver_net::{Multiaddr, PeerId};
 use quiver_proto::{Heartbeat, ProtoError, SignedHeartbeat};
 use serde::Serialize;
 
-/// The gossip topic of heartbeats.
-pub const NODES_TOPIC: &str = "quiver/1/nodes";
+pub use quiver_net::NODES_TOPIC;
 /// A heartbeat dated further than this in the future is ignored (clock skew allowance).
 const MAX_FUTURE_SKEW: Duration = Duration::from_secs(60);
 

@@ -151,7 +151,7 @@ mod tests {
         let path = dir.path().join(IDENTITY_FILE);
         fs::OpenOptions::new()
             .write(true)
-            .create(true)
+            .create_new(true)
             .mode(0o600)
             .open(&path)
             .unwrap()

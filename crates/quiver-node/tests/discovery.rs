@@ -182,6 +182,98 @@ async fn garbage_heartbeats_lower_the_senders_score_and_honest_peers_stay() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_gossip_is_dropped_and_penalised() {
+    let node = Node::start(NodeConfig {
+        bootstrap_node: true,
+        ..loopback_config()
+    })
+    .await
+    .expect("node starts");
+    let addr = tcp_addr(&node).await;
+    // A peer whose own limit lets it send far larger messages than QUIVer accepts.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let cfg = quiver_net::NetConfig {
+        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, false),
+        bootstrap: vec![addr],
+        gossip_max_message: 1024 * 1024,
+        gossip_topic_limits: Vec::new(),
+        ..quiver_net::NetConfig::default()
+    };
+    let (bad, _events, _task) =
+        quiver_net::spawn(quiver_net::Keypair::generate_ed25519(), cfg, &mut registry)
+            .await
+            .expect("peer starts");
+    bad.subscribe(NODES_TOPIC).await.expect("subscribe");
+    let bad_id = bad.peer_id();
+    eventually(
+        Duration::from_secs(30),
+        "node sees the peer subscribed",
+        async || bad.publish(NODES_TOPIC, vec![7u8; 20 * 1024]).await.is_ok(),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "oversized sender's score below zero",
+        async || {
+            // Errors are expected: the same bytes twice are a duplicate.
+            let _ = bad.publish(NODES_TOPIC, vec![8u8; 20 * 1024]).await;
+            let peers = node.peers().await.expect("peers");
+            peers
+                .iter()
+                .any(|p| p.peer_id == bad_id && p.gossip_score.is_some_and(|s| s < 0.0))
+        },
+    )
+    .await;
+    assert!(node.known_nodes().is_empty());
+    node.shutdown().await;
+    bad.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_retrying_an_unreachable_bootstrap_peer_until_it_answers() {
+    // A free port, with nobody listening yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let target: BootstrapAddr = format!("127.0.0.1:{port}").parse().expect("host:port");
+    let joiner = Node::start(NodeConfig {
+        bootstrap_peers: vec![target],
+        ..loopback_config()
+    })
+    .await
+    .expect("starts");
+    // Several failed attempts (backoff 1 s, 2 s, ...) while the node keeps running.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(joiner.status().await.expect("status").connected_peers == 0);
+    let boot = Node::start(NodeConfig {
+        bootstrap_node: true,
+        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), port, true),
+        ..loopback_config()
+    })
+    .await
+    .expect("bootstrap starts on the port the joiner was told");
+    eventually(
+        Duration::from_secs(60),
+        "joiner reaches the bootstrap node once it is up",
+        async || {
+            joiner
+                .known_nodes()
+                .iter()
+                .any(|k| k.peer_id == boot.peer_id())
+                && boot
+                    .known_nodes()
+                    .iter()
+                    .any(|k| k.peer_id == joiner.peer_id())
+        },
+    )
+    .await;
+    joiner.shutdown().await;
+    boot.shutdown().await;
+}
+
 #[tokio::test]
 async fn restart_keeps_the_peer_id() {
     let dir = tempfile::tempdir().expect("tempdir");
