@@ -126,16 +126,16 @@ pub(crate) fn score_thresholds() -> PeerScoreThresholds {
 }
 
 fn score_params() -> PeerScoreParams {
-    let mut p = PeerScoreParams::default();
-    // Many honest nodes can share one address on a test host; the loopback range is not a
-    // sign of a Sybil. Real addresses keep the colocation penalty.
-    p.ip_colocation_factor_whitelist = HashSet::from([
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ]);
-    p.topics
-        .insert(IdentTopic::new(NODES_TOPIC).hash(), nodes_topic_params());
-    p
+    PeerScoreParams {
+        // Many honest nodes can share one address on a test host; the loopback range is not a
+        // sign of a Sybil. Real addresses keep the colocation penalty.
+        ip_colocation_factor_whitelist: HashSet::from([
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ]),
+        topics: [(IdentTopic::new(NODES_TOPIC).hash(), nodes_topic_params())].into(),
+        ..PeerScoreParams::default()
+    }
 }
 
 /// Heartbeats are rare (one per node per period), so mesh delivery-rate penalties would punish

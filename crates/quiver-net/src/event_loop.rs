@@ -448,9 +448,9 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
-            } if num_established == 0 => {
+            } => {
                 self.peers.remove(&peer_id);
                 let _ = self.events.try_send(NetEvent::PeerDisconnected(peer_id));
                 let now = Instant::now();
