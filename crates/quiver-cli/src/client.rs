@@ -32,28 +32,23 @@ impl ApiArgs {
             return a;
         }
         let dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
-        std::fs::read_to_string(api_addr_file(&dir))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(DEFAULT_API)
+        std::fs::read_to_string(api_addr_file(&dir)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(DEFAULT_API)
     }
 }
 
-async fn get(args: &ApiArgs, path: &str) -> anyhow::Result<Value> {
+pub(crate) async fn get(args: &ApiArgs, path: &str) -> anyhow::Result<Value> {
     let addr = args.api_addr();
     let url = format!("http://{addr}{path}");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let resp = client.get(&url).send().await.with_context(|| {
-        format!("no QUIVer node answers at {addr} (is it running? see --api / --data-dir)")
-    })?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("no QUIVer node answers at {addr} (is it running? see --api / --data-dir)"))?;
     if !resp.status().is_success() {
         bail!("{url} answered {}", resp.status());
     }
-    resp.json()
-        .await
-        .with_context(|| format!("{url} did not answer JSON"))
+    resp.json().await.with_context(|| format!("{url} did not answer JSON"))
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -65,11 +60,7 @@ fn n(v: &Value, k: &str) -> u64 {
 }
 
 fn short(id: &str) -> String {
-    if id.len() > 16 {
-        format!("{}…{}", &id[..8], &id[id.len() - 6..])
-    } else {
-        id.to_owned()
-    }
+    if id.len() > 16 { format!("{}…{}", &id[..8], &id[id.len() - 6..]) } else { id.to_owned() }
 }
 
 pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
@@ -82,11 +73,7 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
     println!(
         "Version:         {}{}",
         s(&v, "version"),
-        if v["bootstrap_node"] == true {
-            " (bootstrap node)"
-        } else {
-            ""
-        }
+        if v["bootstrap_node"] == true { " (bootstrap node)" } else { "" }
     );
     println!("Uptime:          {}s", n(&v, "uptime_secs"));
     println!("Listening on:");
@@ -94,11 +81,7 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
         println!("  {}", a.as_str().unwrap_or("?"));
     }
     println!("Connected peers: {}", n(&v, "connected_peers"));
-    println!(
-        "Routing table:   {} peers (DHT mode: {})",
-        n(&v, "routing_table_size"),
-        s(&v, "kad_mode")
-    );
+    println!("Routing table:   {} peers (DHT mode: {})", n(&v, "routing_table_size"), s(&v, "kad_mode"));
     let known = v["known_nodes"].as_array().cloned().unwrap_or_default();
     println!("Known nodes:     {} (from heartbeats)", known.len());
     for k in &known {
@@ -123,34 +106,17 @@ pub async fn peers(args: ApiArgs) -> anyhow::Result<()> {
     }
     let peers = v.as_array().cloned().unwrap_or_default();
     println!("{} connected peers", peers.len());
-    println!(
-        "{:<54} {:>8} {:>8} {:>4}  {:<14} address",
-        "peer", "rtt ms", "gossip", "dht", "agent"
-    );
+    println!("{:<54} {:>8} {:>8} {:>4}  {:<14} address", "peer", "rtt ms", "gossip", "dht", "agent");
     for p in &peers {
-        let addr = p["addresses"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .unwrap_or("?");
-        let rtt = p["rtt_ms"]
-            .as_f64()
-            .map(|r| format!("{r:.1}"))
-            .unwrap_or_else(|| "-".into());
-        let score = p["gossip_score"]
-            .as_f64()
-            .map(|r| format!("{r:.1}"))
-            .unwrap_or_else(|| "-".into());
+        let addr = p["addresses"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("?");
+        let rtt = p["rtt_ms"].as_f64().map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into());
+        let score = p["gossip_score"].as_f64().map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into());
         println!(
             "{:<54} {:>8} {:>8} {:>4}  {:<14} {}",
             s(p, "peer_id"),
             rtt,
             score,
-            if p["in_routing_table"] == true {
-                "yes"
-            } else {
-                "no"
-            },
+            if p["in_routing_table"] == true { "yes" } else { "no" },
             p["agent_version"].as_str().unwrap_or("-"),
             addr
         );

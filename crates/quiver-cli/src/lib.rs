@@ -1,8 +1,11 @@
 //! The command-line front of QUIVer: argument parsing, config merging, logging, and the
 //! long-running node process. The binaries in `src/bin/` are thin wrappers around this.
 
+pub mod ask_cmd;
 pub mod client;
+pub mod model_cmd;
 pub mod node_cmd;
+pub mod provider_cmd;
 
 use std::path::PathBuf;
 
@@ -19,13 +22,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr so stdout stays for what users copy (addresses, answers).
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn,libp2p_tcp=warn,libp2p_quic=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Default log filter of long-running commands.
+pub const SERVICE_LOG: &str =
+    "info,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn,libp2p_tcp=warn,libp2p_quic=warn";
+/// Default log filter of one-shot commands, whose stdout is the answer.
+pub const QUIET_LOG: &str = "warn,libp2p_kad=error,libp2p_gossipsub=error,libp2p_swarm=error";
+
+/// Exit codes of `quiver ask`.
+pub const EXIT_NO_PROVIDER: i32 = 3;
+pub const EXIT_ALL_FAILED: i32 = 4;
+pub const EXIT_REJECTED: i32 = 5;
+
+/// Logs go to stderr so stdout stays for what users copy (addresses, answers). `RUST_LOG`
+/// overrides `default_filter`.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -11,7 +11,7 @@ use quiver_node::config::{FileConfig, default_data_dir};
 use quiver_node::{Node, NodeConfig, NodeError};
 use tracing::{info, warn};
 
-use crate::{LogFormat, api_addr_file, init_logging, usage_error};
+use crate::{LogFormat, SERVICE_LOG, api_addr_file, init_logging, usage_error};
 
 /// Port used when none is given (and if it is taken, a free one is picked instead).
 pub const DEFAULT_PORT: u16 = 4001;
@@ -114,9 +114,8 @@ fn settings(args: NodeArgs) -> Settings {
             .unwrap_or_default()
             .iter()
             .map(|s| {
-                parse_bootstrap(s).unwrap_or_else(|e| {
-                    usage_error(format!("invalid bootstrap {s:?} in config file: {e}"))
-                })
+                parse_bootstrap(s)
+                    .unwrap_or_else(|e| usage_error(format!("invalid bootstrap {s:?} in config file: {e}")))
             })
             .collect()
     } else {
@@ -127,9 +126,7 @@ fn settings(args: NodeArgs) -> Settings {
             .unwrap_or_default()
             .iter()
             .map(|s| {
-                parse_multiaddr(s).unwrap_or_else(|e| {
-                    usage_error(format!("invalid listen {s:?} in config file: {e}"))
-                })
+                parse_multiaddr(s).unwrap_or_else(|e| usage_error(format!("invalid listen {s:?} in config file: {e}")))
             })
             .collect()
     } else {
@@ -137,28 +134,17 @@ fn settings(args: NodeArgs) -> Settings {
     };
     let port = args.port.or(file.port);
     let quic = !args.no_quic && file.quic.unwrap_or(true);
-    let ip = args
-        .listen_ip
-        .or(file.listen_ip)
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let ip = args.listen_ip.or(file.listen_ip).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let listen_explicit = !listen.is_empty();
-    let listen_addrs = if listen.is_empty() {
-        default_listen_addrs(ip, port.unwrap_or(DEFAULT_PORT), quic)
-    } else {
-        listen
-    };
-    let api_file = file.api.as_deref().map(|s| {
-        parse_api(s).unwrap_or_else(|e| usage_error(format!("invalid api in config file: {e}")))
-    });
+    let listen_addrs =
+        if listen.is_empty() { default_listen_addrs(ip, port.unwrap_or(DEFAULT_PORT), quic) } else { listen };
+    let api_file = file
+        .api
+        .as_deref()
+        .map(|s| parse_api(s).unwrap_or_else(|e| usage_error(format!("invalid api in config file: {e}"))));
     let api = args.api.or(api_file);
-    let data_dir = args
-        .data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(default_data_dir);
-    let heartbeat = args
-        .heartbeat_interval
-        .or(file.heartbeat_interval_secs)
-        .unwrap_or(10);
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
+    let heartbeat = args.heartbeat_interval.or(file.heartbeat_interval_secs).unwrap_or(10);
     if heartbeat == 0 {
         usage_error("--heartbeat-interval must be at least 1 second");
     }
@@ -166,9 +152,9 @@ fn settings(args: NodeArgs) -> Settings {
         (Some(f), _) => f,
         (None, None | Some("text")) => LogFormat::Text,
         (None, Some("json")) => LogFormat::Json,
-        (None, Some(other)) => usage_error(format!(
-            "invalid log_format {other:?} in config file: expected text or json"
-        )),
+        (None, Some(other)) => {
+            usage_error(format!("invalid log_format {other:?} in config file: expected text or json"))
+        }
     };
     let heartbeat_interval = Duration::from_secs(heartbeat);
     Settings {
@@ -191,49 +177,44 @@ fn settings(args: NodeArgs) -> Settings {
 
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    run_with(args, None).await
+}
+
+/// Runs a node, serving models when `provider` is given, until SIGINT or SIGTERM.
+pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::ProviderArgs>) -> anyhow::Result<()> {
     let mut s = settings(args);
-    init_logging(s.log_format);
+    init_logging(s.log_format, SERVICE_LOG);
+    if let Some(p) = provider {
+        s.node.provider = Some(crate::provider_cmd::build(&p, &s.data_dir).await?);
+    }
 
     let node = match Node::start(s.node.clone()).await {
         Err(NodeError::Net(NetError::Listen { addr, reason })) if !s.port_explicit => {
             warn!(%addr, %reason, "default port taken; listening on a free port instead (set --port to choose)");
-            let ip = s
-                .node
-                .listen_addrs
-                .first()
-                .and_then(|a| a.iter().next())
-                .and_then(|p| match p {
-                    quiver_net::Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-                    quiver_net::Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-                    _ => None,
-                });
+            let ip = s.node.listen_addrs.first().and_then(|a| a.iter().next()).and_then(|p| match p {
+                quiver_net::Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+                quiver_net::Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+                _ => None,
+            });
             let quic = s.node.listen_addrs.len() > 1;
-            s.node.listen_addrs =
-                default_listen_addrs(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0, quic);
+            s.node.listen_addrs = default_listen_addrs(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0, quic);
             Node::start(s.node.clone()).await?
         }
         other => other?,
     };
 
-    println!(
-        "QUIVer node {} ({})",
-        node.peer_id(),
-        if s.node.bootstrap_node {
-            "bootstrap node"
-        } else {
-            "node"
-        }
-    );
+    let role = match (s.node.bootstrap_node, s.node.provider.is_some()) {
+        (true, true) => "bootstrap node, provider",
+        (true, false) => "bootstrap node",
+        (false, true) => "provider",
+        (false, false) => "node",
+    };
+    println!("QUIVer node {} ({role})", node.peer_id());
     let mut addrs = node.listen_addrs();
     tokio::spawn(async move {
         let mut printed = 0;
         loop {
-            let new: Vec<String> = addrs
-                .borrow_and_update()
-                .iter()
-                .skip(printed)
-                .map(ToString::to_string)
-                .collect();
+            let new: Vec<String> = addrs.borrow_and_update().iter().skip(printed).map(ToString::to_string).collect();
             for a in &new {
                 println!("listening on {a}");
             }
@@ -269,11 +250,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            Some(tokio::spawn(quiver_gateway::serve_api(
-                node.clone(),
-                listener,
-                shutdown,
-            )))
+            Some(tokio::spawn(quiver_gateway::serve_api(node.clone(), listener, shutdown)))
         }
     };
 
@@ -290,10 +267,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}

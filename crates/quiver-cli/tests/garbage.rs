@@ -25,25 +25,13 @@ fn junk(seed: &mut u64, len: usize) -> Vec<u8> {
 #[test]
 fn garbage_and_floods_leave_the_node_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut target = NodeProc::start(
-        NODE,
-        "target",
-        &["--bootstrap-node", "--port", "0"],
-        dir.path(),
-    );
-    let peer = NodeProc::start(
-        NODE,
-        "peer",
-        &["--bootstrap", &target.tcp_addr, "--port", "0"],
-        dir.path(),
-    );
+    let mut target = NodeProc::start(NODE, "target", &["--bootstrap-node", "--port", "0"], dir.path());
+    let peer = NodeProc::start(NODE, "peer", &["--bootstrap", &target.tcp_addr, "--port", "0"], dir.path());
     let (target_id, peer_id) = (target.peer_id.clone(), peer.peer_id.clone());
     let ids = [target_id.as_str(), peer_id.as_str()];
-    eventually(
-        Duration::from_secs(60),
-        "the two nodes see each other",
-        || sees_all(&target, &ids) && sees_all(&peer, &ids),
-    );
+    eventually(Duration::from_secs(60), "the two nodes see each other", || {
+        sees_all(&target, &ids) && sees_all(&peer, &ids)
+    });
 
     let tcp = ("127.0.0.1", target.tcp_port);
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -71,9 +59,7 @@ fn garbage_and_floods_leave_the_node_serving() {
         }
     }
     // 3. A flood of connections held open without a word (more than the pending limit).
-    let held: Vec<TcpStream> = (0..300)
-        .filter_map(|_| TcpStream::connect(tcp).ok())
-        .collect();
+    let held: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(tcp).ok()).collect();
     // 4. Junk datagrams on the QUIC port: random, and ones shaped like QUIC long headers.
     if let Some(udp_port) = target.udp_port {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
@@ -89,30 +75,15 @@ fn garbage_and_floods_leave_the_node_serving() {
     assert!(target.is_running(), "the node died under garbage");
     drop(held);
     // It still answers its API and still has its peer, whose heartbeats keep arriving.
-    eventually(
-        Duration::from_secs(30),
-        "the node still sees its peer after the garbage",
-        || sees_all(&target, &ids) && sees_all(&peer, &ids),
-    );
+    eventually(Duration::from_secs(30), "the node still sees its peer after the garbage", || {
+        sees_all(&target, &ids) && sees_all(&peer, &ids)
+    });
     let status = target.status().expect("status answers");
-    assert!(
-        status["peers"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|x| x == peer.peer_id.as_str()))
-    );
+    assert!(status["peers"].as_array().is_some_and(|p| p.iter().any(|x| x == peer.peer_id.as_str())));
     assert!(target.is_running());
 
     // A new node can still join through it.
-    let late = NodeProc::start(
-        NODE,
-        "late",
-        &["--bootstrap", &target.tcp_addr, "--port", "0"],
-        dir.path(),
-    );
+    let late = NodeProc::start(NODE, "late", &["--bootstrap", &target.tcp_addr, "--port", "0"], dir.path());
     let all = [target_id.as_str(), peer_id.as_str(), late.peer_id.as_str()];
-    eventually(
-        Duration::from_secs(60),
-        "a newcomer joins after the flood",
-        || sees_all(&late, &all),
-    );
+    eventually(Duration::from_secs(60), "a newcomer joins after the flood", || sees_all(&late, &all));
 }

@@ -22,21 +22,9 @@ fn no_single_point_of_failure() {
     let boot_hostport = format!("127.0.0.1:{}", boot.tcp_port);
     // quiver-node --bootstrap /ip4/…/tcp/…/p2p/<PeerId>, and the host:port form.
     let mut nodes: Vec<NodeProc> = (1..=3)
-        .map(|i| {
-            NodeProc::start(
-                NODE,
-                &format!("n{i}"),
-                &["--bootstrap", &boot_ma, "--port", "0"],
-                d,
-            )
-        })
+        .map(|i| NodeProc::start(NODE, &format!("n{i}"), &["--bootstrap", &boot_ma, "--port", "0"], d))
         .collect();
-    nodes.push(NodeProc::start(
-        NODE,
-        "n4",
-        &["--bootstrap", &boot_hostport, "--port", "0"],
-        d,
-    ));
+    nodes.push(NodeProc::start(NODE, "n4", &["--bootstrap", &boot_hostport, "--port", "0"], d));
 
     let mut all: Vec<String> = nodes.iter().map(|n| n.peer_id.clone()).collect();
     all.push(boot.peer_id.clone());
@@ -51,13 +39,8 @@ fn no_single_point_of_failure() {
         .args(["status", "--json", "--api", &nodes[0].api.to_string()])
         .output()
         .expect("quiver status runs");
-    assert!(
-        out.status.success(),
-        "quiver status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("quiver status --json prints JSON");
+    assert!(out.status.success(), "quiver status failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("quiver status --json prints JSON");
     assert_eq!(v["peer_id"], nodes[0].peer_id.as_str());
     let human = std::process::Command::new(QUIVER)
         .args(["status", "--api", &nodes[0].api.to_string()])
@@ -68,35 +51,26 @@ fn no_single_point_of_failure() {
     // Kill the bootstrap node: the four others still see each other (fresh heartbeats).
     boot.kill();
     let survivors: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
-    eventually(
-        Duration::from_secs(60),
-        "survivors still see each other",
-        || nodes.iter().all(|n| sees_all(n, &survivors)),
-    );
+    eventually(Duration::from_secs(60), "survivors still see each other", || {
+        nodes.iter().all(|n| sees_all(n, &survivors))
+    });
 
     // A sixth node joins through one of them (not the bootstrap) and finds all four.
     let via = nodes[1].tcp_addr.clone();
     let sixth = NodeProc::start(NODE, "n6", &["--bootstrap", &via, "--port", "0"], d);
-    let took = eventually(
-        Duration::from_secs(90),
-        "the newcomer finds every survivor",
-        || sees_all(&sixth, &survivors),
-    );
+    let took =
+        eventually(Duration::from_secs(90), "the newcomer finds every survivor", || sees_all(&sixth, &survivors));
     println!("newcomer found all survivors after {took:?}");
     let n6 = sixth.peer_id.clone();
     let mut with_sixth = survivors.clone();
     with_sixth.push(&n6);
-    eventually(
-        Duration::from_secs(60),
-        "every survivor hears the newcomer",
-        || nodes.iter().all(|n| sees_all(n, &with_sixth)),
-    );
+    eventually(Duration::from_secs(60), "every survivor hears the newcomer", || {
+        nodes.iter().all(|n| sees_all(n, &with_sixth))
+    });
 
     // Graceful shutdown on SIGTERM.
     let mut last = nodes.pop().expect("four nodes");
-    let status = last
-        .terminate(Duration::from_secs(15))
-        .expect("node exits on SIGTERM");
+    let status = last.terminate(Duration::from_secs(15)).expect("node exits on SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -106,13 +80,9 @@ fn restart_keeps_peer_id_and_key_is_private() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = NodeProc::start(NODE, "n", &["--port", "0"], dir.path());
     let first = a.peer_id.clone();
-    a.terminate(Duration::from_secs(15))
-        .expect("exits on SIGTERM");
+    a.terminate(Duration::from_secs(15)).expect("exits on SIGTERM");
     let key = dir.path().join("n/identity.key");
-    let mode = std::fs::metadata(&key)
-        .expect("key file")
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(&key).expect("key file").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let b = NodeProc::start(NODE, "n", &["--port", "0"], dir.path());
     assert_eq!(b.peer_id, first);
@@ -122,24 +92,12 @@ fn restart_keeps_peer_id_and_key_is_private() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let before = std::fs::read(&key).expect("read key");
     let out = std::process::Command::new(NODE)
-        .args([
-            "--port",
-            "0",
-            "--listen-ip",
-            "127.0.0.1",
-            "--api",
-            "off",
-            "--data-dir",
-        ])
+        .args(["--port", "0", "--listen-ip", "127.0.0.1", "--api", "off", "--data-dir"])
         .arg(dir.path().join("n"))
         .output()
         .expect("runs");
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(&key).expect("read key"), before);
 }
 
@@ -147,19 +105,13 @@ fn restart_keeps_peer_id_and_key_is_private() {
 fn bad_flags_exit_2_naming_the_flag() {
     for (args, flag) in [
         (vec!["--bootstrap", "not-an-address"], "--bootstrap"),
-        (
-            vec!["--bootstrap", "/ip4/1.2.3.4/tcp/notaport"],
-            "--bootstrap",
-        ),
+        (vec!["--bootstrap", "/ip4/1.2.3.4/tcp/notaport"], "--bootstrap"),
         (vec!["--bootstrap", "host:99999"], "--bootstrap"),
         (vec!["--port", "70000"], "--port"),
         (vec!["--api", "nowhere"], "--api"),
         (vec!["--listen", "/not/a/multiaddr"], "--listen"),
     ] {
-        let out = std::process::Command::new(NODE)
-            .args(&args)
-            .output()
-            .expect("runs");
+        let out = std::process::Command::new(NODE).args(&args).output().expect("runs");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(flag), "{args:?}: {err}");
@@ -167,11 +119,7 @@ fn bad_flags_exit_2_naming_the_flag() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "prot = 4001\n").expect("write config");
-    let out = std::process::Command::new(NODE)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .expect("runs");
+    let out = std::process::Command::new(NODE).arg("--config").arg(&cfg).output().expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
 }

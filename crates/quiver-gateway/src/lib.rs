@@ -19,10 +19,7 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -41,9 +38,7 @@ pub fn api_router(node: Node) -> Router {
 
 /// Binds the control API; the returned listener's `local_addr` is the address actually used.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| GatewayError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })
 }
 
 /// Serves the control API until `shutdown` completes.
@@ -52,18 +47,11 @@ pub async fn serve_api(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    axum::serve(listener, api_router(node))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(GatewayError::Serve)
+    axum::serve(listener, api_router(node)).with_graceful_shutdown(shutdown).await.map_err(GatewayError::Serve)
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({ "error": { "message": message, "code": status.as_u16() } })),
-    )
-        .into_response()
+    (status, axum::Json(json!({ "error": { "message": message, "code": status.as_u16() } }))).into_response()
 }
 
 async fn status(State(node): State<Node>) -> Response {
@@ -81,16 +69,9 @@ async fn peers(State(node): State<Node>) -> Response {
 }
 
 async fn metrics(State(node): State<Node>) -> Response {
-    (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        node.metrics_text(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], node.metrics_text()).into_response()
 }
 
 async fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "no such endpoint; try /api/v1/status, /api/v1/peers or /metrics",
-    )
+    error(StatusCode::NOT_FOUND, "no such endpoint; try /api/v1/status, /api/v1/peers or /metrics")
 }

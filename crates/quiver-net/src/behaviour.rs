@@ -5,9 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use libp2p::gossipsub::{
-    self, IdentTopic, MessageId, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
-};
+use libp2p::gossipsub::{self, IdentTopic, MessageId, PeerScoreParams, PeerScoreThresholds, TopicScoreParams};
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
@@ -26,6 +24,9 @@ pub(crate) struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
+    /// Application stream protocols (`/quiver/infer/1`, `/quiver/claim/1`), driven through
+    /// `libp2p_stream::Control` handles outside the event loop.
+    pub stream: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -52,7 +53,11 @@ impl Behaviour {
             .set_periodic_bootstrap_interval(Some(cfg.kad_bootstrap_interval))
             // Records are validated by the event loop before they are stored.
             .set_record_filtering(kad::StoreInserts::FilterBoth)
-            .set_max_packet_size(16 * 1024);
+            .set_max_packet_size(16 * 1024)
+            // Provider records (who serves a model) go stale when a provider leaves: they live
+            // an hour and their publisher renews them every ten minutes.
+            .set_provider_record_ttl(Some(Duration::from_secs(3600)))
+            .set_provider_publication_interval(Some(Duration::from_secs(600)));
         if let Some(r) = NonZeroUsize::new(20) {
             kad_cfg.set_replication_factor(r);
         }
@@ -86,14 +91,9 @@ impl Behaviour {
             .duplicate_cache_time(Duration::from_secs(120))
             .build()
             .map_err(|e| NetError::Config(e.to_string()))?;
-        let mut gossipsub = gossipsub::Behaviour::new(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
-            gossip_cfg,
-        )
-        .map_err(|e| NetError::Config(e.to_string()))?;
-        gossipsub
-            .with_peer_score(score_params(), score_thresholds())
-            .map_err(NetError::Config)?;
+        let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)
+            .map_err(|e| NetError::Config(e.to_string()))?;
+        gossipsub.with_peer_score(score_params(), score_thresholds()).map_err(NetError::Config)?;
 
         Ok(Behaviour {
             limits: connection_limits::Behaviour::new(limits),
@@ -101,6 +101,7 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
             kad,
             gossipsub,
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -40,13 +40,10 @@ impl FromStr for BootstrapAddr {
             return Err(ParseBootstrapError::Empty);
         }
         if s.starts_with('/') {
-            let ma: Multiaddr = s.parse().map_err(|e: libp2p::multiaddr::Error| {
-                ParseBootstrapError::Multiaddr(e.to_string())
-            })?;
+            let ma: Multiaddr =
+                s.parse().map_err(|e: libp2p::multiaddr::Error| ParseBootstrapError::Multiaddr(e.to_string()))?;
             let (addr, peer_id) = split_peer_id(ma);
-            let dialable = addr
-                .iter()
-                .any(|p| matches!(p, Protocol::Tcp(_) | Protocol::QuicV1 | Protocol::Memory(_)));
+            let dialable = addr.iter().any(|p| matches!(p, Protocol::Tcp(_) | Protocol::QuicV1 | Protocol::Memory(_)));
             if !dialable {
                 return Err(ParseBootstrapError::NoTransport);
             }
@@ -54,9 +51,7 @@ impl FromStr for BootstrapAddr {
         }
         // host:port, [v6]:port
         let (host, port) = s.rsplit_once(':').ok_or(ParseBootstrapError::HostPort)?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| ParseBootstrapError::Port(port.to_owned()))?;
+        let port: u16 = port.parse().map_err(|_| ParseBootstrapError::Port(port.to_owned()))?;
         if port == 0 {
             return Err(ParseBootstrapError::Port(port.to_string()));
         }
@@ -71,10 +66,7 @@ impl FromStr for BootstrapAddr {
             Err(_) => addr.push(Protocol::Dns(host.to_owned().into())),
         }
         addr.push(Protocol::Tcp(port));
-        Ok(BootstrapAddr {
-            addr,
-            peer_id: None,
-        })
+        Ok(BootstrapAddr { addr, peer_id: None })
     }
 }
 

@@ -65,42 +65,32 @@ pub struct NetStatus {
 }
 
 pub(crate) enum Command {
-    Subscribe {
-        topic: String,
-        reply: oneshot::Sender<Result<(), NetError>>,
-    },
-    Publish {
-        topic: String,
-        data: Vec<u8>,
-        reply: oneshot::Sender<Result<(), NetError>>,
-    },
-    ReportValidation {
-        id: MessageId,
-        source: PeerId,
-        validation: Validation,
-    },
-    Status {
-        reply: oneshot::Sender<NetStatus>,
-    },
-    Peers {
-        reply: oneshot::Sender<Vec<PeerInfo>>,
-    },
-    Dial {
-        addr: Multiaddr,
-        reply: oneshot::Sender<Result<(), NetError>>,
-    },
-    PutRecord {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
+    Subscribe { topic: String, reply: oneshot::Sender<Result<(), NetError>> },
+    Publish { topic: String, data: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>> },
+    ReportValidation { id: MessageId, source: PeerId, validation: Validation },
+    Status { reply: oneshot::Sender<NetStatus> },
+    Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
+    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetError>> },
+    PutRecord { key: Vec<u8>, value: Vec<u8> },
+    StartProviding { key: Vec<u8> },
+    StopProviding { key: Vec<u8> },
+    GetProviders { key: Vec<u8>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
+    Connect { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), NetError>> },
     Shutdown,
 }
 
 /// Cloneable handle to the network event loop. Every call is bounded by the command channel.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NetClient {
     pub(crate) tx: mpsc::Sender<Command>,
     pub(crate) peer_id: PeerId,
+    pub(crate) streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NetClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetClient").field("peer_id", &self.peer_id).finish_non_exhaustive()
+    }
 }
 
 impl NetClient {
@@ -113,10 +103,7 @@ impl NetClient {
         self.tx.send(cmd).await.map_err(|_| NetError::Stopped)
     }
 
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, NetError> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(make(reply)).await?;
         rx.await.map_err(|_| NetError::Stopped)
@@ -125,15 +112,13 @@ impl NetClient {
     /// Subscribes to a gossip topic; its messages arrive as [`NetEvent::Gossip`].
     pub async fn subscribe(&self, topic: impl Into<String>) -> Result<(), NetError> {
         let topic = topic.into();
-        self.ask(|reply| Command::Subscribe { topic, reply })
-            .await?
+        self.ask(|reply| Command::Subscribe { topic, reply }).await?
     }
 
     /// Publishes `data` on `topic`, signed with this node's key.
     pub async fn publish(&self, topic: impl Into<String>, data: Vec<u8>) -> Result<(), NetError> {
         let topic = topic.into();
-        self.ask(|reply| Command::Publish { topic, data, reply })
-            .await?
+        self.ask(|reply| Command::Publish { topic, data, reply }).await?
     }
 
     /// Reports the application's verdict on a gossip message (exactly once per message).
@@ -143,12 +128,7 @@ impl NetClient {
         source: PeerId,
         validation: Validation,
     ) -> Result<(), NetError> {
-        self.send(Command::ReportValidation {
-            id,
-            source,
-            validation,
-        })
-        .await
+        self.send(Command::ReportValidation { id, source, validation }).await
     }
 
     pub async fn status(&self) -> Result<NetStatus, NetError> {
@@ -168,6 +148,31 @@ impl NetClient {
     /// pass the event loop's record validation are accepted by other nodes.
     pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
         self.send(Command::PutRecord { key, value }).await
+    }
+
+    /// Announces in the DHT that this node provides `key` (republished by Kademlia).
+    pub async fn start_providing(&self, key: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::StartProviding { key }).await
+    }
+
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::StopProviding { key }).await
+    }
+
+    /// Looks up the providers of `key` in the DHT, with the addresses we know for each.
+    pub async fn get_providers(&self, key: Vec<u8>) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, NetError> {
+        self.ask(|reply| Command::GetProviders { key, reply }).await
+    }
+
+    /// Makes sure there is a connection to `peer`, dialing `addrs` (and any address the DHT
+    /// knows) if there is none yet.
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        self.ask(|reply| Command::Connect { peer, addrs, reply }).await?
+    }
+
+    /// A handle for opening and accepting application streams.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     /// Stops the event loop; connections are closed.

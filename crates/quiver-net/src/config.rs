@@ -79,11 +79,7 @@ impl Default for NetConfig {
 pub fn default_listen_addrs(ip: IpAddr, port: u16, quic: bool) -> Vec<Multiaddr> {
     let mut addrs = vec![Multiaddr::from(ip).with(Protocol::Tcp(port))];
     if quic {
-        addrs.push(
-            Multiaddr::from(ip)
-                .with(Protocol::Udp(port))
-                .with(Protocol::QuicV1),
-        );
+        addrs.push(Multiaddr::from(ip).with(Protocol::Udp(port)).with(Protocol::QuicV1));
     }
     addrs
 }

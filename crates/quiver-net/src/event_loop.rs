@@ -12,7 +12,7 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, tcp, tls, yamux};
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tracing::{debug, info, trace, warn};
@@ -60,7 +60,19 @@ pub(crate) struct EventLoop {
     bootstrap: Vec<BootstrapState>,
     peers: HashMap<PeerId, PeerMeta>,
     metrics: Metrics,
+    /// Provider lookups in flight, with the providers found so far.
+    provider_queries: HashMap<kad::QueryId, ProviderQuery>,
+    /// `connect` calls waiting for their dial.
+    connecting: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<(), NetError>>)>,
 }
+
+struct ProviderQuery {
+    found: Vec<PeerId>,
+    reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
+}
+
+/// Most providers returned by one lookup.
+const MAX_PROVIDERS: usize = 64;
 
 /// Builds the swarm, starts listening, and spawns the event loop.
 ///
@@ -74,18 +86,13 @@ pub async fn spawn(
     let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            (tls::Config::new, noise::Config::new),
-            yamux::Config::default,
-        )
+        .with_tcp(tcp::Config::default().nodelay(true), (tls::Config::new, noise::Config::new), yamux::Config::default)
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_quic()
         .with_dns()
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_behaviour(|key| {
-            Behaviour::new(key, &cfg)
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            Behaviour::new(key, &cfg).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
@@ -95,6 +102,7 @@ pub async fn spawn(
     listen(&mut swarm, &cfg, &events_tx).await?;
 
     let (tx, commands) = mpsc::channel(cfg.channel_capacity);
+    let streams = swarm.behaviour().stream.new_control();
     let now = Instant::now();
     let bootstrap = cfg
         .bootstrap
@@ -116,9 +124,11 @@ pub async fn spawn(
         bootstrap,
         peers: HashMap::new(),
         metrics,
+        provider_queries: HashMap::new(),
+        connecting: HashMap::new(),
     };
     let task = tokio::spawn(event_loop.run());
-    Ok((NetClient { tx, peer_id: local }, events_rx, task))
+    Ok((NetClient { tx, peer_id: local, streams }, events_rx, task))
 }
 
 /// Listens on every configured address. TCP first: a QUIC address asking for port 0 then gets
@@ -129,16 +139,11 @@ async fn listen(
     events: &mpsc::Sender<NetEvent>,
 ) -> Result<(), NetError> {
     let local = *swarm.local_peer_id();
-    let listen_err = |addr: &Multiaddr, reason: String| NetError::Listen {
-        addr: addr.clone(),
-        reason,
-    };
+    let listen_err = |addr: &Multiaddr, reason: String| NetError::Listen { addr: addr.clone(), reason };
     let mut tcp_ports: HashMap<Multiaddr, u16> = HashMap::new();
     let (quic, others): (Vec<_>, Vec<_>) = cfg.listen_addrs.iter().partition(|a| is_quic(a));
     for addr in others {
-        let listener = swarm
-            .listen_on(addr.clone())
-            .map_err(|e| listen_err(addr, e.to_string()))?;
+        let listener = swarm.listen_on(addr.clone()).map_err(|e| listen_err(addr, e.to_string()))?;
         let Some((ip, 0)) = ip_and_tcp_port(addr) else {
             continue;
         };
@@ -146,10 +151,7 @@ async fn listen(
         let learned = timeout(Duration::from_secs(10), async {
             loop {
                 match swarm.select_next_some().await {
-                    SwarmEvent::NewListenAddr {
-                        listener_id,
-                        address,
-                    } if listener_id == listener => {
+                    SwarmEvent::NewListenAddr { listener_id, address } if listener_id == listener => {
                         let port = ip_and_tcp_port(&address).map(|(_, p)| p);
                         let full = address.with_p2p(local).unwrap_or_else(|a| a);
                         let _ = events.try_send(NetEvent::NewListenAddr(full));
@@ -170,9 +172,7 @@ async fn listen(
     }
     for addr in quic {
         let same_port = match ip_and_udp_port(addr) {
-            Some((ip, 0)) => tcp_ports
-                .get(&ip)
-                .map(|p| ip.with(Protocol::Udp(*p)).with(Protocol::QuicV1)),
+            Some((ip, 0)) => tcp_ports.get(&ip).map(|p| ip.with(Protocol::Udp(*p)).with(Protocol::QuicV1)),
             _ => None,
         };
         if let Some(same) = same_port {
@@ -184,9 +184,7 @@ async fn listen(
                 }
             }
         }
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| listen_err(addr, e.to_string()))?;
+        swarm.listen_on(addr.clone()).map_err(|e| listen_err(addr, e.to_string()))?;
     }
     Ok(())
 }
@@ -266,20 +264,13 @@ impl EventLoop {
                     .map_err(|e| NetError::Publish(e.to_string()));
                 let _ = reply.send(r);
             }
-            Command::ReportValidation {
-                id,
-                source,
-                validation,
-            } => {
+            Command::ReportValidation { id, source, validation } => {
                 let acceptance = match validation {
                     Validation::Accept => MessageAcceptance::Accept,
                     Validation::Reject => MessageAcceptance::Reject,
                     Validation::Ignore => MessageAcceptance::Ignore,
                 };
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -288,21 +279,55 @@ impl EventLoop {
                 let _ = reply.send(self.peer_infos());
             }
             Command::Dial { addr, reply } => {
-                let r = self
-                    .swarm
-                    .dial(addr)
-                    .map_err(|e| NetError::Dial(e.to_string()));
+                let r = self.swarm.dial(addr).map_err(|e| NetError::Dial(e.to_string()));
                 let _ = reply.send(r);
             }
             Command::PutRecord { key, value } => {
                 let record = kad::Record::new(key, value);
-                if let Err(e) = self
+                if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                    warn!(error = %e, "cannot store DHT record locally");
+                }
+            }
+            Command::StartProviding { key } => {
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
+                    warn!(error = %e, "cannot record a provided key");
+                }
+            }
+            Command::StopProviding { key } => {
+                self.swarm.behaviour_mut().kad.stop_providing(&kad::RecordKey::new(&key));
+            }
+            Command::GetProviders { key, reply } => {
+                let key = kad::RecordKey::new(&key);
+                // Our own provider records count too (a node may ask for a model it serves).
+                let local: Vec<PeerId> = self
                     .swarm
                     .behaviour_mut()
                     .kad
-                    .put_record(record, kad::Quorum::One)
-                {
-                    warn!(error = %e, "cannot store DHT record locally");
+                    .store_mut()
+                    .providers(&key)
+                    .into_iter()
+                    .map(|r| r.provider)
+                    .collect();
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.provider_queries.insert(id, ProviderQuery { found: local, reply });
+            }
+            Command::Connect { peer, addrs, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                for a in &addrs {
+                    self.swarm.add_peer_address(peer, a.clone());
+                }
+                let opts = DialOpts::peer_id(peer).addresses(addrs).extend_addresses_through_behaviour().build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.connecting.insert(id, (peer, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dial(e.to_string())));
+                    }
                 }
             }
             Command::Shutdown => {}
@@ -311,17 +336,10 @@ impl EventLoop {
 
     fn status(&mut self) -> NetStatus {
         let local = *self.swarm.local_peer_id();
-        let listen_addrs = self
-            .swarm
-            .listeners()
-            .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
-            .collect();
+        let listen_addrs = self.swarm.listeners().map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a)).collect();
         let routing_table = self.routing_table();
         let gossip = &self.swarm.behaviour().gossipsub;
-        let gossip_mesh = gossip
-            .topics()
-            .map(|t| (t.to_string(), gossip.mesh_peers(t).count()))
-            .collect();
+        let gossip_mesh = gossip.topics().map(|t| (t.to_string(), gossip.mesh_peers(t).count())).collect();
         NetStatus {
             peer_id: local,
             listen_addrs,
@@ -343,6 +361,25 @@ impl EventLoop {
         peers
     }
 
+    /// Addresses we know for `peer`: from the routing table and from open connections.
+    fn known_addresses(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                if entry.node.key.preimage() == peer {
+                    addrs.extend(entry.node.value.iter().cloned());
+                }
+            }
+        }
+        if let Some(meta) = self.peers.get(peer) {
+            addrs.extend(meta.addresses.iter().cloned());
+        }
+        addrs.sort();
+        addrs.dedup();
+        addrs.truncate(MAX_IDENTIFY_ADDRS);
+        addrs
+    }
+
     fn peer_infos(&mut self) -> Vec<PeerInfo> {
         let in_table: HashSet<PeerId> = self.routing_table().into_iter().collect();
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -352,9 +389,7 @@ impl EventLoop {
                 let meta = self.peers.get(&peer_id);
                 PeerInfo {
                     peer_id,
-                    addresses: meta
-                        .map(|m| m.addresses.iter().cloned().collect())
-                        .unwrap_or_default(),
+                    addresses: meta.map(|m| m.addresses.iter().cloned().collect()).unwrap_or_default(),
                     agent_version: meta.and_then(|m| m.agent_version.clone()),
                     rtt_ms: meta.and_then(|m| m.rtt).map(|d| d.as_secs_f64() * 1000.0),
                     gossip_score: self.swarm.behaviour().gossipsub.peer_score(&peer_id),
@@ -374,12 +409,8 @@ impl EventLoop {
                 continue;
             }
             let opts = match b.peer_id {
-                Some(p) => DialOpts::peer_id(p)
-                    .addresses(vec![b.target.addr.clone()])
-                    .build(),
-                None => DialOpts::unknown_peer_id()
-                    .address(b.target.addr.clone())
-                    .build(),
+                Some(p) => DialOpts::peer_id(p).addresses(vec![b.target.addr.clone()]).build(),
+                None => DialOpts::unknown_peer_id().address(b.target.addr.clone()).build(),
             };
             let id = opts.connection_id();
             match self.swarm.dial(opts) {
@@ -406,29 +437,13 @@ impl EventLoop {
         self.metrics.record(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address
-                    .with_p2p(*self.swarm.local_peer_id())
-                    .unwrap_or_else(|a| a);
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
                 let _ = self.events.try_send(NetEvent::NewListenAddr(full));
             }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                num_established,
-                ..
-            } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.peers
-                    .entry(peer_id)
-                    .or_default()
-                    .addresses
-                    .insert(endpoint.get_remote_address().clone());
-                if let Some(i) = self
-                    .bootstrap
-                    .iter()
-                    .position(|b| b.dialing == Some(connection_id))
-                {
+                self.peers.entry(peer_id).or_default().addresses.insert(endpoint.get_remote_address().clone());
+                if let Some(i) = self.bootstrap.iter().position(|b| b.dialing == Some(connection_id)) {
                     let b = &mut self.bootstrap[i];
                     b.dialing = None;
                     b.failures = 0;
@@ -442,46 +457,29 @@ impl EventLoop {
                         debug!(error = %e, "kademlia bootstrap not started");
                     }
                 }
+                if let Some((_, reply)) = self.connecting.remove(&connection_id) {
+                    let _ = reply.send(Ok(()));
+                }
                 if num_established.get() == 1 {
                     let _ = self.events.try_send(NetEvent::PeerConnected(peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                ..
-            } => {
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.peers.remove(&peer_id);
                 let _ = self.events.try_send(NetEvent::PeerDisconnected(peer_id));
                 let now = Instant::now();
-                for b in self
-                    .bootstrap
-                    .iter_mut()
-                    .filter(|b| b.peer_id == Some(peer_id))
-                {
+                for b in self.bootstrap.iter_mut().filter(|b| b.peer_id == Some(peer_id)) {
                     b.next_attempt = now + b.backoff;
                 }
             }
-            SwarmEvent::OutgoingConnectionError {
-                connection_id,
-                error,
-                peer_id,
-            } => {
-                if let Some(i) = self
-                    .bootstrap
-                    .iter()
-                    .position(|b| b.dialing == Some(connection_id))
-                {
+            SwarmEvent::OutgoingConnectionError { connection_id, error, peer_id } => {
+                if let Some(i) = self.bootstrap.iter().position(|b| b.dialing == Some(connection_id)) {
                     self.bootstrap_failed(i, &error.to_string());
                 } else {
                     debug!(?peer_id, %error, "outgoing connection failed");
                 }
             }
-            SwarmEvent::IncomingConnectionError {
-                send_back_addr,
-                error,
-                ..
-            } => {
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 // Garbage on the port, a failed handshake or a connection over the limits.
                 debug!(%send_back_addr, %error, "incoming connection refused");
             }
@@ -500,12 +498,7 @@ impl EventLoop {
             }
             BehaviourEvent::Ping(event) => {
                 self.metrics.record(&event);
-                if let ping::Event {
-                    peer,
-                    result: Ok(rtt),
-                    ..
-                } = event
-                {
+                if let ping::Event { peer, result: Ok(rtt), .. } = event {
                     self.peers.entry(peer).or_default().rtt = Some(rtt);
                 }
             }
@@ -515,12 +508,7 @@ impl EventLoop {
             }
             BehaviourEvent::Gossipsub(event) => {
                 self.metrics.record(&event);
-                if let gossipsub::Event::Message {
-                    propagation_source,
-                    message_id,
-                    message,
-                } = event
-                {
+                if let gossipsub::Event::Message { propagation_source, message_id, message } = event {
                     let ev = NetEvent::Gossip {
                         topic: message.topic.to_string(),
                         author: message.source,
@@ -530,18 +518,16 @@ impl EventLoop {
                     };
                     if self.events.try_send(ev).is_err() {
                         // The application is behind: drop the message without blaming the sender.
-                        self.swarm
-                            .behaviour_mut()
-                            .gossipsub
-                            .report_message_validation_result(
-                                &message_id,
-                                &propagation_source,
-                                MessageAcceptance::Ignore,
-                            );
+                        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Ignore,
+                        );
                     }
                 }
             }
             BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Stream(()) => {}
         }
     }
 
@@ -559,12 +545,7 @@ impl EventLoop {
         if !serves_dht {
             return;
         }
-        for addr in info
-            .listen_addrs
-            .into_iter()
-            .filter(is_dialable)
-            .take(MAX_IDENTIFY_ADDRS)
-        {
+        for addr in info.listen_addrs.into_iter().filter(is_dialable).take(MAX_IDENTIFY_ADDRS) {
             let (addr, _) = split_peer_id(addr);
             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
         }
@@ -573,11 +554,7 @@ impl EventLoop {
     fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::InboundRequest { request } => match request {
-                kad::InboundRequest::PutRecord {
-                    source,
-                    record: Some(record),
-                    ..
-                } => {
+                kad::InboundRequest::PutRecord { source, record: Some(record), .. } => {
                     if valid_node_record(&record) {
                         if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
                             debug!(error = %e, "DHT record not stored");
@@ -586,19 +563,9 @@ impl EventLoop {
                         debug!(%source, "refused an invalid DHT record");
                     }
                 }
-                kad::InboundRequest::AddProvider {
-                    record: Some(record),
-                } => {
-                    if record.key.as_ref().starts_with(MODEL_KEY_PREFIX)
-                        && record.key.as_ref().len() <= 128
-                    {
-                        if let Err(e) = self
-                            .swarm
-                            .behaviour_mut()
-                            .kad
-                            .store_mut()
-                            .add_provider(record)
-                        {
+                kad::InboundRequest::AddProvider { record: Some(record) } => {
+                    if record.key.as_ref().starts_with(MODEL_KEY_PREFIX) && record.key.as_ref().len() <= 128 {
+                        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().add_provider(record) {
                             debug!(error = %e, "provider record not stored");
                         }
                     } else {
@@ -607,17 +574,33 @@ impl EventLoop {
                 }
                 _ => {}
             },
-            kad::Event::RoutingUpdated {
-                peer,
-                is_new_peer: true,
-                ..
+            kad::Event::OutboundQueryProgressed {
+                id, result: kad::QueryResult::GetProviders(result), step, ..
             } => {
+                if let Some(q) = self.provider_queries.get_mut(&id) {
+                    match result {
+                        Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                            for p in providers {
+                                if q.found.len() < MAX_PROVIDERS && !q.found.contains(&p) {
+                                    q.found.push(p);
+                                }
+                            }
+                        }
+                        Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                        Err(e) => debug!(error = %e, "provider lookup ended"),
+                    }
+                }
+                if step.last
+                    && let Some(q) = self.provider_queries.remove(&id)
+                {
+                    let with_addrs = q.found.into_iter().map(|p| (p, self.known_addresses(&p))).collect();
+                    let _ = q.reply.send(with_addrs);
+                }
+            }
+            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
                 debug!(%peer, "added to routing table");
             }
-            kad::Event::OutboundQueryProgressed {
-                result: kad::QueryResult::Bootstrap(Ok(r)),
-                ..
-            } => {
+            kad::Event::OutboundQueryProgressed { result: kad::QueryResult::Bootstrap(Ok(r)), .. } => {
                 trace!(remaining = r.num_remaining, "kademlia bootstrap step");
             }
             _ => {}
@@ -644,9 +627,7 @@ fn is_dialable(addr: &Multiaddr) -> bool {
         match p {
             Protocol::Ip4(ip) => ip_ok = !ip.is_unspecified(),
             Protocol::Ip6(ip) => ip_ok = !ip.is_unspecified(),
-            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Memory(_) => {
-                ip_ok = true
-            }
+            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Memory(_) => ip_ok = true,
             Protocol::Tcp(port) => transport = port != 0,
             Protocol::QuicV1 => transport = true,
             _ => {}
@@ -662,9 +643,7 @@ mod tests {
     #[test]
     fn dialable_addresses() {
         assert!(is_dialable(&"/ip4/127.0.0.1/tcp/4001".parse().unwrap()));
-        assert!(is_dialable(
-            &"/ip4/127.0.0.1/udp/4001/quic-v1".parse().unwrap()
-        ));
+        assert!(is_dialable(&"/ip4/127.0.0.1/udp/4001/quic-v1".parse().unwrap()));
         assert!(!is_dialable(&"/ip4/0.0.0.0/tcp/4001".parse().unwrap()));
         assert!(!is_dialable(&"/ip4/127.0.0.1/tcp/0".parse().unwrap()));
         assert!(!is_dialable(&"/ip4/127.0.0.1/udp/4001".parse().unwrap()));
@@ -681,22 +660,10 @@ mod tests {
             ..Default::default()
         };
         let value = hb.sign_and_encode(&kp);
-        assert!(valid_node_record(&kad::Record::new(
-            node_record_key(&peer),
-            value.clone()
-        )));
+        assert!(valid_node_record(&kad::Record::new(node_record_key(&peer), value.clone())));
         let other = PeerId::random();
-        assert!(!valid_node_record(&kad::Record::new(
-            node_record_key(&other),
-            value.clone()
-        )));
-        assert!(!valid_node_record(&kad::Record::new(
-            b"/other/key".to_vec(),
-            value
-        )));
-        assert!(!valid_node_record(&kad::Record::new(
-            node_record_key(&peer),
-            vec![1, 2, 3]
-        )));
+        assert!(!valid_node_record(&kad::Record::new(node_record_key(&other), value.clone())));
+        assert!(!valid_node_record(&kad::Record::new(b"/other/key".to_vec(), value)));
+        assert!(!valid_node_record(&kad::Record::new(node_record_key(&peer), vec![1, 2, 3])));
     }
 }

@@ -18,7 +18,8 @@ pub use config::{KadMode, NetConfig, default_listen_addrs};
 pub use event_loop::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key, spawn};
 pub use libp2p::gossipsub::MessageId;
 pub use libp2p::identity::{KeyType, Keypair};
-pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr::Protocol};
+pub use libp2p_stream::{Control as StreamControl, OpenStreamError};
 
 /// The Kademlia protocol of QUIVer's private DHT (not IPFS's).
 pub const KAD_PROTOCOL: &str = "/quiver/kad/1.0.0";

@@ -11,10 +11,7 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is larger than {MAX_CONFIG_BYTES} bytes")]
     TooLarge { path: PathBuf },
     #[error("invalid config file {path}: {message}")]
@@ -49,21 +46,13 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let read_err = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
+        let read_err = |source| ConfigError::Read { path: path.to_owned(), source };
         let meta = std::fs::metadata(path).map_err(read_err)?;
         if meta.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-            });
+            return Err(ConfigError::TooLarge { path: path.to_owned() });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
     pub fn parse(text: &str) -> Result<FileConfig, String> {
@@ -73,11 +62,7 @@ impl FileConfig {
 
 /// `$XDG_DATA_HOME/quiver`, else `$HOME/.local/share/quiver`, else `./quiver-data`.
 pub fn default_data_dir() -> PathBuf {
-    let non_empty = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(x) = non_empty("XDG_DATA_HOME") {
         return x.join("quiver");
     }
@@ -108,10 +93,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.port, Some(4001));
-        assert_eq!(
-            c.bootstrap.as_deref(),
-            Some(&["example.org:4001".to_string()][..])
-        );
+        assert_eq!(c.bootstrap.as_deref(), Some(&["example.org:4001".to_string()][..]));
         assert!(FileConfig::parse("prot = 1").unwrap_err().contains("prot"));
         assert!(FileConfig::parse("port = 99999").is_err());
         assert!(FileConfig::parse("port = [").is_err());

@@ -66,19 +66,12 @@ pub struct NodeTable {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl NodeTable {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
-        NodeTable {
-            nodes: HashMap::new(),
-            capacity: capacity.max(1),
-            ttl,
-        }
+        NodeTable { nodes: HashMap::new(), capacity: capacity.max(1), ttl }
     }
 
     /// Checks a heartbeat received by gossip from `author` and stores it if it is news.
@@ -94,9 +87,7 @@ impl NodeTable {
         if author != Some(peer_id) {
             return Err(HeartbeatError::WrongAuthor {
                 heartbeat: peer_id,
-                author: author
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "nobody".into()),
+                author: author.map(|a| a.to_string()).unwrap_or_else(|| "nobody".into()),
             });
         }
         let now = now_ms();
@@ -117,28 +108,12 @@ impl NodeTable {
     fn insert(&mut self, peer_id: PeerId, hb: Heartbeat) {
         if !self.nodes.contains_key(&peer_id) && self.nodes.len() >= self.capacity {
             // Full: the node heard of least recently makes room.
-            if let Some(oldest) = self
-                .nodes
-                .values()
-                .min_by_key(|n| n.last_seen)
-                .map(|n| n.peer_id)
-            {
+            if let Some(oldest) = self.nodes.values().min_by_key(|n| n.last_seen).map(|n| n.peer_id) {
                 self.nodes.remove(&oldest);
             }
         }
-        let listen_addrs = hb
-            .listen_addrs
-            .into_iter()
-            .filter_map(|a| Multiaddr::try_from(a).ok())
-            .collect();
-        let models = hb
-            .models
-            .into_iter()
-            .map(|m| KnownModel {
-                name: m.name,
-                sha256: hex(&m.sha256),
-            })
-            .collect();
+        let listen_addrs = hb.listen_addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()).collect();
+        let models = hb.models.into_iter().map(|m| KnownModel { name: m.name, sha256: hex(&m.sha256) }).collect();
         self.nodes.insert(
             peer_id,
             KnownNode {
@@ -197,16 +172,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// CPU load for heartbeats: the 1-minute load average over the number of cores (Linux), or 0.
 pub(crate) fn cpu_load() -> f32 {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f32;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f32;
     std::fs::read_to_string("/proc/loadavg")
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<f32>().ok())
-        })
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f32>().ok()))
         .map(|l| (l / cores).clamp(0.0, 1024.0))
         .unwrap_or(0.0)
 }
@@ -234,35 +203,15 @@ mod tests {
         let kp = Keypair::generate_ed25519();
         let me = Some(kp.public().to_peer_id());
         let now = now_ms();
-        assert_eq!(
-            t.on_heartbeat(&heartbeat(&kp, 1, now), me, local).unwrap(),
-            HeartbeatVerdict::Accepted
-        );
-        assert_eq!(
-            t.on_heartbeat(&heartbeat(&kp, 1, now), me, local).unwrap(),
-            HeartbeatVerdict::Stale
-        );
-        assert_eq!(
-            t.on_heartbeat(&heartbeat(&kp, 2, now), me, local).unwrap(),
-            HeartbeatVerdict::Accepted
-        );
+        assert_eq!(t.on_heartbeat(&heartbeat(&kp, 1, now), me, local).unwrap(), HeartbeatVerdict::Accepted);
+        assert_eq!(t.on_heartbeat(&heartbeat(&kp, 1, now), me, local).unwrap(), HeartbeatVerdict::Stale);
+        assert_eq!(t.on_heartbeat(&heartbeat(&kp, 2, now), me, local).unwrap(), HeartbeatVerdict::Accepted);
         // Far future or long past: dropped without penalty.
-        assert_eq!(
-            t.on_heartbeat(&heartbeat(&kp, 3, now + 3_600_000), me, local)
-                .unwrap(),
-            HeartbeatVerdict::Stale
-        );
-        assert_eq!(
-            t.on_heartbeat(&heartbeat(&kp, 3, now - 3_600_000), me, local)
-                .unwrap(),
-            HeartbeatVerdict::Stale
-        );
+        assert_eq!(t.on_heartbeat(&heartbeat(&kp, 3, now + 3_600_000), me, local).unwrap(), HeartbeatVerdict::Stale);
+        assert_eq!(t.on_heartbeat(&heartbeat(&kp, 3, now - 3_600_000), me, local).unwrap(), HeartbeatVerdict::Stale);
         // Published by someone else, or garbage: refused.
         let other = Some(PeerId::random());
-        assert!(
-            t.on_heartbeat(&heartbeat(&kp, 4, now), other, local)
-                .is_err()
-        );
+        assert!(t.on_heartbeat(&heartbeat(&kp, 4, now), other, local).is_err());
         assert!(t.on_heartbeat(b"garbage", me, local).is_err());
         assert_eq!(t.len(), 1);
     }
@@ -274,12 +223,7 @@ mod tests {
         let now = now_ms();
         for _ in 0..5 {
             let kp = Keypair::generate_ed25519();
-            t.on_heartbeat(
-                &heartbeat(&kp, 1, now),
-                Some(kp.public().to_peer_id()),
-                local,
-            )
-            .unwrap();
+            t.on_heartbeat(&heartbeat(&kp, 1, now), Some(kp.public().to_peer_id()), local).unwrap();
         }
         assert_eq!(t.len(), 3);
         std::thread::sleep(Duration::from_millis(250));

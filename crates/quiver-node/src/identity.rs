@@ -15,20 +15,11 @@ const MAX_KEY_FILE: u64 = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("cannot create data directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot read identity key {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write identity key {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error(
         "identity key {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` if the key was not exposed, or move it away to get a new identity"
     )]
@@ -51,25 +42,13 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair, IdentityError> {
                 return Err(IdentityError::Permissions { path, mode });
             }
             if meta.len() > MAX_KEY_FILE {
-                return Err(IdentityError::Invalid {
-                    path,
-                    reason: "file too large".into(),
-                });
+                return Err(IdentityError::Invalid { path, reason: "file too large".into() });
             }
-            let bytes = fs::read(&path).map_err(|source| IdentityError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let key =
-                Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Invalid {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+            let bytes = fs::read(&path).map_err(|source| IdentityError::Read { path: path.clone(), source })?;
+            let key = Keypair::from_protobuf_encoding(&bytes)
+                .map_err(|e| IdentityError::Invalid { path: path.clone(), reason: e.to_string() })?;
             if key.key_type() != quiver_net::KeyType::Ed25519 {
-                return Err(IdentityError::Invalid {
-                    path,
-                    reason: format!("{} key", key.key_type()),
-                });
+                return Err(IdentityError::Invalid { path, reason: format!("{} key", key.key_type()) });
             }
             Ok(key)
         }
@@ -79,28 +58,14 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair, IdentityError> {
 }
 
 fn create(dir: &Path, path: &Path) -> Result<Keypair, IdentityError> {
-    fs::create_dir_all(dir).map_err(|source| IdentityError::CreateDir {
-        path: dir.to_owned(),
-        source,
-    })?;
+    fs::create_dir_all(dir).map_err(|source| IdentityError::CreateDir { path: dir.to_owned(), source })?;
     let key = Keypair::generate_ed25519();
     let bytes = key
         .to_protobuf_encoding()
-        .map_err(|e| IdentityError::Invalid {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let write_err = |source| IdentityError::Write {
-        path: path.to_owned(),
-        source,
-    };
+        .map_err(|e| IdentityError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
+    let write_err = |source| IdentityError::Write { path: path.to_owned(), source };
     // create_new: never overwrite a key another process wrote in the meantime.
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(write_err)?;
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_err)?;
     file.write_all(&bytes).map_err(write_err)?;
     file.sync_all().map_err(write_err)?;
     Ok(key)
@@ -116,10 +81,7 @@ mod tests {
         let a = load_or_create(dir.path()).unwrap();
         let b = load_or_create(dir.path()).unwrap();
         assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
-        let mode = fs::metadata(dir.path().join(IDENTITY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dir.path().join(IDENTITY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -138,10 +100,7 @@ mod tests {
         let path = dir.path().join(IDENTITY_FILE);
         let before = fs::read(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(
-            load_or_create(dir.path()),
-            Err(IdentityError::Permissions { .. })
-        ));
+        assert!(matches!(load_or_create(dir.path()), Err(IdentityError::Permissions { .. })));
         assert_eq!(fs::read(&path).unwrap(), before);
     }
 

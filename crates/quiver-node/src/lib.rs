@@ -14,12 +14,18 @@
 //! # Ok(()) }
 //! ```
 
+mod client;
 pub mod config;
 pub mod discovery;
 pub mod identity;
 mod metrics;
 mod node;
+mod provider;
+pub mod wire;
 
+pub use client::{InferError, InferenceRequest, InferenceResult, InferenceStream, ReceiptInfo, Route, StreamEvent};
 pub use discovery::{KnownNode, NODES_TOPIC};
-pub use node::{AGENT_VERSION, Node, NodeConfig, NodeError, NodeStatus};
+pub use node::{AGENT_VERSION, Node, NodeConfig, NodeError, NodeStatus, ProviderStatus};
+pub use provider::ProviderConfig;
+pub use quiver_engine as engine;
 pub use quiver_net::{BootstrapAddr, Multiaddr, PeerId, PeerInfo};

@@ -1,6 +1,6 @@
 //! The node's own Prometheus metrics (libp2p's are registered beside them by quiver-net).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,8 +12,31 @@ pub(crate) struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub(crate) enum JobOutcome {
+    Served,
+    Failed,
+    Busy,
+    Invalid,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct JobLabel {
+    pub outcome: JobOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabel {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub(crate) struct NodeMetrics {
+    /// Jobs this node served as a provider, by outcome.
+    pub jobs: Family<JobLabel, Counter>,
+    pub tokens_generated: Counter,
+    /// Requests this node made as a client, by outcome.
+    pub requests: Family<RequestLabel, Counter>,
     pub known_nodes: Gauge,
     pub connected_peers: Gauge,
     pub heartbeats_published: Counter,
@@ -24,38 +47,22 @@ impl NodeMetrics {
     pub fn register(registry: &mut Registry, start_unix_secs: i64) -> Self {
         let m = NodeMetrics::default();
         let q = registry.sub_registry_with_prefix("quiver");
-        q.register(
-            "known_nodes",
-            "Nodes heard of through heartbeats and not expired",
-            m.known_nodes.clone(),
-        );
-        q.register(
-            "connected_peers",
-            "Peers with at least one open connection",
-            m.connected_peers.clone(),
-        );
-        q.register(
-            "heartbeats_published",
-            "Heartbeats this node published",
-            m.heartbeats_published.clone(),
-        );
+        q.register("known_nodes", "Nodes heard of through heartbeats and not expired", m.known_nodes.clone());
+        q.register("connected_peers", "Peers with at least one open connection", m.connected_peers.clone());
+        q.register("heartbeats_published", "Heartbeats this node published", m.heartbeats_published.clone());
         q.register(
             "heartbeats_received",
             "Heartbeats received by gossip, by outcome (accepted, stale, rejected)",
             m.heartbeats_received.clone(),
         );
-        q.register(
-            "build",
-            "Version of this node",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        q.register("build", "Version of this node", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         let start: Gauge = Gauge::default();
         start.set(start_unix_secs);
-        registry.register(
-            "process_start_time_seconds",
-            "Start time of the process since the Unix epoch",
-            start,
-        );
+        registry.register("process_start_time_seconds", "Start time of the process since the Unix epoch", start);
         m
+    }
+
+    pub fn job(&self, outcome: JobOutcome) {
+        self.jobs.get_or_create(&JobLabel { outcome }).inc();
     }
 }

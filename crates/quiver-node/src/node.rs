@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use quiver_net::{
-    BootstrapAddr, KadMode, Keypair, Multiaddr, NetClient, NetConfig, NetError, NetEvent,
-    NetStatus, PeerInfo, Protocol, Validation, default_listen_addrs,
+    BootstrapAddr, KadMode, Keypair, Multiaddr, NetClient, NetConfig, NetError, NetEvent, NetStatus, PeerInfo,
+    Protocol, Validation, default_listen_addrs,
 };
 use quiver_proto::Heartbeat;
 use serde::Serialize;
@@ -16,9 +16,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::client::ClaimBoard;
 use crate::discovery::{self, HeartbeatVerdict, KnownNode, NODES_TOPIC, NodeTable};
 use crate::identity::{self, IdentityError};
 use crate::metrics::{NodeMetrics, OutcomeLabel};
+use crate::provider::{Provider, ProviderConfig};
 
 /// Version string nodes announce (Identify agent and heartbeats).
 pub const AGENT_VERSION: &str = concat!("quiver/", env!("CARGO_PKG_VERSION"));
@@ -49,6 +51,11 @@ pub struct NodeConfig {
     pub random_walk_interval: Duration,
     /// Period of full DHT bootstraps.
     pub kad_bootstrap_interval: Duration,
+    /// Serve these engines to the network (the provider role).
+    pub provider: Option<ProviderConfig>,
+    /// Take part in the DHT as a client only (never in others' routing tables): for short-lived
+    /// processes such as `quiver ask`.
+    pub dht_client_only: bool,
 }
 
 impl Default for NodeConfig {
@@ -63,6 +70,8 @@ impl Default for NodeConfig {
             max_known_nodes: 10_000,
             random_walk_interval: Duration::from_secs(60),
             kad_bootstrap_interval: Duration::from_secs(300),
+            provider: None,
+            dht_client_only: false,
         }
     }
 }
@@ -90,6 +99,17 @@ pub struct NodeStatus {
     pub kad_mode: String,
     pub gossip_mesh: BTreeMap<String, usize>,
     pub known_nodes: Vec<KnownNode>,
+    /// Present when this node serves models.
+    pub provider: Option<ProviderStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    pub models: Vec<crate::discovery::KnownModel>,
+    pub max_concurrent: usize,
+    pub free_slots: u32,
+    pub queue_depth: u32,
+    pub tokens_per_sec: f32,
 }
 
 struct Inner {
@@ -102,6 +122,8 @@ struct Inner {
     registry: Registry,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    provider: Option<Arc<Provider>>,
+    claims: ClaimBoard,
 }
 
 /// A running node. Cheap to clone; every clone drives the same node.
@@ -124,16 +146,23 @@ impl Node {
         let net_config = NetConfig {
             listen_addrs: config.listen_addrs.clone(),
             bootstrap: config.bootstrap_peers.clone(),
-            kad_mode: KadMode::Server,
+            kad_mode: if config.dht_client_only { KadMode::Client } else { KadMode::Server },
             kad_bootstrap_interval: config.kad_bootstrap_interval,
             random_walk_interval: config.random_walk_interval,
             agent_version: AGENT_VERSION.to_owned(),
             ..NetConfig::default()
         };
-        let (net, events, net_task) =
-            quiver_net::spawn(keypair.clone(), net_config, &mut registry).await?;
+        let (net, events, net_task) = quiver_net::spawn(keypair.clone(), net_config, &mut registry).await?;
         net.subscribe(NODES_TOPIC).await?;
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
+        let provider = match &config.provider {
+            Some(p) if !p.engines.is_empty() => {
+                let provider = Arc::new(Provider::new(p.clone(), keypair.clone(), net.clone(), metrics.clone()));
+                provider.announce().await?;
+                Some(provider)
+            }
+            _ => None,
+        };
         let inner = Arc::new(Inner {
             net,
             keypair,
@@ -144,13 +173,19 @@ impl Node {
             registry,
             listen_addrs: listen_rx,
             tasks: Mutex::new(Vec::new()),
+            provider: provider.clone(),
+            claims: ClaimBoard::default(),
         });
         let node = Node { inner };
-        let tasks = vec![
+        let mut tasks = vec![
             net_task,
             tokio::spawn(node.clone().handle_events(events, listen_tx)),
             tokio::spawn(node.clone().publish_heartbeats()),
+            tokio::spawn(node.clone().accept_claims()),
         ];
+        if let Some(p) = provider {
+            tasks.push(tokio::spawn(p.serve()));
+        }
         *lock(&node.inner.tasks) = tasks;
         info!(peer_id = %node.peer_id(), "node started");
         Ok(node)
@@ -176,15 +211,8 @@ impl Node {
     }
 
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        let NetStatus {
-            peer_id,
-            listen_addrs,
-            connected_peers,
-            routing_table,
-            kad_mode,
-            gossip_mesh,
-            ..
-        } = self.inner.net.status().await?;
+        let NetStatus { peer_id, listen_addrs, connected_peers, routing_table, kad_mode, gossip_mesh, .. } =
+            self.inner.net.status().await?;
         let known_nodes = self.known_nodes();
         Ok(NodeStatus {
             peer_id: peer_id.to_string(),
@@ -199,7 +227,66 @@ impl Node {
             kad_mode,
             gossip_mesh,
             known_nodes,
+            provider: self.inner.provider.as_ref().map(|p| ProviderStatus {
+                models: p
+                    .models()
+                    .into_iter()
+                    .map(|m| crate::discovery::KnownModel { name: m.name, sha256: discovery::hex(&m.sha256) })
+                    .collect(),
+                max_concurrent: p.max_concurrent(),
+                free_slots: p.free_slots(),
+                queue_depth: p.queue_depth(),
+                tokens_per_sec: p.tokens_per_sec(),
+            }),
         })
+    }
+
+    pub(crate) fn metrics(&self) -> &NodeMetrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn claim_board(&self) -> &ClaimBoard {
+        &self.inner.claims
+    }
+
+    /// Waits until at least `n` peers are connected, or `limit` passes; returns whether they are.
+    pub async fn wait_for_peers(&self, n: usize, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(s) = self.inner.net.status().await
+                && s.connected_peers.len() >= n
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until a provider of `model` is known (heartbeat or DHT), or `limit` passes.
+    pub async fn wait_for_provider(&self, model: &str, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.known_nodes().iter().any(|n| n.models.iter().any(|m| m.name == model)) {
+                return true;
+            }
+            let found = tokio::time::timeout(
+                Duration::from_secs(3),
+                self.inner.net.get_providers(crate::wire::model_name_key(model)),
+            )
+            .await;
+            if let Ok(Ok(p)) = found
+                && p.iter().any(|(peer, _)| *peer != self.peer_id())
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeError> {
@@ -224,31 +311,26 @@ impl Node {
         }
     }
 
-    async fn handle_events(
-        self,
-        mut events: mpsc::Receiver<NetEvent>,
-        listen_tx: watch::Sender<Vec<Multiaddr>>,
-    ) {
+    async fn handle_events(self, mut events: mpsc::Receiver<NetEvent>, listen_tx: watch::Sender<Vec<Multiaddr>>) {
         while let Some(event) = events.recv().await {
             match event {
-                NetEvent::Gossip {
-                    topic,
-                    author,
-                    propagation_source,
-                    id,
-                    data,
-                } => {
+                NetEvent::Gossip { topic, author, propagation_source, id, data } => {
                     let verdict = if topic == NODES_TOPIC {
                         self.on_heartbeat(&data, author)
+                    } else if let (Some(p), true) =
+                        (&self.inner.provider, topic.starts_with(quiver_proto::infer::INFER_TOPIC_PREFIX))
+                    {
+                        match p.on_announcement(&topic, &data, author) {
+                            Ok(()) => Validation::Accept,
+                            Err(e) => {
+                                debug!(?author, error = %e, "rejected a job announcement");
+                                Validation::Reject
+                            }
+                        }
                     } else {
                         Validation::Ignore
                     };
-                    if let Err(e) = self
-                        .inner
-                        .net
-                        .report_validation(id, propagation_source, verdict)
-                        .await
-                    {
+                    if let Err(e) = self.inner.net.report_validation(id, propagation_source, verdict).await {
                         debug!(error = %e, "validation not reported");
                     }
                 }
@@ -277,11 +359,7 @@ impl Node {
             }
         };
         self.inner.metrics.known_nodes.set(table.len() as i64);
-        self.inner
-            .metrics
-            .heartbeats_received
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
+        self.inner.metrics.heartbeats_received.get_or_create(&OutcomeLabel { outcome }).inc();
         verdict
     }
 
@@ -295,10 +373,7 @@ impl Node {
                 let (a, _) = quiver_net::split_peer_id(a.clone());
                 a
             })
-            .filter(|a| {
-                !a.iter()
-                    .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
-            })
+            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())))
             .take(MAX_ADVERTISED_ADDRS)
             .map(|a| a.to_vec())
             .collect();
@@ -306,13 +381,14 @@ impl Node {
             peer_id: self.peer_id().to_bytes(),
             agent_version: AGENT_VERSION.to_owned(),
             listen_addrs,
-            models: Vec::new(),
+            models: self.inner.provider.as_ref().map(|p| p.models()).unwrap_or_default(),
             cpu_load: discovery::cpu_load(),
-            free_slots: 0,
+            free_slots: self.inner.provider.as_ref().map_or(0, |p| p.free_slots()),
             uptime_secs: self.inner.started.elapsed().as_secs(),
             timestamp_ms: discovery::now_ms(),
             seq,
-            queue_depth: 0,
+            queue_depth: self.inner.provider.as_ref().map_or(0, |p| p.queue_depth()),
+            tokens_per_sec: self.inner.provider.as_ref().map_or(0.0, |p| p.tokens_per_sec()),
         }
     }
 

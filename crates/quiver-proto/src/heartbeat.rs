@@ -33,11 +33,7 @@ impl Heartbeat {
         if self.listen_addrs.len() > MAX_LISTEN_ADDRS {
             return invalid("listen_addrs", "too many");
         }
-        if self
-            .listen_addrs
-            .iter()
-            .any(|a| a.is_empty() || a.len() > MAX_ADDR_BYTES)
-        {
+        if self.listen_addrs.iter().any(|a| a.is_empty() || a.len() > MAX_ADDR_BYTES) {
             return invalid("listen_addrs", "empty or too long address");
         }
         if self.models.len() > MAX_MODELS {
@@ -74,21 +70,13 @@ impl SignedHeartbeat {
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
         let signed = SignedRecord::decode_verified(bytes, HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES)?;
         let heartbeat = Heartbeat::decode(signed.payload.as_slice())?;
-        let named = PeerId::from_bytes(&heartbeat.peer_id).map_err(|_| ProtoError::Invalid {
-            field: "peer_id",
-            reason: "not a PeerId",
-        })?;
+        let named = PeerId::from_bytes(&heartbeat.peer_id)
+            .map_err(|_| ProtoError::Invalid { field: "peer_id", reason: "not a PeerId" })?;
         if named != signed.signer {
-            return Err(ProtoError::PeerMismatch {
-                named: named.to_string(),
-                signer: signed.signer.to_string(),
-            });
+            return Err(ProtoError::PeerMismatch { named: named.to_string(), signer: signed.signer.to_string() });
         }
         heartbeat.validate()?;
-        Ok(SignedHeartbeat {
-            peer_id: named,
-            heartbeat,
-        })
+        Ok(SignedHeartbeat { peer_id: named, heartbeat })
     }
 }
 
@@ -102,16 +90,14 @@ mod tests {
             peer_id: kp.public().to_peer_id().to_bytes(),
             agent_version: "quiver/test".into(),
             listen_addrs: vec![vec![4, 127, 0, 0, 1, 6, 0x0f, 0xa1]],
-            models: vec![ModelInfo {
-                name: "m".into(),
-                sha256: vec![7; 32],
-            }],
+            models: vec![ModelInfo { name: "m".into(), sha256: vec![7; 32] }],
             cpu_load: 0.25,
             free_slots: 2,
             uptime_secs: 10,
             timestamp_ms: 1_700_000_000_000,
             seq: 3,
             queue_depth: 0,
+            tokens_per_sec: 150.0,
         }
     }
 
@@ -129,10 +115,7 @@ mod tests {
         let kp = Keypair::generate_ed25519();
         let other = Keypair::generate_ed25519();
         let hb = sample(&other);
-        assert!(matches!(
-            SignedHeartbeat::decode(&hb.sign_and_encode(&kp)),
-            Err(ProtoError::PeerMismatch { .. })
-        ));
+        assert!(matches!(SignedHeartbeat::decode(&hb.sign_and_encode(&kp)), Err(ProtoError::PeerMismatch { .. })));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! say: size limits, signatures with domain separation, and field validation. Everything a peer
 //! sends is decoded through functions here, which never panic on any input.
 
+pub mod frame;
 pub mod heartbeat;
+pub mod infer;
 pub mod signed;
 
 mod pb {
@@ -12,8 +14,12 @@ mod pb {
     include!(concat!(env!("OUT_DIR"), "/quiver.v1.rs"));
 }
 
+pub use frame::{FrameError, read_frame, write_frame};
 pub use heartbeat::{HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES, SignedHeartbeat};
-pub use pb::{Heartbeat, ModelInfo, SignedRecord};
+pub use pb::{
+    Accepted, Busy, ChatMessage, Claim, ClaimAck, Heartbeat, InferError, InferRequest, InferResponse, JobAnnouncement,
+    ModelInfo, PromptInput, Receipt, SamplingParams, SignedRecord, TokenChunk, infer_response,
+};
 pub use signed::{SignedPayload, sign};
 
 /// Why a message from a peer was refused.
@@ -26,28 +32,19 @@ pub enum ProtoError {
     #[error("signer public key is not a valid libp2p key")]
     BadKey,
     #[error("signed for domain {found:?}, expected {expected:?}")]
-    WrongDomain {
-        expected: &'static str,
-        found: String,
-    },
+    WrongDomain { expected: &'static str, found: String },
     #[error("signature does not verify")]
     BadSignature,
     #[error("record names peer {named} but is signed by {signer}")]
     PeerMismatch { named: String, signer: String },
     #[error("invalid field `{field}`: {reason}")]
-    Invalid {
-        field: &'static str,
-        reason: &'static str,
-    },
+    Invalid { field: &'static str, reason: &'static str },
 }
 
 /// Refuses `bytes` longer than `max` before any decoding work is done.
 pub fn check_len(bytes: &[u8], max: usize) -> Result<(), ProtoError> {
     if bytes.len() > max {
-        return Err(ProtoError::TooLarge {
-            len: bytes.len(),
-            max,
-        });
+        return Err(ProtoError::TooLarge { len: bytes.len(), max });
     }
     Ok(())
 }

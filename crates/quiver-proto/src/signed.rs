@@ -26,12 +26,7 @@ pub fn sign(keypair: &Keypair, domain: &str, payload: Vec<u8>) -> SignedRecord {
         .sign(&signing_input(domain, &payload))
         // Ed25519 signing cannot fail; other key types are never used by QUIVer.
         .unwrap_or_default();
-    SignedRecord {
-        public_key: keypair.public().encode_protobuf(),
-        domain: domain.to_owned(),
-        payload,
-        signature,
-    }
+    SignedRecord { public_key: keypair.public().encode_protobuf(), domain: domain.to_owned(), payload, signature }
 }
 
 /// A verified payload and who signed it.
@@ -44,11 +39,7 @@ pub struct SignedPayload {
 
 impl SignedRecord {
     /// Decodes a `SignedRecord` of at most `max` bytes and verifies it was signed for `domain`.
-    pub fn decode_verified(
-        bytes: &[u8],
-        domain: &'static str,
-        max: usize,
-    ) -> Result<SignedPayload, ProtoError> {
+    pub fn decode_verified(bytes: &[u8], domain: &'static str, max: usize) -> Result<SignedPayload, ProtoError> {
         check_len(bytes, max)?;
         let record = SignedRecord::decode(bytes)?;
         record.verify(domain)
@@ -59,21 +50,13 @@ impl SignedRecord {
         if self.domain.len() > MAX_DOMAIN_LEN || self.domain != domain {
             let mut found = self.domain;
             found.truncate(MAX_DOMAIN_LEN);
-            return Err(ProtoError::WrongDomain {
-                expected: domain,
-                found,
-            });
+            return Err(ProtoError::WrongDomain { expected: domain, found });
         }
-        let public_key =
-            PublicKey::try_decode_protobuf(&self.public_key).map_err(|_| ProtoError::BadKey)?;
+        let public_key = PublicKey::try_decode_protobuf(&self.public_key).map_err(|_| ProtoError::BadKey)?;
         if !public_key.verify(&signing_input(domain, &self.payload), &self.signature) {
             return Err(ProtoError::BadSignature);
         }
-        Ok(SignedPayload {
-            signer: public_key.to_peer_id(),
-            public_key,
-            payload: self.payload,
-        })
+        Ok(SignedPayload { signer: public_key.to_peer_id(), public_key, payload: self.payload })
     }
 }
 
@@ -91,32 +74,20 @@ mod tests {
         assert_eq!(ok.payload, b"hello");
 
         // Another domain is refused.
-        assert!(matches!(
-            SignedRecord::decode_verified(&bytes, "test/2", 1024),
-            Err(ProtoError::WrongDomain { .. })
-        ));
+        assert!(matches!(SignedRecord::decode_verified(&bytes, "test/2", 1024), Err(ProtoError::WrongDomain { .. })));
         // A changed payload is refused.
         let mut bad = rec.clone();
         bad.payload = b"hellO".to_vec();
-        assert!(matches!(
-            bad.verify("test/1"),
-            Err(ProtoError::BadSignature)
-        ));
+        assert!(matches!(bad.verify("test/1"), Err(ProtoError::BadSignature)));
         // A key swapped for another's is refused.
         let mut bad = rec.clone();
         bad.public_key = Keypair::generate_ed25519().public().encode_protobuf();
-        assert!(matches!(
-            bad.verify("test/1"),
-            Err(ProtoError::BadSignature)
-        ));
+        assert!(matches!(bad.verify("test/1"), Err(ProtoError::BadSignature)));
         // Garbage key bytes are a typed error.
         let mut bad = rec;
         bad.public_key = vec![1, 2, 3];
         assert!(matches!(bad.verify("test/1"), Err(ProtoError::BadKey)));
         // Oversized input is refused before decoding.
-        assert!(matches!(
-            SignedRecord::decode_verified(&bytes, "test/1", 4),
-            Err(ProtoError::TooLarge { .. })
-        ));
+        assert!(matches!(SignedRecord::decode_verified(&bytes, "test/1", 4), Err(ProtoError::TooLarge { .. })));
     }
 }

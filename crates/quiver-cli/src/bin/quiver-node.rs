@@ -10,11 +10,7 @@ use clap::Parser;
 use quiver_cli::node_cmd::{self, NodeArgs};
 
 #[derive(Parser)]
-#[command(
-    name = "quiver-node",
-    version,
-    about = "Run a QUIVer node: a DHT and gossip peer of the network"
-)]
+#[command(name = "quiver-node", version, about = "Run a QUIVer node: a DHT and gossip peer of the network")]
 struct Cli {
     #[command(flatten)]
     node: NodeArgs,

@@ -38,25 +38,14 @@ impl NodeProc {
     pub fn start(bin: &str, name: &str, args: &[&str], data_dir: &Path) -> NodeProc {
         let mut cmd = Command::new(bin);
         cmd.args(args)
-            .args([
-                "--listen-ip",
-                "127.0.0.1",
-                "--api",
-                "127.0.0.1:0",
-                "--heartbeat-interval",
-                "1",
-            ])
+            .args(["--listen-ip", "127.0.0.1", "--api", "127.0.0.1:0", "--heartbeat-interval", "1"])
             .arg("--data-dir")
             .arg(data_dir.join(name))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(data_dir.join(format!("{name}.log"))).expect("log file"),
-            ));
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+            .stderr(Stdio::from(std::fs::File::create(data_dir.join(format!("{name}.log"))).expect("log file")));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -123,10 +112,7 @@ impl NodeProc {
 
     /// Sends SIGTERM and returns the exit status if the process ends within `limit`.
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
@@ -149,24 +135,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     Some((code, body))
 }
 
@@ -206,12 +182,7 @@ pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
 }
 
 fn strings(v: &Value, key: &str) -> Vec<String> {
-    v[key]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(str::to_owned))
-        .collect()
+    v[key].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect()
 }
 
 /// PeerIds in a node's routing table.
@@ -225,11 +196,7 @@ pub fn known_nodes(status: &Value, fresh_secs: f64) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|k| {
-            k["last_seen_secs"]
-                .as_f64()
-                .is_some_and(|s| s <= fresh_secs)
-        })
+        .filter(|k| k["last_seen_secs"].as_f64().is_some_and(|s| s <= fresh_secs))
         .filter_map(|k| k["peer_id"].as_str().map(str::to_owned))
         .collect()
 }

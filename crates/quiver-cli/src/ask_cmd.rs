@@ -1,0 +1,213 @@
+//! `quiver ask`: send a prompt to the network (or, with `--local`, to the bare engine) and
+//! stream the answer to stdout.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use quiver_engine::llama::LlamaConfig;
+use quiver_engine::{ChatMessage, Engine, GenEvent, GenerateRequest, Input, SamplingParams, models};
+use quiver_net::{BootstrapAddr, default_listen_addrs};
+use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, StreamEvent};
+use serde_json::json;
+
+use crate::{EXIT_ALL_FAILED, EXIT_NO_PROVIDER, EXIT_REJECTED, LogFormat, QUIET_LOG, init_logging, usage_error};
+
+#[derive(Debug, Clone, Args)]
+pub struct AskArgs {
+    /// The prompt.
+    pub prompt: String,
+    /// Model name on the network.
+    #[arg(long, default_value = models::DEFAULT_MODEL, env = "QUIVER_ASK_MODEL")]
+    pub model: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// 0 = greedy (deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampling seed (random when sampling and not given).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Continue the prompt as raw text instead of sending it as a chat message.
+    #[arg(long)]
+    pub raw: bool,
+    /// Print the whole result as JSON (text, usage, provider, verified receipt) at the end
+    /// instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Peer to join the network through (repeatable). [default: the local node of --data-dir]
+    #[arg(long, value_name = "ADDR", value_parser = |s: &str| s.parse::<BootstrapAddr>().map_err(|e| e.to_string()), env = "QUIVER_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<BootstrapAddr>,
+    /// Data directory of the local node to join through when no --bootstrap is given.
+    #[arg(long, value_name = "DIR", env = "QUIVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// IP address this client listens on (providers connect back to deliver claims).
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "QUIVER_LISTEN_IP")]
+    pub listen_ip: IpAddr,
+    /// Skip the gossip announcement: ask providers found in the DHT directly.
+    #[arg(long)]
+    pub direct: bool,
+    /// How long to wait for claims to the gossip announcement, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub claim_window_ms: u64,
+    /// How long to look for a provider before giving up, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub wait: u64,
+    /// Run the model here with the bare engine instead of asking the network.
+    #[arg(long)]
+    pub local: bool,
+    /// CPU threads for --local. [default: all cores]
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Where models are kept, for --local. [default: <data-dir>/models]
+    #[arg(long, value_name = "DIR", env = "QUIVER_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+}
+
+impl AskArgs {
+    fn input(&self) -> Input {
+        if self.raw {
+            Input::Prompt(self.prompt.clone())
+        } else {
+            Input::Chat(vec![ChatMessage { role: "user".into(), content: self.prompt.clone() }])
+        }
+    }
+
+    fn params(&self) -> SamplingParams {
+        let seed = self.seed.unwrap_or_else(|| if self.temperature > 0.0 { rand::random() } else { 0 });
+        SamplingParams {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+pub async fn run(args: AskArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text, QUIET_LOG);
+    if args.local {
+        return run_local(args).await;
+    }
+    let bootstrap = if args.bootstrap.is_empty() { local_node_addrs(&args).await } else { args.bootstrap.clone() };
+    if bootstrap.is_empty() {
+        usage_error("no peer to join through: pass --bootstrap ADDR (or run a local node: quiver-node)");
+    }
+    let node = Node::start(NodeConfig {
+        listen_addrs: default_listen_addrs(args.listen_ip, 0, true),
+        bootstrap_peers: bootstrap,
+        dht_client_only: true,
+        ..NodeConfig::default()
+    })
+    .await?;
+    let outcome = ask_network(&node, &args).await;
+    node.shutdown().await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(match e {
+                InferError::NoProvider { .. } => EXIT_NO_PROVIDER,
+                InferError::AllProvidersFailed { .. } | InferError::Diverged | InferError::Net(_) => EXIT_ALL_FAILED,
+                InferError::Rejected { .. } | InferError::Invalid(_) => EXIT_REJECTED,
+            });
+        }
+    }
+}
+
+async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
+    let wait = Duration::from_secs(args.wait);
+    if !node.wait_for_peers(1, wait).await {
+        return Err(InferError::NoProvider { model: args.model.clone() });
+    }
+    if !node.wait_for_provider(&args.model, wait).await {
+        return Err(InferError::NoProvider { model: args.model.clone() });
+    }
+    let request = InferenceRequest {
+        input: args.input(),
+        params: args.params(),
+        broadcast: !args.direct,
+        claim_window: Duration::from_millis(args.claim_window_ms),
+        ..InferenceRequest::chat(&args.model, "", args.max_tokens)
+    };
+    let mut stream = node.infer_stream(request)?;
+    let mut out = std::io::stdout().lock();
+    while let Some(event) = stream.next().await {
+        match event? {
+            StreamEvent::Token(t) => {
+                if !args.json {
+                    let _ = out.write_all(t.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+            StreamEvent::Done(result) => {
+                if args.json {
+                    let _ = writeln!(out, "{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+                } else {
+                    let _ = writeln!(out);
+                }
+                return Ok(());
+            }
+        }
+    }
+    Err(InferError::Net("the request ended without a result".into()))
+}
+
+/// Addresses of the local node recorded in `<data-dir>/api.addr`, as bootstrap peers.
+async fn local_node_addrs(args: &AskArgs) -> Vec<BootstrapAddr> {
+    let api = crate::client::ApiArgs { api: None, data_dir: args.data_dir.clone(), json: true };
+    let Ok(status) = crate::client::get(&api, "/api/v1/status").await else { return Vec::new() };
+    status["listen_addrs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .filter(|a| a.contains("/tcp/"))
+        .filter_map(|a| a.replace("/ip4/0.0.0.0/", &format!("/ip4/{}/", Ipv4Addr::LOCALHOST)).parse().ok())
+        .collect()
+}
+
+/// The bare engine, no network: the reference the network's answers are compared with.
+async fn run_local(args: AskArgs) -> anyhow::Result<()> {
+    let dir = crate::model_cmd::models_dir(args.models_dir.as_deref(), args.data_dir.as_deref());
+    let model = crate::provider_cmd::local_model(&args.model, &dir, true).await?;
+    let config = LlamaConfig { threads: args.threads.unwrap_or(0), context_size: 2048 };
+    let engine = crate::provider_cmd::load_llama(model, config).await?;
+    let mut generation = engine.generate(GenerateRequest { input: args.input(), params: args.params() })?;
+    let mut text = String::new();
+    let mut out = std::io::stdout().lock();
+    while let Some(event) = generation.next().await {
+        match event? {
+            GenEvent::Token { text: t, .. } => {
+                text.push_str(&t);
+                if !args.json {
+                    let _ = out.write_all(t.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+            GenEvent::Done { finish_reason, usage } => {
+                if args.json {
+                    let v = json!({
+                        "text": text, "usage": usage, "finish_reason": finish_reason,
+                        "model_sha256": engine.model().sha256_hex(), "engine_build": engine.build_id(),
+                        "threads": engine.threads(),
+                    });
+                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                } else {
+                    writeln!(out)?;
+                }
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("the engine ended without a result")
+}

@@ -1,0 +1,170 @@
+//! `quiver-provider` / `quiver provider`: a node that serves models.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use quiver_engine::llama::{LlamaConfig, LlamaEngine};
+use quiver_engine::models::{self, ModelError};
+use quiver_engine::openai::{OpenAiConfig, OpenAiEngine};
+use quiver_engine::{Engine, ModelId};
+use quiver_node::ProviderConfig;
+use sha2::{Digest, Sha256};
+
+use crate::model_cmd;
+use crate::node_cmd::NodeArgs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Backend {
+    /// llama.cpp in this process, on the CPU (GGUF files).
+    #[default]
+    Llama,
+    /// An OpenAI-compatible server (Ollama, llama.cpp server, vLLM, ...).
+    Openai,
+}
+
+/// What a provider serves and how much work it takes.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// Model to serve: a catalogue name (fetched if missing) or a GGUF file path. Repeatable.
+    /// [default: smollm2-135m]
+    #[arg(long, value_name = "NAME|PATH", env = "QUIVER_MODEL", value_delimiter = ',')]
+    pub model: Vec<String>,
+    /// Engine serving the models.
+    #[arg(long, value_enum, default_value_t = Backend::Llama, env = "QUIVER_BACKEND")]
+    pub backend: Backend,
+    /// Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1 (Ollama).
+    #[arg(long, value_name = "URL", env = "QUIVER_BACKEND_URL")]
+    pub backend_url: Option<String>,
+    /// Model name on that server (the network name is --model, or this one if --model is not
+    /// given).
+    #[arg(long, value_name = "NAME", env = "QUIVER_BACKEND_MODEL")]
+    pub backend_model: Option<String>,
+    /// Bearer key for the backend server.
+    #[arg(long, value_name = "KEY", env = "QUIVER_BACKEND_API_KEY", hide_env_values = true)]
+    pub backend_api_key: Option<String>,
+    /// CPU threads per generation (llama backend). [default: all cores]
+    #[arg(long, env = "QUIVER_THREADS")]
+    pub threads: Option<u32>,
+    /// Context size in tokens (llama backend).
+    #[arg(long, default_value_t = 2048, env = "QUIVER_CONTEXT_SIZE")]
+    pub context_size: u32,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1, env = "QUIVER_MAX_CONCURRENT")]
+    pub max_concurrent: usize,
+    /// Jobs waiting for a slot; beyond this, requests are refused as busy.
+    #[arg(long, default_value_t = 8, env = "QUIVER_QUEUE")]
+    pub queue: usize,
+    /// Where models are kept. [default: <data-dir>/models]
+    #[arg(long, value_name = "DIR", env = "QUIVER_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Do not download a missing catalogue model.
+    #[arg(long)]
+    pub no_fetch: bool,
+}
+
+/// `quiver-provider [start] [FLAGS]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProviderCli {
+    #[command(subcommand)]
+    pub command: Option<ProviderCommand>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Serve the models (the same as giving no subcommand).
+    Start {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        provider: ProviderArgs,
+    },
+}
+
+impl ProviderCli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let (node, provider) = match self.command {
+            Some(ProviderCommand::Start { node, provider }) => (node, provider),
+            None => (self.node, self.provider),
+        };
+        crate::node_cmd::run_with(node, Some(provider)).await
+    }
+}
+
+/// Resolves a model to a local file, fetching a catalogue model when allowed.
+pub async fn local_model(name: &str, models_dir: &Path, fetch: bool) -> anyhow::Result<models::LocalModel> {
+    match models::resolve_local(name, models_dir) {
+        Ok(m) => Ok(m),
+        Err(ModelError::NotFetched { .. }) if fetch => {
+            model_cmd::fetch(name, &[], models_dir).await?;
+            Ok(models::resolve_local(name, models_dir)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Loads a llama.cpp engine for `model`, showing what it does.
+pub async fn load_llama(model: models::LocalModel, config: LlamaConfig) -> anyhow::Result<LlamaEngine> {
+    eprintln!("loading {} from {} ...", model.name, model.path.display());
+    let started = Instant::now();
+    let known_sha = model.entry.as_ref().map(|e| e.sha256);
+    let name = model.name.clone();
+    let path = model.path.clone();
+    let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(&path, &name, known_sha, config))
+        .await
+        .context("model loading task")??;
+    eprintln!(
+        "loaded {} ({}, sha256 {}) in {:.1} s, {} threads",
+        engine.model().name,
+        engine.model().gguf_name,
+        engine.model().sha256_hex(),
+        started.elapsed().as_secs_f64(),
+        engine.threads()
+    );
+    Ok(engine)
+}
+
+/// Builds the engines the flags ask for.
+pub async fn build(p: &ProviderArgs, data_dir: &Path) -> anyhow::Result<ProviderConfig> {
+    let models_dir = model_cmd::models_dir(p.models_dir.as_deref(), Some(data_dir));
+    let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
+    match p.backend {
+        Backend::Llama => {
+            let names = if p.model.is_empty() { vec![models::DEFAULT_MODEL.to_owned()] } else { p.model.clone() };
+            for name in names {
+                let model = local_model(&name, &models_dir, !p.no_fetch).await?;
+                let config = LlamaConfig { threads: p.threads.unwrap_or(0), context_size: p.context_size };
+                engines.push(Arc::new(load_llama(model, config).await?));
+            }
+        }
+        Backend::Openai => {
+            let Some(url) = p.backend_url.clone() else { bail!("--backend openai needs --backend-url") };
+            let backend_model = match (&p.backend_model, p.model.first()) {
+                (Some(m), _) => m.clone(),
+                (None, Some(m)) => m.clone(),
+                (None, None) => bail!("--backend openai needs --backend-model (the model name on that server)"),
+            };
+            let name = p.model.first().cloned().unwrap_or_else(|| backend_model.clone());
+            quiver_proto::infer::validate_model_name(&name).with_context(|| format!("model name {name:?}"))?;
+            // No file to hash: the identity of a served remote model is the hash of its name on
+            // the server, so providers of the same remote model agree.
+            let sha256: [u8; 32] = Sha256::digest(format!("openai-compatible:{backend_model}")).into();
+            let id = ModelId { name, gguf_name: backend_model.clone(), sha256 };
+            let config = OpenAiConfig {
+                base_url: url,
+                model: backend_model,
+                api_key: p.backend_api_key.clone(),
+                ..OpenAiConfig::default()
+            };
+            engines.push(Arc::new(OpenAiEngine::new(config, id)?));
+        }
+    }
+    Ok(ProviderConfig { engines, max_concurrent: p.max_concurrent, queue: p.queue })
+}

@@ -1,0 +1,194 @@
+//! QUIVer's inference engines and models.
+//!
+//! An [`Engine`] serves one model: it generates text from a prompt or chat messages as a stream
+//! of token chunks, can be cancelled (drop the [`Generation`]), and reports its build and
+//! capacity. Backends: [`llama`] (llama.cpp on the CPU, GGUF files) and [`openai`] (any
+//! OpenAI-compatible HTTP server: Ollama, llama.cpp server, vLLM). [`models`] holds the model
+//! catalogue, fetching, and model identity (sha256 of the file plus the GGUF name).
+//!
+//! This crate knows nothing of networking.
+
+pub mod llama;
+pub mod models;
+pub mod openai;
+mod stream;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+pub use stream::{StopFilter, Utf8Assembler};
+
+/// One chat message; the engine applies the model's chat template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// Raw text continued as is (no template).
+    Prompt(String),
+    /// Chat messages, formatted with the model's chat template, ending with the assistant's turn.
+    Chat(Vec<ChatMessage>),
+}
+
+/// Sampling parameters. `temperature == 0.0` is greedy decoding (deterministic for a given
+/// engine build and thread count).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    /// Generation ends before the first occurrence of any of these; they are not emitted.
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { max_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+    }
+}
+
+impl SamplingParams {
+    /// Most stop strings accepted.
+    pub const MAX_STOPS: usize = 16;
+    /// Longest stop string accepted, in bytes.
+    pub const MAX_STOP_BYTES: usize = 1024;
+
+    /// Refuses values no engine can honour: `max_tokens == 0`, a negative or non-finite
+    /// temperature, `top_p` outside (0, 1], too many or too long stop strings.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad = |m: String| Err(EngineError::InvalidRequest(m));
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1".into());
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(format!("temperature {} is not a finite number >= 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p {} is not in (0, 1]", self.top_p));
+        }
+        if self.stop.len() > Self::MAX_STOPS {
+            return bad(format!("{} stop strings (most: {})", self.stop.len(), Self::MAX_STOPS));
+        }
+        if self.stop.iter().any(|s| s.len() > Self::MAX_STOP_BYTES) {
+            return bad(format!("a stop string is longer than {} bytes", Self::MAX_STOP_BYTES));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub input: Input,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model ended its turn or a stop string was met.
+    Stop,
+    /// `max_tokens` (or the context size) was reached.
+    Length,
+}
+
+impl fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// What a running generation yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    /// Text of `tokens` newly generated tokens (valid UTF-8; may be empty while a multi-byte
+    /// character is incomplete or a possible stop string is held back).
+    Token { text: String, tokens: u32 },
+    /// The last event of a successful generation.
+    Done { finish_reason: FinishReason, usage: Usage },
+}
+
+/// A running generation. Dropping it cancels the work.
+pub struct Generation {
+    rx: mpsc::Receiver<Result<GenEvent, EngineError>>,
+}
+
+impl Generation {
+    /// Channel capacity between an engine and its consumer.
+    pub const CHANNEL: usize = 64;
+
+    /// A generation fed by `rx`; the producer stops when it finds the channel closed.
+    pub fn new(rx: mpsc::Receiver<Result<GenEvent, EngineError>>) -> Self {
+        Generation { rx }
+    }
+
+    /// The next event; `None` after `Done` or an error.
+    pub async fn next(&mut self) -> Option<Result<GenEvent, EngineError>> {
+        self.rx.recv().await
+    }
+}
+
+/// The identity of a model on the network: the sha256 of its file and its GGUF name; `name`
+/// is the short user-facing name (e.g. `smollm2-135m`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelId {
+    pub name: String,
+    pub gguf_name: String,
+    pub sha256: [u8; 32],
+}
+
+impl ModelId {
+    pub fn sha256_hex(&self) -> String {
+        models::hex(&self.sha256)
+    }
+}
+
+/// An engine serving one model.
+pub trait Engine: Send + Sync + 'static {
+    fn model(&self) -> &ModelId;
+    /// Identifies what produced an output, e.g. `llama.cpp/llama-cpp-2=0.1.160`; outputs of greedy
+    /// requests are comparable between engines with the same build id and thread count.
+    fn build_id(&self) -> String;
+    /// CPU threads used per generation (0 when unknown, e.g. a remote server).
+    fn threads(&self) -> u32;
+    /// Largest prompt plus completion in tokens (0 when unknown).
+    fn context_size(&self) -> u32;
+    /// Starts generating. Errors found before any token (e.g. prompt longer than the context)
+    /// are returned here or as the first event.
+    fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError>;
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("the prompt has {prompt_tokens} tokens but the context holds {context}")]
+    ContextOverflow { prompt_tokens: u32, context: u32 },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("cannot load model {path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("backend server unavailable at {url}: {reason}")]
+    Unavailable { url: String, reason: String },
+    #[error("backend server answered {status}: {message}")]
+    BackendStatus { status: u16, message: String },
+    #[error("backend server sent something unexpected: {0}")]
+    BackendProtocol(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+}

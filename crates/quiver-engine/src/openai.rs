@@ -1,0 +1,594 @@
+//! An engine that forwards to an OpenAI-compatible HTTP server (Ollama, llama.cpp server,
+//! vLLM, ...): `POST <base>/chat/completions` for chat, `POST <base>/completions` for prompts,
+//! streamed as server-sent events or not.
+
+use std::time::Duration;
+
+use reqwest::header::CONTENT_TYPE;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tracing::debug;
+
+use crate::{Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId, Usage};
+
+/// Longest server-sent-events line accepted.
+const MAX_LINE: usize = 1 << 20;
+/// Most bytes read from one streamed answer.
+const MAX_STREAM: usize = 64 << 20;
+/// Most bytes read from a whole (non-streamed) answer.
+const MAX_BODY: usize = 16 << 20;
+/// Most bytes read from an error answer.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// Longest error message kept from a server.
+const MAX_MESSAGE: usize = 1000;
+
+/// Where and how to reach the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAiConfig {
+    /// The API base, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// The model name the server knows.
+    pub model: String,
+    /// Sent as a bearer token.
+    pub api_key: Option<String>,
+    /// Ask for a streamed answer (server-sent events).
+    pub stream: bool,
+    pub connect_timeout: Duration,
+    /// Longest wait for the answer to start and between two chunks of it.
+    pub idle_timeout: Duration,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            base_url: "http://127.0.0.1:11434/v1".into(),
+            model: String::new(),
+            api_key: None,
+            stream: true,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A model served by an OpenAI-compatible server.
+#[derive(Debug, Clone)]
+pub struct OpenAiEngine {
+    config: OpenAiConfig,
+    base: String,
+    id: ModelId,
+    client: reqwest::Client,
+}
+
+impl OpenAiEngine {
+    /// An engine for `config.model` at `config.base_url`, announced as `id`. Nothing is
+    /// contacted yet.
+    pub fn new(config: OpenAiConfig, id: ModelId) -> Result<Self, EngineError> {
+        let base = config.base_url.trim_end_matches('/').to_string();
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| EngineError::InvalidRequest(format!("bad base URL {base:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(EngineError::InvalidRequest(format!("base URL {base:?} is not http(s)")));
+        }
+        if config.model.is_empty() {
+            return Err(EngineError::InvalidRequest("no model name for the backend server".into()));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .build()
+            .map_err(|e| EngineError::InvalidRequest(format!("cannot make an HTTP client: {e}")))?;
+        Ok(OpenAiEngine { config, base, id, client })
+    }
+
+    pub fn config(&self) -> &OpenAiConfig {
+        &self.config
+    }
+}
+
+impl Engine for OpenAiEngine {
+    fn model(&self) -> &ModelId {
+        &self.id
+    }
+
+    fn build_id(&self) -> String {
+        format!("openai-compatible:{}", self.config.model)
+    }
+
+    fn threads(&self) -> u32 {
+        0
+    }
+
+    fn context_size(&self) -> u32 {
+        0
+    }
+
+    /// Must be called within a tokio runtime (the request runs on a task of it).
+    fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
+        request.params.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            EngineError::InvalidRequest("the OpenAI-compatible engine needs a tokio runtime".into())
+        })?;
+        let p = &request.params;
+        let mut body = json!({
+            "model": self.config.model,
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "seed": p.seed,
+            "stream": self.config.stream,
+        });
+        if !p.stop.is_empty() {
+            body["stop"] = json!(p.stop);
+        }
+        if self.config.stream {
+            body["stream_options"] = json!({ "include_usage": true });
+        }
+        let (url, chat) = match &request.input {
+            Input::Chat(messages) => {
+                if messages.is_empty() {
+                    return Err(EngineError::InvalidRequest("no messages".into()));
+                }
+                body["messages"] = json!(messages);
+                (format!("{}/chat/completions", self.base), true)
+            }
+            Input::Prompt(prompt) => {
+                body["prompt"] = json!(prompt);
+                (format!("{}/completions", self.base), false)
+            }
+        };
+        let call = Call {
+            client: self.client.clone(),
+            url,
+            api_key: self.config.api_key.clone(),
+            body,
+            chat,
+            idle: self.config.idle_timeout,
+        };
+        let (tx, rx) = mpsc::channel(Generation::CHANNEL);
+        runtime.spawn(async move {
+            tokio::select! {
+                () = tx.closed() => debug!(url = %call.url, "generation cancelled"),
+                result = call.run(&tx) => {
+                    if let Err(e) = result {
+                        debug!(url = %call.url, error = %e, "backend request failed");
+                        let _ = tx.send(Err(e)).await;
+                    }
+                }
+            }
+        });
+        Ok(Generation::new(rx))
+    }
+}
+
+type Events = mpsc::Sender<Result<GenEvent, EngineError>>;
+
+/// One request to the server.
+struct Call {
+    client: reqwest::Client,
+    url: String,
+    api_key: Option<String>,
+    body: Value,
+    chat: bool,
+    idle: Duration,
+}
+
+impl Call {
+    async fn run(&self, tx: &Events) -> Result<(), EngineError> {
+        let mut request = self.client.post(&self.url).json(&self.body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let mut response = timeout(self.idle, request.send())
+            .await
+            .map_err(|_| self.timed_out("an answer"))?
+            .map_err(|e| self.transport(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = self.read_body(&mut response, MAX_ERROR_BODY).await.unwrap_or_default();
+            return Err(EngineError::BackendStatus {
+                status: status.as_u16(),
+                message: error_message(&body, status),
+            });
+        }
+        let json_answer = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let streamed = self.body["stream"] == json!(true);
+        if streamed && !json_answer {
+            self.read_stream(response, tx).await
+        } else {
+            let body = self.read_body(&mut response, MAX_BODY).await?;
+            let (text, finish_reason, usage) = parse_whole(&body, self.chat)?;
+            let event = GenEvent::Token { text, tokens: usage.completion_tokens };
+            if tx.send(Ok(event)).await.is_ok() {
+                let _ = tx.send(Ok(GenEvent::Done { finish_reason, usage })).await;
+            }
+            Ok(())
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        mut response: reqwest::Response,
+        tx: &Events,
+    ) -> Result<(), EngineError> {
+        let mut lines = Lines::default();
+        let mut stream = StreamState::new(self.chat);
+        let mut total = 0usize;
+        'read: loop {
+            let chunk = self.next_chunk(&mut response).await?;
+            let Some(chunk) = chunk else {
+                if let Some(text) = stream.line(&lines.finish()?)?
+                    && tx.send(Ok(GenEvent::Token { text, tokens: 1 })).await.is_err()
+                {
+                    return Ok(());
+                }
+                break;
+            };
+            let chunk = chunk.as_ref();
+            total += chunk.len();
+            if total > MAX_STREAM {
+                return Err(EngineError::BackendProtocol(format!(
+                    "the stream is longer than {MAX_STREAM} bytes"
+                )));
+            }
+            for line in lines.push(chunk)? {
+                if let Some(text) = stream.line(&line)?
+                    && tx.send(Ok(GenEvent::Token { text, tokens: 1 })).await.is_err()
+                {
+                    return Ok(());
+                }
+                if stream.done {
+                    break 'read;
+                }
+            }
+        }
+        let (finish_reason, usage) = stream.end()?;
+        let _ = tx.send(Ok(GenEvent::Done { finish_reason, usage })).await;
+        Ok(())
+    }
+
+    async fn next_chunk(
+        &self,
+        response: &mut reqwest::Response,
+    ) -> Result<Option<impl AsRef<[u8]> + use<>>, EngineError> {
+        timeout(self.idle, response.chunk())
+            .await
+            .map_err(|_| self.timed_out("more of the answer"))?
+            .map_err(|e| self.transport(&e))
+    }
+
+    /// The whole body, at most `max` bytes.
+    async fn read_body(
+        &self,
+        response: &mut reqwest::Response,
+        max: usize,
+    ) -> Result<Vec<u8>, EngineError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = self.next_chunk(response).await? {
+            let chunk = chunk.as_ref();
+            if body.len() + chunk.len() > max {
+                return Err(EngineError::BackendProtocol(format!(
+                    "the answer is longer than {max} bytes"
+                )));
+            }
+            body.extend_from_slice(chunk);
+        }
+        Ok(body)
+    }
+
+    fn timed_out(&self, what: &str) -> EngineError {
+        EngineError::Timeout(format!("waited {:?} for {what} from {}", self.idle, self.url))
+    }
+
+    fn transport(&self, e: &reqwest::Error) -> EngineError {
+        if e.is_timeout() {
+            return EngineError::Timeout(format!("{}: {}", self.url, error_chain(e)));
+        }
+        EngineError::Unavailable { url: self.url.clone(), reason: error_chain(e) }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// The message of an error answer: OpenAI's `{"error": {"message": ...}}`, or the forms other
+/// servers use, or the start of the body.
+fn error_message(body: &[u8], status: reqwest::StatusCode) -> String {
+    let from_json = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        [v.pointer("/error/message"), v.get("error"), v.get("message"), v.get("detail")]
+            .into_iter()
+            .flatten()
+            .find_map(|m| m.as_str().map(str::to_string))
+    });
+    let message = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("no message").to_string()
+    } else {
+        message
+    };
+    truncate(message, MAX_MESSAGE)
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// Splits a byte stream into lines (LF or CRLF), each at most [`MAX_LINE`] bytes.
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, data: &[u8]) -> Result<Vec<String>, EngineError> {
+        self.buf.extend_from_slice(data);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while let Some(n) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            lines.push(line_text(&self.buf[start..start + n])?);
+            start += n + 1;
+        }
+        self.buf.drain(..start);
+        if self.buf.len() > MAX_LINE {
+            return Err(EngineError::BackendProtocol(format!(
+                "a stream line is longer than {MAX_LINE} bytes"
+            )));
+        }
+        Ok(lines)
+    }
+
+    /// The unterminated last line.
+    fn finish(&mut self) -> Result<String, EngineError> {
+        line_text(&std::mem::take(&mut self.buf))
+    }
+}
+
+fn line_text(line: &[u8]) -> Result<String, EngineError> {
+    if line.len() > MAX_LINE {
+        return Err(EngineError::BackendProtocol(format!(
+            "a stream line is longer than {MAX_LINE} bytes"
+        )));
+    }
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    String::from_utf8(line.to_vec())
+        .map_err(|_| EngineError::BackendProtocol("a stream line is not UTF-8".into()))
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Usage { prompt_tokens: clamp(u.prompt_tokens), completion_tokens: clamp(u.completion_tokens) }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireText {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    /// Streamed chat.
+    delta: Option<WireText>,
+    /// Whole chat answer.
+    message: Option<WireText>,
+    /// Completions.
+    text: Option<String>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireAnswer {
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    usage: Option<WireUsage>,
+    error: Option<Value>,
+}
+
+fn finish_reason(reason: &str) -> FinishReason {
+    if reason == "length" { FinishReason::Length } else { FinishReason::Stop }
+}
+
+fn parse_answer(json: &str) -> Result<WireAnswer, EngineError> {
+    let answer: WireAnswer = serde_json::from_str(json).map_err(|e| {
+        EngineError::BackendProtocol(format!("bad JSON ({e}): {}", truncate(json.into(), 200)))
+    })?;
+    if let Some(error) = &answer.error {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .or(error.as_str())
+            .map_or_else(|| error.to_string(), str::to_string);
+        return Err(EngineError::Inference(format!(
+            "the backend reported: {}",
+            truncate(message, MAX_MESSAGE)
+        )));
+    }
+    Ok(answer)
+}
+
+/// Text, finish reason and usage of a whole answer.
+fn parse_whole(body: &[u8], chat: bool) -> Result<(String, FinishReason, Usage), EngineError> {
+    let body = std::str::from_utf8(body)
+        .map_err(|_| EngineError::BackendProtocol("the answer is not UTF-8".into()))?;
+    let answer = parse_answer(body)?;
+    let choice = answer
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| EngineError::BackendProtocol("the answer has no choices".into()))?;
+    let text = if chat { choice.message.and_then(|m| m.content) } else { choice.text };
+    let reason = choice.finish_reason.as_deref().map_or(FinishReason::Stop, finish_reason);
+    let usage = answer.usage.map(Usage::from).unwrap_or(Usage { prompt_tokens: 0, completion_tokens: 1 });
+    Ok((text.unwrap_or_default(), reason, usage))
+}
+
+/// What a stream has said so far.
+struct StreamState {
+    chat: bool,
+    done: bool,
+    chunks: u32,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+}
+
+impl StreamState {
+    fn new(chat: bool) -> Self {
+        StreamState { chat, done: false, chunks: 0, finish: None, usage: None }
+    }
+
+    /// Handles one line; returns new text, if any.
+    fn line(&mut self, line: &str) -> Result<Option<String>, EngineError> {
+        // Blank lines end events, `:` starts comments; other fields (event, id, retry) carry
+        // nothing for us. Every OpenAI-compatible server sends one JSON object per data line.
+        let Some(data) = line.strip_prefix("data:") else { return Ok(None) };
+        let data = data.strip_prefix(' ').unwrap_or(data);
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(None);
+        }
+        let answer = parse_answer(data)?;
+        if let Some(usage) = answer.usage {
+            self.usage = Some(usage.into());
+        }
+        let Some(choice) = answer.choices.into_iter().next() else { return Ok(None) };
+        if let Some(reason) = choice.finish_reason.as_deref() {
+            self.finish = Some(finish_reason(reason));
+        }
+        let text = if self.chat { choice.delta.and_then(|d| d.content) } else { choice.text };
+        match text {
+            Some(text) if !text.is_empty() => {
+                self.chunks += 1;
+                Ok(Some(text))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The finish reason and usage once the stream is over.
+    fn end(self) -> Result<(FinishReason, Usage), EngineError> {
+        if !self.done && self.finish.is_none() {
+            return Err(EngineError::BackendProtocol("the stream ended before [DONE]".into()));
+        }
+        let usage = self.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: self.chunks });
+        Ok((self.finish.unwrap_or(FinishReason::Stop), usage))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_across_chunks() {
+        let mut l = Lines::default();
+        assert_eq!(l.push(b"data: a").unwrap(), Vec::<String>::new());
+        assert_eq!(l.push(b"b\r\n\ndata:").unwrap(), vec!["data: ab".to_string(), String::new()]);
+        assert_eq!(l.push(b" c\n").unwrap(), vec!["data: c".to_string()]);
+        assert_eq!(l.push(b"tail").unwrap(), Vec::<String>::new());
+        assert_eq!(l.finish().unwrap(), "tail");
+    }
+
+    #[test]
+    fn lines_are_bounded() {
+        let mut l = Lines::default();
+        let big = vec![b'x'; MAX_LINE / 2 + 1];
+        assert!(l.push(&big).is_ok());
+        assert!(l.push(&big).is_err());
+        let mut l = Lines::default();
+        assert!(l.push(b"\xff\xfe\n").is_err());
+    }
+
+    #[test]
+    fn stream_of_chat_chunks() {
+        let mut s = StreamState::new(true);
+        let lines = [
+            ": keep-alive",
+            "",
+            r#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#,
+            r#"data: {"choices":[{"delta":{"content":"Hel"}}]}"#,
+            r#"data:{"choices":[{"delta":{"content":"lo"},"finish_reason":null}]}"#,
+            r#"data: {"choices":[{"delta":{},"finish_reason":"length"}]}"#,
+            r#"data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}"#,
+            "data: [DONE]",
+        ];
+        let texts: Vec<String> = lines.iter().filter_map(|l| s.line(l).unwrap()).collect();
+        assert_eq!(texts, ["Hel", "lo"]);
+        assert!(s.done);
+        let (reason, usage) = s.end().unwrap();
+        assert_eq!(reason, FinishReason::Length);
+        assert_eq!(usage, Usage { prompt_tokens: 7, completion_tokens: 2 });
+    }
+
+    #[test]
+    fn stream_without_usage_counts_chunks() {
+        let mut s = StreamState::new(false);
+        for l in [r#"data: {"choices":[{"text":"a"}]}"#, r#"data: {"choices":[{"text":"b","finish_reason":"stop"}]}"#] {
+            s.line(l).unwrap();
+        }
+        assert_eq!(s.end().unwrap(), (FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2 }));
+        assert!(StreamState::new(true).end().is_err());
+    }
+
+    #[test]
+    fn stream_errors() {
+        let mut s = StreamState::new(true);
+        assert!(matches!(s.line("data: {nope"), Err(EngineError::BackendProtocol(_))));
+        assert!(matches!(
+            s.line(r#"data: {"error":{"message":"model crashed"}}"#),
+            Err(EngineError::Inference(m)) if m.contains("model crashed")
+        ));
+    }
+
+    #[test]
+    fn error_messages() {
+        let s = reqwest::StatusCode::INTERNAL_SERVER_ERROR;
+        assert_eq!(error_message(br#"{"error":{"message":"boom","type":"x"}}"#, s), "boom");
+        assert_eq!(error_message(br#"{"error":"model not found"}"#, s), "model not found");
+        assert_eq!(error_message(b"plain text\n", s), "plain text");
+        assert_eq!(error_message(b"", s), "Internal Server Error");
+        assert!(error_message(&[b'x'; 5000], s).len() < 1100);
+    }
+
+    #[test]
+    fn whole_answers() {
+        let chat = br#"{"choices":[{"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
+        assert_eq!(
+            parse_whole(chat, true).unwrap(),
+            ("Paris.".into(), FinishReason::Stop, Usage { prompt_tokens: 9, completion_tokens: 3 })
+        );
+        let completion = br#"{"choices":[{"text":"abc","finish_reason":"length"}]}"#;
+        assert_eq!(parse_whole(completion, false).unwrap().1, FinishReason::Length);
+        assert!(parse_whole(br#"{"choices":[]}"#, true).is_err());
+        assert!(parse_whole(b"<html>", true).is_err());
+    }
+}

@@ -1,0 +1,608 @@
+//! The client role: find providers for a model, send the request to one, stream the answer,
+//! verify the provider's receipt, and fail over to another provider when one fails.
+//!
+//! The seed's flow comes first: the job is announced on gossip (`quiver/1/infer/<model>`, no
+//! prompt), providers with a free slot claim it over `/quiver/claim/1`, and the prompt goes only
+//! to the first valid claimant over `/quiver/infer/1`. Without a claim in time, the providers
+//! known from DHT provider records and heartbeats are asked directly.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::AsyncWriteExt;
+use quiver_engine::{FinishReason, Input, SamplingParams, Usage};
+use quiver_net::{Multiaddr, NetError, PeerId, StreamProtocol};
+use quiver_proto::infer::{
+    CLAIM_PROTOCOL, INFER_PROTOCOL, JOB_ID_LEN, MAX_CLAIM_BYTES, MAX_RESPONSE_BYTES, infer_topic, output_hash,
+};
+use quiver_proto::{
+    Claim, ClaimAck, InferRequest, InferResponse, JobAnnouncement, Receipt, infer_response::Kind, read_frame,
+    write_frame,
+};
+use rand::RngCore;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use crate::discovery::{hex, now_ms};
+use crate::node::Node;
+use crate::wire;
+
+/// A request as the client role takes it.
+#[derive(Debug, Clone)]
+pub struct InferenceRequest {
+    /// User-facing model name, e.g. `smollm2-135m`.
+    pub model: String,
+    /// Only accept providers serving the model file with this sha256.
+    pub model_sha256: Option<[u8; 32]>,
+    pub input: Input,
+    pub params: SamplingParams,
+    /// Announce the job on gossip and wait `claim_window` for claims before asking directly.
+    pub broadcast: bool,
+    pub claim_window: Duration,
+    /// Providers tried at most (the first one included).
+    pub max_attempts: usize,
+}
+
+impl InferenceRequest {
+    /// A chat request with one user message (the model's chat template is applied).
+    pub fn chat(model: &str, prompt: &str, max_tokens: u32) -> Self {
+        Self::new(
+            model,
+            Input::Chat(vec![quiver_engine::ChatMessage { role: "user".into(), content: prompt.into() }]),
+            max_tokens,
+        )
+    }
+
+    /// A raw completion request (the prompt is continued as is).
+    pub fn completion(model: &str, prompt: &str, max_tokens: u32) -> Self {
+        Self::new(model, Input::Prompt(prompt.into()), max_tokens)
+    }
+
+    fn new(model: &str, input: Input, max_tokens: u32) -> Self {
+        InferenceRequest {
+            model: model.into(),
+            model_sha256: None,
+            input,
+            params: SamplingParams { max_tokens, ..SamplingParams::default() },
+            broadcast: true,
+            claim_window: Duration::from_secs(2),
+            max_attempts: 4,
+        }
+    }
+}
+
+/// How the serving provider was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// It claimed the job announced on gossip.
+    Claim,
+    /// It was asked directly (DHT provider record or heartbeat).
+    Direct,
+}
+
+/// The verified receipt of a result, in a printable form.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiptInfo {
+    pub request_id: String,
+    pub provider: String,
+    pub model_sha256: String,
+    pub prompt_hash: String,
+    pub output_hash: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub engine_build: String,
+    pub threads: u32,
+    pub finish_reason: String,
+    pub timestamp_ms: u64,
+    /// The signed receipt as sent (protobuf `SignedRecord`), hex.
+    pub signed: String,
+    /// Always true: a result is only returned when its receipt verified.
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InferenceResult {
+    pub text: String,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+    pub provider: PeerId,
+    pub route: Route,
+    /// Providers tried, this one included.
+    pub attempts: u32,
+    pub receipt: ReceiptInfo,
+}
+
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// New text, in order, never repeated across failovers.
+    Token(String),
+    Done(Box<InferenceResult>),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("no provider found for model {model}")]
+    NoProvider { model: String },
+    #[error("all providers failed for model {model}: {}", failures.join("; "))]
+    AllProvidersFailed { model: String, failures: Vec<String> },
+    #[error("the provider refused the request ({code}): {message}")]
+    Rejected { code: String, message: String },
+    #[error("a retry produced different text than was already delivered")]
+    Diverged,
+    #[error("network: {0}")]
+    Net(String),
+}
+
+impl From<NetError> for InferError {
+    fn from(e: NetError) -> Self {
+        InferError::Net(e.to_string())
+    }
+}
+
+/// Tokens of a running request; dropping it cancels the request.
+pub struct InferenceStream {
+    rx: mpsc::Receiver<Result<StreamEvent, InferError>>,
+}
+
+impl InferenceStream {
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, InferError>> {
+        self.rx.recv().await
+    }
+
+    /// Waits for the end and returns the whole result.
+    pub async fn collect(mut self) -> Result<InferenceResult, InferError> {
+        while let Some(ev) = self.next().await {
+            if let StreamEvent::Done(r) = ev? {
+                return Ok(*r);
+            }
+        }
+        Err(InferError::Net("the request task ended without a result".into()))
+    }
+}
+
+type ClaimSender = mpsc::Sender<(PeerId, Claim, oneshot::Sender<bool>)>;
+
+/// Jobs waiting for claims.
+#[derive(Default)]
+pub(crate) struct ClaimBoard {
+    jobs: Mutex<HashMap<Vec<u8>, ClaimSender>>,
+}
+
+const MAX_PENDING_JOBS: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Wait for the provider's first answer (it may be queueing the job).
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest silence mid-stream before the provider counts as stalled.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+const DHT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl ClaimBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, ClaimSender>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    route: Route,
+}
+
+enum AttemptError {
+    /// Try the next provider.
+    Retry(String),
+    /// Stop: the request itself is at fault, or text already delivered cannot be repaired.
+    Fatal(InferError),
+    /// The caller dropped the stream.
+    Gone,
+}
+
+impl Node {
+    /// Sends a chat request with one user message to the network and waits for the whole,
+    /// verified answer.
+    ///
+    /// ```no_run
+    /// # async fn run(node: quiver_node::Node) -> Result<(), quiver_node::InferError> {
+    /// let result = node.send_inference_request("smollm2-135m", "Hello, world!", 100).await?;
+    /// println!("{} ({} tokens from {})", result.text, result.usage.completion_tokens, result.provider);
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_inference_request(
+        &self,
+        model: &str,
+        prompt: &str,
+        max_tokens: u32,
+    ) -> Result<InferenceResult, InferError> {
+        self.infer(InferenceRequest::chat(model, prompt, max_tokens)).await
+    }
+
+    /// Sends a request and waits for the whole, verified answer.
+    pub async fn infer(&self, request: InferenceRequest) -> Result<InferenceResult, InferError> {
+        self.infer_stream(request)?.collect().await
+    }
+
+    /// Sends a request and streams the answer as it is generated.
+    pub fn infer_stream(&self, request: InferenceRequest) -> Result<InferenceStream, InferError> {
+        let wire_request = InferRequest {
+            request_id: random_id(),
+            model: request.model.clone(),
+            model_sha256: request.model_sha256.map(|s| s.to_vec()).unwrap_or_default(),
+            input: Some(wire::input_to_wire(&request.input)),
+            params: Some(wire::params_to_wire(&request.params)),
+        };
+        wire_request.validate().map_err(|e| InferError::Invalid(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(64);
+        let node = self.clone();
+        tokio::spawn(async move {
+            let outcome = node.run_request(&request, wire_request, &tx).await;
+            let label = match &outcome {
+                Ok(()) => "ok",
+                Err(InferError::NoProvider { .. }) => "no_provider",
+                Err(InferError::AllProvidersFailed { .. }) => "all_failed",
+                Err(_) => "error",
+            };
+            node.metrics().requests.get_or_create(&crate::metrics::RequestLabel { outcome: label }).inc();
+            if let Err(e) = outcome {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(InferenceStream { rx })
+    }
+
+    async fn run_request(
+        &self,
+        request: &InferenceRequest,
+        wire_request: InferRequest,
+        tx: &mpsc::Sender<Result<StreamEvent, InferError>>,
+    ) -> Result<(), InferError> {
+        let mut queue: VecDeque<Candidate> = VecDeque::new();
+        let known = self.provider_candidates(request).await;
+        if request.broadcast {
+            if let Some(claimant) = self.broadcast_and_wait_for_claim(request, &known).await {
+                queue.push_back(claimant);
+            }
+        }
+        for c in known {
+            if !queue.iter().any(|q| q.peer == c.peer) {
+                queue.push_back(c);
+            }
+        }
+        if queue.is_empty() {
+            return Err(InferError::NoProvider { model: request.model.clone() });
+        }
+        let mut delivered: Vec<String> = Vec::new();
+        let mut failures = Vec::new();
+        let mut tried = HashSet::new();
+        while let Some(candidate) = queue.pop_front() {
+            if tried.len() >= request.max_attempts.max(1) {
+                break;
+            }
+            if !tried.insert(candidate.peer) {
+                continue;
+            }
+            match self.attempt(&candidate, &wire_request, &mut delivered, tx, tried.len() as u32).await {
+                Ok(result) => {
+                    info!(provider = %result.provider, route = ?result.route, tokens = result.usage.completion_tokens, "request served");
+                    let _ = tx.send(Ok(StreamEvent::Done(Box::new(result)))).await;
+                    return Ok(());
+                }
+                Err(AttemptError::Retry(reason)) => {
+                    debug!(provider = %candidate.peer, %reason, "provider failed; trying the next");
+                    failures.push(format!("{}: {reason}", candidate.peer));
+                }
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Gone) => return Ok(()),
+            }
+        }
+        Err(InferError::AllProvidersFailed { model: request.model.clone(), failures })
+    }
+
+    /// Providers of the model known from heartbeats and from DHT provider records, best first.
+    async fn provider_candidates(&self, request: &InferenceRequest) -> Vec<Candidate> {
+        let me = self.peer_id();
+        let sha = request.model_sha256.map(|s| hex(&s));
+        let mut nodes: Vec<_> = self
+            .known_nodes()
+            .into_iter()
+            .filter(|n| n.peer_id != me)
+            .filter(|n| n.models.iter().any(|m| m.name == request.model && sha.as_ref().is_none_or(|s| *s == m.sha256)))
+            .collect();
+        nodes.sort_by(|a, b| {
+            (b.free_slots, a.queue_depth).cmp(&(a.free_slots, b.queue_depth)).then(a.cpu_load.total_cmp(&b.cpu_load))
+        });
+        let mut out: Vec<Candidate> = nodes
+            .into_iter()
+            .map(|n| Candidate { peer: n.peer_id, addrs: n.listen_addrs, route: Route::Direct })
+            .collect();
+        let key = match &request.model_sha256 {
+            Some(s) => wire::model_sha_key(s),
+            None => wire::model_name_key(&request.model),
+        };
+        if let Ok(Ok(found)) = tokio::time::timeout(DHT_TIMEOUT, self.net().get_providers(key)).await {
+            for (peer, addrs) in found {
+                if peer != me && !out.iter().any(|c| c.peer == peer) {
+                    out.push(Candidate { peer, addrs, route: Route::Direct });
+                }
+            }
+        }
+        out
+    }
+
+    /// Announces the job on gossip and returns the first provider that claims it in time.
+    async fn broadcast_and_wait_for_claim(&self, request: &InferenceRequest, known: &[Candidate]) -> Option<Candidate> {
+        // Gossip reaches providers through peers subscribed to the model's topic: connect to
+        // the providers we know of so the announcement has a first hop.
+        let connects = known
+            .iter()
+            .take(8)
+            .map(|c| tokio::time::timeout(CONNECT_TIMEOUT, self.net().connect(c.peer, c.addrs.clone())));
+        futures::future::join_all(connects).await;
+
+        let job_id = random_id();
+        let (claims_tx, mut claims_rx) = mpsc::channel(16);
+        {
+            let mut jobs = self.claim_board().lock();
+            if jobs.len() >= MAX_PENDING_JOBS {
+                return None;
+            }
+            jobs.insert(job_id.clone(), claims_tx);
+        }
+        let announcement = JobAnnouncement {
+            job_id: job_id.clone(),
+            model: request.model.clone(),
+            max_tokens: request.params.max_tokens,
+            deadline_ms: now_ms() + request.claim_window.as_millis() as u64,
+            client_addrs: self.dialable_addrs().iter().map(|a| a.to_vec()).collect(),
+        };
+        let topic = infer_topic(&request.model);
+        let data = prost::Message::encode_to_vec(&announcement);
+        let claimed = tokio::time::timeout(request.claim_window, async {
+            // Subscriptions of freshly connected peers arrive within moments; retry briefly.
+            for _ in 0..10 {
+                match self.net().publish(topic.clone(), data.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        debug!(error = %e, "job announcement not published yet");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            while let Some((peer, claim, ack)) = claims_rx.recv().await {
+                let serves = request.model_sha256.is_none_or(|s| s[..] == claim.model_sha256[..]);
+                if serves {
+                    let _ = ack.send(true);
+                    return Some(peer);
+                }
+                let _ = ack.send(false);
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        self.claim_board().lock().remove(&job_id);
+        let peer = claimed?;
+        debug!(%peer, "job claimed");
+        let addrs = known.iter().find(|c| c.peer == peer).map(|c| c.addrs.clone()).unwrap_or_default();
+        Some(Candidate { peer, addrs, route: Route::Claim })
+    }
+
+    /// Serves `/quiver/claim/1`: hands each valid claim to the job waiting for it.
+    pub(crate) async fn accept_claims(self) {
+        let mut control = self.net().streams();
+        let Ok(mut incoming) = control.accept(StreamProtocol::new(CLAIM_PROTOCOL)) else {
+            return;
+        };
+        let open = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+        while let Some((peer, mut stream)) = futures::StreamExt::next(&mut incoming).await {
+            let Ok(permit) = open.clone().try_acquire_owned() else { continue };
+            let node = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), read_frame::<_, Claim>(&mut stream, MAX_CLAIM_BYTES))
+                        .await;
+                let Ok(Ok(claim)) = read else { return };
+                if claim.validate().is_err() {
+                    debug!(%peer, "invalid claim");
+                    return;
+                }
+                let waiting = node.claim_board().lock().get(&claim.job_id).cloned();
+                let chosen = match waiting {
+                    Some(tx) => {
+                        let (ack_tx, ack_rx) = oneshot::channel();
+                        if tx.try_send((peer, claim, ack_tx)).is_ok() {
+                            tokio::time::timeout(Duration::from_secs(5), ack_rx)
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .unwrap_or(false)
+                        } else {
+                            false
+                        }
+                    }
+                    None => false,
+                };
+                let _ = write_frame(&mut stream, &ClaimAck { chosen }).await;
+                let _ = stream.close().await;
+            });
+        }
+    }
+
+    async fn attempt(
+        &self,
+        candidate: &Candidate,
+        request: &InferRequest,
+        delivered: &mut Vec<String>,
+        tx: &mpsc::Sender<Result<StreamEvent, InferError>>,
+        attempts: u32,
+    ) -> Result<InferenceResult, AttemptError> {
+        let peer = candidate.peer;
+        let retry = |what: &str| AttemptError::Retry(what.to_owned());
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.net().connect(peer, candidate.addrs.clone())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(AttemptError::Retry(format!("unreachable: {e}"))),
+            Err(_) => return Err(retry("connect timed out")),
+        }
+        let mut control = self.net().streams();
+        let mut stream =
+            match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, StreamProtocol::new(INFER_PROTOCOL)))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(AttemptError::Retry(format!("cannot open stream: {e}"))),
+                Err(_) => return Err(retry("opening the stream timed out")),
+            };
+        write_frame(&mut stream, request)
+            .await
+            .map_err(|e| AttemptError::Retry(format!("sending the request: {e}")))?;
+
+        let mut accepted = None;
+        let mut text = String::new();
+        let mut tokens: u32 = 0;
+        let mut chunks = 0usize;
+        loop {
+            let wait = if accepted.is_none() { FIRST_FRAME_TIMEOUT } else { STALL_TIMEOUT };
+            let frame =
+                match tokio::time::timeout(wait, read_frame::<_, InferResponse>(&mut stream, MAX_RESPONSE_BYTES)).await
+                {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => return Err(AttemptError::Retry(format!("stream failed after {tokens} tokens: {e}"))),
+                    Err(_) => return Err(AttemptError::Retry(format!("stalled after {tokens} tokens"))),
+                };
+            match frame.kind {
+                Some(Kind::Accepted(a)) if accepted.is_none() => {
+                    if a.model_sha256.len() != 32
+                        || request.model_sha256.as_slice() != a.model_sha256.as_slice()
+                            && !request.model_sha256.is_empty()
+                    {
+                        return Err(retry("serves another model file"));
+                    }
+                    accepted = Some(a);
+                }
+                Some(Kind::Busy(_)) => return Err(retry("busy")),
+                Some(Kind::Error(e)) => {
+                    return Err(match e.code.as_str() {
+                        "invalid_request" | "context_overflow" => {
+                            AttemptError::Fatal(InferError::Rejected { code: e.code, message: e.message })
+                        }
+                        _ => AttemptError::Retry(format!("{}: {}", e.code, e.message)),
+                    });
+                }
+                Some(Kind::Chunk(c)) if accepted.is_some() => {
+                    text.push_str(&c.text);
+                    tokens = tokens.saturating_add(c.tokens);
+                    chunks += 1;
+                    if chunks <= delivered.len() {
+                        // A failover replays what the caller already has: it must match.
+                        if delivered[chunks - 1] != c.text {
+                            return Err(AttemptError::Fatal(InferError::Diverged));
+                        }
+                    } else {
+                        delivered.push(c.text.clone());
+                        if tx.send(Ok(StreamEvent::Token(c.text))).await.is_err() {
+                            return Err(AttemptError::Gone);
+                        }
+                    }
+                }
+                Some(Kind::Receipt(signed)) if accepted.is_some() => {
+                    let accepted = accepted.unwrap_or_default();
+                    let signed_hex = hex(&prost::Message::encode_to_vec(&signed));
+                    let receipt =
+                        Receipt::verify(signed, &peer).map_err(|e| AttemptError::Retry(format!("bad receipt: {e}")))?;
+                    check_receipt(&receipt, request, &accepted, &text, tokens)
+                        .map_err(|e| AttemptError::Retry(format!("receipt does not match: {e}")))?;
+                    if chunks < delivered.len() {
+                        return Err(AttemptError::Fatal(InferError::Diverged));
+                    }
+                    let _ = stream.close().await;
+                    let finish_reason =
+                        if receipt.finish_reason == "length" { FinishReason::Length } else { FinishReason::Stop };
+                    return Ok(InferenceResult {
+                        text,
+                        usage: Usage {
+                            prompt_tokens: receipt.prompt_tokens,
+                            completion_tokens: receipt.completion_tokens,
+                        },
+                        finish_reason,
+                        provider: peer,
+                        route: candidate.route,
+                        attempts,
+                        receipt: ReceiptInfo {
+                            request_id: hex(&receipt.request_id),
+                            provider: peer.to_string(),
+                            model_sha256: hex(&receipt.model_sha256),
+                            prompt_hash: hex(&receipt.prompt_hash),
+                            output_hash: hex(&receipt.output_hash),
+                            prompt_tokens: receipt.prompt_tokens,
+                            completion_tokens: receipt.completion_tokens,
+                            engine_build: receipt.engine_build,
+                            threads: receipt.threads,
+                            finish_reason: receipt.finish_reason,
+                            timestamp_ms: receipt.timestamp_ms,
+                            signed: signed_hex,
+                            verified: true,
+                        },
+                    });
+                }
+                _ => return Err(retry("sent frames out of order")),
+            }
+        }
+    }
+
+    pub(crate) fn dialable_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs()
+            .borrow()
+            .iter()
+            .map(|a| quiver_net::split_peer_id(a.clone()).0)
+            .filter(|a| !a.iter().any(|p| matches!(p, quiver_net::Protocol::Ip4(ip) if ip.is_unspecified())))
+            .take(8)
+            .collect()
+    }
+}
+
+/// What a receipt must say for the result to be accepted.
+fn check_receipt(
+    receipt: &Receipt,
+    request: &InferRequest,
+    accepted: &quiver_proto::Accepted,
+    text: &str,
+    tokens: u32,
+) -> Result<(), &'static str> {
+    if receipt.request_id != request.request_id {
+        return Err("request id");
+    }
+    if receipt.model_sha256 != accepted.model_sha256 {
+        return Err("model hash");
+    }
+    let prompt_hash = request.input.as_ref().map(|i| i.hash().to_vec()).unwrap_or_default();
+    if receipt.prompt_hash != prompt_hash {
+        return Err("prompt hash");
+    }
+    if receipt.output_hash != output_hash(text) {
+        return Err("output hash");
+    }
+    if receipt.completion_tokens != tokens {
+        return Err("token count");
+    }
+    if receipt.params != request.params {
+        return Err("sampling parameters");
+    }
+    if receipt.engine_build != accepted.engine_build || receipt.threads != accepted.threads {
+        return Err("engine build");
+    }
+    Ok(())
+}
+
+fn random_id() -> Vec<u8> {
+    let mut id = vec![0u8; JOB_ID_LEN];
+    rand::thread_rng().fill_bytes(&mut id);
+    id
+}

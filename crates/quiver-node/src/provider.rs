@@ -1,0 +1,349 @@
+//! The provider role: serves local engines to the network.
+//!
+//! Admission is bounded twice: `max_concurrent` jobs run, `queue` more wait; a provider with
+//! both full answers `Busy` at once. Requests arrive on `/quiver/infer/1`; job announcements on
+//! `quiver/1/infer/<model>` are claimed over `/quiver/claim/1` when a slot is free.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncWriteExt, StreamExt};
+use quiver_engine::{Engine, EngineError, GenEvent, GenerateRequest};
+use quiver_net::{Multiaddr, NetClient, PeerId, StreamProtocol};
+use quiver_proto::infer::{
+    CLAIM_PROTOCOL, INFER_PROTOCOL, MAX_ANNOUNCEMENT_BYTES, MAX_CLAIM_BYTES, MAX_REQUEST_BYTES, output_hash,
+};
+use quiver_proto::{
+    Accepted, Busy, Claim, ClaimAck, InferError, InferRequest, InferResponse, JobAnnouncement, ModelInfo, Receipt,
+    TokenChunk, infer_response::Kind, read_frame, write_frame,
+};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::discovery::now_ms;
+use crate::metrics::NodeMetrics;
+use crate::wire;
+
+/// How the provider role is set up.
+#[derive(Clone)]
+pub struct ProviderConfig {
+    /// One engine per model served.
+    pub engines: Vec<Arc<dyn Engine>>,
+    /// Jobs run at once.
+    pub max_concurrent: usize,
+    /// Jobs waiting for a slot; beyond this a request gets `Busy`.
+    pub queue: usize,
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("models", &self.engines.iter().map(|e| e.model().name.clone()).collect::<Vec<_>>())
+            .field("max_concurrent", &self.max_concurrent)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// Most inference streams being read or served at once (beyond admission, which bounds jobs).
+const MAX_OPEN_STREAMS: usize = 64;
+/// Time a client has to send its request after opening the stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait in the queue before the job is refused.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(300);
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Provider {
+    engines: Vec<Arc<dyn Engine>>,
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+    queue_cap: usize,
+    queued: AtomicUsize,
+    open_streams: Arc<Semaphore>,
+    /// Measured generation speed (EWMA), tokens/s × 100.
+    speed_centi: AtomicU32,
+    keypair: quiver_net::Keypair,
+    net: NetClient,
+    metrics: NodeMetrics,
+}
+
+impl Provider {
+    pub(crate) fn new(cfg: ProviderConfig, keypair: quiver_net::Keypair, net: NetClient, metrics: NodeMetrics) -> Self {
+        let max_concurrent = cfg.max_concurrent.max(1);
+        Provider {
+            engines: cfg.engines,
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            queue_cap: cfg.queue,
+            queued: AtomicUsize::new(0),
+            open_streams: Arc::new(Semaphore::new(MAX_OPEN_STREAMS)),
+            speed_centi: AtomicU32::new(0),
+            keypair,
+            net,
+            metrics,
+        }
+    }
+
+    pub(crate) fn models(&self) -> Vec<ModelInfo> {
+        self.engines
+            .iter()
+            .map(|e| ModelInfo { name: e.model().name.clone(), sha256: e.model().sha256.to_vec() })
+            .collect()
+    }
+
+    pub(crate) fn free_slots(&self) -> u32 {
+        self.slots.available_permits() as u32
+    }
+
+    pub(crate) fn queue_depth(&self) -> u32 {
+        self.queued.load(Ordering::Relaxed) as u32
+    }
+
+    pub(crate) fn tokens_per_sec(&self) -> f32 {
+        self.speed_centi.load(Ordering::Relaxed) as f32 / 100.0
+    }
+
+    pub(crate) fn max_concurrent(&self) -> usize {
+        self.max_concurrent
+    }
+
+    /// Announces every model in the DHT (by name and by file hash) and subscribes to their job
+    /// announcements.
+    pub(crate) async fn announce(&self) -> Result<(), quiver_net::NetError> {
+        for e in &self.engines {
+            let m = e.model();
+            self.net.start_providing(wire::model_name_key(&m.name)).await?;
+            self.net.start_providing(wire::model_sha_key(&m.sha256)).await?;
+            self.net.subscribe(quiver_proto::infer::infer_topic(&m.name)).await?;
+            info!(model = %m.name, sha256 = %m.sha256_hex(), build = %e.build_id(), "serving model");
+        }
+        Ok(())
+    }
+
+    fn engine_for(&self, name: &str, sha256: &[u8]) -> Option<&Arc<dyn Engine>> {
+        self.engines.iter().find(|e| e.model().name == name && (sha256.is_empty() || e.model().sha256[..] == *sha256))
+    }
+
+    /// Accepts inference streams until the node stops.
+    pub(crate) async fn serve(self: Arc<Self>) {
+        let mut control = self.net.streams();
+        let mut incoming = match control.accept(StreamProtocol::new(INFER_PROTOCOL)) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "cannot accept inference streams");
+                return;
+            }
+        };
+        while let Some((peer, stream)) = incoming.next().await {
+            let Ok(permit) = self.open_streams.clone().try_acquire_owned() else {
+                debug!(%peer, "too many open inference streams; dropping one");
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.handle_stream(peer, stream).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle_stream(&self, peer: PeerId, mut stream: quiver_net::Stream) {
+        let request =
+            match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<_, InferRequest>(&mut stream, MAX_REQUEST_BYTES))
+                .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "unreadable inference request");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "no inference request within the timeout");
+                    return;
+                }
+            };
+        if let Err(e) = self.run(peer, request, &mut stream).await {
+            debug!(%peer, error = %e, "inference stream ended early");
+        }
+        let _ = stream.close().await;
+    }
+
+    async fn run(
+        &self,
+        peer: PeerId,
+        request: InferRequest,
+        stream: &mut quiver_net::Stream,
+    ) -> Result<(), quiver_proto::FrameError> {
+        let reply = |kind| InferResponse { kind: Some(kind) };
+        let error = |code: &str, message: String| reply(Kind::Error(InferError { code: code.into(), message }));
+        if let Err(e) = request.validate() {
+            self.metrics.job(crate::metrics::JobOutcome::Invalid);
+            return write_frame(stream, &error("invalid_request", e.to_string())).await;
+        }
+        let Some(engine) = self.engine_for(&request.model, &request.model_sha256).cloned() else {
+            self.metrics.job(crate::metrics::JobOutcome::Invalid);
+            return write_frame(
+                stream,
+                &error("unknown_model", format!("this provider does not serve {}", request.model)),
+            )
+            .await;
+        };
+        // Admission: a free slot, else a place in the queue, else Busy.
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.queued.fetch_add(1, Ordering::SeqCst) >= self.queue_cap {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    self.metrics.job(crate::metrics::JobOutcome::Busy);
+                    let busy = Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 };
+                    return write_frame(stream, &reply(Kind::Busy(busy))).await;
+                }
+                let waited = tokio::time::timeout(QUEUE_TIMEOUT, self.slots.clone().acquire_owned()).await;
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                match waited {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        self.metrics.job(crate::metrics::JobOutcome::Busy);
+                        let busy = Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 };
+                        return write_frame(stream, &reply(Kind::Busy(busy))).await;
+                    }
+                }
+            }
+        };
+        let model = engine.model().clone();
+        let input = request.input.clone().unwrap_or_default();
+        let prompt_hash = input.hash();
+        let params = request.params.clone().unwrap_or_default();
+        let accepted = Accepted {
+            model_sha256: model.sha256.to_vec(),
+            engine_build: engine.build_id(),
+            threads: engine.threads(),
+        };
+        write_frame(stream, &reply(Kind::Accepted(accepted))).await?;
+
+        let started = Instant::now();
+        let mut generation = match engine.generate(GenerateRequest {
+            input: wire::input_from_wire(input),
+            params: wire::params_from_wire(params.clone()),
+        }) {
+            Ok(g) => g,
+            Err(e) => {
+                self.metrics.job(crate::metrics::JobOutcome::Failed);
+                return write_frame(stream, &error(error_code(&e), e.to_string())).await;
+            }
+        };
+        let mut text = String::new();
+        let mut first_token: Option<Duration> = None;
+        loop {
+            match generation.next().await {
+                Some(Ok(GenEvent::Token { text: t, tokens })) => {
+                    first_token.get_or_insert_with(|| started.elapsed());
+                    text.push_str(&t);
+                    // A write error means the client went away: dropping `generation` stops it.
+                    write_frame(stream, &reply(Kind::Chunk(TokenChunk { text: t, tokens }))).await?;
+                }
+                Some(Ok(GenEvent::Done { finish_reason, usage })) => {
+                    let elapsed = started.elapsed();
+                    self.record_speed(usage.completion_tokens, elapsed.saturating_sub(first_token.unwrap_or_default()));
+                    self.metrics.tokens_generated.inc_by(u64::from(usage.completion_tokens));
+                    self.metrics.job(crate::metrics::JobOutcome::Served);
+                    let receipt = Receipt {
+                        request_id: request.request_id.clone(),
+                        provider: self.net.peer_id().to_bytes(),
+                        model_sha256: model.sha256.to_vec(),
+                        prompt_hash: prompt_hash.to_vec(),
+                        output_hash: output_hash(&text).to_vec(),
+                        prompt_tokens: usage.prompt_tokens,
+                        completion_tokens: usage.completion_tokens,
+                        params: Some(params),
+                        engine_build: engine.build_id(),
+                        threads: engine.threads(),
+                        finish_reason: finish_reason.to_string(),
+                        timestamp_ms: now_ms(),
+                    };
+                    debug!(%peer, tokens = usage.completion_tokens, ?elapsed, "job served");
+                    drop(permit);
+                    return write_frame(stream, &reply(Kind::Receipt(receipt.sign(&self.keypair)))).await;
+                }
+                Some(Err(e)) => {
+                    self.metrics.job(crate::metrics::JobOutcome::Failed);
+                    return write_frame(stream, &error(error_code(&e), e.to_string())).await;
+                }
+                None => {
+                    self.metrics.job(crate::metrics::JobOutcome::Failed);
+                    return write_frame(stream, &error("engine", "generation ended without a result".into())).await;
+                }
+            }
+        }
+    }
+
+    fn record_speed(&self, tokens: u32, decode_time: Duration) {
+        if tokens < 2 || decode_time.is_zero() {
+            return;
+        }
+        let speed = f64::from(tokens) / decode_time.as_secs_f64();
+        let old = f64::from(self.speed_centi.load(Ordering::Relaxed)) / 100.0;
+        let new = if old == 0.0 { speed } else { 0.7 * old + 0.3 * speed };
+        self.speed_centi.store((new * 100.0).min(f64::from(u32::MAX)) as u32, Ordering::Relaxed);
+    }
+
+    /// Handles a job announcement from gossip: returns whether it was well-formed, and claims
+    /// the job in the background when a slot is free.
+    pub(crate) fn on_announcement(
+        self: &Arc<Self>,
+        topic: &str,
+        data: &[u8],
+        author: Option<PeerId>,
+    ) -> Result<(), quiver_proto::ProtoError> {
+        quiver_proto::check_len(data, MAX_ANNOUNCEMENT_BYTES)?;
+        let job: JobAnnouncement = prost::Message::decode(data)?;
+        job.validate()?;
+        if topic != quiver_proto::infer::infer_topic(&job.model) {
+            return Err(quiver_proto::ProtoError::Invalid { field: "model", reason: "not the topic's model" });
+        }
+        let (Some(client), Some(engine)) = (author, self.engine_for(&job.model, &[]).cloned()) else {
+            return Ok(());
+        };
+        if job.deadline_ms < now_ms() || self.free_slots() == 0 {
+            return Ok(());
+        }
+        let addrs: Vec<Multiaddr> =
+            job.client_addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let claim = Claim {
+                job_id: job.job_id,
+                model_sha256: engine.model().sha256.to_vec(),
+                free_slots: this.free_slots(),
+                queue_depth: this.queue_depth(),
+                tokens_per_sec: this.tokens_per_sec(),
+            };
+            match tokio::time::timeout(CLAIM_TIMEOUT, this.send_claim(client, addrs, claim)).await {
+                Ok(Ok(chosen)) => debug!(%client, chosen, "claim answered"),
+                Ok(Err(e)) => debug!(%client, error = %e, "claim not delivered"),
+                Err(_) => debug!(%client, "claim timed out"),
+            }
+        });
+        Ok(())
+    }
+
+    async fn send_claim(&self, client: PeerId, addrs: Vec<Multiaddr>, claim: Claim) -> Result<bool, String> {
+        self.net.connect(client, addrs).await.map_err(|e| e.to_string())?;
+        let mut control = self.net.streams();
+        let mut stream =
+            control.open_stream(client, StreamProtocol::new(CLAIM_PROTOCOL)).await.map_err(|e| e.to_string())?;
+        write_frame(&mut stream, &claim).await.map_err(|e| e.to_string())?;
+        let ack: ClaimAck = read_frame(&mut stream, MAX_CLAIM_BYTES).await.map_err(|e| e.to_string())?;
+        let _ = stream.close().await;
+        Ok(ack.chosen)
+    }
+}
+
+fn error_code(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::ContextOverflow { .. } => "context_overflow",
+        EngineError::InvalidRequest(_) => "invalid_request",
+        _ => "engine",
+    }
+}

@@ -1,0 +1,233 @@
+//! Inference messages: limits, validation, hashes and signed receipts.
+
+use libp2p_identity::{Keypair, PeerId};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Claim, InferRequest, JobAnnouncement, PromptInput, ProtoError, Receipt, SamplingParams, SignedRecord, sign,
+};
+
+/// Stream protocol of inference requests.
+pub const INFER_PROTOCOL: &str = "/quiver/infer/1";
+/// Stream protocol of claims.
+pub const CLAIM_PROTOCOL: &str = "/quiver/claim/1";
+/// Domain of receipt signatures.
+pub const RECEIPT_DOMAIN: &str = "quiver/receipt/1";
+/// Gossip topic prefix of job announcements: `quiver/1/infer/<model>`.
+pub const INFER_TOPIC_PREFIX: &str = "quiver/1/infer/";
+
+/// Largest request frame (prompt included).
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
+/// Largest response frame (a token chunk, a receipt, an error).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Largest claim or claim acknowledgement frame.
+pub const MAX_CLAIM_BYTES: usize = 1024;
+/// Largest job announcement.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 4 * 1024;
+/// Largest `max_tokens` a request may ask for.
+pub const MAX_TOKENS_LIMIT: u32 = 16_384;
+pub const MAX_MESSAGES: usize = 256;
+pub const MAX_STOP_STRINGS: usize = 8;
+pub const MAX_STOP_LEN: usize = 64;
+pub const MAX_MODEL_NAME: usize = 128;
+pub const JOB_ID_LEN: usize = 16;
+
+fn invalid(field: &'static str, reason: &'static str) -> ProtoError {
+    ProtoError::Invalid { field, reason }
+}
+
+/// The gossip topic of job announcements for `model`.
+pub fn infer_topic(model: &str) -> String {
+    format!("{INFER_TOPIC_PREFIX}{model}")
+}
+
+/// A model name usable in topics and DHT keys: 1..=128 bytes of `[A-Za-z0-9._:-]`.
+pub fn validate_model_name(name: &str) -> Result<(), ProtoError> {
+    if name.is_empty() || name.len() > MAX_MODEL_NAME {
+        return Err(invalid("model", "empty or too long"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) {
+        return Err(invalid("model", "only letters, digits and . _ : - are allowed"));
+    }
+    Ok(())
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS_LIMIT {
+            return Err(invalid("max_tokens", "must be 1..=16384"));
+        }
+        if !self.temperature.is_finite() || !(0.0..=2.0).contains(&self.temperature) {
+            return Err(invalid("temperature", "must be 0..=2"));
+        }
+        if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
+            return Err(invalid("top_p", "must be in (0, 1]"));
+        }
+        if self.stop.len() > MAX_STOP_STRINGS || self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+            return Err(invalid("stop", "at most 8 non-empty strings of at most 64 bytes"));
+        }
+        Ok(())
+    }
+}
+
+impl PromptInput {
+    /// Exactly one of prompt or messages; bounded.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        match (self.prompt.is_empty(), self.messages.is_empty()) {
+            (false, false) => return Err(invalid("input", "both prompt and messages")),
+            (true, true) => return Err(invalid("input", "neither prompt nor messages")),
+            _ => {}
+        }
+        if self.messages.len() > MAX_MESSAGES {
+            return Err(invalid("messages", "too many"));
+        }
+        for m in &self.messages {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool" | "developer") {
+                return Err(invalid("messages.role", "not system, user, assistant, tool or developer"));
+            }
+        }
+        Ok(())
+    }
+
+    /// sha256 of the input as encoded on the wire: what a receipt's `prompt_hash` binds.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.encode_to_vec()).into()
+    }
+}
+
+impl InferRequest {
+    /// Decodes and validates a request frame body.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        if self.request_id.len() != JOB_ID_LEN {
+            return Err(invalid("request_id", "not 16 bytes"));
+        }
+        validate_model_name(&self.model)?;
+        if !self.model_sha256.is_empty() && self.model_sha256.len() != 32 {
+            return Err(invalid("model_sha256", "not 32 bytes"));
+        }
+        self.input.as_ref().ok_or(invalid("input", "missing"))?.validate()?;
+        self.params.as_ref().ok_or(invalid("params", "missing"))?.validate()
+    }
+}
+
+impl JobAnnouncement {
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        if self.job_id.len() != JOB_ID_LEN {
+            return Err(invalid("job_id", "not 16 bytes"));
+        }
+        validate_model_name(&self.model)?;
+        if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS_LIMIT {
+            return Err(invalid("max_tokens", "must be 1..=16384"));
+        }
+        if self.client_addrs.len() > 16 || self.client_addrs.iter().any(|a| a.is_empty() || a.len() > 256) {
+            return Err(invalid("client_addrs", "at most 16 addresses of at most 256 bytes"));
+        }
+        Ok(())
+    }
+}
+
+impl Claim {
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        if self.job_id.len() != JOB_ID_LEN {
+            return Err(invalid("job_id", "not 16 bytes"));
+        }
+        if self.model_sha256.len() != 32 {
+            return Err(invalid("model_sha256", "not 32 bytes"));
+        }
+        if !self.tokens_per_sec.is_finite() || self.tokens_per_sec < 0.0 {
+            return Err(invalid("tokens_per_sec", "not a finite speed"));
+        }
+        Ok(())
+    }
+}
+
+/// sha256 of generated text: what a receipt's `output_hash` binds.
+pub fn output_hash(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+impl Receipt {
+    /// Signs the receipt with the provider's key.
+    pub fn sign(&self, keypair: &Keypair) -> SignedRecord {
+        sign(keypair, RECEIPT_DOMAIN, self.encode_to_vec())
+    }
+
+    /// Verifies a signed receipt: signature, domain, and that it was signed by `provider` and
+    /// names it.
+    pub fn verify(record: SignedRecord, provider: &PeerId) -> Result<Receipt, ProtoError> {
+        let signed = record.verify(RECEIPT_DOMAIN)?;
+        if signed.signer != *provider {
+            return Err(ProtoError::PeerMismatch { named: provider.to_string(), signer: signed.signer.to_string() });
+        }
+        let receipt = Receipt::decode(signed.payload.as_slice())?;
+        if receipt.provider != provider.to_bytes() {
+            return Err(invalid("provider", "not the signer"));
+        }
+        Ok(receipt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChatMessage;
+
+    fn params() -> SamplingParams {
+        SamplingParams { max_tokens: 10, temperature: 0.0, top_p: 1.0, seed: 1, stop: vec![] }
+    }
+
+    #[test]
+    fn requests_are_validated() {
+        let ok = InferRequest {
+            request_id: vec![1; 16],
+            model: "smollm2-135m".into(),
+            model_sha256: vec![],
+            input: Some(PromptInput {
+                prompt: String::new(),
+                messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+            }),
+            params: Some(params()),
+        };
+        assert!(ok.validate().is_ok());
+        let mut bad = ok.clone();
+        bad.model = "../etc/passwd".into();
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.params = Some(SamplingParams { temperature: f32::NAN, ..params() });
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.params = Some(SamplingParams { max_tokens: 0, ..params() });
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.input = Some(PromptInput {
+            prompt: "x".into(),
+            messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+        });
+        assert!(bad.validate().is_err());
+        let mut bad = ok;
+        bad.input = Some(PromptInput {
+            prompt: String::new(),
+            messages: vec![ChatMessage { role: "root".into(), content: "x".into() }],
+        });
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn receipts_verify_only_for_their_signer() {
+        let kp = Keypair::generate_ed25519();
+        let me = kp.public().to_peer_id();
+        let r =
+            Receipt { request_id: vec![2; 16], provider: me.to_bytes(), completion_tokens: 5, ..Default::default() };
+        let signed = r.sign(&kp);
+        assert_eq!(Receipt::verify(signed.clone(), &me).unwrap(), r);
+        let other = PeerId::random();
+        assert!(Receipt::verify(signed.clone(), &other).is_err());
+        let mut tampered = signed;
+        tampered.payload[0] ^= 1;
+        assert!(Receipt::verify(tampered, &me).is_err());
+        // Signed by the key, but naming someone else.
+        let r2 = Receipt { provider: other.to_bytes(), ..r };
+        assert!(Receipt::verify(r2.sign(&kp), &me).is_err());
+    }
+}
