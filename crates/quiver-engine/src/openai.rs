@@ -107,9 +107,8 @@ impl Engine for OpenAiEngine {
     /// Must be called within a tokio runtime (the request runs on a task of it).
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
         request.params.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            EngineError::InvalidRequest("the OpenAI-compatible engine needs a tokio runtime".into())
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| EngineError::InvalidRequest("the OpenAI-compatible engine needs a tokio runtime".into()))?;
         let p = &request.params;
         let mut body = json!({
             "model": self.config.model,
@@ -187,10 +186,7 @@ impl Call {
         let status = response.status();
         if !status.is_success() {
             let body = self.read_body(&mut response, MAX_ERROR_BODY).await.unwrap_or_default();
-            return Err(EngineError::BackendStatus {
-                status: status.as_u16(),
-                message: error_message(&body, status),
-            });
+            return Err(EngineError::BackendStatus { status: status.as_u16(), message: error_message(&body, status) });
         }
         let json_answer = response
             .headers()
@@ -211,11 +207,7 @@ impl Call {
         }
     }
 
-    async fn read_stream(
-        &self,
-        mut response: reqwest::Response,
-        tx: &Events,
-    ) -> Result<(), EngineError> {
+    async fn read_stream(&self, mut response: reqwest::Response, tx: &Events) -> Result<(), EngineError> {
         let mut lines = Lines::default();
         let mut stream = StreamState::new(self.chat);
         let mut total = 0usize;
@@ -232,9 +224,7 @@ impl Call {
             let chunk = chunk.as_ref();
             total += chunk.len();
             if total > MAX_STREAM {
-                return Err(EngineError::BackendProtocol(format!(
-                    "the stream is longer than {MAX_STREAM} bytes"
-                )));
+                return Err(EngineError::BackendProtocol(format!("the stream is longer than {MAX_STREAM} bytes")));
             }
             for line in lines.push(chunk)? {
                 if let Some(text) = stream.line(&line)?
@@ -263,18 +253,12 @@ impl Call {
     }
 
     /// The whole body, at most `max` bytes.
-    async fn read_body(
-        &self,
-        response: &mut reqwest::Response,
-        max: usize,
-    ) -> Result<Vec<u8>, EngineError> {
+    async fn read_body(&self, response: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, EngineError> {
         let mut body = Vec::new();
         while let Some(chunk) = self.next_chunk(response).await? {
             let chunk = chunk.as_ref();
             if body.len() + chunk.len() > max {
-                return Err(EngineError::BackendProtocol(format!(
-                    "the answer is longer than {max} bytes"
-                )));
+                return Err(EngineError::BackendProtocol(format!("the answer is longer than {max} bytes")));
             }
             body.extend_from_slice(chunk);
         }
@@ -314,11 +298,8 @@ fn error_message(body: &[u8], status: reqwest::StatusCode) -> String {
             .find_map(|m| m.as_str().map(str::to_string))
     });
     let message = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
-    let message = if message.is_empty() {
-        status.canonical_reason().unwrap_or("no message").to_string()
-    } else {
-        message
-    };
+    let message =
+        if message.is_empty() { status.canonical_reason().unwrap_or("no message").to_string() } else { message };
     truncate(message, MAX_MESSAGE)
 }
 
@@ -351,9 +332,7 @@ impl Lines {
         }
         self.buf.drain(..start);
         if self.buf.len() > MAX_LINE {
-            return Err(EngineError::BackendProtocol(format!(
-                "a stream line is longer than {MAX_LINE} bytes"
-            )));
+            return Err(EngineError::BackendProtocol(format!("a stream line is longer than {MAX_LINE} bytes")));
         }
         Ok(lines)
     }
@@ -366,13 +345,10 @@ impl Lines {
 
 fn line_text(line: &[u8]) -> Result<String, EngineError> {
     if line.len() > MAX_LINE {
-        return Err(EngineError::BackendProtocol(format!(
-            "a stream line is longer than {MAX_LINE} bytes"
-        )));
+        return Err(EngineError::BackendProtocol(format!("a stream line is longer than {MAX_LINE} bytes")));
     }
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    String::from_utf8(line.to_vec())
-        .map_err(|_| EngineError::BackendProtocol("a stream line is not UTF-8".into()))
+    String::from_utf8(line.to_vec()).map_err(|_| EngineError::BackendProtocol("a stream line is not UTF-8".into()))
 }
 
 #[derive(Deserialize)]
@@ -419,27 +395,22 @@ fn finish_reason(reason: &str) -> FinishReason {
 }
 
 fn parse_answer(json: &str) -> Result<WireAnswer, EngineError> {
-    let answer: WireAnswer = serde_json::from_str(json).map_err(|e| {
-        EngineError::BackendProtocol(format!("bad JSON ({e}): {}", truncate(json.into(), 200)))
-    })?;
+    let answer: WireAnswer = serde_json::from_str(json)
+        .map_err(|e| EngineError::BackendProtocol(format!("bad JSON ({e}): {}", truncate(json.into(), 200))))?;
     if let Some(error) = &answer.error {
         let message = error
             .get("message")
             .and_then(Value::as_str)
             .or(error.as_str())
             .map_or_else(|| error.to_string(), str::to_string);
-        return Err(EngineError::Inference(format!(
-            "the backend reported: {}",
-            truncate(message, MAX_MESSAGE)
-        )));
+        return Err(EngineError::Inference(format!("the backend reported: {}", truncate(message, MAX_MESSAGE))));
     }
     Ok(answer)
 }
 
 /// Text, finish reason and usage of a whole answer.
 fn parse_whole(body: &[u8], chat: bool) -> Result<(String, FinishReason, Usage), EngineError> {
-    let body = std::str::from_utf8(body)
-        .map_err(|_| EngineError::BackendProtocol("the answer is not UTF-8".into()))?;
+    let body = std::str::from_utf8(body).map_err(|_| EngineError::BackendProtocol("the answer is not UTF-8".into()))?;
     let answer = parse_answer(body)?;
     let choice = answer
         .choices

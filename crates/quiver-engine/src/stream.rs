@@ -97,10 +97,7 @@ impl StopFilter {
 
 /// Length of the longest suffix of `text` that is a proper prefix of `stop`.
 fn partial_suffix(text: &str, stop: &str) -> usize {
-    (1..stop.len())
-        .rev()
-        .find(|&k| stop.is_char_boundary(k) && text.ends_with(&stop[..k]))
-        .unwrap_or(0)
+    (1..stop.len()).rev().find(|&k| stop.is_char_boundary(k) && text.ends_with(&stop[..k])).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -10,15 +10,14 @@ use futures::executor::block_on;
 use quiver_engine::llama::{LlamaConfig, LlamaEngine};
 use quiver_engine::models::{self, DEFAULT_MODEL};
 use quiver_engine::{
-    ChatMessage, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input,
-    SamplingParams, Usage,
+    ChatMessage, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, SamplingParams, Usage,
 };
 
 fn model_path() -> PathBuf {
     let entry = models::find(DEFAULT_MODEL).unwrap();
-    let dir = std::env::var_os("QUIVER_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models")
-    });
+    let dir = std::env::var_os("QUIVER_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models"));
     let path = dir.join(&entry.file_name);
     assert!(
         path.is_file(),
@@ -42,10 +41,7 @@ fn engine() -> &'static LlamaEngine {
 }
 
 fn chat(text: &str, params: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        input: Input::Chat(vec![ChatMessage { role: "user".into(), content: text.into() }]),
-        params,
-    }
+    GenerateRequest { input: Input::Chat(vec![ChatMessage { role: "user".into(), content: text.into() }]), params }
 }
 
 fn greedy(max_tokens: u32) -> SamplingParams {
@@ -96,10 +92,7 @@ fn model_identity() {
     assert!(!e.model().gguf_name.is_empty());
     assert_eq!(e.build_id(), "llama.cpp/llama-cpp-2=0.1.160");
     assert_eq!((e.threads(), e.context_size()), (2, 2048));
-    assert_eq!(
-        models::gguf_general_name(&model_path()).unwrap().as_deref(),
-        Some(e.model().gguf_name.as_str())
-    );
+    assert_eq!(models::gguf_general_name(&model_path()).unwrap().as_deref(), Some(e.model().gguf_name.as_str()));
 }
 
 #[test]
@@ -125,6 +118,11 @@ fn greedy_chat_is_deterministic() {
     let b = generate(e, chat("What is the capital of France?", greedy(32)));
     assert_eq!(a.text, b.text);
     assert_eq!(a.usage, b.usage);
+
+    let started = std::time::Instant::now();
+    let long = generate(e, chat("Tell me a long story about a dragon.", greedy(32)));
+    eprintln!("32 tokens generated in {:?}", started.elapsed());
+    assert_eq!((long.finish_reason, long.usage.completion_tokens), (FinishReason::Length, 32));
 }
 
 #[test]
@@ -186,7 +184,7 @@ fn context_overflow_is_an_error() {
     // A prompt that fits but leaves little room: completion clamped to the context.
     let medium = "word ".repeat(200);
     let out = generate(&e, GenerateRequest { input: Input::Prompt(medium), params: greedy(500) });
-    assert_eq!(out.usage.prompt_tokens + out.usage.completion_tokens <= 256, true);
+    assert!(out.usage.prompt_tokens + out.usage.completion_tokens <= 256);
     if out.usage.prompt_tokens + out.usage.completion_tokens == 256 {
         assert_eq!(out.finish_reason, FinishReason::Length);
     }
@@ -197,9 +195,7 @@ fn context_overflow_is_an_error() {
 #[test]
 fn invalid_requests_are_refused() {
     let e = engine();
-    let bad = |params: SamplingParams| {
-        matches!(e.generate(chat("hi", params)), Err(EngineError::InvalidRequest(_)))
-    };
+    let bad = |params: SamplingParams| matches!(e.generate(chat("hi", params)), Err(EngineError::InvalidRequest(_)));
     assert!(bad(greedy(0)));
     assert!(bad(SamplingParams { temperature: f32::NAN, ..greedy(4) }));
     assert!(bad(SamplingParams { top_p: 0.0, ..greedy(4) }));

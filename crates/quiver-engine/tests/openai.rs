@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::{FakeServer, Piece, closed_port, response, sse_head};
 use quiver_engine::openai::{OpenAiConfig, OpenAiEngine};
 use quiver_engine::{
-    ChatMessage, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input,
-    ModelId, SamplingParams, Usage,
+    ChatMessage, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId,
+    SamplingParams, Usage,
 };
 
 fn engine(base_url: String, stream: bool, idle: Duration) -> OpenAiEngine {
@@ -122,8 +122,7 @@ async fn streaming_completion_without_usage() {
 #[tokio::test]
 async fn non_streaming_chat() {
     let answer = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
-    let server =
-        FakeServer::start(move |_| response("200 OK", "application/json", answer)).await;
+    let server = FakeServer::start(move |_| response("200 OK", "application/json", answer)).await;
     let e = engine(server.url("/v1"), false, Duration::from_secs(10));
     let mut g = e.generate(chat("capital?")).unwrap();
     assert_eq!(g.next().await, Some(Ok(GenEvent::Token { text: "Paris.".into(), tokens: 3 })));
@@ -163,17 +162,13 @@ async fn error_status_carries_the_message() {
     .await;
     let e = engine(server.url("/v1"), true, Duration::from_secs(10));
     let (_, done) = collect(e.generate(chat("hi")).unwrap()).await;
-    assert_eq!(
-        done,
-        Err(EngineError::BackendStatus { status: 500, message: "model exploded".into() })
-    );
+    assert_eq!(done, Err(EngineError::BackendStatus { status: 500, message: "model exploded".into() }));
 }
 
 #[tokio::test]
 async fn garbage_streams_are_protocol_errors() {
     for garbage in [&b"data: {\"choices\": [tru\n\n"[..], b"hello\nworld\n", b"\xff\xfe\xfd\n"] {
-        let server =
-            FakeServer::start(move |_| vec![sse_head(), Piece::Bytes(garbage.to_vec())]).await;
+        let server = FakeServer::start(move |_| vec![sse_head(), Piece::Bytes(garbage.to_vec())]).await;
         let e = engine(server.url("/v1"), true, Duration::from_secs(10));
         let (_, done) = collect(e.generate(chat("hi")).unwrap()).await;
         assert!(matches!(done, Err(EngineError::BackendProtocol(_))), "{done:?}");
@@ -230,11 +225,8 @@ async fn dropping_the_generation_drops_the_connection() {
 #[tokio::test]
 async fn bad_configs_and_requests_are_refused() {
     let id = ModelId { name: "m".into(), gguf_name: "M".into(), sha256: [0; 32] };
-    let config = |base: &str, model: &str| OpenAiConfig {
-        base_url: base.into(),
-        model: model.into(),
-        ..Default::default()
-    };
+    let config =
+        |base: &str, model: &str| OpenAiConfig { base_url: base.into(), model: model.into(), ..Default::default() };
     assert!(OpenAiEngine::new(config("ftp://x/v1", "m"), id.clone()).is_err());
     assert!(OpenAiEngine::new(config("not a url", "m"), id.clone()).is_err());
     assert!(OpenAiEngine::new(config("http://127.0.0.1:1/v1", ""), id.clone()).is_err());

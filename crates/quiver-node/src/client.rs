@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::AsyncWriteExt;
 use quiver_engine::{FinishReason, Input, SamplingParams, Usage};
@@ -113,6 +113,27 @@ pub struct InferenceResult {
     /// Providers tried, this one included.
     pub attempts: u32,
     pub receipt: ReceiptInfo,
+    pub timing: Timing,
+}
+
+/// Timings measured by the client, from the moment the request was made.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timing {
+    /// Until the first token arrived.
+    pub ttft_ms: f64,
+    /// Until the verified result.
+    pub total_ms: f64,
+    /// Completion tokens per second after the first token.
+    pub tokens_per_sec: f64,
+}
+
+impl Timing {
+    /// Timing of `tokens` tokens, the first after `ttft`, all after `total`.
+    pub fn measure(ttft: Duration, total: Duration, tokens: u32) -> Timing {
+        let decode = total.saturating_sub(ttft).as_secs_f64();
+        let tokens_per_sec = if tokens > 1 && decode > 0.0 { f64::from(tokens - 1) / decode } else { 0.0 };
+        Timing { ttft_ms: ttft.as_secs_f64() * 1000.0, total_ms: total.as_secs_f64() * 1000.0, tokens_per_sec }
+    }
 }
 
 #[derive(Debug)]
@@ -262,6 +283,7 @@ impl Node {
         wire_request: InferRequest,
         tx: &mpsc::Sender<Result<StreamEvent, InferError>>,
     ) -> Result<(), InferError> {
+        let started = Instant::now();
         let mut queue: VecDeque<Candidate> = VecDeque::new();
         let known = self.provider_candidates(request).await;
         if request.broadcast {
@@ -278,6 +300,7 @@ impl Node {
             return Err(InferError::NoProvider { model: request.model.clone() });
         }
         let mut delivered: Vec<String> = Vec::new();
+        let mut first_token: Option<Duration> = None;
         let mut failures = Vec::new();
         let mut tried = HashSet::new();
         while let Some(candidate) = queue.pop_front() {
@@ -287,8 +310,9 @@ impl Node {
             if !tried.insert(candidate.peer) {
                 continue;
             }
-            match self.attempt(&candidate, &wire_request, &mut delivered, tx, tried.len() as u32).await {
-                Ok(result) => {
+            match self.attempt(&candidate, &wire_request, &mut delivered, tx, tried.len() as u32, started, &mut first_token).await {
+                Ok(mut result) => {
+                    result.timing = Timing::measure(first_token.unwrap_or_default(), started.elapsed(), result.usage.completion_tokens);
                     info!(provider = %result.provider, route = ?result.route, tokens = result.usage.completion_tokens, "request served");
                     let _ = tx.send(Ok(StreamEvent::Done(Box::new(result)))).await;
                     return Ok(());
@@ -443,6 +467,8 @@ impl Node {
         delivered: &mut Vec<String>,
         tx: &mpsc::Sender<Result<StreamEvent, InferError>>,
         attempts: u32,
+        started: Instant,
+        first_token: &mut Option<Duration>,
     ) -> Result<InferenceResult, AttemptError> {
         let peer = candidate.peer;
         let retry = |what: &str| AttemptError::Retry(what.to_owned());
@@ -506,6 +532,7 @@ impl Node {
                             return Err(AttemptError::Fatal(InferError::Diverged));
                         }
                     } else {
+                        first_token.get_or_insert_with(|| started.elapsed());
                         delivered.push(c.text.clone());
                         if tx.send(Ok(StreamEvent::Token(c.text))).await.is_err() {
                             return Err(AttemptError::Gone);
@@ -550,6 +577,7 @@ impl Node {
                             signed: signed_hex,
                             verified: true,
                         },
+                        timing: Timing::default(),
                     });
                 }
                 _ => return Err(retry("sent frames out of order")),

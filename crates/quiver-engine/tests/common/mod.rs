@@ -141,9 +141,7 @@ pub fn response(status: &str, content_type: &str, body: &[u8]) -> Vec<Piece> {
 
 /// The head of a server-sent-events answer; its body runs until the connection closes.
 pub fn sse_head() -> Piece {
-    Piece::Bytes(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n".to_vec(),
-    )
+    Piece::Bytes(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n".to_vec())
 }
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then closed).
