@@ -24,9 +24,9 @@ pub enum LogFormat {
 
 /// Default log filter of long-running commands.
 pub const SERVICE_LOG: &str =
-    "info,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn,libp2p_tcp=warn,libp2p_quic=warn";
+    "info,llama-cpp-2=warn,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn,libp2p_tcp=warn,libp2p_quic=warn";
 /// Default log filter of one-shot commands, whose stdout is the answer.
-pub const QUIET_LOG: &str = "warn,libp2p_kad=error,libp2p_gossipsub=error,libp2p_swarm=error";
+pub const QUIET_LOG: &str = "warn,llama-cpp-2=warn,libp2p_kad=error,libp2p_gossipsub=error,libp2p_swarm=error";
 
 /// Exit codes of `quiver ask`.
 pub const EXIT_NO_PROVIDER: i32 = 3;

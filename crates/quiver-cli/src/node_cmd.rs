@@ -64,8 +64,8 @@ pub struct NodeArgs {
     pub listen_ip: Option<IpAddr>,
 
     /// Listen on exactly these multiaddrs instead of --listen-ip/--port (repeatable).
-    #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr)]
-    pub listen: Vec<Multiaddr>,
+    #[arg(long = "listen-addr", value_name = "MULTIADDR", value_parser = parse_multiaddr)]
+    pub listen_addr: Vec<Multiaddr>,
 
     /// Do not listen on QUIC (TCP only).
     #[arg(long)]
@@ -79,6 +79,21 @@ pub struct NodeArgs {
     /// port if that is taken]
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_api, env = "QUIVER_API")]
     pub api: Option<ApiAddr>,
+
+    /// Also serve the OpenAI-compatible gateway (/v1/chat/completions, /v1/completions,
+    /// /v1/models) on this address.
+    #[arg(long, value_name = "ADDR:PORT", env = "QUIVER_GATEWAY")]
+    pub gateway: Option<SocketAddr>,
+
+    /// Bearer key the gateway requires (repeatable). Without any, the gateway is open.
+    #[arg(
+        long = "gateway-api-key",
+        value_name = "KEY",
+        env = "QUIVER_GATEWAY_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub gateway_api_keys: Vec<String>,
 
     /// TOML config file.
     #[arg(long, value_name = "FILE", env = "QUIVER_CONFIG")]
@@ -121,7 +136,7 @@ fn settings(args: NodeArgs) -> Settings {
     } else {
         args.bootstrap
     };
-    let listen: Vec<Multiaddr> = if args.listen.is_empty() {
+    let listen: Vec<Multiaddr> = if args.listen_addr.is_empty() {
         file.listen
             .unwrap_or_default()
             .iter()
@@ -130,7 +145,7 @@ fn settings(args: NodeArgs) -> Settings {
             })
             .collect()
     } else {
-        args.listen
+        args.listen_addr
     };
     let port = args.port.or(file.port);
     let quic = !args.no_quic && file.quic.unwrap_or(true);
@@ -182,6 +197,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
 /// Runs a node, serving models when `provider` is given, until SIGINT or SIGTERM.
 pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::ProviderArgs>) -> anyhow::Result<()> {
+    let args_gateway = args.gateway;
+    let gateway_keys = args.gateway_api_keys.clone();
     let mut s = settings(args);
     init_logging(s.log_format, SERVICE_LOG);
     if let Some(p) = provider {
@@ -254,9 +271,29 @@ pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::Prov
         }
     };
 
+    let gateway_task = match args_gateway {
+        None => None,
+        Some(addr) => {
+            if !addr.ip().is_loopback() && gateway_keys.is_empty() {
+                warn!(%addr, "the gateway is reachable from other machines without an API key (--gateway-api-key)");
+            }
+            let listener = quiver_gateway::bind(addr).await?;
+            let local = listener.local_addr().context("gateway listener address")?;
+            println!("gateway on http://{local}/v1");
+            let mut stop = stop_rx.clone();
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(quiver_gateway::serve_gateway(node.clone(), listener, gateway_keys, shutdown)))
+        }
+    };
+
     wait_for_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
+    if let Some(task) = gateway_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     if let Some(task) = api_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         let _ = std::fs::remove_file(api_addr_file(&s.data_dir));

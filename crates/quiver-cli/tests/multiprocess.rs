@@ -102,6 +102,30 @@ fn restart_keeps_peer_id_and_key_is_private() {
 }
 
 #[test]
+fn every_command_has_help() {
+    let provider = env!("CARGO_BIN_EXE_quiver-provider");
+    for (bin, args) in [
+        (NODE, vec!["--help"]),
+        (provider, vec!["--help"]),
+        (provider, vec!["start", "--help"]),
+        (QUIVER, vec!["--help"]),
+        (QUIVER, vec!["node", "--help"]),
+        (QUIVER, vec!["provider", "--help"]),
+        (QUIVER, vec!["provider", "start", "--help"]),
+        (QUIVER, vec!["ask", "--help"]),
+        (QUIVER, vec!["gateway", "--help"]),
+        (QUIVER, vec!["model", "fetch", "--help"]),
+        (QUIVER, vec!["model", "list", "--help"]),
+        (QUIVER, vec!["status", "--help"]),
+        (QUIVER, vec!["peers", "--help"]),
+    ] {
+        let out = std::process::Command::new(bin).args(&args).output().expect("runs");
+        assert!(out.status.success(), "{bin} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{bin} {args:?}");
+    }
+}
+
+#[test]
 fn bad_flags_exit_2_naming_the_flag() {
     for (args, flag) in [
         (vec!["--bootstrap", "not-an-address"], "--bootstrap"),
@@ -109,7 +133,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         (vec!["--bootstrap", "host:99999"], "--bootstrap"),
         (vec!["--port", "70000"], "--port"),
         (vec!["--api", "nowhere"], "--api"),
-        (vec!["--listen", "/not/a/multiaddr"], "--listen"),
+        (vec!["--listen-addr", "/not/a/multiaddr"], "--listen-addr"),
     ] {
         let out = std::process::Command::new(NODE).args(&args).output().expect("runs");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

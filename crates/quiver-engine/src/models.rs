@@ -100,6 +100,7 @@ pub fn find(name: &str) -> Option<CatalogueEntry> {
     catalogue().into_iter().find(|e| e.name == name)
 }
 
+/// Why a model could not be found, fetched or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{}: {source}", path.display())]

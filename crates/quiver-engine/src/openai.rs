@@ -2,6 +2,7 @@
 //! vLLM, ...): `POST <base>/chat/completions` for chat, `POST <base>/completions` for prompts,
 //! streamed as server-sent events or not.
 
+use std::fmt;
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
@@ -24,8 +25,8 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 /// Longest error message kept from a server.
 const MAX_MESSAGE: usize = 1000;
 
-/// Where and how to reach the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where and how to reach the server. (Its `Debug` hides the API key.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct OpenAiConfig {
     /// The API base, e.g. `http://127.0.0.1:11434/v1`.
     pub base_url: String,
@@ -50,6 +51,19 @@ impl Default for OpenAiConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
         }
+    }
+}
+
+impl fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
+            .field("stream", &self.stream)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
     }
 }
 
@@ -82,6 +96,7 @@ impl OpenAiEngine {
         Ok(OpenAiEngine { config, base, id, client })
     }
 
+    /// The configuration this engine was made with.
     pub fn config(&self) -> &OpenAiConfig {
         &self.config
     }
@@ -143,6 +158,7 @@ impl Engine for OpenAiEngine {
             api_key: self.config.api_key.clone(),
             body,
             chat,
+            stream: self.config.stream,
             idle: self.config.idle_timeout,
         };
         let (tx, rx) = mpsc::channel(Generation::CHANNEL);
@@ -170,6 +186,7 @@ struct Call {
     api_key: Option<String>,
     body: Value,
     chat: bool,
+    stream: bool,
     idle: Duration,
 }
 
@@ -193,8 +210,8 @@ impl Call {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
-        let streamed = self.body["stream"] == json!(true);
-        if streamed && !json_answer {
+        // A server that ignores `stream` answers with plain JSON.
+        if self.stream && !json_answer {
             self.read_stream(response, tx).await
         } else {
             let body = self.read_body(&mut response, MAX_BODY).await?;
@@ -478,6 +495,12 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_the_api_key() {
+        let config = OpenAiConfig { api_key: Some("sk-secret".into()), ..Default::default() };
+        assert!(!format!("{config:?}").contains("sk-secret"));
+    }
 
     #[test]
     fn lines_across_chunks() {

@@ -10,6 +10,7 @@ pub struct Utf8Assembler {
 }
 
 impl Utf8Assembler {
+    /// An assembler with nothing pending.
     pub fn new() -> Self {
         Self::default()
     }

@@ -1,5 +1,8 @@
-//! QUIVer's HTTP surfaces. For now: the local control API of a node —
-//! `GET /api/v1/status`, `GET /api/v1/peers` and `GET /metrics` (Prometheus text).
+//! QUIVer's HTTP surfaces: the local control API of a node (`GET /api/v1/status`,
+//! `GET /api/v1/peers`, `GET /metrics`) and the OpenAI-compatible gateway (`/v1/...`) whose
+//! answers come from the network.
+
+pub mod openai;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +37,56 @@ pub fn api_router(node: Node) -> Router {
         // Only GETs are served: no request needs a body.
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(node)
+}
+
+/// The OpenAI-compatible routes plus the control API, optionally behind bearer keys.
+pub fn gateway_router(node: Node, api_keys: Vec<String>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", axum::routing::post(openai::chat_completions))
+        .route("/v1/completions", axum::routing::post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .layer(DefaultBodyLimit::max(openai::MAX_BODY_BYTES))
+        .with_state(node.clone());
+    let v1 = if api_keys.is_empty() {
+        v1
+    } else {
+        let keys = std::sync::Arc::new(api_keys);
+        v1.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let keys = keys.clone();
+            async move {
+                let given = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if given.is_some_and(|g| keys.iter().any(|k| k == g)) {
+                    next.run(req).await
+                } else {
+                    openai::ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_request_error",
+                        "invalid_api_key",
+                        "missing or wrong API key",
+                    )
+                    .into_response()
+                }
+            }
+        }))
+    };
+    v1.merge(api_router(node))
+}
+
+/// Serves the gateway until `shutdown` completes.
+pub async fn serve_gateway(
+    node: Node,
+    listener: TcpListener,
+    api_keys: Vec<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    axum::serve(listener, gateway_router(node, api_keys))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(GatewayError::Serve)
 }
 
 /// Binds the control API; the returned listener's `local_addr` is the address actually used.

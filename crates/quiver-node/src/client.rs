@@ -310,9 +310,16 @@ impl Node {
             if !tried.insert(candidate.peer) {
                 continue;
             }
-            match self.attempt(&candidate, &wire_request, &mut delivered, tx, tried.len() as u32, started, &mut first_token).await {
+            match self
+                .attempt(&candidate, &wire_request, &mut delivered, tx, tried.len() as u32, started, &mut first_token)
+                .await
+            {
                 Ok(mut result) => {
-                    result.timing = Timing::measure(first_token.unwrap_or_default(), started.elapsed(), result.usage.completion_tokens);
+                    result.timing = Timing::measure(
+                        first_token.unwrap_or_default(),
+                        started.elapsed(),
+                        result.usage.completion_tokens,
+                    );
                     info!(provider = %result.provider, route = ?result.route, tokens = result.usage.completion_tokens, "request served");
                     let _ = tx.send(Ok(StreamEvent::Done(Box::new(result)))).await;
                     return Ok(());

@@ -23,7 +23,9 @@ mod node;
 mod provider;
 pub mod wire;
 
-pub use client::{InferError, InferenceRequest, InferenceResult, InferenceStream, ReceiptInfo, Route, StreamEvent, Timing};
+pub use client::{
+    InferError, InferenceRequest, InferenceResult, InferenceStream, ReceiptInfo, Route, StreamEvent, Timing,
+};
 pub use discovery::{KnownNode, NODES_TOPIC};
 pub use node::{AGENT_VERSION, Node, NodeConfig, NodeError, NodeStatus, ProviderStatus};
 pub use provider::ProviderConfig;

@@ -24,6 +24,16 @@ enum Command {
     ///
     /// Example: quiver ask --model smollm2-135m --max-tokens 100 "Hello, world!"
     Ask(AskArgs),
+    /// Run a node that serves the OpenAI-compatible API, answered by the network.
+    ///
+    /// Example: quiver gateway --listen 127.0.0.1:8080 --bootstrap your-server.com:4001
+    Gateway {
+        /// Address of the gateway.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Fetch and list models.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -39,6 +49,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Node(args) => node_cmd::run(args).await,
         Command::Provider(cli) => cli.run().await,
         Command::Ask(args) => ask_cmd::run(args).await,
+        Command::Gateway { listen, mut node } => {
+            node.gateway = Some(listen);
+            node_cmd::run(node).await
+        }
         Command::Model(cmd) => model_cmd::run(cmd).await,
         Command::Status(args) => client::status(args).await,
         Command::Peers(args) => client::peers(args).await,
