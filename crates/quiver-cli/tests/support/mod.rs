@@ -36,8 +36,14 @@ impl NodeProc {
     /// Starts `bin` with `args` plus loopback-only, ephemeral-port and data-dir flags, and waits
     /// until it has printed its addresses and its API address.
     pub fn start(bin: &str, name: &str, args: &[&str], data_dir: &Path) -> NodeProc {
+        Self::start_with_env(bin, name, args, &[], data_dir)
+    }
+
+    /// [`NodeProc::start`] with extra environment variables.
+    pub fn start_with_env(bin: &str, name: &str, args: &[&str], env: &[(&str, &str)], data_dir: &Path) -> NodeProc {
         let mut cmd = Command::new(bin);
         cmd.args(args)
+            .envs(env.iter().copied())
             .args(["--listen-ip", "127.0.0.1", "--api", "127.0.0.1:0", "--heartbeat-interval", "1"])
             .arg("--data-dir")
             .arg(data_dir.join(name))
