@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Starts a local QUIVer network on 127.0.0.1 — one bootstrap node and three nodes, each a
-# separate process started with the commands users run — and prints what each node sees.
-# Everything stops when the script ends (or on Ctrl-C).
+# A local QUIVer network on 127.0.0.1 answering a real prompt with the default model
+# (SmolLM2-135M-Instruct): a bootstrap node, a provider and a client, each a separate process
+# started with the commands users run. Everything stops when the script ends (or on Ctrl-C).
+#   ./scripts/quickstart.sh ["your prompt"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+prompt=${1:-"What is the capital of France? Answer in one sentence."}
 scripts/install-deps.sh
+echo "== building (release; the first build takes several minutes)" >&2
 cargo build --release --locked -p quiver-cli >&2
 bin=target/release
+models=target/models
+"$bin/quiver" model fetch --models-dir "$models" >/dev/null
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -16,31 +21,32 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-start() { # name, args...
+start() { # name, command, args...
   local name=$1; shift
-  "$bin/quiver-node" "$@" --listen-ip 127.0.0.1 --port 0 --api 127.0.0.1:0 --heartbeat-interval 2 \
+  "$@" --listen-ip 127.0.0.1 --port 0 --api 127.0.0.1:0 --heartbeat-interval 2 \
     --data-dir "$work/$name" >"$work/$name.out" 2>"$work/$name.log" &
   pids+=($!)
-  for _ in $(seq 100); do grep -q '^api on' "$work/$name.out" 2>/dev/null && return 0; sleep 0.1; done
+  for _ in $(seq 300); do grep -q '^api on' "$work/$name.out" 2>/dev/null && return 0; sleep 0.1; done
   echo "$name did not start; its log:" >&2; cat "$work/$name.log" >&2; exit 1
 }
 
-echo "== starting a bootstrap node: quiver-node --bootstrap-node --port 0"
-start boot --bootstrap-node
+echo "== quiver-node --bootstrap-node --port 0"
+start boot "$bin/quiver-node" --bootstrap-node
 cat "$work/boot.out"
 addr=$(grep -m1 '^listening on .*/tcp/' "$work/boot.out" | sed 's/^listening on //')
-for i in 1 2 3; do
-  echo "== starting node $i: quiver-node --bootstrap $addr"
-  start "node$i" --bootstrap "$addr"
-done
-echo "== waiting for the nodes to find each other through the DHT and hear each other's heartbeats"
-for _ in $(seq 60); do
-  n=$("$bin/quiver" status --json --data-dir "$work/node3" 2>/dev/null | grep -c '"agent_version"' || true)
-  [ "${n:-0}" -ge 3 ] && break
-  sleep 0.5
-done
-for name in boot node1 node2 node3; do
-  echo
-  echo "== quiver status ($name)"
-  "$bin/quiver" status --data-dir "$work/$name"
-done
+echo
+echo "== quiver-provider --bootstrap $addr   (serves smollm2-135m on llama.cpp, CPU)"
+start provider "$bin/quiver-provider" --bootstrap "$addr" --models-dir "$models"
+cat "$work/provider.out"
+echo
+echo "== quiver-node --bootstrap $addr"
+start node1 "$bin/quiver-node" --bootstrap "$addr"
+echo
+echo "== quiver ask --model smollm2-135m --max-tokens 100 \"$prompt\""
+"$bin/quiver" ask --bootstrap "$addr" --listen-ip 127.0.0.1 --model smollm2-135m --max-tokens 100 "$prompt"
+echo
+echo "== the same, with the provider's signed receipt (quiver ask --json)"
+"$bin/quiver" ask --bootstrap "$addr" --listen-ip 127.0.0.1 --model smollm2-135m --max-tokens 100 --json "$prompt"
+echo
+echo "== quiver status (node1)"
+"$bin/quiver" status --data-dir "$work/node1"

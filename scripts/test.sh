@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, in-process network tests, and tests that start
-# the real release binaries as separate processes on 127.0.0.1.
+# the real release binaries as separate processes on 127.0.0.1, with the real default model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The default model (about 98 MB), fetched once into target/models with `quiver model fetch`.
+export QUIVER_MODEL_DIR="${QUIVER_MODEL_DIR:-$PWD/target/models}"
+cargo run --release --locked -q -p quiver-cli --bin quiver -- model fetch --models-dir "$QUIVER_MODEL_DIR" >/dev/null
 exec cargo test --workspace --release --locked "$@"

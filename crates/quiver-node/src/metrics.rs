@@ -1,6 +1,6 @@
 //! The node's own Prometheus metrics (libp2p's are registered beside them by quiver-net).
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,7 +12,7 @@ pub(crate) struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum JobOutcome {
     Served,
     Failed,
@@ -22,7 +22,7 @@ pub(crate) enum JobOutcome {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct JobLabel {
-    pub outcome: JobOutcome,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +55,9 @@ impl NodeMetrics {
             "Heartbeats received by gossip, by outcome (accepted, stale, rejected)",
             m.heartbeats_received.clone(),
         );
+        q.register("provider_jobs", "Inference jobs handled as a provider, by outcome", m.jobs.clone());
+        q.register("tokens_generated", "Tokens generated for the network", m.tokens_generated.clone());
+        q.register("client_requests", "Inference requests made as a client, by outcome", m.requests.clone());
         q.register("build", "Version of this node", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         let start: Gauge = Gauge::default();
         start.set(start_unix_secs);
@@ -63,6 +66,12 @@ impl NodeMetrics {
     }
 
     pub fn job(&self, outcome: JobOutcome) {
+        let outcome = match outcome {
+            JobOutcome::Served => "served",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Busy => "busy",
+            JobOutcome::Invalid => "invalid",
+        };
         self.jobs.get_or_create(&JobLabel { outcome }).inc();
     }
 }

@@ -1,10 +1,10 @@
 //! Running the real binaries as separate processes on 127.0.0.1 with ephemeral ports.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -43,11 +43,11 @@ impl NodeProc {
     pub fn start_with_env(bin: &str, name: &str, args: &[&str], env: &[(&str, &str)], data_dir: &Path) -> NodeProc {
         let mut cmd = Command::new(bin);
         cmd.args(args)
-            .envs(env.iter().copied())
             .args(["--listen-ip", "127.0.0.1", "--api", "127.0.0.1:0", "--heartbeat-interval", "1"])
             .arg("--data-dir")
             .arg(data_dir.join(name))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(data_dir.join(format!("{name}.log"))).expect("log file")));
@@ -69,7 +69,11 @@ impl NodeProc {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("{name} did not print its addresses within 30 s");
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(data_dir.join(format!("{name}.log"))).unwrap_or_default();
+                    let tail: String =
+                        log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                    panic!("{name} did not print its addresses within 30 s (or exited); its log ends with:\n{tail}");
                 }
             };
             if let Some(rest) = line.strip_prefix("QUIVer node ") {
@@ -219,4 +223,106 @@ pub fn sees_all(node: &NodeProc, others: &[&str]) -> bool {
         .iter()
         .filter(|id| **id != node.peer_id)
         .all(|id| table.iter().any(|t| t == id) && known.iter().any(|k| k == id))
+}
+
+/// Catalogue hash of the default model (`smollm2-135m`).
+pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// File name of the default model.
+pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The directory holding the default model: `$QUIVER_MODEL_DIR` (relative to the repository
+/// root, as scripts/fetch-model.sh reads it) or `target/models`. Panics, saying how to fetch it,
+/// when the model file is not there.
+pub fn model_dir() -> PathBuf {
+    let dir = match std::env::var_os("QUIVER_MODEL_DIR") {
+        Some(d) if !d.is_empty() => repo_root().join(d),
+        _ => repo_root().join("target/models"),
+    };
+    let file = dir.join(MODEL_FILE);
+    if !file.is_file() {
+        panic!(
+            "the default model is missing: {} does not exist. Run scripts/fetch-model.sh (it puts the model in \
+             ${{QUIVER_MODEL_DIR:-target/models}}) and run the tests again.",
+            file.display()
+        );
+    }
+    dir
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panics with everything the command printed unless it exited 0.
+    pub fn expect_success(self, what: &str) -> Self {
+        assert!(
+            self.status.success(),
+            "{what} failed ({}):\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Reads a pipe to its end in a thread.
+fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Waits for `child` to exit within `limit`; kills it and panics naming `what` if it does not.
+pub fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within {limit:?} (killed)");
+            }
+            Err(e) => panic!("{what}: cannot wait for it: {e}"),
+        }
+    }
+}
+
+/// Runs `bin args` with `env` and no stdin, waits at most `limit` (then kills it and panics),
+/// and returns its exit status and output.
+pub fn run_bounded(bin: &str, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Finished {
+    let what =
+        format!("{} {}", Path::new(bin).file_name().map(|f| f.to_string_lossy()).unwrap_or_default(), args.join(" "));
+    let mut child = Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let out = drain(child.stdout.take().expect("piped stdout"));
+    let err = drain(child.stderr.take().expect("piped stderr"));
+    let status = wait_bounded(&mut child, limit, &what);
+    let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+    Finished { status, stdout, stderr }
 }

@@ -1,0 +1,169 @@
+//! Inference through real in-process nodes with the real default model: the Rust API, both
+//! routes (gossip claim and direct), admission (busy), and cancellation.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use quiver_engine::llama::{LlamaConfig, LlamaEngine};
+use quiver_engine::{Engine, GenEvent, GenerateRequest, Input, SamplingParams};
+use quiver_net::default_listen_addrs;
+use quiver_node::{BootstrapAddr, InferError, InferenceRequest, Node, NodeConfig, ProviderConfig, Route, StreamEvent};
+
+fn engine() -> Arc<LlamaEngine> {
+    static ENGINE: OnceLock<Arc<LlamaEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let dir = std::env::var("QUIVER_MODEL_DIR")
+                .unwrap_or_else(|_| format!("{}/../../target/models", env!("CARGO_MANIFEST_DIR")));
+            let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+            assert!(path.exists(), "the default model is missing from {dir}: run scripts/fetch-model.sh");
+            let cfg = LlamaConfig { threads: 2, context_size: 2048 };
+            Arc::new(LlamaEngine::load(&path, "smollm2-135m", None, cfg).expect("model loads"))
+        })
+        .clone()
+}
+
+fn config() -> NodeConfig {
+    NodeConfig {
+        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, true),
+        heartbeat_interval: Duration::from_millis(500),
+        random_walk_interval: Duration::from_secs(2),
+        ..NodeConfig::default()
+    }
+}
+
+async fn tcp_addr(node: &Node) -> BootstrapAddr {
+    let mut rx = node.listen_addrs();
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(a) = rx.borrow().iter().find(|a| a.to_string().contains("/tcp/")) {
+                return a.clone();
+            }
+            rx.changed().await.expect("node stopped");
+        }
+    })
+    .await
+    .expect("a TCP address");
+    addr.to_string().parse().expect("parses")
+}
+
+/// A provider (also the bootstrap node) and a client that knows it.
+async fn provider_and_client(max_concurrent: usize, queue: usize) -> (Node, Node) {
+    let provider = Node::start(NodeConfig {
+        bootstrap_node: true,
+        provider: Some(ProviderConfig { engines: vec![engine()], max_concurrent, queue }),
+        ..config()
+    })
+    .await
+    .expect("provider starts");
+    let client = Node::start(NodeConfig {
+        bootstrap_peers: vec![tcp_addr(&provider).await],
+        dht_client_only: true,
+        ..config()
+    })
+    .await
+    .expect("client starts");
+    assert!(client.wait_for_peers(1, Duration::from_secs(10)).await);
+    assert!(client.wait_for_provider("smollm2-135m", Duration::from_secs(30)).await);
+    (provider, client)
+}
+
+/// What the bare engine answers.
+async fn bare(input: Input, params: SamplingParams) -> String {
+    let mut g = engine().generate(GenerateRequest { input, params }).expect("generates");
+    let mut text = String::new();
+    while let Some(ev) = g.next().await {
+        match ev.expect("no error") {
+            GenEvent::Token { text: t, .. } => text.push_str(&t),
+            GenEvent::Done { .. } => return text,
+        }
+    }
+    panic!("no Done event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_inference_request_returns_the_bare_engines_greedy_answer_with_a_verified_receipt() {
+    let (provider, client) = provider_and_client(1, 4).await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        client.send_inference_request("smollm2-135m", "Hello, world!", 32),
+    )
+    .await
+    .expect("answered in time")
+    .expect("answered");
+    let request = InferenceRequest::chat("smollm2-135m", "Hello, world!", 32);
+    assert_eq!(result.text, bare(request.input.clone(), request.params.clone()).await);
+    assert!(!result.text.is_empty());
+    assert_eq!(result.provider, provider.peer_id());
+    assert_eq!(result.route, Route::Claim);
+    assert!(result.receipt.verified);
+    assert_eq!(result.receipt.model_sha256, engine().model().sha256_hex());
+    assert_eq!(result.usage.completion_tokens, result.receipt.completion_tokens);
+
+    // The direct path (DHT provider records), streamed.
+    let mut direct = InferenceRequest::completion("smollm2-135m", "The three primary colours are", 24);
+    direct.broadcast = false;
+    let mut stream = client.infer_stream(direct.clone()).expect("starts");
+    let mut streamed = String::new();
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match stream.next().await.expect("an event").expect("no error") {
+                StreamEvent::Token(t) => streamed.push_str(&t),
+                StreamEvent::Done(r) => return r,
+            }
+        }
+    })
+    .await
+    .expect("answered in time");
+    assert_eq!(done.route, Route::Direct);
+    assert_eq!(streamed, done.text);
+    assert_eq!(done.text, bare(direct.input, direct.params).await);
+
+    let metrics = provider.metrics_text();
+    assert!(metrics.contains("quiver_provider_jobs_total{outcome=\"served\"} 2"), "{metrics}");
+    client.shutdown().await;
+    provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_provider_answers_busy_instead_of_queueing() {
+    let (provider, client) = provider_and_client(1, 0).await;
+    let mut long = InferenceRequest::completion("smollm2-135m", "1, 2, 3, 4, 5, 6, 7, 8,", 1500);
+    long.broadcast = false;
+    let mut first = client.infer_stream(long).expect("starts");
+    // Once the first job is generating, the only slot is taken and the queue holds nothing.
+    match tokio::time::timeout(Duration::from_secs(60), first.next()).await.expect("first token in time") {
+        Some(Ok(StreamEvent::Token(_))) => {}
+        other => panic!("expected a token, got {other:?}"),
+    }
+    let mut second = InferenceRequest::chat("smollm2-135m", "Hi", 8);
+    second.broadcast = false;
+    let err = tokio::time::timeout(Duration::from_secs(60), client.infer(second))
+        .await
+        .expect("refused in time")
+        .expect_err("the provider is full");
+    match err {
+        InferError::AllProvidersFailed { failures, .. } => {
+            assert!(failures.iter().all(|f| f.ends_with("busy")), "{failures:?}")
+        }
+        other => panic!("expected busy, got {other}"),
+    }
+    // Dropping the stream cancels the first job: the slot frees without the job being served.
+    drop(first);
+    let freed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let s = provider.status().await.expect("status");
+            if s.provider.as_ref().is_some_and(|p| p.free_slots == 1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the slot was not freed after the client went away");
+    let metrics = provider.metrics_text();
+    assert!(!metrics.contains("quiver_provider_jobs_total{outcome=\"served\"}"), "{metrics}");
+    assert!(metrics.contains("quiver_provider_jobs_total{outcome=\"busy\"} 1"), "{metrics}");
+    client.shutdown().await;
+    provider.shutdown().await;
+}
