@@ -51,9 +51,10 @@ pub struct ProviderArgs {
     /// Context size in tokens (llama backend).
     #[arg(long, default_value_t = 2048, env = "QUIVER_CONTEXT_SIZE")]
     pub context_size: u32,
-    /// Jobs run at once.
-    #[arg(long, default_value_t = 1, env = "QUIVER_MAX_CONCURRENT")]
-    pub max_concurrent: usize,
+    /// Jobs run at once. [default: what the engine can run without slowing down: cores ÷ threads
+    /// for llama.cpp]
+    #[arg(long, env = "QUIVER_MAX_CONCURRENT")]
+    pub max_concurrent: Option<usize>,
     /// Jobs waiting for a slot; beyond this, requests are refused as busy.
     #[arg(long, default_value_t = 8, env = "QUIVER_QUEUE")]
     pub queue: usize,
@@ -166,5 +167,6 @@ pub async fn build(p: &ProviderArgs, data_dir: &Path) -> anyhow::Result<Provider
             engines.push(Arc::new(OpenAiEngine::new(config, id)?));
         }
     }
-    Ok(ProviderConfig { engines, max_concurrent: p.max_concurrent, queue: p.queue })
+    let capacity = engines.iter().map(|e| e.capacity()).min().unwrap_or(1);
+    Ok(ProviderConfig { engines, max_concurrent: p.max_concurrent.unwrap_or(capacity).max(1), queue: p.queue })
 }

@@ -115,9 +115,11 @@ fn a_provider_behind_an_openai_compatible_server_answers_through_the_network() {
     // The bootstrap hears C announce the remote model.
     eventually(Duration::from_secs(60), "provider C's model is announced", || {
         a.status().is_some_and(|s| {
-            s["known_nodes"].as_array().into_iter().flatten().any(|n| {
-                n["peer_id"] == c.peer_id.as_str() && n["models"].to_string().contains("smollm2-remote")
-            })
+            s["known_nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["peer_id"] == c.peer_id.as_str() && n["models"].to_string().contains("smollm2-remote"))
         })
     });
 

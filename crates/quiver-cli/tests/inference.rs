@@ -24,6 +24,9 @@ const MODEL: &str = "smollm2-135m";
 /// Bound on one `quiver ask` (the dev profile generates a few dozen tokens a second).
 const ASK_LIMIT: Duration = Duration::from_secs(90);
 
+/// Output of the failover test's client before the serving provider is killed: a few tokens.
+const KILL_AFTER_BYTES: usize = 40;
+
 /// The two model-running tests share two cores: run them one at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
 
@@ -152,14 +155,15 @@ fn greedy_answer_through_the_network_equals_the_bare_engine() {
 /// Shares what a child process writes to a pipe while it runs.
 struct Capture {
     bytes: Arc<Mutex<Vec<u8>>>,
-    first: mpsc::Receiver<()>,
+    /// A message after each read.
+    read: mpsc::Receiver<()>,
     done: std::thread::JoinHandle<()>,
 }
 
 impl Capture {
     fn start<R: Read + Send + 'static>(mut pipe: R) -> Capture {
         let bytes = Arc::new(Mutex::new(Vec::new()));
-        let (tx, first) = mpsc::channel();
+        let (tx, read) = mpsc::channel();
         let shared = bytes.clone();
         let done = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -173,7 +177,7 @@ impl Capture {
                 }
             }
         });
-        Capture { bytes, first, done }
+        Capture { bytes, read, done }
     }
 
     fn len(&self) -> usize {
@@ -263,16 +267,21 @@ fn killing_the_serving_provider_mid_stream_fails_over() {
         .spawn()
         .expect("quiver ask starts");
     let capture = Capture::start(client.stdout.take().expect("piped stdout"));
-    if capture.first.recv_timeout(ASK_LIMIT).is_err() {
-        let _ = client.kill();
-        let _ = client.wait();
-        panic!(
-            "no output from quiver ask within {ASK_LIMIT:?}; its log:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
+    // Wait for the first few tokens, so the failover has a prefix to replay and check.
+    let until = Instant::now() + ASK_LIMIT;
+    while capture.len() < KILL_AFTER_BYTES {
+        if capture.read.recv_timeout(until.saturating_duration_since(Instant::now())).is_err() {
+            let _ = client.kill();
+            let _ = client.wait();
+            panic!(
+                "quiver ask printed {} bytes within {ASK_LIMIT:?} and no more (ended or stalled); its log:\n{}",
+                capture.len(),
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
     }
 
-    // The first text is out: find the provider generating it (its only slot is taken) and
+    // Text is streaming: find the provider generating it (its only slot is taken) and
     // SIGKILL it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let serving = loop {

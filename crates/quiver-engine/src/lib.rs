@@ -168,6 +168,10 @@ pub trait Engine: Send + Sync + 'static {
     fn threads(&self) -> u32;
     /// Largest prompt plus completion in tokens (0 when unknown).
     fn context_size(&self) -> u32;
+    /// Generations this engine runs at once without them slowing each other much: for
+    /// llama.cpp the cores divided by the threads of one generation; for a remote server a
+    /// conservative guess. Providers use it as their default concurrency.
+    fn capacity(&self) -> usize;
     /// Starts generating. Errors found before any token (e.g. prompt longer than the context)
     /// are returned here or as the first event.
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError>;

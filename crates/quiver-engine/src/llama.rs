@@ -176,6 +176,11 @@ impl Engine for LlamaEngine {
         self.inner.context_size
     }
 
+    fn capacity(&self) -> usize {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (cores / (self.inner.threads.max(1) as usize)).max(1)
+    }
+
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
         request.params.validate()?;
         let tokens = self.inner.tokenize(&request.input)?;

@@ -119,6 +119,11 @@ impl Engine for OpenAiEngine {
         0
     }
 
+    fn capacity(&self) -> usize {
+        // Servers such as vLLM batch many requests; a few at once is safe for any of them.
+        4
+    }
+
     /// Must be called within a tokio runtime (the request runs on a task of it).
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
         request.params.validate()?;
