@@ -82,17 +82,30 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
     }
     println!("Connected peers: {}", n(&v, "connected_peers"));
     println!("Routing table:   {} peers (DHT mode: {})", n(&v, "routing_table_size"), s(&v, "kad_mode"));
+    if let Some(p) = v.get("provider").filter(|p| !p.is_null()) {
+        let models: Vec<&str> =
+            p["models"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect();
+        println!(
+            "Serving:         {} ({}/{} slots free, {} queued, {:.0} tok/s)",
+            models.join(", "),
+            n(p, "free_slots"),
+            n(p, "max_concurrent"),
+            n(p, "queue_depth"),
+            p["tokens_per_sec"].as_f64().unwrap_or(0.0)
+        );
+    }
     let known = v["known_nodes"].as_array().cloned().unwrap_or_default();
     println!("Known nodes:     {} (from heartbeats)", known.len());
     for k in &known {
         println!(
-            "  {:<20} {:<14} load {:>4.2}  slots {:>2}  up {:>6}s  seen {:>4.1}s ago",
+            "  {:<20} {:<14} load {:>4.2}  slots {:>2}  up {:>6}s  seen {:>4.1}s ago  {}",
             short(s(k, "peer_id")),
             s(k, "agent_version"),
             k["cpu_load"].as_f64().unwrap_or(0.0),
             n(k, "free_slots"),
             n(k, "uptime_secs"),
             k["last_seen_secs"].as_f64().unwrap_or(0.0),
+            k["models"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect::<Vec<_>>().join(","),
         );
     }
     Ok(())

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Benchmark: the bare engine (`quiver ask --local`) against the same request through the network
+# (bootstrap node + one provider + `quiver ask`), on this machine, same threads, same greedy
+# request. Builds the release binaries, fetches the default model, then runs both modes
+# interleaved and prints medians of tokens/s and time to first token, the ratio
+# network ÷ bare (goal ≥ 0.97) and the TTFT overhead of the network.
+#
+#   bench/run.sh [--threads N] [--max-tokens N] [--reps N] [--out FILE]
+#
+# --out FILE also writes the report (Markdown) to FILE, e.g. bench/RESULTS.md.
+# BENCH_BIN=DIR uses the binaries in DIR instead of building target/release.
+# Run it on an otherwise idle machine: the numbers are only comparable within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${BENCH_BIN:-}" ]; then
+  scripts/install-deps.sh
+  echo "bench: building release binaries (cargo build --release -p quiver-cli) ..." >&2
+  cargo build --release --locked -p quiver-cli >&2
+  BENCH_BIN=target/release
+fi
+scripts/fetch-model.sh
+
+models="${QUIVER_MODEL_DIR:-target/models}"
+exec python3 bench/bench.py --bin "$BENCH_BIN" --models-dir "$models" --command "bench/run.sh $*" "$@"
