@@ -4,35 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+mod common;
+
+use common::{eventually, loopback_config, tcp_addr};
 use quiver_net::default_listen_addrs;
 use quiver_node::{BootstrapAddr, NODES_TOPIC, Node, NodeConfig};
-
-fn loopback_config() -> NodeConfig {
-    NodeConfig {
-        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, true),
-        heartbeat_interval: Duration::from_millis(500),
-        node_ttl: Duration::from_secs(30),
-        random_walk_interval: Duration::from_secs(2),
-        kad_bootstrap_interval: Duration::from_secs(10),
-        ..NodeConfig::default()
-    }
-}
-
-/// The TCP address (with `/p2p/`) a node listens on, once it is up.
-async fn tcp_addr(node: &Node) -> BootstrapAddr {
-    let mut rx = node.listen_addrs();
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(a) = rx.borrow().iter().find(|a| a.to_string().contains("/tcp/")) {
-                return a.clone();
-            }
-            rx.changed().await.expect("node stopped");
-        }
-    })
-    .await
-    .expect("node reported no TCP address");
-    addr.to_string().parse().expect("own address parses")
-}
 
 async fn start_network(n: usize) -> Vec<Node> {
     let boot = Node::start(NodeConfig { bootstrap_node: true, ..loopback_config() }).await.expect("bootstrap starts");
@@ -43,18 +19,6 @@ async fn start_network(n: usize) -> Vec<Node> {
         nodes.push(Node::start(cfg).await.expect("node starts"));
     }
     nodes
-}
-
-/// Polls `check` until it holds or `limit` passes; returns how long it took.
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let start = tokio::time::Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{what}: not within {limit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

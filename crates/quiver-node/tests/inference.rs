@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use quiver_engine::llama::{LlamaConfig, LlamaEngine};
 use quiver_engine::{Engine, GenEvent, GenerateRequest, Input, SamplingParams};
-use quiver_net::default_listen_addrs;
-use quiver_node::{BootstrapAddr, InferError, InferenceRequest, Node, NodeConfig, ProviderConfig, Route, StreamEvent};
+mod common;
+
+use common::{loopback_config, tcp_addr};
+use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, ProviderConfig, Route, StreamEvent};
 
 fn engine() -> Arc<LlamaEngine> {
     static ENGINE: OnceLock<Arc<LlamaEngine>> = OnceLock::new();
@@ -23,43 +25,19 @@ fn engine() -> Arc<LlamaEngine> {
         .clone()
 }
 
-fn config() -> NodeConfig {
-    NodeConfig {
-        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, true),
-        heartbeat_interval: Duration::from_millis(500),
-        random_walk_interval: Duration::from_secs(2),
-        ..NodeConfig::default()
-    }
-}
-
-async fn tcp_addr(node: &Node) -> BootstrapAddr {
-    let mut rx = node.listen_addrs();
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(a) = rx.borrow().iter().find(|a| a.to_string().contains("/tcp/")) {
-                return a.clone();
-            }
-            rx.changed().await.expect("node stopped");
-        }
-    })
-    .await
-    .expect("a TCP address");
-    addr.to_string().parse().expect("parses")
-}
-
 /// A provider (also the bootstrap node) and a client that knows it.
 async fn provider_and_client(max_concurrent: usize, queue: usize) -> (Node, Node) {
     let provider = Node::start(NodeConfig {
         bootstrap_node: true,
         provider: Some(ProviderConfig { engines: vec![engine()], max_concurrent, queue }),
-        ..config()
+        ..loopback_config()
     })
     .await
     .expect("provider starts");
     let client = Node::start(NodeConfig {
         bootstrap_peers: vec![tcp_addr(&provider).await],
         dht_client_only: true,
-        ..config()
+        ..loopback_config()
     })
     .await
     .expect("client starts");

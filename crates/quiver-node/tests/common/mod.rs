@@ -1,0 +1,47 @@
+//! Helpers shared by the node's integration tests: loopback-only nodes with fast timers.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use quiver_net::default_listen_addrs;
+use quiver_node::{BootstrapAddr, Node, NodeConfig};
+
+/// TCP and QUIC on 127.0.0.1 with ephemeral ports, and short periods so tests converge fast.
+pub fn loopback_config() -> NodeConfig {
+    NodeConfig {
+        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, true),
+        heartbeat_interval: Duration::from_millis(500),
+        node_ttl: Duration::from_secs(30),
+        random_walk_interval: Duration::from_secs(2),
+        kad_bootstrap_interval: Duration::from_secs(10),
+        ..NodeConfig::default()
+    }
+}
+
+/// The TCP address (with `/p2p/`) a node listens on, once it is up.
+pub async fn tcp_addr(node: &Node) -> BootstrapAddr {
+    let mut rx = node.listen_addrs();
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(a) = rx.borrow().iter().find(|a| a.to_string().contains("/tcp/")) {
+                return a.clone();
+            }
+            rx.changed().await.expect("node stopped");
+        }
+    })
+    .await
+    .expect("node reported no TCP address");
+    addr.to_string().parse().expect("own address parses")
+}
+
+/// Polls `check` until it holds or `limit` passes; returns how long it took.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
