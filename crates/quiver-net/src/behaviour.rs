@@ -9,7 +9,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageId, PeerScoreParams, PeerScoreT
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, connection_limits, identify, ping};
+use libp2p::{StreamProtocol, allow_block_list, connection_limits, identify, ping};
 use sha2::{Digest, Sha256};
 
 use crate::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError};
@@ -19,6 +19,8 @@ pub const NODES_TOPIC: &str = "quiver/1/nodes";
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Peers banned by the reputation system: their connections are refused and closed.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -96,6 +98,7 @@ impl Behaviour {
         gossipsub.with_peer_score(score_params(), score_thresholds()).map_err(NetError::Config)?;
 
         Ok(Behaviour {
+            blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
             identify,
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),

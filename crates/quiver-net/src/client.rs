@@ -76,6 +76,9 @@ pub(crate) enum Command {
     StopProviding { key: Vec<u8> },
     GetProviders { key: Vec<u8>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
     Connect { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), NetError>> },
+    Block { peer: PeerId },
+    Unblock { peer: PeerId },
+    SetApplicationScore { peer: PeerId, score: f64 },
     Shutdown,
 }
 
@@ -173,6 +176,21 @@ impl NetClient {
     /// A handle for opening and accepting application streams.
     pub fn streams(&self) -> libp2p_stream::Control {
         self.streams.clone()
+    }
+
+    /// Bans `peer`: its connections are closed and refused, it leaves the routing table and
+    /// its gossip is ignored, until [`NetClient::unblock`].
+    pub async fn block(&self, peer: PeerId) -> Result<(), NetError> {
+        self.send(Command::Block { peer }).await
+    }
+
+    pub async fn unblock(&self, peer: PeerId) -> Result<(), NetError> {
+        self.send(Command::Unblock { peer }).await
+    }
+
+    /// Feeds the application's opinion of `peer` into its gossipsub score.
+    pub async fn set_application_score(&self, peer: PeerId, score: f64) -> Result<(), NetError> {
+        self.send(Command::SetApplicationScore { peer, score }).await
     }
 
     /// Stops the event loop; connections are closed.

@@ -330,6 +330,22 @@ impl EventLoop {
                     }
                 }
             }
+            Command::Block { peer } => {
+                if self.swarm.behaviour_mut().blocked.block_peer(peer) {
+                    info!(%peer, "peer blocked");
+                }
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+            }
+            Command::Unblock { peer } => {
+                if self.swarm.behaviour_mut().blocked.unblock_peer(peer) {
+                    info!(%peer, "peer unblocked");
+                }
+                self.swarm.behaviour_mut().gossipsub.remove_blacklisted_peer(&peer);
+            }
+            Command::SetApplicationScore { peer, score } => {
+                self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
+            }
             Command::Shutdown => {}
         }
     }
@@ -526,7 +542,7 @@ impl EventLoop {
                     }
                 }
             }
-            BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Limits(never) | BehaviourEvent::Blocked(never) => match never {},
             BehaviourEvent::Stream(()) => {}
         }
     }

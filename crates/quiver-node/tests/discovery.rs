@@ -154,3 +154,23 @@ async fn restart_keeps_the_peer_id() {
     assert_eq!(b.peer_id(), first);
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_peer_is_disconnected_and_refused_until_unblocked() {
+    let nodes = start_network(2).await;
+    let (boot, other) = (&nodes[0], &nodes[1]);
+    let connected =
+        async |a: &Node, b: &Node| a.status().await.expect("status").peers.contains(&b.peer_id().to_string());
+    eventually(Duration::from_secs(30), "connected", async || connected(boot, other).await).await;
+    boot.net().block(other.peer_id()).await.expect("block");
+    eventually(Duration::from_secs(30), "disconnected after the ban", async || !connected(boot, other).await).await;
+    // The banned peer keeps trying (the bootstrap is in its list) and is refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!connected(boot, other).await, "a blocked peer got back in");
+    assert!(!boot.status().await.expect("status").routing_table.contains(&other.peer_id().to_string()));
+    boot.net().unblock(other.peer_id()).await.expect("unblock");
+    eventually(Duration::from_secs(60), "reconnected after the ban ends", async || connected(boot, other).await).await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
