@@ -61,8 +61,9 @@ pub struct ReputationConfig {
     pub hearsay_max_total: f64,
     /// Most distinct sources remembered per peer (bounds the record). Default 16.
     pub hearsay_max_sources: usize,
-    /// Most peers kept. When full, the least recently seen peers that are not banned are
-    /// evicted (1% at a time). Default 10,000.
+    /// Most peers kept. When full, the least recently seen peers are evicted (1% at a time):
+    /// first those known only from heartbeats or hearsay, then those with own history, banned
+    /// peers last. Default 10,000.
     pub max_peers: usize,
 }
 
@@ -107,11 +108,8 @@ impl ReputationConfig {
         self.prior_failure = pos(self.prior_failure, d.prior_failure);
         self.lower_bound_sds = nonneg(self.lower_bound_sds, d.lower_bound_sds);
         self.evidence_window = nonneg(self.evidence_window, d.evidence_window);
-        self.ewma_alpha = if self.ewma_alpha.is_finite() && self.ewma_alpha > 0.0 {
-            self.ewma_alpha.min(1.0)
-        } else {
-            d.ewma_alpha
-        };
+        self.ewma_alpha =
+            if self.ewma_alpha.is_finite() && self.ewma_alpha > 0.0 { self.ewma_alpha.min(1.0) } else { d.ewma_alpha };
         self.uptime_weight = unit(self.uptime_weight, d.uptime_weight);
         if self.heartbeat_period.is_zero() {
             self.heartbeat_period = d.heartbeat_period;
@@ -124,11 +122,8 @@ impl ReputationConfig {
         }
         self.newcomer_share = unit(self.newcomer_share, d.newcomer_share);
         self.hearsay_weight = nonneg(self.hearsay_weight, d.hearsay_weight);
-        self.hearsay_min_score = if self.hearsay_min_score.is_finite() {
-            self.hearsay_min_score
-        } else {
-            d.hearsay_min_score
-        };
+        self.hearsay_min_score =
+            if self.hearsay_min_score.is_finite() { self.hearsay_min_score } else { d.hearsay_min_score };
         self.hearsay_per_source = nonneg(self.hearsay_per_source, d.hearsay_per_source);
         self.hearsay_max_total = nonneg(self.hearsay_max_total, d.hearsay_max_total);
         self.max_peers = self.max_peers.max(1);

@@ -32,9 +32,4 @@ macro_rules! storage_from {
     )*};
 }
 
-storage_from!(
-    redb::StorageError,
-    redb::TableError,
-    redb::TransactionError,
-    redb::CommitError
-);
+storage_from!(redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError);

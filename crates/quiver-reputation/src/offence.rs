@@ -157,11 +157,7 @@ mod tests {
 
     #[test]
     fn bad_weights_count_as_zero() {
-        let w = OffenceWeights {
-            timeout: f64::NAN,
-            stall: -3.0,
-            ..OffenceWeights::default()
-        };
+        let w = OffenceWeights { timeout: f64::NAN, stall: -3.0, ..OffenceWeights::default() };
         assert_eq!(w.get(Offence::Timeout), 0.0);
         assert_eq!(w.get(Offence::Stall), 0.0);
     }

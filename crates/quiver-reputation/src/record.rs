@@ -11,9 +11,7 @@ pub const RING_SIZE: usize = 64;
 
 /// `t` as unix milliseconds (0 before the epoch, saturating far in the future).
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Unix milliseconds back to a `SystemTime`.
@@ -152,11 +150,7 @@ impl UptimeState {
         } else {
             (0.0, dt / period)
         };
-        UptimeState {
-            seen,
-            expected,
-            at_ms: now_ms,
-        }
+        UptimeState { seen, expected, at_ms: now_ms }
     }
 }
 
@@ -225,11 +219,7 @@ pub struct PeerRecord {
 
 impl PeerRecord {
     pub(crate) fn new(now_ms: u64) -> Self {
-        Self {
-            first_seen_ms: now_ms,
-            last_seen_ms: now_ms,
-            ..Self::default()
-        }
+        Self { first_seen_ms: now_ms, last_seen_ms: now_ms, ..Self::default() }
     }
 
     pub(crate) fn touch(&mut self, now_ms: u64) {
@@ -329,9 +319,7 @@ impl PeerRecord {
         }
         self.latency.sanitize();
         self.ttft.sanitize();
-        self.tokens_per_sec = self
-            .tokens_per_sec
-            .filter(|v| v.is_finite() && *v >= 0.0);
+        self.tokens_per_sec = self.tokens_per_sec.filter(|v| v.is_finite() && *v >= 0.0);
         if let Some(u) = &mut self.uptime {
             u.seen = nonneg(u.seen);
             u.expected = nonneg(u.expected);
@@ -510,11 +498,7 @@ mod tests {
             evidence_success: f64::INFINITY,
             evidence_failure: -5.0,
             tokens_per_sec: Some(f64::NAN),
-            latency: Timing {
-                ewma_ms: Some(-1.0),
-                samples: vec![1; 1000],
-                next: 5000,
-            },
+            latency: Timing { ewma_ms: Some(-1.0), samples: vec![1; 1000], next: 5000 },
             ..PeerRecord::default()
         };
         r.penalty.value = f64::NAN;

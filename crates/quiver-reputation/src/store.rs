@@ -125,14 +125,12 @@ fn decode(bytes: &[u8], cfg: &ReputationConfig) -> Result<PeerRecord, Reputation
     match bytes.split_first() {
         None => Err(ReputationError::Corrupt("empty value".into())),
         Some((&FORMAT_VERSION, body)) => {
-            let mut rec: PeerRecord = serde_json::from_slice(body)
-                .map_err(|e| ReputationError::Corrupt(format!("bad record: {e}")))?;
+            let mut rec: PeerRecord =
+                serde_json::from_slice(body).map_err(|e| ReputationError::Corrupt(format!("bad record: {e}")))?;
             rec.sanitize(cfg);
             Ok(rec)
         }
-        Some((v, _)) => Err(ReputationError::Corrupt(format!(
-            "unknown format version {v}"
-        ))),
+        Some((v, _)) => Err(ReputationError::Corrupt(format!("unknown format version {v}"))),
     }
 }
 
@@ -155,19 +153,13 @@ impl Reputation {
     /// skipped and deleted at the next flush. Fails if the file cannot be opened (held by another
     /// process, not a redb file, unreadable).
     pub fn open(path: &Path, config: ReputationConfig) -> Result<Self, ReputationError> {
-        let open_err = |source: redb::Error| ReputationError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source: redb::Error| ReputationError::Open { path: path.to_path_buf(), source };
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent).map_err(|e| open_err(redb::Error::Io(e)))?;
         }
-        let db = redb::Builder::new()
-            .set_cache_size(DB_CACHE_BYTES)
-            .create(path)
-            .map_err(|e| open_err(e.into()))?;
+        let db = redb::Builder::new().set_cache_size(DB_CACHE_BYTES).create(path).map_err(|e| open_err(e.into()))?;
         {
             let txn = db.begin_write()?;
             txn.open_table(PEERS_TABLE)?;
@@ -213,11 +205,7 @@ impl Reputation {
             let target = me.config.max_peers;
             me.evict_to(target, 0, None);
         }
-        tracing::debug!(
-            peers = me.peers.len(),
-            skipped = me.skipped,
-            "reputation: loaded"
-        );
+        tracing::debug!(peers = me.peers.len(), skipped = me.skipped, "reputation: loaded");
         Ok(me)
     }
 
@@ -299,26 +287,31 @@ impl Reputation {
             self.evict_to(target, now_ms, Some(peer));
         }
         self.dirty.insert(peer);
-        let rec = self
-            .peers
-            .entry(peer)
-            .or_insert_with(|| PeerRecord::new(now_ms));
+        let rec = self.peers.entry(peer).or_insert_with(|| PeerRecord::new(now_ms));
         rec.touch(now_ms);
         rec
     }
 
-    /// Evicts the least recently seen peers, those under a ban last, until `target` remain.
+    /// Evicts peers until `target` remain: least recently seen first, within tiers evicted in
+    /// this order: peers we only heard heartbeats or hearsay about (no own job, no offence), then
+    /// peers with own history, and peers under a ban last. So a flood of fresh PeerIds cannot
+    /// wash away what was learnt by serving work, nor a ban.
     fn evict_to(&mut self, target: usize, now_ms: u64, keep: Option<PeerId>) {
         if self.peers.len() <= target {
             return;
         }
-        let mut order: Vec<(bool, u64, PeerId)> = self
-            .peers
-            .iter()
-            .filter(|(p, _)| Some(**p) != keep)
-            .map(|(p, r)| (r.banned_at(now_ms), r.last_seen_ms, *p))
-            .collect();
-        order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let tier = |r: &PeerRecord| {
+            if r.banned_at(now_ms) {
+                2u8
+            } else if r.successes == 0 && r.failures == 0 && r.offence_counts.is_empty() {
+                0
+            } else {
+                1
+            }
+        };
+        let mut order: Vec<(u8, u64, PeerId)> =
+            self.peers.iter().filter(|(p, _)| Some(**p) != keep).map(|(p, r)| (tier(r), r.last_seen_ms, *p)).collect();
+        order.sort_unstable_by_key(|a| (a.0, a.1));
         let n = self.peers.len() - target;
         for (_, _, peer) in order.into_iter().take(n) {
             self.peers.remove(&peer);
@@ -342,10 +335,7 @@ impl Reputation {
         }
         rec.tokens_total = rec.tokens_total.saturating_add(stats.tokens);
         let tps = stats.tokens_per_sec.or_else(|| {
-            let gen_time = stats
-                .latency
-                .saturating_sub(stats.ttft.unwrap_or_default())
-                .as_secs_f64();
+            let gen_time = stats.latency.saturating_sub(stats.ttft.unwrap_or_default()).as_secs_f64();
             (stats.tokens > 0 && gen_time > 0.0).then(|| stats.tokens as f64 / gen_time)
         });
         if let Some(tps) = tps.filter(|v| v.is_finite() && *v >= 0.0) {
@@ -397,19 +387,12 @@ impl Reputation {
             return None;
         }
         let factor = 1u32.checked_shl(rec.ban_count.min(31)).unwrap_or(u32::MAX);
-        let duration = cfg
-            .ban_base
-            .checked_mul(factor)
-            .unwrap_or(cfg.ban_max)
-            .min(cfg.ban_max);
+        let duration = cfg.ban_base.checked_mul(factor).unwrap_or(cfg.ban_max).min(cfg.ban_max);
         let until_ms = now_ms.saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
         rec.banned_until_ms = Some(until_ms);
         rec.ban_count = rec.ban_count.saturating_add(1);
         let quality = rec.quality(&cfg, now_ms);
-        rec.penalty = Decaying {
-            value: (quality - cfg.ban_threshold).max(0.0),
-            at_ms: now_ms,
-        };
+        rec.penalty = Decaying { value: (quality - cfg.ban_threshold).max(0.0), at_ms: now_ms };
         tracing::info!(
             %peer,
             %offence,
@@ -418,13 +401,7 @@ impl Reputation {
             secs = duration.as_secs(),
             "reputation: peer banned"
         );
-        Some(Ban {
-            peer,
-            until: from_unix_ms(until_ms),
-            duration,
-            ban_count: rec.ban_count,
-            offence,
-        })
+        Some(Ban { peer, until: from_unix_ms(until_ms), duration, ban_count: rec.ban_count, offence })
     }
 
     /// A heartbeat of `peer` was received (already validated: signed by `peer`). Counts toward
@@ -444,11 +421,7 @@ impl Reputation {
         rec.heartbeats_seen = rec.heartbeats_seen.saturating_add(1);
         let mut u = match rec.uptime {
             Some(u) => u.advanced(now_ms, &cfg),
-            None => UptimeState {
-                seen: 0.0,
-                expected: 1.0,
-                at_ms: now_ms,
-            },
+            None => UptimeState { seen: 0.0, expected: 1.0, at_ms: now_ms },
         };
         u.seen += 1.0;
         rec.uptime = Some(u);
@@ -460,13 +433,7 @@ impl Reputation {
     /// never creates records) and the source's own cap (`hearsay_per_source`), the total cap
     /// (`hearsay_max_total`) and the source list (`hearsay_max_sources`) leave room. Returns
     /// whether it counted. Does not touch `last_seen`.
-    pub fn record_hearsay(
-        &mut self,
-        about: PeerId,
-        from: PeerId,
-        positive: bool,
-        now: SystemTime,
-    ) -> bool {
+    pub fn record_hearsay(&mut self, about: PeerId, from: PeerId, positive: bool, now: SystemTime) -> bool {
         if about == from {
             return false;
         }
@@ -475,10 +442,7 @@ impl Reputation {
         let Some(src) = self.peers.get(&from) else {
             return false;
         };
-        if src.banned_at(now_ms)
-            || src.is_newcomer(cfg)
-            || src.score(cfg, now_ms) < cfg.hearsay_min_score
-        {
+        if src.banned_at(now_ms) || src.is_newcomer(cfg) || src.score(cfg, now_ms) < cfg.hearsay_min_score {
             return false;
         }
         let Some(rec) = self.peers.get_mut(&about) else {
@@ -492,7 +456,7 @@ impl Reputation {
         let used = used.unwrap_or(0.0);
         let room = (cfg.hearsay_per_source - used).min(cfg.hearsay_max_total - rec.hearsay.total());
         let w = cfg.hearsay_weight.min(room);
-        if w <= 1e-9 {
+        if w < 1e-6 {
             return false;
         }
         if positive {
@@ -518,21 +482,14 @@ impl Reputation {
     /// When the ban on `peer` ends, if one is in force.
     pub fn is_banned(&self, peer: PeerId, now: SystemTime) -> Option<SystemTime> {
         let now_ms = unix_ms(now);
-        self.peers
-            .get(&peer)
-            .and_then(|r| r.banned_until_ms)
-            .filter(|u| *u > now_ms)
-            .map(from_unix_ms)
+        self.peers.get(&peer).and_then(|r| r.banned_until_ms).filter(|u| *u > now_ms).map(from_unix_ms)
     }
 
     /// Every ban in force, soonest end first (to fill the block list at start).
     pub fn banned(&self, now: SystemTime) -> Vec<(PeerId, SystemTime)> {
         let now_ms = unix_ms(now);
-        let mut v: Vec<(PeerId, u64)> = self
-            .peers
-            .iter()
-            .filter_map(|(p, r)| r.banned_until_ms.filter(|u| *u > now_ms).map(|u| (*p, u)))
-            .collect();
+        let mut v: Vec<(PeerId, u64)> =
+            self.peers.iter().filter_map(|(p, r)| r.banned_until_ms.filter(|u| *u > now_ms).map(|u| (*p, u))).collect();
         v.sort_unstable_by_key(|(_, u)| *u);
         v.into_iter().map(|(p, u)| (p, from_unix_ms(u))).collect()
     }
@@ -540,18 +497,12 @@ impl Reputation {
     /// The soonest end of a ban in force (to schedule unblocking).
     pub fn next_ban_expiry(&self, now: SystemTime) -> Option<SystemTime> {
         let now_ms = unix_ms(now);
-        self.peers
-            .values()
-            .filter_map(|r| r.banned_until_ms.filter(|u| *u > now_ms))
-            .min()
-            .map(from_unix_ms)
+        self.peers.values().filter_map(|r| r.banned_until_ms.filter(|u| *u > now_ms)).min().map(from_unix_ms)
     }
 
     /// Whether `peer` has fewer than `newcomer_jobs` own successful jobs (unknown peers are).
     pub fn is_newcomer(&self, peer: PeerId) -> bool {
-        self.peers
-            .get(&peer)
-            .is_none_or(|r| r.is_newcomer(&self.config))
+        self.peers.get(&peer).is_none_or(|r| r.is_newcomer(&self.config))
     }
 
     /// The configured cap on the share of jobs all newcomers together may get.
@@ -562,10 +513,7 @@ impl Reputation {
     fn traffic_at(&self, now_ms: u64) -> (f64, f64) {
         let hl = self.config.newcomer_share_half_life;
         let t = self.traffic;
-        (
-            decay(t.total, t.at_ms, now_ms, hl),
-            decay(t.newcomer, t.at_ms, now_ms, hl),
-        )
+        (decay(t.total, t.at_ms, now_ms, hl), decay(t.newcomer, t.at_ms, now_ms, hl))
     }
 
     /// The client routed a job to `peer` (call once per job, with the provider finally used).
@@ -574,11 +522,8 @@ impl Reputation {
         let now_ms = unix_ms(now).max(self.traffic.at_ms);
         let (total, newcomer) = self.traffic_at(now_ms);
         let is_new = self.is_newcomer(peer);
-        self.traffic = Traffic {
-            total: total + 1.0,
-            newcomer: newcomer + if is_new { 1.0 } else { 0.0 },
-            at_ms: now_ms,
-        };
+        self.traffic =
+            Traffic { total: total + 1.0, newcomer: newcomer + if is_new { 1.0 } else { 0.0 }, at_ms: now_ms };
     }
 
     /// Share of recently routed jobs (decayed with `newcomer_share_half_life`) that went to
@@ -614,11 +559,7 @@ impl Reputation {
             uptime: r.uptime(cfg, now_ms),
             penalty: r.penalty_at(cfg, now_ms),
             offences: r.offences,
-            offence_counts: r
-                .offence_counts
-                .iter()
-                .map(|(o, n)| (o.as_str().to_string(), *n))
-                .collect(),
+            offence_counts: r.offence_counts.iter().map(|(o, n)| (o.as_str().to_string(), *n)).collect(),
             banned_until_ms: r.banned_until_ms.filter(|u| *u > now_ms),
             ban_count: r.ban_count,
             newcomer: r.is_newcomer(cfg),
@@ -639,11 +580,7 @@ impl Reputation {
     /// Summaries of every known peer, best score first.
     pub fn all(&self, now: SystemTime) -> Vec<PeerView> {
         let now_ms = unix_ms(now);
-        let mut v: Vec<PeerView> = self
-            .peers
-            .iter()
-            .map(|(p, r)| self.view(*p, r, now_ms))
-            .collect();
+        let mut v: Vec<PeerView> = self.peers.iter().map(|(p, r)| self.view(*p, r, now_ms)).collect();
         v.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.peer.cmp(&b.peer)));
         v
     }
