@@ -105,7 +105,13 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
             n(k, "free_slots"),
             n(k, "uptime_secs"),
             k["last_seen_secs"].as_f64().unwrap_or(0.0),
-            k["models"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect::<Vec<_>>().join(","),
+            k["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["name"].as_str())
+                .collect::<Vec<_>>()
+                .join(","),
         );
     }
     Ok(())
@@ -118,18 +124,32 @@ pub async fn peers(args: ApiArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let peers = v.as_array().cloned().unwrap_or_default();
-    println!("{} connected peers", peers.len());
-    println!("{:<54} {:>8} {:>8} {:>4}  {:<14} address", "peer", "rtt ms", "gossip", "dht", "agent");
+    let connected = peers.iter().filter(|p| p["connected"] == true).count();
+    println!("{connected} connected peers, {} known", peers.len());
+    println!(
+        "{:<20} {:>4} {:>7} {:>7} {:>6} {:>5}/{:<5} {:>8} {:>8} {:<10} {:<14} address",
+        "peer", "conn", "rtt ms", "gossip", "score", "ok", "fail", "lat ms", "p95 ms", "ban", "agent"
+    );
+    let f = |x: &Value, k: &str, digits: usize| {
+        x[k].as_f64().map(|r| format!("{r:.digits$}")).unwrap_or_else(|| "-".into())
+    };
     for p in &peers {
-        let addr = p["addresses"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("?");
-        let rtt = p["rtt_ms"].as_f64().map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into());
-        let score = p["gossip_score"].as_f64().map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into());
+        let r = &p["reputation"];
+        let addr = p["addresses"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("-");
+        let ban =
+            if r["banned_until_ms"].is_null() { "-".to_owned() } else { format!("banned×{}", n(r, "ban_count")) };
         println!(
-            "{:<54} {:>8} {:>8} {:>4}  {:<14} {}",
-            s(p, "peer_id"),
-            rtt,
-            score,
-            if p["in_routing_table"] == true { "yes" } else { "no" },
+            "{:<20} {:>4} {:>7} {:>7} {:>6} {:>5}/{:<5} {:>8} {:>8} {:<10} {:<14} {}",
+            short(s(p, "peer_id")),
+            if p["connected"] == true { "yes" } else { "no" },
+            f(p, "rtt_ms", 1),
+            f(p, "gossip_score", 1),
+            f(r, "score", 2),
+            n(r, "successes"),
+            n(r, "failures"),
+            f(r, "latency_ewma_ms", 0),
+            f(r, "latency_p95_ms", 0),
+            ban,
             p["agent_version"].as_str().unwrap_or("-"),
             addr
         );

@@ -114,11 +114,27 @@ async fn status(State(node): State<Node>) -> Response {
     }
 }
 
+/// Every connected peer and every peer with a reputation record: connection facts beside this
+/// node's own observations of it (score, counts, latency, ban state).
 async fn peers(State(node): State<Node>) -> Response {
-    match node.peers().await {
-        Ok(p) => axum::Json(p).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
+    let connected = match node.peers().await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let mut reputation: std::collections::HashMap<String, serde_json::Value> =
+        node.reputation().into_iter().filter_map(|v| Some((v.peer.clone(), serde_json::to_value(v).ok()?))).collect();
+    let mut out: Vec<serde_json::Value> = connected
+        .into_iter()
+        .map(|p| {
+            let id = p.peer_id.to_string();
+            let mut v = serde_json::to_value(&p).unwrap_or_default();
+            v["connected"] = json!(true);
+            v["reputation"] = reputation.remove(&id).unwrap_or(serde_json::Value::Null);
+            v
+        })
+        .collect();
+    out.extend(reputation.into_iter().map(|(id, r)| json!({ "peer_id": id, "connected": false, "reputation": r })));
+    axum::Json(out).into_response()
 }
 
 async fn metrics(State(node): State<Node>) -> Response {

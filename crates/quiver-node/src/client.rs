@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::AsyncWriteExt;
 use quiver_engine::{FinishReason, Input, SamplingParams, Usage};
 use quiver_net::{Multiaddr, NetError, PeerId, StreamProtocol};
+use quiver_proto::FrameError;
 use quiver_proto::infer::{
     CLAIM_PROTOCOL, INFER_PROTOCOL, JOB_ID_LEN, MAX_CLAIM_BYTES, MAX_RESPONSE_BYTES, infer_topic, output_hash,
 };
@@ -20,6 +21,7 @@ use quiver_proto::{
     Claim, ClaimAck, InferRequest, InferResponse, JobAnnouncement, Receipt, infer_response::Kind, read_frame,
     write_frame,
 };
+use quiver_reputation::{JobStats, Offence};
 use rand::RngCore;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -202,6 +204,8 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest silence mid-stream before the provider counts as stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const DHT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Speed assumed for a provider that has not told or shown its own.
+const DEFAULT_TOKENS_PER_SEC: f64 = 50.0;
 
 impl ClaimBoard {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, ClaimSender>> {
@@ -209,16 +213,28 @@ impl ClaimBoard {
     }
 }
 
+/// What the caller has been given so far, across attempts.
+struct Delivery<'a> {
+    tx: &'a mpsc::Sender<Result<StreamEvent, InferError>>,
+    /// Text of each chunk delivered, in order.
+    chunks: Vec<String>,
+    /// When the request was made, and how long until its first token.
+    started: Instant,
+    first_token: Option<Duration>,
+}
+
 #[derive(Debug, Clone)]
 struct Candidate {
     peer: PeerId,
     addrs: Vec<Multiaddr>,
     route: Route,
+    /// From its heartbeat: free slots, queue depth, CPU load, measured tokens/s.
+    load: Option<(u32, u32, f32, f32)>,
 }
 
 enum AttemptError {
-    /// Try the next provider.
-    Retry(String),
+    /// Try the next provider; the offence goes into its reputation.
+    Retry(Offence, String),
     /// Stop: the request itself is at fault, or text already delivered cannot be repaired.
     Fatal(InferError),
     /// The caller dropped the stream.
@@ -286,10 +302,10 @@ impl Node {
         let started = Instant::now();
         let mut queue: VecDeque<Candidate> = VecDeque::new();
         let known = self.provider_candidates(request).await;
-        if request.broadcast {
-            if let Some(claimant) = self.broadcast_and_wait_for_claim(request, &known).await {
-                queue.push_back(claimant);
-            }
+        if request.broadcast
+            && let Some(claimant) = self.broadcast_and_wait_for_claim(request, &known).await
+        {
+            queue.push_back(claimant);
         }
         for c in known {
             if !queue.iter().any(|q| q.peer == c.peer) {
@@ -299,8 +315,7 @@ impl Node {
         if queue.is_empty() {
             return Err(InferError::NoProvider { model: request.model.clone() });
         }
-        let mut delivered: Vec<String> = Vec::new();
-        let mut first_token: Option<Duration> = None;
+        let mut delivery = Delivery { tx, chunks: Vec::new(), started, first_token: None };
         let mut failures = Vec::new();
         let mut tried = HashSet::new();
         while let Some(candidate) = queue.pop_front() {
@@ -310,22 +325,33 @@ impl Node {
             if !tried.insert(candidate.peer) {
                 continue;
             }
-            match self
-                .attempt(&candidate, &wire_request, &mut delivered, tx, tried.len() as u32, started, &mut first_token)
-                .await
-            {
+            self.with_reputation(|r, now| r.note_routed(candidate.peer, now));
+            let attempt_started = Instant::now();
+            match self.attempt(&candidate, &wire_request, &mut delivery, tried.len() as u32).await {
                 Ok(mut result) => {
                     result.timing = Timing::measure(
-                        first_token.unwrap_or_default(),
+                        delivery.first_token.unwrap_or_default(),
                         started.elapsed(),
                         result.usage.completion_tokens,
                     );
                     info!(provider = %result.provider, route = ?result.route, tokens = result.usage.completion_tokens, "request served");
+                    let stats = JobStats {
+                        latency: attempt_started.elapsed(),
+                        ttft: delivery.first_token.map(|t| t.saturating_sub(attempt_started.duration_since(started))),
+                        tokens: u64::from(result.usage.completion_tokens),
+                        tokens_per_sec: None,
+                    };
+                    self.with_reputation(|r, now| r.record_success(result.provider, stats, now));
                     let _ = tx.send(Ok(StreamEvent::Done(Box::new(result)))).await;
                     return Ok(());
                 }
-                Err(AttemptError::Retry(reason)) => {
+                Err(AttemptError::Retry(offence, reason)) => {
                     debug!(provider = %candidate.peer, %reason, "provider failed; trying the next");
+                    self.record_offence(candidate.peer, offence, true).await;
+                    if candidate.route == Route::Claim && offence != Offence::Busy {
+                        // It claimed the job and then did not serve it.
+                        self.record_offence(candidate.peer, Offence::ClaimNotServed, false).await;
+                    }
                     failures.push(format!("{}: {reason}", candidate.peer));
                 }
                 Err(AttemptError::Fatal(e)) => return Err(e),
@@ -339,18 +365,20 @@ impl Node {
     async fn provider_candidates(&self, request: &InferenceRequest) -> Vec<Candidate> {
         let me = self.peer_id();
         let sha = request.model_sha256.map(|s| hex(&s));
-        let mut nodes: Vec<_> = self
+        let nodes: Vec<_> = self
             .known_nodes()
             .into_iter()
             .filter(|n| n.peer_id != me)
             .filter(|n| n.models.iter().any(|m| m.name == request.model && sha.as_ref().is_none_or(|s| *s == m.sha256)))
             .collect();
-        nodes.sort_by(|a, b| {
-            (b.free_slots, a.queue_depth).cmp(&(a.free_slots, b.queue_depth)).then(a.cpu_load.total_cmp(&b.cpu_load))
-        });
         let mut out: Vec<Candidate> = nodes
             .into_iter()
-            .map(|n| Candidate { peer: n.peer_id, addrs: n.listen_addrs, route: Route::Direct })
+            .map(|n| Candidate {
+                peer: n.peer_id,
+                addrs: n.listen_addrs,
+                route: Route::Direct,
+                load: Some((n.free_slots, n.queue_depth, n.cpu_load, n.tokens_per_sec)),
+            })
             .collect();
         let key = match &request.model_sha256 {
             Some(s) => wire::model_sha_key(s),
@@ -359,11 +387,11 @@ impl Node {
         if let Ok(Ok(found)) = tokio::time::timeout(DHT_TIMEOUT, self.net().get_providers(key)).await {
             for (peer, addrs) in found {
                 if peer != me && !out.iter().any(|c| c.peer == peer) {
-                    out.push(Candidate { peer, addrs, route: Route::Direct });
+                    out.push(Candidate { peer, addrs, route: Route::Direct, load: None });
                 }
             }
         }
-        out
+        self.rank(out, request.params.max_tokens)
     }
 
     /// Announces the job on gossip and returns the first provider that claims it in time.
@@ -406,7 +434,8 @@ impl Node {
                 }
             }
             while let Some((peer, claim, ack)) = claims_rx.recv().await {
-                let serves = request.model_sha256.is_none_or(|s| s[..] == claim.model_sha256[..]);
+                let banned = self.with_reputation(|r, now| r.is_banned(peer, now).is_some());
+                let serves = !banned && request.model_sha256.is_none_or(|s| s[..] == claim.model_sha256[..]);
                 if serves {
                     let _ = ack.send(true);
                     return Some(peer);
@@ -422,7 +451,7 @@ impl Node {
         let peer = claimed?;
         debug!(%peer, "job claimed");
         let addrs = known.iter().find(|c| c.peer == peer).map(|c| c.addrs.clone()).unwrap_or_default();
-        Some(Candidate { peer, addrs, route: Route::Claim })
+        Some(Candidate { peer, addrs, route: Route::Claim, load: None })
     }
 
     /// Serves `/quiver/claim/1`: hands each valid claim to the job waiting for it.
@@ -471,18 +500,15 @@ impl Node {
         &self,
         candidate: &Candidate,
         request: &InferRequest,
-        delivered: &mut Vec<String>,
-        tx: &mpsc::Sender<Result<StreamEvent, InferError>>,
+        delivery: &mut Delivery<'_>,
         attempts: u32,
-        started: Instant,
-        first_token: &mut Option<Duration>,
     ) -> Result<InferenceResult, AttemptError> {
         let peer = candidate.peer;
-        let retry = |what: &str| AttemptError::Retry(what.to_owned());
+        let retry = |offence: Offence, what: &str| AttemptError::Retry(offence, what.to_owned());
         match tokio::time::timeout(CONNECT_TIMEOUT, self.net().connect(peer, candidate.addrs.clone())).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(AttemptError::Retry(format!("unreachable: {e}"))),
-            Err(_) => return Err(retry("connect timed out")),
+            Ok(Err(e)) => return Err(AttemptError::Retry(Offence::Timeout, format!("unreachable: {e}"))),
+            Err(_) => return Err(retry(Offence::Timeout, "connect timed out")),
         }
         let mut control = self.net().streams();
         let mut stream =
@@ -490,12 +516,14 @@ impl Node {
                 .await
             {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(AttemptError::Retry(format!("cannot open stream: {e}"))),
-                Err(_) => return Err(retry("opening the stream timed out")),
+                Ok(Err(e)) => {
+                    return Err(AttemptError::Retry(Offence::ProtocolViolation, format!("cannot open stream: {e}")));
+                }
+                Err(_) => return Err(retry(Offence::Timeout, "opening the stream timed out")),
             };
         write_frame(&mut stream, request)
             .await
-            .map_err(|e| AttemptError::Retry(format!("sending the request: {e}")))?;
+            .map_err(|e| AttemptError::Retry(Offence::Stall, format!("sending the request: {e}")))?;
 
         let mut accepted = None;
         let mut text = String::new();
@@ -507,8 +535,19 @@ impl Node {
                 match tokio::time::timeout(wait, read_frame::<_, InferResponse>(&mut stream, MAX_RESPONSE_BYTES)).await
                 {
                     Ok(Ok(f)) => f,
-                    Ok(Err(e)) => return Err(AttemptError::Retry(format!("stream failed after {tokens} tokens: {e}"))),
-                    Err(_) => return Err(AttemptError::Retry(format!("stalled after {tokens} tokens"))),
+                    Ok(Err(e)) => {
+                        let offence = match e {
+                            FrameError::TooLarge { .. } | FrameError::BadLength | FrameError::Decode(_) => {
+                                Offence::GarbageFrame
+                            }
+                            FrameError::Closed | FrameError::Io(_) => Offence::Stall,
+                        };
+                        return Err(AttemptError::Retry(offence, format!("stream failed after {tokens} tokens: {e}")));
+                    }
+                    Err(_) => {
+                        let offence = if accepted.is_none() { Offence::Timeout } else { Offence::Stall };
+                        return Err(AttemptError::Retry(offence, format!("stalled after {tokens} tokens")));
+                    }
                 };
             match frame.kind {
                 Some(Kind::Accepted(a)) if accepted.is_none() => {
@@ -516,32 +555,36 @@ impl Node {
                         || request.model_sha256.as_slice() != a.model_sha256.as_slice()
                             && !request.model_sha256.is_empty()
                     {
-                        return Err(retry("serves another model file"));
+                        return Err(retry(Offence::WrongModel, "serves another model file"));
                     }
                     accepted = Some(a);
                 }
-                Some(Kind::Busy(_)) => return Err(retry("busy")),
+                Some(Kind::Busy(_)) => return Err(retry(Offence::Busy, "busy")),
                 Some(Kind::Error(e)) => {
                     return Err(match e.code.as_str() {
                         "invalid_request" | "context_overflow" => {
                             AttemptError::Fatal(InferError::Rejected { code: e.code, message: e.message })
                         }
-                        _ => AttemptError::Retry(format!("{}: {}", e.code, e.message)),
+                        "unknown_model" => {
+                            AttemptError::Retry(Offence::WrongModel, format!("{}: {}", e.code, e.message))
+                        }
+                        _ => AttemptError::Retry(Offence::Timeout, format!("{}: {}", e.code, e.message)),
                     });
                 }
                 Some(Kind::Chunk(c)) if accepted.is_some() => {
                     text.push_str(&c.text);
                     tokens = tokens.saturating_add(c.tokens);
                     chunks += 1;
-                    if chunks <= delivered.len() {
+                    if chunks <= delivery.chunks.len() {
                         // A failover replays what the caller already has: it must match.
-                        if delivered[chunks - 1] != c.text {
+                        if delivery.chunks[chunks - 1] != c.text {
                             return Err(AttemptError::Fatal(InferError::Diverged));
                         }
                     } else {
-                        first_token.get_or_insert_with(|| started.elapsed());
-                        delivered.push(c.text.clone());
-                        if tx.send(Ok(StreamEvent::Token(c.text))).await.is_err() {
+                        let started = delivery.started;
+                        delivery.first_token.get_or_insert_with(|| started.elapsed());
+                        delivery.chunks.push(c.text.clone());
+                        if delivery.tx.send(Ok(StreamEvent::Token(c.text))).await.is_err() {
                             return Err(AttemptError::Gone);
                         }
                     }
@@ -549,11 +592,12 @@ impl Node {
                 Some(Kind::Receipt(signed)) if accepted.is_some() => {
                     let accepted = accepted.unwrap_or_default();
                     let signed_hex = hex(&prost::Message::encode_to_vec(&signed));
-                    let receipt =
-                        Receipt::verify(signed, &peer).map_err(|e| AttemptError::Retry(format!("bad receipt: {e}")))?;
-                    check_receipt(&receipt, request, &accepted, &text, tokens)
-                        .map_err(|e| AttemptError::Retry(format!("receipt does not match: {e}")))?;
-                    if chunks < delivered.len() {
+                    let receipt = Receipt::verify(signed, &peer)
+                        .map_err(|e| AttemptError::Retry(Offence::BadSignature, format!("bad receipt: {e}")))?;
+                    check_receipt(&receipt, request, &accepted, &text, tokens).map_err(|e| {
+                        AttemptError::Retry(Offence::FailedVerification, format!("receipt does not match: {e}"))
+                    })?;
+                    if chunks < delivery.chunks.len() {
                         return Err(AttemptError::Fatal(InferError::Diverged));
                     }
                     let _ = stream.close().await;
@@ -587,9 +631,53 @@ impl Node {
                         timing: Timing::default(),
                     });
                 }
-                _ => return Err(retry("sent frames out of order")),
+                _ => return Err(retry(Offence::ProtocolViolation, "sent frames out of order")),
             }
         }
+    }
+
+    /// Orders candidates for a job of `max_tokens`: banned peers out; the others by expected
+    /// completion time (queue, free slots, CPU load, measured speed) divided by a weight from
+    /// their reputation; the first pick is the better of two drawn from the best three (power
+    /// of two choices, so equal providers share the load); newcomers go last once they have had
+    /// their capped share of this client's jobs.
+    fn rank(&self, candidates: Vec<Candidate>, max_tokens: u32) -> Vec<Candidate> {
+        let (mut scored, quota) = self.with_reputation(|r, now| {
+            let scored: Vec<(Candidate, f64, bool)> = candidates
+                .into_iter()
+                .filter(|c| r.is_banned(c.peer, now).is_none())
+                .map(|c| {
+                    let view = r.snapshot(c.peer, now);
+                    let score = view.as_ref().map_or_else(|| r.score(c.peer, now), |v| v.score);
+                    let (free, queue, cpu, hb_speed) = c.load.unwrap_or((1, 0, 0.0, 0.0));
+                    let speed = [f64::from(hb_speed), view.as_ref().and_then(|v| v.tokens_per_sec).unwrap_or(0.0)]
+                        .into_iter()
+                        .find(|s| *s > 0.0)
+                        .unwrap_or(DEFAULT_TOKENS_PER_SEC);
+                    let job = f64::from(max_tokens) / speed;
+                    let waiting = f64::from(queue) + if free == 0 { 1.0 } else { 0.0 };
+                    let expected = (waiting + 1.0) * job * (1.0 + f64::from(cpu.min(4.0)) * 0.25);
+                    let weight = ((score + 1.0) / 2.0).clamp(0.05, 1.0);
+                    let newcomer = r.is_newcomer(c.peer);
+                    (c, expected / weight, newcomer)
+                })
+                .collect();
+            (scored, r.newcomer_quota_available(now))
+        });
+        scored.sort_by(|a, b| a.1.total_cmp(&b.1));
+        if !quota && scored.iter().any(|s| !s.2) {
+            // Established providers first; newcomers stay as fallbacks.
+            scored.sort_by_key(|s| s.2);
+        }
+        let mut out: Vec<Candidate> = scored.into_iter().map(|s| s.0).collect();
+        let best = out.len().min(3);
+        if best >= 2 {
+            let mut rng = rand::thread_rng();
+            let a = rand::Rng::gen_range(&mut rng, 0..best);
+            let b = (a + rand::Rng::gen_range(&mut rng, 1..best)) % best;
+            out.swap(0, a.min(b));
+        }
+        out
     }
 
     pub(crate) fn dialable_addrs(&self) -> Vec<Multiaddr> {

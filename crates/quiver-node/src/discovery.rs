@@ -23,6 +23,8 @@ pub struct KnownNode {
     pub free_slots: u32,
     pub queue_depth: u32,
     pub uptime_secs: u64,
+    /// Generation speed the node measured on its recent jobs (0 = unknown).
+    pub tokens_per_sec: f32,
     /// Seconds since the last heartbeat was received.
     pub last_seen_secs: f64,
     #[serde(skip)]
@@ -125,6 +127,7 @@ impl NodeTable {
                 free_slots: hb.free_slots,
                 queue_depth: hb.queue_depth,
                 uptime_secs: hb.uptime_secs,
+                tokens_per_sec: if hb.tokens_per_sec.is_finite() { hb.tokens_per_sec.max(0.0) } else { 0.0 },
                 last_seen_secs: 0.0,
                 last_seen: Instant::now(),
                 timestamp_ms: hb.timestamp_ms,

@@ -31,3 +31,4 @@ pub use node::{AGENT_VERSION, Node, NodeConfig, NodeError, NodeStatus, ProviderS
 pub use provider::ProviderConfig;
 pub use quiver_engine as engine;
 pub use quiver_net::{BootstrapAddr, Multiaddr, PeerId, PeerInfo};
+pub use quiver_reputation as reputation;

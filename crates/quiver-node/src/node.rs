@@ -21,6 +21,10 @@ use crate::discovery::{self, HeartbeatVerdict, KnownNode, NODES_TOPIC, NodeTable
 use crate::identity::{self, IdentityError};
 use crate::metrics::{NodeMetrics, OutcomeLabel};
 use crate::provider::{Provider, ProviderConfig};
+use quiver_net::PeerId;
+use quiver_reputation::{Offence, PeerView, Reputation, ReputationConfig};
+use std::collections::HashMap;
+use std::time::SystemTime;
 
 /// Version string nodes announce (Identify agent and heartbeats).
 pub const AGENT_VERSION: &str = concat!("quiver/", env!("CARGO_PKG_VERSION"));
@@ -124,6 +128,9 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     provider: Option<Arc<Provider>>,
     claims: ClaimBoard,
+    reputation: Mutex<Reputation>,
+    /// Peers on the block list, with the end of their ban.
+    blocked: Mutex<HashMap<PeerId, SystemTime>>,
 }
 
 /// A running node. Cheap to clone; every clone drives the same node.
@@ -155,6 +162,7 @@ impl Node {
         let (net, events, net_task) = quiver_net::spawn(keypair.clone(), net_config, &mut registry).await?;
         net.subscribe(NODES_TOPIC).await?;
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
+        let reputation = open_reputation(config.data_dir.as_deref());
         let provider = match &config.provider {
             Some(p) if !p.engines.is_empty() => {
                 let provider = Arc::new(Provider::new(p.clone(), keypair.clone(), net.clone(), metrics.clone()));
@@ -175,6 +183,8 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             provider: provider.clone(),
             claims: ClaimBoard::default(),
+            reputation: Mutex::new(reputation),
+            blocked: Mutex::new(HashMap::new()),
         });
         let node = Node { inner };
         let mut tasks = vec![
@@ -182,6 +192,7 @@ impl Node {
             tokio::spawn(node.clone().handle_events(events, listen_tx)),
             tokio::spawn(node.clone().publish_heartbeats()),
             tokio::spawn(node.clone().accept_claims()),
+            tokio::spawn(node.clone().maintain_reputation()),
         ];
         if let Some(p) = provider {
             tasks.push(tokio::spawn(p.serve()));
@@ -302,8 +313,71 @@ impl Node {
         out
     }
 
+    /// What this node has observed of every peer it dealt with, best first.
+    pub fn reputation(&self) -> Vec<PeerView> {
+        self.with_reputation(|r, now| r.all(now))
+    }
+
+    /// Runs `f` on the reputation store with the current time.
+    pub(crate) fn with_reputation<T>(&self, f: impl FnOnce(&mut Reputation, SystemTime) -> T) -> T {
+        f(&mut lock(&self.inner.reputation), SystemTime::now())
+    }
+
+    /// Records an offence of `peer` (as a failed job when `job` is set, else as a penalty) and
+    /// bans it when its score falls below the threshold.
+    pub(crate) async fn record_offence(&self, peer: PeerId, offence: Offence, job: bool) {
+        let ban = self.with_reputation(|r, now| {
+            if job { r.record_failure(peer, offence, now) } else { r.penalize(peer, offence, now) }
+        });
+        if let Some(ban) = ban {
+            warn!(%peer, offence = offence.as_str(), until = ?ban.until, bans = ban.ban_count, "banning a peer");
+            lock(&self.inner.blocked).insert(peer, ban.until);
+            let _ = self.inner.net.block(peer).await;
+        }
+    }
+
+    /// Persists reputation every 30 s, lifts bans that ended, and re-applies bans that a
+    /// previous run decided.
+    async fn maintain_reputation(self) {
+        let banned = self.with_reputation(|r, now| r.banned(now));
+        for (peer, until) in banned {
+            lock(&self.inner.blocked).insert(peer, until);
+            let _ = self.inner.net.block(peer).await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = lock(&self.inner.reputation).flush() {
+                warn!(error = %e, "cannot save reputation");
+            }
+            let now = SystemTime::now();
+            let ended: Vec<PeerId> = {
+                let mut blocked = lock(&self.inner.blocked);
+                let ended = blocked.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect::<Vec<_>>();
+                for p in &ended {
+                    blocked.remove(p);
+                }
+                ended
+            };
+            for peer in ended {
+                info!(%peer, "ban ended");
+                let _ = self.inner.net.unblock(peer).await;
+            }
+        }
+    }
+
     /// Stops the node: background work ends and connections close.
     pub async fn shutdown(&self) {
+        {
+            let mut reputation = lock(&self.inner.reputation);
+            if let Err(e) = reputation.flush() {
+                warn!(error = %e, "cannot save reputation");
+            }
+            // Close the database file now (a clone of this handle may outlive the node).
+            let config = reputation.config().clone();
+            *reputation = Reputation::in_memory(config);
+        }
         self.inner.net.shutdown().await;
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for t in tasks {
@@ -351,7 +425,12 @@ impl Node {
     fn on_heartbeat(&self, data: &[u8], author: Option<quiver_net::PeerId>) -> Validation {
         let mut table = lock(&self.inner.table);
         let (verdict, outcome) = match table.on_heartbeat(data, author, self.peer_id()) {
-            Ok(HeartbeatVerdict::Accepted) => (Validation::Accept, "accepted"),
+            Ok(HeartbeatVerdict::Accepted) => {
+                if let Some(a) = author {
+                    self.with_reputation(|r, now| r.heartbeat(a, now));
+                }
+                (Validation::Accept, "accepted")
+            }
             Ok(HeartbeatVerdict::Stale) => (Validation::Ignore, "stale"),
             Err(e) => {
                 debug!(?author, error = %e, "rejected a heartbeat");
@@ -420,6 +499,22 @@ impl Node {
             if expired > 0 {
                 debug!(expired, "forgot silent nodes");
             }
+        }
+    }
+}
+
+/// The reputation store in `<data-dir>/reputation.redb`, or in memory for a node without a data
+/// directory or when the file cannot be opened (then with a warning: history starts afresh).
+fn open_reputation(data_dir: Option<&std::path::Path>) -> Reputation {
+    let config = ReputationConfig::default();
+    match data_dir {
+        None => Reputation::in_memory(config),
+        Some(dir) => {
+            let path = dir.join("reputation.redb");
+            Reputation::open(&path, config.clone()).unwrap_or_else(|e| {
+                warn!(path = %path.display(), error = %e, "cannot open the reputation store; keeping reputation in memory");
+                Reputation::in_memory(config)
+            })
         }
     }
 }

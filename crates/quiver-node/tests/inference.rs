@@ -145,3 +145,47 @@ async fn a_full_provider_answers_busy_instead_of_queueing() {
     client.shutdown().await;
     provider.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
+    let (provider, _) = provider_and_client(1, 4).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_config = || NodeConfig {
+        bootstrap_peers: vec![],
+        data_dir: Some(dir.path().to_owned()),
+        dht_client_only: true,
+        ..loopback_config()
+    };
+    let boot = tcp_addr(&provider).await;
+    let client =
+        Node::start(NodeConfig { bootstrap_peers: vec![boot.clone()], ..client_config() }).await.expect("starts");
+    assert!(client.wait_for_provider("smollm2-135m", Duration::from_secs(30)).await);
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(120), client.send_inference_request("smollm2-135m", "Hi", 8))
+            .await
+            .expect("in time")
+            .expect("answered");
+    }
+    let view = client.reputation().into_iter().find(|v| v.peer == provider.peer_id().to_string()).expect("a record");
+    assert_eq!(view.successes, 2);
+    assert_eq!(view.failures, 0);
+    assert!(view.latency_ewma_ms.is_some_and(|l| l > 0.0));
+    let score_before = view.score;
+
+    // The provider goes away: the next request fails, and counts against it.
+    provider.shutdown().await;
+    let mut req = InferenceRequest::chat("smollm2-135m", "Hi", 8);
+    req.broadcast = false;
+    let err = tokio::time::timeout(Duration::from_secs(120), client.infer(req)).await.expect("in time");
+    assert!(err.is_err());
+    let view = client.reputation().into_iter().find(|v| v.peer == provider.peer_id().to_string()).expect("a record");
+    assert_eq!(view.failures, 1);
+    assert!(view.score < score_before);
+    client.shutdown().await;
+
+    // A restart with the same data directory remembers all of it.
+    let again = Node::start(NodeConfig { bootstrap_peers: vec![boot], ..client_config() }).await.expect("restarts");
+    let view = again.reputation().into_iter().find(|v| v.peer == provider.peer_id().to_string()).expect("kept");
+    assert_eq!((view.successes, view.failures), (2, 1));
+    again.shutdown().await;
+}

@@ -50,6 +50,9 @@ impl Heartbeat {
         if !self.cpu_load.is_finite() || self.cpu_load < 0.0 || self.cpu_load > 1024.0 {
             return invalid("cpu_load", "not a finite load in 0..=1024");
         }
+        if !self.tokens_per_sec.is_finite() || self.tokens_per_sec < 0.0 || self.tokens_per_sec > 1e6 {
+            return invalid("tokens_per_sec", "not a finite speed in 0..=1e6");
+        }
         if self.timestamp_ms == 0 {
             return invalid("timestamp_ms", "missing");
         }

@@ -14,6 +14,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (same flags as `quiver-node`).
