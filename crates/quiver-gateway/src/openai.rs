@@ -54,7 +54,9 @@ impl From<InferError> for ApiError {
             InferError::NoProvider { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", msg)
             }
-            InferError::AllProvidersFailed { ref failures, .. } if failures.iter().all(|f| f.ends_with("busy")) => {
+            InferError::AllProvidersFailed { ref failures, .. }
+                if failures.iter().all(|f| f.ends_with("busy") || f.ends_with("rate limited")) =>
+            {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "server_error", "overloaded", msg)
             }
             InferError::AllProvidersFailed { .. } | InferError::Diverged | InferError::Net(_) => {

@@ -461,7 +461,11 @@ impl Node {
             return;
         };
         let open = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+        let limiter = crate::limits::PeerLimiter::new(5, 20);
         while let Some((peer, mut stream)) = futures::StreamExt::next(&mut incoming).await {
+            if !limiter.allow(&peer) {
+                continue;
+            }
             let Ok(permit) = open.clone().try_acquire_owned() else { continue };
             let node = self.clone();
             tokio::spawn(async move {
@@ -565,6 +569,7 @@ impl Node {
                         "invalid_request" | "context_overflow" => {
                             AttemptError::Fatal(InferError::Rejected { code: e.code, message: e.message })
                         }
+                        "rate_limited" => AttemptError::Retry(Offence::Busy, "rate limited".into()),
                         "unknown_model" => {
                             AttemptError::Retry(Offence::WrongModel, format!("{}: {}", e.code, e.message))
                         }

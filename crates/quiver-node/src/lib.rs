@@ -18,6 +18,7 @@ mod client;
 pub mod config;
 pub mod discovery;
 pub mod identity;
+mod limits;
 mod metrics;
 mod node;
 mod provider;

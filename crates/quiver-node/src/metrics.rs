@@ -18,6 +18,7 @@ pub(crate) enum JobOutcome {
     Failed,
     Busy,
     Invalid,
+    RateLimited,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +72,7 @@ impl NodeMetrics {
             JobOutcome::Failed => "failed",
             JobOutcome::Busy => "busy",
             JobOutcome::Invalid => "invalid",
+            JobOutcome::RateLimited => "rate_limited",
         };
         self.jobs.get_or_create(&JobLabel { outcome }).inc();
     }

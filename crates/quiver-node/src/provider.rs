@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::discovery::now_ms;
+use crate::limits::PeerLimiter;
 use crate::metrics::NodeMetrics;
 use crate::wire;
 
@@ -66,7 +67,54 @@ pub(crate) struct Provider {
     keypair: quiver_net::Keypair,
     net: NetClient,
     metrics: NodeMetrics,
+    /// Inference requests per client peer.
+    requests: PeerLimiter,
+    /// Job announcements acted on per client.
+    announcements: PeerLimiter,
+    /// Jobs each client has running or queued here.
+    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
 }
+
+/// Jobs one client may have running or queued at one provider, so a flood from one peer cannot
+/// fill the queue in front of everyone else.
+const MAX_JOBS_PER_PEER: usize = 2;
+
+/// Holds one of a peer's job places; gives it back when dropped.
+struct PeerJob {
+    peer: PeerId,
+    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
+}
+
+impl PeerJob {
+    fn take(
+        per_peer: &Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
+        peer: PeerId,
+    ) -> Option<PeerJob> {
+        let mut map = per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(peer).or_default();
+        if *n >= MAX_JOBS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerJob { peer, per_peer: per_peer.clone() })
+    }
+}
+
+impl Drop for PeerJob {
+    fn drop(&mut self) {
+        let mut map = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Sustained inference requests per second one peer may send, and its burst.
+pub(crate) const REQUESTS_PER_SEC: u32 = 2;
+pub(crate) const REQUEST_BURST: u32 = 10;
 
 impl Provider {
     pub(crate) fn new(cfg: ProviderConfig, keypair: quiver_net::Keypair, net: NetClient, metrics: NodeMetrics) -> Self {
@@ -82,6 +130,9 @@ impl Provider {
             keypair,
             net,
             metrics,
+            requests: PeerLimiter::new(REQUESTS_PER_SEC, REQUEST_BURST),
+            per_peer: Arc::default(),
+            announcements: PeerLimiter::new(5, 20),
         }
     }
 
@@ -135,7 +186,23 @@ impl Provider {
                 return;
             }
         };
-        while let Some((peer, stream)) = incoming.next().await {
+        while let Some((peer, mut stream)) = incoming.next().await {
+            if !self.requests.allow(&peer) {
+                // Over its rate: refused at once, without reading the request or touching the
+                // engine, so one flooding peer cannot slow the others.
+                self.metrics.job(crate::metrics::JobOutcome::RateLimited);
+                tokio::spawn(async move {
+                    let refusal = InferResponse {
+                        kind: Some(Kind::Error(InferError {
+                            code: "rate_limited".into(),
+                            message: format!("at most {REQUESTS_PER_SEC} requests per second"),
+                        })),
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut stream, &refusal)).await;
+                    let _ = stream.close().await;
+                });
+                continue;
+            }
             let Ok(permit) = self.open_streams.clone().try_acquire_owned() else {
                 debug!(%peer, "too many open inference streams; dropping one");
                 continue;
@@ -189,7 +256,13 @@ impl Provider {
             )
             .await;
         };
-        // Admission: a free slot, else a place in the queue, else Busy.
+        // Admission: within the client's own share, a free slot, else a place in the queue,
+        // else Busy.
+        let Some(_peer_job) = PeerJob::take(&self.per_peer, peer) else {
+            self.metrics.job(crate::metrics::JobOutcome::Busy);
+            let busy = Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 };
+            return write_frame(stream, &reply(Kind::Busy(busy))).await;
+        };
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -305,6 +378,9 @@ impl Provider {
         let (Some(client), Some(engine)) = (author, self.engine_for(&job.model, &[]).cloned()) else {
             return Ok(());
         };
+        if !self.announcements.allow(&client) {
+            return Ok(());
+        }
         if job.deadline_ms < now_ms() || self.free_slots() == 0 {
             return Ok(());
         }

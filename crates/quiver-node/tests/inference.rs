@@ -189,3 +189,37 @@ async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
     assert_eq!((view.successes, view.failures), (2, 1));
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_refused_while_another_client_is_served() {
+    let (provider, flooder) = provider_and_client(1, 4).await;
+    let other = Node::start(NodeConfig {
+        bootstrap_peers: vec![tcp_addr(&provider).await],
+        dht_client_only: true,
+        ..loopback_config()
+    })
+    .await
+    .expect("starts");
+    assert!(other.wait_for_provider("smollm2-135m", Duration::from_secs(30)).await);
+    // Ten times the burst the provider allows one peer, all at once.
+    let flood = futures::future::join_all((0..100).map(|_| {
+        let mut r = InferenceRequest::chat("smollm2-135m", "Hi", 4);
+        r.broadcast = false;
+        r.max_attempts = 1;
+        flooder.infer(r)
+    }));
+    let mut polite = InferenceRequest::chat("smollm2-135m", "What is 2+2?", 8);
+    polite.broadcast = false;
+    let (flooded, answered) =
+        tokio::time::timeout(Duration::from_secs(300), async { tokio::join!(flood, other.infer(polite)) })
+            .await
+            .expect("all settled in time");
+    assert!(answered.is_ok(), "the other client was refused: {answered:?}");
+    let refused = flooded.iter().filter(|r| r.is_err()).count();
+    assert!(refused >= 80, "only {refused} of 100 flooding requests were refused");
+    let metrics = provider.metrics_text();
+    assert!(metrics.contains("quiver_provider_jobs_total{outcome=\"rate_limited\"}"), "{metrics}");
+    other.shutdown().await;
+    flooder.shutdown().await;
+    provider.shutdown().await;
+}

@@ -1,0 +1,52 @@
+//! Per-peer rate limits (GCRA, via `governor`) on what peers can make this node do: inference
+//! requests and claims it serves, and job announcements it acts on.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use quiver_net::PeerId;
+
+/// A keyed limiter that forgets idle peers now and then, so its memory stays bounded.
+pub(crate) struct PeerLimiter {
+    limiter: DefaultKeyedRateLimiter<PeerId>,
+    checks: AtomicU64,
+}
+
+/// Peers tracked before idle ones are forgotten.
+const MAX_TRACKED: usize = 10_000;
+
+impl PeerLimiter {
+    /// `per_second` sustained, `burst` at once.
+    pub(crate) fn new(per_second: u32, burst: u32) -> Self {
+        let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        PeerLimiter {
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `peer` may do one more thing now.
+    pub(crate) fn allow(&self, peer: &PeerId) -> bool {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 0 || self.limiter.len() > MAX_TRACKED {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter.check_key(peer).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_then_refuses_per_peer() {
+        let l = PeerLimiter::new(1, 3);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        assert!((0..3).all(|_| l.allow(&a)));
+        assert!(!l.allow(&a), "the fourth at once is over the burst");
+        assert!(l.allow(&b), "another peer has its own budget");
+    }
+}
