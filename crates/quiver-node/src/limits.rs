@@ -29,7 +29,7 @@ impl PeerLimiter {
 
     /// Whether `peer` may do one more thing now.
     pub(crate) fn allow(&self, peer: &PeerId) -> bool {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 0 || self.limiter.len() > MAX_TRACKED {
+        if self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(1024) || self.limiter.len() > MAX_TRACKED {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
