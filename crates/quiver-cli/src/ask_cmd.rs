@@ -52,6 +52,9 @@ pub struct AskArgs {
     /// IP address this client listens on (providers connect back to deliver claims).
     #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "QUIVER_LISTEN_IP")]
     pub listen_ip: IpAddr,
+    /// Do not answer from the cache of identical earlier greedy requests.
+    #[arg(long)]
+    pub no_cache: bool,
     /// Skip the gossip announcement: ask providers found in the DHT directly.
     #[arg(long)]
     pub direct: bool,
@@ -136,6 +139,7 @@ async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
         input: args.input(),
         params: args.params(),
         broadcast: !args.direct,
+        use_cache: !args.no_cache,
         claim_window: Duration::from_millis(args.claim_window_ms),
         ..InferenceRequest::chat(&args.model, "", args.max_tokens)
     };

@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
+use crate::cache::ResultCache;
 use crate::discovery::{hex, now_ms};
 use crate::node::Node;
 use crate::wire;
@@ -45,6 +46,8 @@ pub struct InferenceRequest {
     pub claim_window: Duration,
     /// Providers tried at most (the first one included).
     pub max_attempts: usize,
+    /// Answer an identical earlier greedy request from the cache.
+    pub use_cache: bool,
 }
 
 impl InferenceRequest {
@@ -71,6 +74,7 @@ impl InferenceRequest {
             broadcast: true,
             claim_window: Duration::from_secs(2),
             max_attempts: 4,
+            use_cache: true,
         }
     }
 }
@@ -116,6 +120,8 @@ pub struct InferenceResult {
     pub attempts: u32,
     pub receipt: ReceiptInfo,
     pub timing: Timing,
+    /// Answered from this node's cache (the receipt is the original provider's).
+    pub cached: bool,
 }
 
 /// Timings measured by the client, from the moment the request was made.
@@ -300,6 +306,15 @@ impl Node {
         tx: &mpsc::Sender<Result<StreamEvent, InferError>>,
     ) -> Result<(), InferError> {
         let started = Instant::now();
+        let cache_key = if request.use_cache { ResultCache::key(&wire_request) } else { None };
+        if let Some(mut hit) = cache_key.as_ref().and_then(|k| self.result_cache().get(k)) {
+            hit.cached = true;
+            hit.attempts = 0;
+            hit.timing = Timing::measure(started.elapsed(), started.elapsed(), hit.usage.completion_tokens);
+            let _ = tx.send(Ok(StreamEvent::Token(hit.text.clone()))).await;
+            let _ = tx.send(Ok(StreamEvent::Done(Box::new(hit)))).await;
+            return Ok(());
+        }
         let mut queue: VecDeque<Candidate> = VecDeque::new();
         let known = self.provider_candidates(request).await;
         if request.broadcast
@@ -342,6 +357,9 @@ impl Node {
                         tokens_per_sec: None,
                     };
                     self.with_reputation(|r, now| r.record_success(result.provider, stats, now));
+                    if let Some(key) = cache_key {
+                        self.result_cache().put(key, result.clone());
+                    }
                     let _ = tx.send(Ok(StreamEvent::Done(Box::new(result)))).await;
                     return Ok(());
                 }
@@ -634,6 +652,7 @@ impl Node {
                             verified: true,
                         },
                         timing: Timing::default(),
+                        cached: false,
                     });
                 }
                 _ => return Err(retry(Offence::ProtocolViolation, "sent frames out of order")),

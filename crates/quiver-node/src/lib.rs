@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod client;
 pub mod config;
 pub mod discovery;

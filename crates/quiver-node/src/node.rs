@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::cache::ResultCache;
 use crate::client::ClaimBoard;
 use crate::discovery::{self, HeartbeatVerdict, KnownNode, NODES_TOPIC, NodeTable};
 use crate::identity::{self, IdentityError};
@@ -129,6 +130,7 @@ struct Inner {
     provider: Option<Arc<Provider>>,
     claims: ClaimBoard,
     reputation: Mutex<Reputation>,
+    results: ResultCache,
     /// Peers on the block list, with the end of their ban.
     blocked: Mutex<HashMap<PeerId, SystemTime>>,
 }
@@ -184,6 +186,7 @@ impl Node {
             provider: provider.clone(),
             claims: ClaimBoard::default(),
             reputation: Mutex::new(reputation),
+            results: ResultCache::new(256, Duration::from_secs(600)),
             blocked: Mutex::new(HashMap::new()),
         });
         let node = Node { inner };
@@ -254,6 +257,10 @@ impl Node {
 
     pub(crate) fn metrics(&self) -> &NodeMetrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn result_cache(&self) -> &ResultCache {
+        &self.inner.results
     }
 
     pub(crate) fn claim_board(&self) -> &ClaimBoard {

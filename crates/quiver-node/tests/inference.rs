@@ -99,6 +99,19 @@ async fn send_inference_request_returns_the_bare_engines_greedy_answer_with_a_ve
 
     let metrics = provider.metrics_text();
     assert!(metrics.contains("quiver_provider_jobs_total{outcome=\"served\"} 2"), "{metrics}");
+
+    // The same greedy request again: answered from the client's cache, with the original receipt.
+    let again = client.send_inference_request("smollm2-135m", "Hello, world!", 32).await.expect("answered");
+    assert!(again.cached);
+    assert_eq!((again.text.as_str(), &again.receipt.signed), (result.text.as_str(), &result.receipt.signed));
+    let mut fresh = InferenceRequest::chat("smollm2-135m", "Hello, world!", 32);
+    fresh.use_cache = false;
+    let fresh =
+        tokio::time::timeout(Duration::from_secs(120), client.infer(fresh)).await.expect("in time").expect("ok");
+    assert!(!fresh.cached);
+    assert_eq!(fresh.text, result.text);
+    let metrics = provider.metrics_text();
+    assert!(metrics.contains("quiver_provider_jobs_total{outcome=\"served\"} 3"), "{metrics}");
     client.shutdown().await;
     provider.shutdown().await;
 }
