@@ -52,6 +52,10 @@ pub struct AskArgs {
     /// IP address this client listens on (providers connect back to deliver claims).
     #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "QUIVER_LISTEN_IP")]
     pub listen_ip: IpAddr,
+    /// Re-run the (greedy) request on a second provider of the same engine build and compare;
+    /// a mismatch brings in a third, and the outvoted provider is penalised.
+    #[arg(long)]
+    pub verify: bool,
     /// Do not answer from the cache of identical earlier greedy requests.
     #[arg(long)]
     pub no_cache: bool,
@@ -120,7 +124,10 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
             eprintln!("error: {e}");
             std::process::exit(match e {
                 InferError::NoProvider { .. } => EXIT_NO_PROVIDER,
-                InferError::AllProvidersFailed { .. } | InferError::Diverged | InferError::Net(_) => EXIT_ALL_FAILED,
+                InferError::AllProvidersFailed { .. }
+                | InferError::Diverged
+                | InferError::Net(_)
+                | InferError::VerificationFailed { .. } => EXIT_ALL_FAILED,
                 InferError::Rejected { .. } | InferError::Invalid(_) => EXIT_REJECTED,
             });
         }
@@ -140,6 +147,7 @@ async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
         params: args.params(),
         broadcast: !args.direct,
         use_cache: !args.no_cache,
+        verify: args.verify,
         claim_window: Duration::from_millis(args.claim_window_ms),
         ..InferenceRequest::chat(&args.model, "", args.max_tokens)
     };

@@ -59,7 +59,10 @@ impl From<InferError> for ApiError {
             {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "server_error", "overloaded", msg)
             }
-            InferError::AllProvidersFailed { .. } | InferError::Diverged | InferError::Net(_) => {
+            InferError::AllProvidersFailed { .. }
+            | InferError::Diverged
+            | InferError::Net(_)
+            | InferError::VerificationFailed { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "providers_failed", msg)
             }
         }

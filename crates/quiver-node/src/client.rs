@@ -48,6 +48,9 @@ pub struct InferenceRequest {
     pub max_attempts: usize,
     /// Answer an identical earlier greedy request from the cache.
     pub use_cache: bool,
+    /// Re-run a greedy request on a second provider with the same engine build and thread count
+    /// and compare the outputs; on a mismatch a third decides and the loser is penalised.
+    pub verify: bool,
 }
 
 impl InferenceRequest {
@@ -75,6 +78,7 @@ impl InferenceRequest {
             claim_window: Duration::from_secs(2),
             max_attempts: 4,
             use_cache: true,
+            verify: false,
         }
     }
 }
@@ -122,6 +126,9 @@ pub struct InferenceResult {
     pub timing: Timing,
     /// Answered from this node's cache (the receipt is the original provider's).
     pub cached: bool,
+    /// Providers whose own run of the same greedy request gave the same output hash (empty
+    /// when the request was not verified).
+    pub verified_by: Vec<PeerId>,
 }
 
 /// Timings measured by the client, from the moment the request was made.
@@ -165,6 +172,8 @@ pub enum InferError {
     Diverged,
     #[error("network: {0}")]
     Net(String),
+    #[error("verification failed: other providers of the same engine build produced different text than {provider}")]
+    VerificationFailed { provider: String },
 }
 
 impl From<NetError> for InferError {
@@ -357,6 +366,11 @@ impl Node {
                         tokens_per_sec: None,
                     };
                     self.with_reputation(|r, now| r.record_success(result.provider, stats, now));
+                    let greedy = request.params.temperature == 0.0;
+                    if greedy && (request.verify || rand::random::<f64>() < self.verify_rate()) {
+                        let others: Vec<Candidate> = queue.drain(..).filter(|c| !tried.contains(&c.peer)).collect();
+                        result.verified_by = self.cross_check(&result, others, &wire_request).await?;
+                    }
                     if let Some(key) = cache_key {
                         self.result_cache().put(key, result.clone());
                     }
@@ -653,11 +667,64 @@ impl Node {
                         },
                         timing: Timing::default(),
                         cached: false,
+                        verified_by: Vec::new(),
                     });
                 }
                 _ => return Err(retry(Offence::ProtocolViolation, "sent frames out of order")),
             }
         }
+    }
+
+    /// Runs the request again on other providers with the same engine build and thread count and
+    /// compares output hashes. Agreement returns who agreed. On a mismatch a third comparable
+    /// provider decides: the outvoted one is penalised (and if that is the original provider,
+    /// the request fails). Providers of another build are skipped: their output may differ
+    /// honestly.
+    async fn cross_check(
+        &self,
+        original: &InferenceResult,
+        others: Vec<Candidate>,
+        request: &InferRequest,
+    ) -> Result<Vec<PeerId>, InferError> {
+        let comparable = |r: &InferenceResult| {
+            r.receipt.engine_build == original.receipt.engine_build && r.receipt.threads == original.receipt.threads
+        };
+        // Re-runs are silent: their tokens go nowhere.
+        let (sink, mut drain) = mpsc::channel(64);
+        tokio::spawn(async move { while drain.recv().await.is_some() {} });
+        let mut dissent: Option<(PeerId, String)> = None;
+        for candidate in others.into_iter().take(4) {
+            let mut delivery = Delivery { tx: &sink, chunks: Vec::new(), started: Instant::now(), first_token: None };
+            let mut fresh = request.clone();
+            fresh.request_id = random_id();
+            let other = match self.attempt(&candidate, &fresh, &mut delivery, 1).await {
+                Ok(r) if comparable(&r) => r,
+                Ok(_) => continue,
+                Err(AttemptError::Retry(offence, _)) => {
+                    self.record_offence(candidate.peer, offence, true).await;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let hash = other.receipt.output_hash.clone();
+            match dissent.take() {
+                None if hash == original.receipt.output_hash => return Ok(vec![other.provider]),
+                None => dissent = Some((other.provider, hash)),
+                Some((loser, _)) if hash == original.receipt.output_hash => {
+                    // The original and this one against the dissenter.
+                    self.record_offence(loser, Offence::FailedVerification, true).await;
+                    return Ok(vec![other.provider]);
+                }
+                Some((_, dissent_hash)) if hash == dissent_hash => {
+                    // Two others agree against the original.
+                    self.record_offence(original.provider, Offence::FailedVerification, true).await;
+                    return Err(InferError::VerificationFailed { provider: original.provider.to_string() });
+                }
+                // All three differ: nobody is confirmed; stop spending work on it.
+                Some(_) => return Ok(Vec::new()),
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Orders candidates for a job of `max_tokens`: banned peers out; the others by expected

@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub kad_bootstrap_interval: Duration,
     /// Serve these engines to the network (the provider role).
     pub provider: Option<ProviderConfig>,
+    /// Fraction of greedy requests verified on a second provider even when not asked for.
+    pub verify_rate: f64,
     /// Take part in the DHT as a client only (never in others' routing tables): for short-lived
     /// processes such as `quiver ask`.
     pub dht_client_only: bool,
@@ -76,6 +78,7 @@ impl Default for NodeConfig {
             random_walk_interval: Duration::from_secs(60),
             kad_bootstrap_interval: Duration::from_secs(300),
             provider: None,
+            verify_rate: 0.0,
             dht_client_only: false,
         }
     }
@@ -257,6 +260,10 @@ impl Node {
 
     pub(crate) fn metrics(&self) -> &NodeMetrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn verify_rate(&self) -> f64 {
+        self.inner.config.verify_rate
     }
 
     pub(crate) fn result_cache(&self) -> &ResultCache {

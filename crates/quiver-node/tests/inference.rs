@@ -236,3 +236,35 @@ async fn a_flooding_peer_is_refused_while_another_client_is_served() {
     flooder.shutdown().await;
     provider.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reruns_a_greedy_request_on_a_second_provider_of_the_same_build() {
+    let (first, client) = provider_and_client(1, 4).await;
+    let second = Node::start(NodeConfig {
+        bootstrap_peers: vec![tcp_addr(&first).await],
+        provider: Some(ProviderConfig { engines: vec![engine()], max_concurrent: 1, queue: 4 }),
+        ..loopback_config()
+    })
+    .await
+    .expect("second provider starts");
+    let both = [first.peer_id(), second.peer_id()];
+    let known = tokio::time::timeout(Duration::from_secs(60), async {
+        while !both.iter().all(|p| client.known_nodes().iter().any(|k| k.peer_id == *p)) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(known.is_ok(), "the client did not hear both providers");
+    let mut request = InferenceRequest::chat("smollm2-135m", "Name a colour.", 12);
+    request.verify = true;
+    let result = tokio::time::timeout(Duration::from_secs(180), client.infer(request))
+        .await
+        .expect("in time")
+        .expect("answered and verified");
+    assert_eq!(result.verified_by.len(), 1, "{result:?}");
+    let checker = result.verified_by[0];
+    assert!(both.contains(&checker) && checker != result.provider);
+    client.shutdown().await;
+    second.shutdown().await;
+    first.shutdown().await;
+}
