@@ -106,6 +106,11 @@ def our_cpu(pids):
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + sum(proc_cpu(p) for p in pids)
 
 
+def children_cpu():
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
+
+
 def busy_cpu():
     """CPU seconds the whole machine has been busy (all CPUs)."""
     try:
@@ -119,10 +124,12 @@ def run_ask(argv, timeout, pids):
     """Runs one `quiver ask --json`; adds its wall time and the CPU that other processes of the
     machine (not this benchmark's) used meanwhile, in CPUs on average."""
     busy0, ours0 = busy_cpu(), our_cpu(pids)
+    kids0, nodes0 = children_cpu(), sum(proc_cpu(p) for p in pids)
     started = time.monotonic()
     r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - started
     other = max(0.0, (busy_cpu() - busy0) - (our_cpu(pids) - ours0)) / max(wall, 1e-3)
+    ask_cpu, nodes_cpu = children_cpu() - kids0, sum(proc_cpu(p) for p in pids) - nodes0
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {r.returncode}:\n{r.stderr[-3000:]}")
     result = json.loads(r.stdout)
@@ -131,6 +138,7 @@ def run_ask(argv, timeout, pids):
         raise SystemExit(f"no timing in the result of {' '.join(argv)}: {r.stdout[:500]}")
     result["wall_s"] = wall
     result["other_cpu"] = other
+    result["ask_cpu"], result["nodes_cpu"] = ask_cpu, nodes_cpu
     return result
 
 
@@ -199,7 +207,7 @@ def main():
     ap.add_argument("--models-dir", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--prompt", default="1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", help="continued as raw text (--raw)")
     ap.add_argument("--out", help="also write the report to this file")
     ap.add_argument("--max-other-cpu", type=float, default=0.1,
@@ -278,7 +286,7 @@ def main():
                     "ttft_ms": r["timing"]["ttft_ms"], "total_ms": r["timing"]["total_ms"],
                     "tps": r["timing"]["tokens_per_sec"], "wall_s": r["wall_s"],
                     "tokens": r["usage"]["completion_tokens"], "route": r.get("route", "-"),
-                    "other_cpu": r["other_cpu"],
+                    "other_cpu": r["other_cpu"], "ask_cpu": r["ask_cpu"], "nodes_cpu": r["nodes_cpu"],
                 })
     finally:
         for p in reversed(procs):
@@ -318,6 +326,9 @@ def main():
         "",
         f"- **tokens/s ratio network ÷ bare: {ratio:.3f}** (goal ≥ {GOAL_RATIO}: {'met' if ratio >= GOAL_RATIO else 'NOT met'})",
         f"- **TTFT overhead of the network: {ttft_n - ttft_l:+.1f} ms** (median network − median bare)",
+        f"- CPU per request (median): bare {med(local, 'ask_cpu'):.2f} s; network {med(net, 'nodes_cpu'):.2f} s in the "
+        f"provider and bootstrap node + {med(net, 'ask_cpu'):.2f} s in the client (`quiver ask`), which here shares "
+        f"the {os.cpu_count()} CPUs with the provider's {a.threads} engine threads",
         "",
         "Every run:",
         "",

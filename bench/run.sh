@@ -5,7 +5,7 @@
 # interleaved and prints medians of tokens/s and time to first token, the ratio
 # network ÷ bare (goal ≥ 0.97) and the TTFT overhead of the network.
 #
-#   bench/run.sh [--threads N] [--max-tokens N] [--reps N] [--out FILE]
+#   bench/run.sh [--threads N (2)] [--max-tokens N (256)] [--reps N (9)] [--out FILE]
 #
 # --out FILE also writes the report (Markdown) to FILE, e.g. bench/RESULTS.md.
 # BENCH_BIN=DIR uses the binaries in DIR instead of building target/release.

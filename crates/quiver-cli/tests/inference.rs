@@ -356,7 +356,7 @@ fn killing_the_serving_provider_mid_stream_fails_over() {
     assert_eq!(again["attempts"], 1, "{again}");
     assert_eq!(format!("{}\n", again["text"].as_str().unwrap_or_default()), reference);
     check_receipt(&again);
-    step(t, "the survivor answered alone");
+    step(t, &format!("the survivor answered alone (timing {})", again["timing"]));
 }
 
 #[test]
