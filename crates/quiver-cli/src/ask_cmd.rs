@@ -135,11 +135,11 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
 }
 
 async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
-    let wait = Duration::from_secs(args.wait);
-    if !node.wait_for_peers(1, wait).await {
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.wait);
+    if !node.wait_for_peers(1, deadline.saturating_duration_since(std::time::Instant::now())).await {
         return Err(InferError::NoProvider { model: args.model.clone() });
     }
-    if !node.wait_for_provider(&args.model, wait).await {
+    if !node.wait_for_provider(&args.model, deadline.saturating_duration_since(std::time::Instant::now())).await {
         return Err(InferError::NoProvider { model: args.model.clone() });
     }
     let request = InferenceRequest {

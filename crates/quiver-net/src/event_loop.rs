@@ -71,6 +71,9 @@ struct ProviderQuery {
     reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
 }
 
+/// QUIC connections silent for this long are dead.
+const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
+
 /// Most providers returned by one lookup.
 const MAX_PROVIDERS: usize = 64;
 
@@ -88,7 +91,13 @@ pub async fn spawn(
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), (tls::Config::new, noise::Config::new), yamux::Config::default)
         .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_quic()
+        .with_quic_config(|mut c| {
+            // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it within
+            // a few seconds, with keep-alives so idle but live connections stay up.
+            c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+            c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
+            c
+        })
         .with_dns()
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_behaviour(|key| {
@@ -606,9 +615,17 @@ impl EventLoop {
                         Err(e) => debug!(error = %e, "provider lookup ended"),
                     }
                 }
-                if step.last
+                // Answer as soon as providers are known: the rest of the lookup may wait on dead
+                // peers other routing tables still list.
+                let found_some = self.provider_queries.get(&id).is_some_and(|q| !q.found.is_empty());
+                if (step.last || found_some)
                     && let Some(q) = self.provider_queries.remove(&id)
                 {
+                    if !step.last
+                        && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                    {
+                        query.finish();
+                    }
                     let with_addrs = q.found.into_iter().map(|p| (p, self.known_addresses(&p))).collect();
                     let _ = q.reply.send(with_addrs);
                 }

@@ -215,9 +215,11 @@ const MAX_PENDING_JOBS: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wait for the provider's first answer (it may be queueing the job).
-const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest silence mid-stream before the provider counts as stalled.
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+const STALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for connections to known providers before announcing a job.
+const ANNOUNCE_CONNECT_WAIT: Duration = Duration::from_millis(1500);
 const DHT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Speed assumed for a provider that has not told or shown its own.
 const DEFAULT_TOKENS_PER_SEC: f64 = 50.0;
@@ -231,8 +233,10 @@ impl ClaimBoard {
 /// What the caller has been given so far, across attempts.
 struct Delivery<'a> {
     tx: &'a mpsc::Sender<Result<StreamEvent, InferError>>,
-    /// Text of each chunk delivered, in order.
-    chunks: Vec<String>,
+    /// Text delivered so far.
+    text: String,
+    /// The model file of the first provider that answered: failovers must serve the same one.
+    model_sha256: Option<Vec<u8>>,
     /// When the request was made, and how long until its first token.
     started: Instant,
     first_token: Option<Duration>,
@@ -339,7 +343,7 @@ impl Node {
         if queue.is_empty() {
             return Err(InferError::NoProvider { model: request.model.clone() });
         }
-        let mut delivery = Delivery { tx, chunks: Vec::new(), started, first_token: None };
+        let mut delivery = Delivery { tx, text: String::new(), model_sha256: None, started, first_token: None };
         let mut failures = Vec::new();
         let mut tried = HashSet::new();
         while let Some(candidate) = queue.pop_front() {
@@ -434,7 +438,8 @@ impl Node {
             .iter()
             .take(8)
             .map(|c| tokio::time::timeout(CONNECT_TIMEOUT, self.net().connect(c.peer, c.addrs.clone())));
-        futures::future::join_all(connects).await;
+        // Bounded: a dead provider in the list must not hold the announcement back.
+        let _ = tokio::time::timeout(ANNOUNCE_CONNECT_WAIT, futures::future::join_all(connects)).await;
 
         let job_id = random_id();
         let (claims_tx, mut claims_rx) = mpsc::channel(16);
@@ -564,7 +569,6 @@ impl Node {
         let mut accepted = None;
         let mut text = String::new();
         let mut tokens: u32 = 0;
-        let mut chunks = 0usize;
         loop {
             let wait = if accepted.is_none() { FIRST_FRAME_TIMEOUT } else { STALL_TIMEOUT };
             let frame =
@@ -593,6 +597,15 @@ impl Node {
                     {
                         return Err(retry(Offence::WrongModel, "serves another model file"));
                     }
+                    match &delivery.model_sha256 {
+                        // Not an offence: it serves a model of that name, just not the one whose
+                        // text the caller already has.
+                        Some(first) if *first != a.model_sha256 => {
+                            return Err(retry(Offence::Busy, "serves another file than the first provider"));
+                        }
+                        Some(_) => {}
+                        None => delivery.model_sha256 = Some(a.model_sha256.clone()),
+                    }
                     accepted = Some(a);
                 }
                 Some(Kind::Busy(_)) => return Err(retry(Offence::Busy, "busy")),
@@ -611,19 +624,22 @@ impl Node {
                 Some(Kind::Chunk(c)) if accepted.is_some() => {
                     text.push_str(&c.text);
                     tokens = tokens.saturating_add(c.tokens);
-                    chunks += 1;
-                    if chunks <= delivery.chunks.len() {
-                        // A failover replays what the caller already has: it must match.
-                        if delivery.chunks[chunks - 1] != c.text {
+                    // A failover replays what the caller already has: it must match, byte for
+                    // byte; only what goes beyond it is delivered.
+                    if text.len() <= delivery.text.len() {
+                        if !delivery.text.starts_with(&text) {
                             return Err(AttemptError::Fatal(InferError::Diverged));
                         }
-                    } else {
+                    } else if let Some(new) = text.strip_prefix(delivery.text.as_str()) {
+                        let new = new.to_owned();
                         let started = delivery.started;
                         delivery.first_token.get_or_insert_with(|| started.elapsed());
-                        delivery.chunks.push(c.text.clone());
-                        if delivery.tx.send(Ok(StreamEvent::Token(c.text))).await.is_err() {
+                        delivery.text.push_str(&new);
+                        if delivery.tx.send(Ok(StreamEvent::Token(new))).await.is_err() {
                             return Err(AttemptError::Gone);
                         }
+                    } else {
+                        return Err(AttemptError::Fatal(InferError::Diverged));
                     }
                 }
                 Some(Kind::Receipt(signed)) if accepted.is_some() => {
@@ -634,7 +650,7 @@ impl Node {
                     check_receipt(&receipt, request, &accepted, &text, tokens).map_err(|e| {
                         AttemptError::Retry(Offence::FailedVerification, format!("receipt does not match: {e}"))
                     })?;
-                    if chunks < delivery.chunks.len() {
+                    if text.len() < delivery.text.len() {
                         return Err(AttemptError::Fatal(InferError::Diverged));
                     }
                     let _ = stream.close().await;
@@ -694,7 +710,13 @@ impl Node {
         tokio::spawn(async move { while drain.recv().await.is_some() {} });
         let mut dissent: Option<(PeerId, String)> = None;
         for candidate in others.into_iter().take(4) {
-            let mut delivery = Delivery { tx: &sink, chunks: Vec::new(), started: Instant::now(), first_token: None };
+            let mut delivery = Delivery {
+                tx: &sink,
+                text: String::new(),
+                model_sha256: None,
+                started: Instant::now(),
+                first_token: None,
+            };
             let mut fresh = request.clone();
             fresh.request_id = random_id();
             let other = match self.attempt(&candidate, &fresh, &mut delivery, 1).await {
@@ -740,7 +762,9 @@ impl Node {
                 .map(|c| {
                     let view = r.snapshot(c.peer, now);
                     let score = view.as_ref().map_or_else(|| r.score(c.peer, now), |v| v.score);
-                    let (free, queue, cpu, hb_speed) = c.load.unwrap_or((1, 0, 0.0, 0.0));
+                    // Without a fresh heartbeat (a DHT record only) the provider may be gone: it
+                    // ranks as if busy, after those that show they are alive.
+                    let (free, queue, cpu, hb_speed) = c.load.unwrap_or((0, 1, 0.0, 0.0));
                     let speed = [f64::from(hb_speed), view.as_ref().and_then(|v| v.tokens_per_sec).unwrap_or(0.0)]
                         .into_iter()
                         .find(|s| *s > 0.0)

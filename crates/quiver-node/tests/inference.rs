@@ -173,8 +173,8 @@ async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
     let client =
         Node::start(NodeConfig { bootstrap_peers: vec![boot.clone()], ..client_config() }).await.expect("starts");
     assert!(client.wait_for_provider("smollm2-135m", Duration::from_secs(30)).await);
-    for _ in 0..2 {
-        tokio::time::timeout(Duration::from_secs(120), client.send_inference_request("smollm2-135m", "Hi", 8))
+    for prompt in ["Hi", "Hello"] {
+        tokio::time::timeout(Duration::from_secs(120), client.send_inference_request("smollm2-135m", prompt, 8))
             .await
             .expect("in time")
             .expect("answered");
@@ -185,10 +185,19 @@ async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
     assert!(view.latency_ewma_ms.is_some_and(|l| l > 0.0));
     let score_before = view.score;
 
-    // The provider goes away: the next request fails, and counts against it.
+    // The provider goes away while the client still lists it (from its heartbeats): the next
+    // request fails, and counts against it.
+    let heard = tokio::time::timeout(Duration::from_secs(30), async {
+        while !client.known_nodes().iter().any(|k| k.peer_id == provider.peer_id()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "no heartbeat from the provider");
     provider.shutdown().await;
     let mut req = InferenceRequest::chat("smollm2-135m", "Hi", 8);
     req.broadcast = false;
+    req.use_cache = false;
     let err = tokio::time::timeout(Duration::from_secs(120), client.infer(req)).await.expect("in time");
     assert!(err.is_err());
     let view = client.reputation().into_iter().find(|v| v.peer == provider.peer_id().to_string()).expect("a record");
