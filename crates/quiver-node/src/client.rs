@@ -470,9 +470,16 @@ impl Node {
                     }
                 }
             }
+            // Newcomers' claims count only while they are within their capped share of this
+            // client's jobs, unless no established provider is known: earning trust takes
+            // served work, not fast claiming.
+            let established_known = self.with_reputation(|r, _| known.iter().any(|c| !r.is_newcomer(c.peer)));
             while let Some((peer, claim, ack)) = claims_rx.recv().await {
-                let banned = self.with_reputation(|r, now| r.is_banned(peer, now).is_some());
-                let serves = !banned && request.model_sha256.is_none_or(|s| s[..] == claim.model_sha256[..]);
+                let acceptable = self.with_reputation(|r, now| {
+                    r.is_banned(peer, now).is_none()
+                        && (!r.is_newcomer(peer) || !established_known || r.newcomer_quota_available(now))
+                });
+                let serves = acceptable && request.model_sha256.is_none_or(|s| s[..] == claim.model_sha256[..]);
                 if serves {
                     let _ = ack.send(true);
                     return Some(peer);
@@ -780,12 +787,15 @@ impl Node {
             (scored, r.newcomer_quota_available(now))
         });
         scored.sort_by(|a, b| a.1.total_cmp(&b.1));
-        if !quota && scored.iter().any(|s| !s.2) {
+        let capped = !quota && scored.iter().any(|s| !s.2);
+        if capped {
             // Established providers first; newcomers stay as fallbacks.
             scored.sort_by_key(|s| s.2);
         }
+        // The random pick stays among the leading class, so it cannot undo the newcomer cap.
+        let leading = if capped { scored.iter().take_while(|s| !s.2).count() } else { scored.len() };
         let mut out: Vec<Candidate> = scored.into_iter().map(|s| s.0).collect();
-        let best = out.len().min(3);
+        let best = leading.min(3);
         if best >= 2 {
             let mut rng = rand::thread_rng();
             let a = rand::Rng::gen_range(&mut rng, 0..best);
