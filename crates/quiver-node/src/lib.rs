@@ -2,11 +2,11 @@
 //! on the network layer of `quiver-net`.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), quiver_node::NodeError> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use quiver_node::{Node, NodeConfig};
 //! let node = Node::start(NodeConfig {
-//!     listen_addrs: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid"), "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid")],
-//!     bootstrap_peers: vec!["bootstrap.example.org:4001".parse().expect("valid")],
+//!     listen_addrs: vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
+//!     bootstrap_peers: vec!["bootstrap.example.org:4001".parse()?],
 //!     ..NodeConfig::default()
 //! })
 //! .await?;

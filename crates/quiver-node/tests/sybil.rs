@@ -17,7 +17,9 @@ fn engine() -> Arc<LlamaEngine> {
         .unwrap_or_else(|_| format!("{}/../../target/models", env!("CARGO_MANIFEST_DIR")));
     let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(path.exists(), "the default model is missing from {dir}: run scripts/fetch-model.sh");
-    Arc::new(LlamaEngine::load(&path, "smollm2-135m", None, LlamaConfig { threads: 1, context_size: 512 }).expect("loads"))
+    Arc::new(
+        LlamaEngine::load(&path, "smollm2-135m", None, LlamaConfig { threads: 1, context_size: 512 }).expect("loads"),
+    )
 }
 
 fn provider(engine: &Arc<LlamaEngine>) -> Option<ProviderConfig> {
@@ -35,13 +37,15 @@ async fn ask(client: &Node, i: usize, broadcast: bool) -> quiver_node::PeerId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_fresh_identities_get_no_more_than_the_newcomer_share() {
     let engine = engine();
-    let established = Node::start(NodeConfig { bootstrap_node: true, provider: provider(&engine), ..loopback_config() })
-        .await
-        .expect("provider starts");
+    let established =
+        Node::start(NodeConfig { bootstrap_node: true, provider: provider(&engine), ..loopback_config() })
+            .await
+            .expect("provider starts");
     let boot = tcp_addr(&established).await;
-    let client = Node::start(NodeConfig { bootstrap_peers: vec![boot.clone()], dht_client_only: true, ..loopback_config() })
-        .await
-        .expect("client starts");
+    let client =
+        Node::start(NodeConfig { bootstrap_peers: vec![boot.clone()], dht_client_only: true, ..loopback_config() })
+            .await
+            .expect("client starts");
     assert!(client.wait_for_provider("smollm2-135m", Duration::from_secs(30)).await);
     // The established provider earns its standing with served, verified work.
     for i in 0..6 {

@@ -60,4 +60,5 @@ pub use record::{Decaying, Hearsay, PeerRecord, RING_SIZE, Timing, UptimeState, 
 pub use store::{Ban, FORMAT_VERSION, JobStats, PEERS_TABLE, PeerView, Reputation};
 
 #[cfg(test)]
+#[path = "tests/lib.rs"]
 mod tests;

@@ -1,0 +1,93 @@
+//! Unit tests of `openai.rs`.
+
+use super::*;
+
+#[test]
+fn debug_hides_the_api_key() {
+    let config = OpenAiConfig { api_key: Some("sk-secret".into()), ..Default::default() };
+    assert!(!format!("{config:?}").contains("sk-secret"));
+}
+
+#[test]
+fn lines_across_chunks() {
+    let mut l = Lines::default();
+    assert_eq!(l.push(b"data: a").unwrap(), Vec::<String>::new());
+    assert_eq!(l.push(b"b\r\n\ndata:").unwrap(), vec!["data: ab".to_string(), String::new()]);
+    assert_eq!(l.push(b" c\n").unwrap(), vec!["data: c".to_string()]);
+    assert_eq!(l.push(b"tail").unwrap(), Vec::<String>::new());
+    assert_eq!(l.finish().unwrap(), "tail");
+}
+
+#[test]
+fn lines_are_bounded() {
+    let mut l = Lines::default();
+    let big = vec![b'x'; MAX_LINE / 2 + 1];
+    assert!(l.push(&big).is_ok());
+    assert!(l.push(&big).is_err());
+    let mut l = Lines::default();
+    assert!(l.push(b"\xff\xfe\n").is_err());
+}
+
+#[test]
+fn stream_of_chat_chunks() {
+    let mut s = StreamState::new(true);
+    let lines = [
+        ": keep-alive",
+        "",
+        r#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#,
+        r#"data: {"choices":[{"delta":{"content":"Hel"}}]}"#,
+        r#"data:{"choices":[{"delta":{"content":"lo"},"finish_reason":null}]}"#,
+        r#"data: {"choices":[{"delta":{},"finish_reason":"length"}]}"#,
+        r#"data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}"#,
+        "data: [DONE]",
+    ];
+    let texts: Vec<String> = lines.iter().filter_map(|l| s.line(l).unwrap()).collect();
+    assert_eq!(texts, ["Hel", "lo"]);
+    assert!(s.done);
+    let (reason, usage) = s.end().unwrap();
+    assert_eq!(reason, FinishReason::Length);
+    assert_eq!(usage, Usage { prompt_tokens: 7, completion_tokens: 2 });
+}
+
+#[test]
+fn stream_without_usage_counts_chunks() {
+    let mut s = StreamState::new(false);
+    for l in [r#"data: {"choices":[{"text":"a"}]}"#, r#"data: {"choices":[{"text":"b","finish_reason":"stop"}]}"#] {
+        s.line(l).unwrap();
+    }
+    assert_eq!(s.end().unwrap(), (FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2 }));
+    assert!(StreamState::new(true).end().is_err());
+}
+
+#[test]
+fn stream_errors() {
+    let mut s = StreamState::new(true);
+    assert!(matches!(s.line("data: {nope"), Err(EngineError::BackendProtocol(_))));
+    assert!(matches!(
+        s.line(r#"data: {"error":{"message":"model crashed"}}"#),
+        Err(EngineError::Inference(m)) if m.contains("model crashed")
+    ));
+}
+
+#[test]
+fn error_messages() {
+    let s = reqwest::StatusCode::INTERNAL_SERVER_ERROR;
+    assert_eq!(error_message(br#"{"error":{"message":"boom","type":"x"}}"#, s), "boom");
+    assert_eq!(error_message(br#"{"error":"model not found"}"#, s), "model not found");
+    assert_eq!(error_message(b"plain text\n", s), "plain text");
+    assert_eq!(error_message(b"", s), "Internal Server Error");
+    assert!(error_message(&[b'x'; 5000], s).len() < 1100);
+}
+
+#[test]
+fn whole_answers() {
+    let chat = br#"{"choices":[{"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
+    assert_eq!(
+        parse_whole(chat, true).unwrap(),
+        ("Paris.".into(), FinishReason::Stop, Usage { prompt_tokens: 9, completion_tokens: 3 })
+    );
+    let completion = br#"{"choices":[{"text":"abc","finish_reason":"length"}]}"#;
+    assert_eq!(parse_whole(completion, false).unwrap().1, FinishReason::Length);
+    assert!(parse_whole(br#"{"choices":[]}"#, true).is_err());
+    assert!(parse_whole(b"<html>", true).is_err());
+}

@@ -1,0 +1,26 @@
+//! Unit tests of `config.rs`.
+
+use super::*;
+
+#[test]
+fn parses_all_fields_and_refuses_unknown_ones() {
+    let c = FileConfig::parse(
+        r#"
+        data_dir = "/var/lib/quiver"
+        port = 4001
+        listen_ip = "127.0.0.1"
+        bootstrap = ["example.org:4001"]
+        bootstrap_node = true
+        api = "127.0.0.1:0"
+        quic = false
+        heartbeat_interval_secs = 5
+        log_format = "json"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.port, Some(4001));
+    assert_eq!(c.bootstrap.as_deref(), Some(&["example.org:4001".to_string()][..]));
+    assert!(FileConfig::parse("prot = 1").unwrap_err().contains("prot"));
+    assert!(FileConfig::parse("port = 99999").is_err());
+    assert!(FileConfig::parse("port = [").is_err());
+}

@@ -1,0 +1,61 @@
+//! Unit tests of `infer.rs`.
+
+use super::*;
+use crate::ChatMessage;
+
+fn params() -> SamplingParams {
+    SamplingParams { max_tokens: 10, temperature: 0.0, top_p: 1.0, seed: 1, stop: vec![] }
+}
+
+#[test]
+fn requests_are_validated() {
+    let ok = InferRequest {
+        request_id: vec![1; 16],
+        model: "smollm2-135m".into(),
+        model_sha256: vec![],
+        input: Some(PromptInput {
+            prompt: String::new(),
+            messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+        }),
+        params: Some(params()),
+    };
+    assert!(ok.validate().is_ok());
+    let mut bad = ok.clone();
+    bad.model = "../etc/passwd".into();
+    assert!(bad.validate().is_err());
+    let mut bad = ok.clone();
+    bad.params = Some(SamplingParams { temperature: f32::NAN, ..params() });
+    assert!(bad.validate().is_err());
+    let mut bad = ok.clone();
+    bad.params = Some(SamplingParams { max_tokens: 0, ..params() });
+    assert!(bad.validate().is_err());
+    let mut bad = ok.clone();
+    bad.input = Some(PromptInput {
+        prompt: "x".into(),
+        messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+    });
+    assert!(bad.validate().is_err());
+    let mut bad = ok;
+    bad.input = Some(PromptInput {
+        prompt: String::new(),
+        messages: vec![ChatMessage { role: "root".into(), content: "x".into() }],
+    });
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn receipts_verify_only_for_their_signer() {
+    let kp = Keypair::generate_ed25519();
+    let me = kp.public().to_peer_id();
+    let r = Receipt { request_id: vec![2; 16], provider: me.to_bytes(), completion_tokens: 5, ..Default::default() };
+    let signed = r.sign(&kp);
+    assert_eq!(Receipt::verify(signed.clone(), &me).unwrap(), r);
+    let other = PeerId::random();
+    assert!(Receipt::verify(signed.clone(), &other).is_err());
+    let mut tampered = signed;
+    tampered.payload[0] ^= 1;
+    assert!(Receipt::verify(tampered, &me).is_err());
+    // Signed by the key, but naming someone else.
+    let r2 = Receipt { provider: other.to_bytes(), ..r };
+    assert!(Receipt::verify(r2.sign(&kp), &me).is_err());
+}
