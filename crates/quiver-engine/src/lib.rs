@@ -196,3 +196,16 @@ pub enum EngineError {
     #[error("timed out: {0}")]
     Timeout(String),
 }
+
+/// An error and its sources, joined with ": " (reqwest and io errors hide the useful part in
+/// their sources).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

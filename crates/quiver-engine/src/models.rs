@@ -1,5 +1,6 @@
 //! The model catalogue, fetching model files, finding them locally, and reading GGUF metadata.
 
+use crate::error_chain;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek};
@@ -439,17 +440,6 @@ fn extract_member(
     }
     dest.sync_all().map_err(io_err(out))?;
     Ok(Written { size: done, sha256: hasher.finalize().into() })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 /// A model file on this machine.

@@ -2,6 +2,7 @@
 //! vLLM, ...): `POST <base>/chat/completions` for chat, `POST <base>/completions` for prompts,
 //! streamed as server-sent events or not.
 
+use crate::error_chain;
 use std::fmt;
 use std::time::Duration;
 
@@ -297,17 +298,6 @@ impl Call {
         }
         EngineError::Unavailable { url: self.url.clone(), reason: error_chain(e) }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 /// The message of an error answer: OpenAI's `{"error": {"message": ...}}`, or the forms other
