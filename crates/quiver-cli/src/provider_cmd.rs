@@ -168,5 +168,5 @@ pub async fn build(p: &ProviderArgs, data_dir: &Path) -> anyhow::Result<Provider
         }
     }
     let capacity = engines.iter().map(|e| e.capacity()).min().unwrap_or(1);
-    Ok(ProviderConfig { engines, max_concurrent: p.max_concurrent.unwrap_or(capacity).max(1), queue: p.queue })
+    Ok(ProviderConfig::new(engines, p.max_concurrent.unwrap_or(capacity).max(1), p.queue))
 }

@@ -35,6 +35,23 @@ pub struct ProviderConfig {
     pub max_concurrent: usize,
     /// Jobs waiting for a slot; beyond this a request gets `Busy`.
     pub queue: usize,
+    /// Inference requests one peer may send per second, sustained and in a burst; beyond that
+    /// they are refused as rate limited.
+    pub requests_per_sec: u32,
+    pub request_burst: u32,
+}
+
+impl ProviderConfig {
+    /// Serves `engines` with the given admission bounds and the default per-peer rate limit.
+    pub fn new(engines: Vec<Arc<dyn Engine>>, max_concurrent: usize, queue: usize) -> Self {
+        ProviderConfig {
+            engines,
+            max_concurrent,
+            queue,
+            requests_per_sec: REQUESTS_PER_SEC,
+            request_burst: REQUEST_BURST,
+        }
+    }
 }
 
 impl std::fmt::Debug for ProviderConfig {
@@ -69,6 +86,7 @@ pub(crate) struct Provider {
     metrics: NodeMetrics,
     /// Inference requests per client peer.
     requests: PeerLimiter,
+    requests_per_sec: u32,
     /// Job announcements acted on per client.
     announcements: PeerLimiter,
     /// Jobs each client has running or queued here.
@@ -112,9 +130,9 @@ impl Drop for PeerJob {
     }
 }
 
-/// Sustained inference requests per second one peer may send, and its burst.
-pub(crate) const REQUESTS_PER_SEC: u32 = 2;
-pub(crate) const REQUEST_BURST: u32 = 10;
+/// Sustained inference requests per second one peer may send, and its burst (defaults).
+pub const REQUESTS_PER_SEC: u32 = 2;
+pub const REQUEST_BURST: u32 = 10;
 
 impl Provider {
     pub(crate) fn new(cfg: ProviderConfig, keypair: quiver_net::Keypair, net: NetClient, metrics: NodeMetrics) -> Self {
@@ -130,7 +148,8 @@ impl Provider {
             keypair,
             net,
             metrics,
-            requests: PeerLimiter::new(REQUESTS_PER_SEC, REQUEST_BURST),
+            requests: PeerLimiter::new(cfg.requests_per_sec, cfg.request_burst),
+            requests_per_sec: cfg.requests_per_sec,
             per_peer: Arc::default(),
             announcements: PeerLimiter::new(5, 20),
         }
@@ -191,11 +210,12 @@ impl Provider {
                 // Over its rate: refused at once, without reading the request or touching the
                 // engine, so one flooding peer cannot slow the others.
                 self.metrics.job(crate::metrics::JobOutcome::RateLimited);
+                let rate = self.requests_per_sec;
                 tokio::spawn(async move {
                     let refusal = InferResponse {
                         kind: Some(Kind::Error(InferError {
                             code: "rate_limited".into(),
-                            message: format!("at most {REQUESTS_PER_SEC} requests per second"),
+                            message: format!("at most {rate} requests per second"),
                         })),
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut stream, &refusal)).await;

@@ -29,7 +29,7 @@ fn engine() -> Arc<LlamaEngine> {
 async fn provider_and_client(max_concurrent: usize, queue: usize) -> (Node, Node) {
     let provider = Node::start(NodeConfig {
         bootstrap_node: true,
-        provider: Some(ProviderConfig { engines: vec![engine()], max_concurrent, queue }),
+        provider: Some(ProviderConfig::new(vec![engine()], max_concurrent, queue)),
         ..loopback_config()
     })
     .await
@@ -251,7 +251,7 @@ async fn verify_reruns_a_greedy_request_on_a_second_provider_of_the_same_build()
     let (first, client) = provider_and_client(1, 4).await;
     let second = Node::start(NodeConfig {
         bootstrap_peers: vec![tcp_addr(&first).await],
-        provider: Some(ProviderConfig { engines: vec![engine()], max_concurrent: 1, queue: 4 }),
+        provider: Some(ProviderConfig::new(vec![engine()], 1, 4)),
         ..loopback_config()
     })
     .await

@@ -23,7 +23,12 @@ fn engine() -> Arc<LlamaEngine> {
 }
 
 fn provider(engine: &Arc<LlamaEngine>) -> Option<ProviderConfig> {
-    Some(ProviderConfig { engines: vec![engine.clone()], max_concurrent: 1, queue: 4 })
+    // A generous rate limit: this test is about who gets the jobs, not about floods.
+    Some(ProviderConfig {
+        requests_per_sec: 1000,
+        request_burst: 1000,
+        ..ProviderConfig::new(vec![engine.clone()], 1, 4)
+    })
 }
 
 async fn ask(client: &Node, i: usize, broadcast: bool) -> quiver_node::PeerId {
