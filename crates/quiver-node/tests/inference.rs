@@ -4,25 +4,16 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use quiver_engine::llama::{LlamaConfig, LlamaEngine};
+use quiver_engine::llama::LlamaEngine;
 use quiver_engine::{Engine, GenEvent, GenerateRequest, Input, SamplingParams};
 mod common;
 
-use common::{loopback_config, tcp_addr};
+use common::{load_engine, loopback_config, tcp_addr};
 use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, ProviderConfig, Route, StreamEvent};
 
 fn engine() -> Arc<LlamaEngine> {
     static ENGINE: OnceLock<Arc<LlamaEngine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let dir = std::env::var("QUIVER_MODEL_DIR")
-                .unwrap_or_else(|_| format!("{}/../../target/models", env!("CARGO_MANIFEST_DIR")));
-            let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-            assert!(path.exists(), "the default model is missing from {dir}: run scripts/fetch-model.sh");
-            let cfg = LlamaConfig { threads: 2, context_size: 2048 };
-            Arc::new(LlamaEngine::load(&path, "smollm2-135m", None, cfg).expect("model loads"))
-        })
-        .clone()
+    ENGINE.get_or_init(|| load_engine(2, 2048)).clone()
 }
 
 /// A provider (also the bootstrap node) and a client that knows it.

@@ -8,19 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{loopback_config, tcp_addr};
-use quiver_engine::llama::{LlamaConfig, LlamaEngine};
+use common::{load_engine, loopback_config, tcp_addr};
+use quiver_engine::llama::LlamaEngine;
 use quiver_node::{InferenceRequest, Node, NodeConfig, ProviderConfig};
-
-fn engine() -> Arc<LlamaEngine> {
-    let dir = std::env::var("QUIVER_MODEL_DIR")
-        .unwrap_or_else(|_| format!("{}/../../target/models", env!("CARGO_MANIFEST_DIR")));
-    let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "the default model is missing from {dir}: run scripts/fetch-model.sh");
-    Arc::new(
-        LlamaEngine::load(&path, "smollm2-135m", None, LlamaConfig { threads: 1, context_size: 512 }).expect("loads"),
-    )
-}
 
 fn provider(engine: &Arc<LlamaEngine>) -> Option<ProviderConfig> {
     // A generous rate limit: this test is about who gets the jobs, not about floods.
@@ -41,7 +31,7 @@ async fn ask(client: &Node, i: usize, broadcast: bool) -> quiver_node::PeerId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_fresh_identities_get_no_more_than_the_newcomer_share() {
-    let engine = engine();
+    let engine = load_engine(1, 512);
     let established =
         Node::start(NodeConfig { bootstrap_node: true, provider: provider(&engine), ..loopback_config() })
             .await

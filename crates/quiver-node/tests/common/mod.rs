@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use quiver_engine::llama::{LlamaConfig, LlamaEngine};
 use quiver_net::default_listen_addrs;
 use quiver_node::{BootstrapAddr, Node, NodeConfig};
 
@@ -44,4 +47,15 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("{what}: not within {limit:?}");
+}
+
+/// The default model on llama.cpp, from `QUIVER_MODEL_DIR` or `target/models`.
+pub fn load_engine(threads: u32, context_size: u32) -> Arc<LlamaEngine> {
+    let dir = std::env::var("QUIVER_MODEL_DIR")
+        .unwrap_or_else(|_| format!("{}/../../target/models", env!("CARGO_MANIFEST_DIR")));
+    let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "the default model is missing from {dir}: run scripts/fetch-model.sh");
+    Arc::new(
+        LlamaEngine::load(&path, "smollm2-135m", None, LlamaConfig { threads, context_size }).expect("model loads"),
+    )
 }
