@@ -794,15 +794,26 @@ impl Node {
         }
         // The random pick stays among the leading class, so it cannot undo the newcomer cap.
         let leading = if capped { scored.iter().take_while(|s| !s.2).count() } else { scored.len() };
-        let mut out: Vec<Candidate> = scored.into_iter().map(|s| s.0).collect();
         let best = leading.min(3);
         if best >= 2 {
             let mut rng = rand::thread_rng();
             let a = rand::Rng::gen_range(&mut rng, 0..best);
             let b = (a + rand::Rng::gen_range(&mut rng, 1..best)) % best;
-            out.swap(0, a.min(b));
+            // The cheaper of the two; a tie goes either way, so equal providers share the load.
+            let pick = match scored[a].1.total_cmp(&scored[b].1) {
+                std::cmp::Ordering::Less => a,
+                std::cmp::Ordering::Greater => b,
+                std::cmp::Ordering::Equal => {
+                    if rand::Rng::gen_bool(&mut rng, 0.5) {
+                        a
+                    } else {
+                        b
+                    }
+                }
+            };
+            scored.swap(0, pick);
         }
-        out
+        scored.into_iter().map(|s| s.0).collect()
     }
 
     pub(crate) fn dialable_addrs(&self) -> Vec<Multiaddr> {
