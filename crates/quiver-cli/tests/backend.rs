@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -15,16 +13,6 @@ use support::{NodeProc, eventually};
 
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
 const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
-
-fn model_dir() -> String {
-    let dir = std::env::var("QUIVER_MODEL_DIR")
-        .unwrap_or_else(|_| format!("{}/../../target/models", env!("CARGO_MANIFEST_DIR")));
-    assert!(
-        std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf").exists(),
-        "the default model is missing from {dir}: run scripts/fetch-model.sh"
-    );
-    dir
-}
 
 /// A `quiver gateway` process; killed on drop.
 struct Gateway {
@@ -49,15 +37,7 @@ fn start_gateway(bootstrap: &str, dir: &std::path::Path) -> Gateway {
         .stderr(Stdio::from(std::fs::File::create(dir.join("gateway.log")).expect("log file")))
         .spawn()
         .expect("quiver gateway starts");
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = support::stdout_lines(&mut child);
     let url = loop {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => {
@@ -84,12 +64,13 @@ fn ask_json(bootstrap: &str, model: &str, prompt: &str) -> Value {
 
 #[test]
 fn a_provider_behind_an_openai_compatible_server_answers_through_the_network() {
-    let models = model_dir();
+    let models = support::model_dir();
+    let models = models.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");
     let a = NodeProc::start(
         PROVIDER,
         "a",
-        &["--bootstrap-node", "--port", "0", "--threads", "2", "--models-dir", &models],
+        &["--bootstrap-node", "--port", "0", "--threads", "2", "--models-dir", models],
         dir.path(),
     );
     let gateway = start_gateway(&a.tcp_addr, dir.path());

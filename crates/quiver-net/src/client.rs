@@ -70,7 +70,6 @@ pub(crate) enum Command {
     ReportValidation { id: MessageId, source: PeerId, validation: Validation },
     Status { reply: oneshot::Sender<NetStatus> },
     Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
-    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetError>> },
     PutRecord { key: Vec<u8>, value: Vec<u8> },
     StartProviding { key: Vec<u8> },
     StopProviding { key: Vec<u8> },
@@ -140,11 +139,6 @@ impl NetClient {
 
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {
         self.ask(|reply| Command::Peers { reply }).await
-    }
-
-    /// Dials an address (with or without `/p2p/<PeerId>`).
-    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
-        self.ask(|reply| Command::Dial { addr, reply }).await?
     }
 
     /// Stores a record in the DHT (locally and on the closest peers). Only keys and values that

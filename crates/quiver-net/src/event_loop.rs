@@ -287,10 +287,6 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
-            Command::Dial { addr, reply } => {
-                let r = self.swarm.dial(addr).map_err(|e| NetError::Dial(e.to_string()));
-                let _ = reply.send(r);
-            }
             Command::PutRecord { key, value } => {
                 let record = kad::Record::new(key, value);
                 if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {

@@ -279,27 +279,21 @@ impl Provider {
         // Admission: within the client's own share, a free slot, else a place in the queue,
         // else Busy.
         let Some(_peer_job) = PeerJob::take(&self.per_peer, peer) else {
-            self.metrics.job(crate::metrics::JobOutcome::Busy);
-            let busy = Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 };
-            return write_frame(stream, &reply(Kind::Busy(busy))).await;
+            return self.refuse_busy(stream).await;
         };
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 if self.queued.fetch_add(1, Ordering::SeqCst) >= self.queue_cap {
                     self.queued.fetch_sub(1, Ordering::SeqCst);
-                    self.metrics.job(crate::metrics::JobOutcome::Busy);
-                    let busy = Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 };
-                    return write_frame(stream, &reply(Kind::Busy(busy))).await;
+                    return self.refuse_busy(stream).await;
                 }
                 let waited = tokio::time::timeout(QUEUE_TIMEOUT, self.slots.clone().acquire_owned()).await;
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 match waited {
                     Ok(Ok(p)) => p,
                     _ => {
-                        self.metrics.job(crate::metrics::JobOutcome::Busy);
-                        let busy = Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 };
-                        return write_frame(stream, &reply(Kind::Busy(busy))).await;
+                        return self.refuse_busy(stream).await;
                     }
                 }
             }
@@ -369,6 +363,13 @@ impl Provider {
                 }
             }
         }
+    }
+
+    /// Answers `Busy` (and counts it): the provider has no room for this job.
+    async fn refuse_busy(&self, stream: &mut quiver_net::Stream) -> Result<(), quiver_proto::FrameError> {
+        self.metrics.job(crate::metrics::JobOutcome::Busy);
+        let busy = Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 };
+        write_frame(stream, &InferResponse { kind: Some(Kind::Busy(busy)) }).await
     }
 
     fn record_speed(&self, tokens: u32, decode_time: Duration) {

@@ -52,15 +52,7 @@ impl NodeProc {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(data_dir.join(format!("{name}.log"))).expect("log file")));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut peer_id, mut tcp_addr, mut udp_port, mut api) = (None, None, None, None);
         while api.is_none() || tcp_addr.is_none() || udp_port.is_none() {
@@ -231,6 +223,20 @@ pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc7
 pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The repository root.
+/// The child's stdout, line by line, read on a thread of its own.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
