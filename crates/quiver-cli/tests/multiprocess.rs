@@ -147,3 +147,30 @@ fn bad_flags_exit_2_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
 }
+
+#[test]
+fn flags_win_over_environment_which_wins_over_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let boot = NodeProc::start(NODE, "boot", &["--bootstrap-node", "--port", "0"], dir.path());
+    // The file names a peer nobody listens on and slow heartbeats; the environment names the
+    // real bootstrap node; the flag (added by NodeProc) asks for 1 s heartbeats.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, format!("bootstrap = [\"127.0.0.1:{dead}\"]\nheartbeat_interval_secs = 30\n"))
+        .expect("write config");
+    let env_bootstrap = format!("127.0.0.1:{}", boot.tcp_port);
+    let node = NodeProc::start_with_env(
+        NODE,
+        "n",
+        &["--config", cfg.to_str().expect("utf-8"), "--port", "0"],
+        &[("QUIVER_BOOTSTRAP", env_bootstrap.as_str())],
+        dir.path(),
+    );
+    let ids = [boot.peer_id.as_str(), node.peer_id.as_str()];
+    // Joined through the environment's peer, and heard with fresh (1 s) heartbeats.
+    eventually(Duration::from_secs(60), "the node joined", || sees_all(&boot, &ids) && sees_all(&node, &ids));
+    // With the file's 30 s period, the bootstrap would hear nothing new for half a minute; with
+    // the flag's 1 s, its view of the node stays fresh (heard within 3 s).
+    std::thread::sleep(Duration::from_secs(5));
+    eventually(Duration::from_secs(10), "heartbeats follow the flag's period", || sees_all(&boot, &ids));
+}
