@@ -67,10 +67,13 @@ pub(crate) struct EventLoop {
 }
 
 struct ProviderQuery {
+    started: Instant,
     found: Vec<PeerId>,
     reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
 }
 
+/// How long a provider lookup that already found providers may keep looking for more.
+const PROVIDER_LOOKUP_PATIENCE: Duration = Duration::from_secs(2);
 /// QUIC connections silent for this long are dead.
 const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
 
@@ -240,7 +243,10 @@ impl EventLoop {
                     Some(Command::Shutdown) | None => break,
                     Some(command) => self.on_command(command),
                 },
-                _ = tick.tick() => self.redial_bootstrap(),
+                _ = tick.tick() => {
+                    self.redial_bootstrap();
+                    self.answer_slow_provider_queries();
+                }
                 _ = random_walk.tick() => {
                     if self.swarm.behaviour_mut().kad.kbuckets().next().is_some() {
                         self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random());
@@ -314,7 +320,7 @@ impl EventLoop {
                     .map(|r| r.provider)
                     .collect();
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
-                self.provider_queries.insert(id, ProviderQuery { found: local, reply });
+                self.provider_queries.insert(id, ProviderQuery { started: Instant::now(), found: local, reply });
             }
             Command::Connect { peer, addrs, reply } => {
                 if self.swarm.is_connected(&peer) {
@@ -380,6 +386,30 @@ impl EventLoop {
             }
         }
         peers
+    }
+
+    /// Replies to a provider lookup with what it found, ending the query if it still runs.
+    fn answer_provider_query(&mut self, id: kad::QueryId) {
+        let Some(q) = self.provider_queries.remove(&id) else { return };
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        let with_addrs = q.found.into_iter().map(|p| (p, self.known_addresses(&p))).collect();
+        let _ = q.reply.send(with_addrs);
+    }
+
+    /// A lookup that has found providers but still waits (on peers that routing tables list
+    /// but that are gone) answers with what it has after a moment.
+    fn answer_slow_provider_queries(&mut self) {
+        let slow: Vec<kad::QueryId> = self
+            .provider_queries
+            .iter()
+            .filter(|(_, q)| !q.found.is_empty() && q.started.elapsed() >= PROVIDER_LOOKUP_PATIENCE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in slow {
+            self.answer_provider_query(id);
+        }
     }
 
     /// Addresses we know for `peer`: from the routing table and from open connections.
@@ -611,19 +641,8 @@ impl EventLoop {
                         Err(e) => debug!(error = %e, "provider lookup ended"),
                     }
                 }
-                // Answer as soon as providers are known: the rest of the lookup may wait on dead
-                // peers other routing tables still list.
-                let found_some = self.provider_queries.get(&id).is_some_and(|q| !q.found.is_empty());
-                if (step.last || found_some)
-                    && let Some(q) = self.provider_queries.remove(&id)
-                {
-                    if !step.last
-                        && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
-                    {
-                        query.finish();
-                    }
-                    let with_addrs = q.found.into_iter().map(|p| (p, self.known_addresses(&p))).collect();
-                    let _ = q.reply.send(with_addrs);
+                if step.last {
+                    self.answer_provider_query(id);
                 }
             }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
