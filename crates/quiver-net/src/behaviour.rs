@@ -137,22 +137,37 @@ fn score_params() -> PeerScoreParams {
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ]),
-        topics: [(IdentTopic::new(NODES_TOPIC).hash(), nodes_topic_params())].into(),
+        topics: [(IdentTopic::new(NODES_TOPIC).hash(), nodes_topic_params(0.0, Duration::ZERO))].into(),
         ..PeerScoreParams::default()
     }
 }
 
-/// Heartbeats are rare (one per node per period), so mesh delivery-rate penalties would punish
-/// honest peers; invalid messages are what this topic punishes.
-fn nodes_topic_params() -> TopicScoreParams {
-    TopicScoreParams {
+/// Share of the network's heartbeats a mesh peer must deliver (first or as a timely duplicate)
+/// to escape the delivery-deficit penalty. An honest mesh peer relays about half of them (for
+/// each message, one of two mesh neighbours usually hears it first and sends it to the other);
+/// a peer that forwards nothing delivers only its own heartbeats, 1/(N−1) of them.
+const DELIVERY_THRESHOLD_SHARE: f64 = 0.3;
+/// Per-second decay of the delivery counter: it reflects about the last ten seconds.
+const DELIVERY_DECAY: f64 = 0.9;
+/// Score of a peer that delivers nothing at all (before the other terms): P3 is
+/// `weight · deficit²` with `weight = FULL_DEFICIT_SCORE / threshold²`.
+const FULL_DEFICIT_SCORE: f64 = -100.0;
+
+/// Scoring of the heartbeat topic. Invalid messages are always punished. Delivery deficits
+/// (P3, the defence against peers that receive but never forward) are scored only when the
+/// network's heartbeat rate is known (`expected_per_sec > 0`, set by the node from the number of
+/// nodes it knows): on a rare-message topic a fixed threshold would punish honest peers of a
+/// small network and miss non-forwarders of a large one.
+pub(crate) fn nodes_topic_params(expected_per_sec: f64, activation: Duration) -> TopicScoreParams {
+    let mut p = TopicScoreParams {
         topic_weight: 1.0,
         time_in_mesh_weight: 0.01,
         time_in_mesh_quantum: Duration::from_secs(1),
         time_in_mesh_cap: 300.0,
         first_message_deliveries_weight: 1.0,
         first_message_deliveries_decay: 0.9,
-        first_message_deliveries_cap: 20.0,
+        // First deliveries earn at most +10: less than a delivery deficit costs.
+        first_message_deliveries_cap: 10.0,
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
         // One invalid heartbeat costs -50; two put the sender below the graylist threshold.
@@ -160,5 +175,25 @@ fn nodes_topic_params() -> TopicScoreParams {
         invalid_message_deliveries_weight: -50.0,
         invalid_message_deliveries_decay: 0.99,
         ..TopicScoreParams::default()
+    };
+    if expected_per_sec.is_finite() && expected_per_sec > 0.0 {
+        let steady = expected_per_sec / (1.0 - DELIVERY_DECAY);
+        let threshold = DELIVERY_THRESHOLD_SHARE * steady;
+        let weight = FULL_DEFICIT_SCORE / (threshold * threshold);
+        p.mesh_message_deliveries_weight = weight;
+        p.mesh_message_deliveries_decay = DELIVERY_DECAY;
+        p.mesh_message_deliveries_threshold = threshold;
+        p.mesh_message_deliveries_cap = 2.0 * steady;
+        // Duplicates within a second of our own validation count as delivered.
+        p.mesh_message_deliveries_window = Duration::from_secs(1);
+        p.mesh_message_deliveries_activation = activation.max(Duration::from_secs(1));
+        // A peer pruned with a deficit keeps it as a penalty for a while (half-life ~70 s).
+        p.mesh_failure_penalty_weight = weight;
+        p.mesh_failure_penalty_decay = 0.99;
     }
+    p
 }
+
+#[cfg(test)]
+#[path = "tests/behaviour.rs"]
+mod tests;

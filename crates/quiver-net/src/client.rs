@@ -78,6 +78,7 @@ pub(crate) enum Command {
     Block { peer: PeerId },
     Unblock { peer: PeerId },
     SetApplicationScore { peer: PeerId, score: f64 },
+    NodesTopicTraffic { expected_per_sec: f64, activation: std::time::Duration },
     Shutdown,
 }
 
@@ -185,6 +186,18 @@ impl NetClient {
     /// Feeds the application's opinion of `peer` into its gossipsub score.
     pub async fn set_application_score(&self, peer: PeerId, score: f64) -> Result<(), NetError> {
         self.send(Command::SetApplicationScore { peer, score }).await
+    }
+
+    /// Tells gossip scoring how many heartbeats per second the network publishes on
+    /// [`crate::NODES_TOPIC`], so a mesh peer that delivers far fewer (it receives but does not
+    /// forward) loses score. 0 turns delivery scoring off (too few nodes to expect anything).
+    /// `activation` is the time in the mesh before a peer's deliveries are judged.
+    pub async fn set_nodes_topic_traffic(
+        &self,
+        expected_per_sec: f64,
+        activation: std::time::Duration,
+    ) -> Result<(), NetError> {
+        self.send(Command::NodesTopicTraffic { expected_per_sec, activation }).await
     }
 
     /// Stops the event loop; connections are closed.

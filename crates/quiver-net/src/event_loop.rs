@@ -357,6 +357,13 @@ impl EventLoop {
             Command::SetApplicationScore { peer, score } => {
                 self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
             }
+            Command::NodesTopicTraffic { expected_per_sec, activation } => {
+                let params = crate::behaviour::nodes_topic_params(expected_per_sec, activation);
+                let topic = IdentTopic::new(crate::NODES_TOPIC);
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.set_topic_params(topic, params) {
+                    warn!(error = e, "cannot update gossip scoring");
+                }
+            }
             Command::Shutdown => {}
         }
     }

@@ -214,13 +214,32 @@ pub(crate) struct ClaimBoard {
 const MAX_PENDING_JOBS: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Wait for the provider's first answer (it may be queueing the job).
-const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+/// Wait for the provider's first answer: an honest provider answers at once (Accepted, Queued
+/// or Busy), so silence this long is a fault.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence while queued (a queued job hears `Queued` every 5 s).
+const QUEUED_SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait in a provider's queue before trying another.
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(300);
+/// Wait for the first token once the job is accepted (prompt processing of a long prompt on a
+/// CPU takes a while; hedging covers a provider slower than its usual).
+const FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest silence mid-stream before the provider counts as stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Slowest stream accepted once the first token has arrived: token k after the first must come
+/// within `PROGRESS_SLACK + k / MIN_TOKENS_PER_SEC`, so a provider cannot hold a client with a
+/// trickle of tokens (slow-loris).
+const MIN_TOKENS_PER_SEC: f64 = 0.5;
+const PROGRESS_SLACK: Duration = Duration::from_secs(10);
+/// A heartbeat's tokens/s more than this many times the speed measured on its jobs is a lie.
+const SPEED_LIE_FACTOR: f64 = 5.0;
+/// Jobs measured before a speed claim is judged.
+const SPEED_LIE_MIN_JOBS: u64 = 3;
 /// Longest wait for connections to known providers before announcing a job.
 const ANNOUNCE_CONNECT_WAIT: Duration = Duration::from_millis(1500);
 const DHT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Earliest hedge, however fast a provider usually is: a second job costs real work.
+const MIN_HEDGE_DELAY: Duration = Duration::from_millis(500);
 /// Speed assumed for a provider that has not told or shown its own.
 const DEFAULT_TOKENS_PER_SEC: f64 = 50.0;
 
@@ -249,6 +268,35 @@ struct Candidate {
     route: Route,
     /// From its heartbeat: free slots, queue depth, CPU load, measured tokens/s.
     load: Option<(u32, u32, f32, f32)>,
+    /// The model file it advertised for this model (heartbeat or a DHT record by hash): it must
+    /// serve that one.
+    advertised_sha256: Option<Vec<u8>>,
+}
+
+/// Where a candidate stands in the ranking, before cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Established,
+    Newcomer,
+    /// Negative score: it failed this client lately.
+    Failing,
+}
+
+/// What re-running a result on other providers showed.
+enum Verdict {
+    /// These providers produced the same output.
+    Agreed(Vec<PeerId>),
+    /// Nobody comparable confirmed or refuted it.
+    Unconfirmed,
+    /// Two others agreed on another output: theirs (first one's result, confirmed by the second).
+    Outvoted(Box<InferenceResult>),
+}
+
+/// How an attempt (possibly hedged) ended, and which provider it ended with.
+struct Outcome {
+    candidate: Candidate,
+    started: Instant,
+    result: Result<InferenceResult, AttemptError>,
 }
 
 enum AttemptError {
@@ -343,7 +391,20 @@ impl Node {
         if queue.is_empty() {
             return Err(InferError::NoProvider { model: request.model.clone() });
         }
-        let mut delivery = Delivery { tx, text: String::new(), model_sha256: None, started, first_token: None };
+        // A request the caller asked to verify is held back until verified: the caller only
+        // gets text another provider reproduced, or the majority's when the first is outvoted.
+        let held = request.verify.then(|| {
+            let (hold, mut drain) = mpsc::channel(64);
+            tokio::spawn(async move { while drain.recv().await.is_some() {} });
+            hold
+        });
+        let mut delivery = Delivery {
+            tx: held.as_ref().unwrap_or(tx),
+            text: String::new(),
+            model_sha256: None,
+            started,
+            first_token: None,
+        };
         let mut failures = Vec::new();
         let mut tried = HashSet::new();
         while let Some(candidate) = queue.pop_front() {
@@ -354,8 +415,33 @@ impl Node {
                 continue;
             }
             self.with_reputation(|r, now| r.note_routed(candidate.peer, now));
-            let attempt_started = Instant::now();
-            match self.attempt(&candidate, &wire_request, &mut delivery, tried.len() as u32).await {
+            // Hedging: when the first token is later than this provider's own p95, a second
+            // provider starts on the same request and the first to stream wins.
+            let hedge = if delivery.text.is_empty() && tried.len() < request.max_attempts {
+                // The hedge goes to the next candidate in good standing: never to a peer that
+                // failed lately.
+                self.hedge_delay(candidate.peer).and_then(|d| {
+                    let backup = self.with_reputation(|r, now| {
+                        queue.iter().find(|c| !tried.contains(&c.peer) && r.score(c.peer, now) > 0.0).cloned()
+                    });
+                    backup.map(|c| (c, d))
+                })
+            } else {
+                None
+            };
+            let attempts = tried.len() as u32;
+            let Outcome { candidate, started: attempt_started, result } = match hedge {
+                Some((backup, delay)) => {
+                    self.attempt_hedged(candidate, backup, delay, &wire_request, &mut delivery, &mut tried, attempts)
+                        .await
+                }
+                None => {
+                    let attempt_started = Instant::now();
+                    let result = self.attempt(&candidate, &wire_request, &mut delivery, attempts).await;
+                    Outcome { candidate, started: attempt_started, result }
+                }
+            };
+            match result {
                 Ok(mut result) => {
                     result.timing = Timing::measure(
                         delivery.first_token.unwrap_or_default(),
@@ -363,17 +449,36 @@ impl Node {
                         result.usage.completion_tokens,
                     );
                     info!(provider = %result.provider, route = ?result.route, tokens = result.usage.completion_tokens, "request served");
+                    let measured = result.timing.tokens_per_sec;
                     let stats = JobStats {
                         latency: attempt_started.elapsed(),
                         ttft: delivery.first_token.map(|t| t.saturating_sub(attempt_started.duration_since(started))),
                         tokens: u64::from(result.usage.completion_tokens),
-                        tokens_per_sec: None,
+                        // Short answers say little about speed.
+                        tokens_per_sec: (result.usage.completion_tokens >= 8 && measured > 0.0).then_some(measured),
                     };
                     self.with_reputation(|r, now| r.record_success(result.provider, stats, now));
+                    self.check_speed_claim(result.provider).await;
                     let greedy = request.params.temperature == 0.0;
                     if greedy && (request.verify || rand::random::<f64>() < self.verify_rate()) {
                         let others: Vec<Candidate> = queue.drain(..).filter(|c| !tried.contains(&c.peer)).collect();
-                        result.verified_by = self.cross_check(&result, others, &wire_request).await?;
+                        match self.cross_check(&result, others, &wire_request).await {
+                            Verdict::Agreed(by) => result.verified_by = by,
+                            Verdict::Unconfirmed => {}
+                            Verdict::Outvoted(majority) if held.is_some() => {
+                                let timing = result.timing;
+                                result = *majority;
+                                result.attempts = attempts + 1;
+                                result.timing = timing;
+                            }
+                            Verdict::Outvoted(_) => {
+                                // Sampled verification of text the caller already has.
+                                return Err(InferError::VerificationFailed { provider: result.provider.to_string() });
+                            }
+                        }
+                    }
+                    if held.is_some() && tx.send(Ok(StreamEvent::Token(result.text.clone()))).await.is_err() {
+                        return Ok(());
                     }
                     if let Some(key) = cache_key {
                         self.result_cache().put(key, result.clone());
@@ -382,12 +487,7 @@ impl Node {
                     return Ok(());
                 }
                 Err(AttemptError::Retry(offence, reason)) => {
-                    debug!(provider = %candidate.peer, %reason, "provider failed; trying the next");
-                    self.record_offence(candidate.peer, offence, true).await;
-                    if candidate.route == Route::Claim && offence != Offence::Busy {
-                        // It claimed the job and then did not serve it.
-                        self.record_offence(candidate.peer, Offence::ClaimNotServed, false).await;
-                    }
+                    self.attempt_failed(&candidate, offence, &reason).await;
                     failures.push(format!("{}: {reason}", candidate.peer));
                 }
                 Err(AttemptError::Fatal(e)) => return Err(e),
@@ -395,6 +495,155 @@ impl Node {
             }
         }
         Err(InferError::AllProvidersFailed { model: request.model.clone(), failures })
+    }
+
+    /// Records a failed attempt in the provider's reputation.
+    async fn attempt_failed(&self, candidate: &Candidate, offence: Offence, reason: &str) {
+        debug!(provider = %candidate.peer, %reason, "provider failed; trying the next");
+        self.record_offence(candidate.peer, offence, true).await;
+        if candidate.route == Route::Claim && offence != Offence::Busy {
+            // It claimed the job and then did not serve it.
+            self.record_offence(candidate.peer, Offence::ClaimNotServed, false).await;
+        }
+    }
+
+    /// When to start a second provider if `peer` has not streamed its first token: its own
+    /// p95 time to first token, once known.
+    fn hedge_delay(&self, peer: PeerId) -> Option<Duration> {
+        let p95 = self.with_reputation(|r, now| r.snapshot(peer, now).and_then(|v| v.ttft_p95_ms))?;
+        Some(Duration::from_secs_f64(p95 / 1000.0).clamp(MIN_HEDGE_DELAY, FIRST_FRAME_TIMEOUT))
+    }
+
+    /// Runs `primary`, and `backup` too if no token came from `primary` within `delay`. The
+    /// first to stream a token wins and the other is cancelled (a primary outrun this way is
+    /// penalised as late); one that fails before streaming leaves the field to the other.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_hedged(
+        &self,
+        primary: Candidate,
+        backup: Candidate,
+        delay: Duration,
+        request: &InferRequest,
+        delivery: &mut Delivery<'_>,
+        tried: &mut HashSet<PeerId>,
+        attempts: u32,
+    ) -> Outcome {
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Side {
+            Primary,
+            Backup,
+        }
+        let (tx_a, mut rx_a) = mpsc::channel(64);
+        let (tx_b, mut rx_b) = mpsc::channel(64);
+        let (started, sha) = (delivery.started, delivery.model_sha256.clone());
+        // Each side streams into its own channel; only the leader's tokens reach the caller.
+        let run = |candidate: &Candidate, tx, attempts| {
+            let candidate = candidate.clone();
+            let sha = sha.clone();
+            async move {
+                let mut d = Delivery { tx, text: String::new(), model_sha256: sha, started, first_token: None };
+                let result = self.attempt(&candidate, request, &mut d, attempts).await;
+                (result, d.model_sha256)
+            }
+        };
+        let a_started = Instant::now();
+        let mut b_started = a_started;
+        let mut fa = Some(Box::pin(run(&primary, &tx_a, attempts)));
+        let mut fb = None;
+        let hedge_timer = tokio::time::sleep(delay);
+        tokio::pin!(hedge_timer);
+        let mut hedged = false;
+        let mut leader: Option<Side> = None;
+        let gone = |candidate: Candidate, started| Outcome { candidate, started, result: Err(AttemptError::Gone) };
+        loop {
+            if fa.is_none() && fb.is_none() {
+                return gone(primary, a_started);
+            }
+            tokio::select! {
+                Some(ev) = rx_a.recv(), if leader != Some(Side::Backup) => {
+                    leader = Some(Side::Primary);
+                    fb = None;
+                    if !forward(delivery, ev).await {
+                        return gone(primary, a_started);
+                    }
+                }
+                Some(ev) = rx_b.recv(), if leader != Some(Side::Primary) => {
+                    if leader.is_none() {
+                        debug!(late = %primary.peer, hedge = %backup.peer, "the hedge streamed first");
+                        fa = None;
+                        self.record_offence(primary.peer, Offence::Timeout, false).await;
+                    }
+                    leader = Some(Side::Backup);
+                    if !forward(delivery, ev).await {
+                        return gone(backup, b_started);
+                    }
+                }
+                () = &mut hedge_timer, if !hedged && leader.is_none() => {
+                    hedged = true;
+                    if tried.insert(backup.peer) {
+                        info!(slow = %primary.peer, hedge = %backup.peer, ?delay, "first token late; hedging");
+                        self.with_reputation(|r, now| r.note_routed(backup.peer, now));
+                        b_started = Instant::now();
+                        fb = Some(Box::pin(run(&backup, &tx_b, attempts + 1)));
+                    }
+                }
+                Some((result, model)) = futures::future::OptionFuture::from(fa.as_mut()), if fa.is_some() => {
+                    fa = None;
+                    while let Ok(ev) = rx_a.try_recv() {
+                        leader = Some(Side::Primary);
+                        if !forward(delivery, ev).await {
+                            return gone(primary, a_started);
+                        }
+                    }
+                    match result {
+                        Err(AttemptError::Retry(offence, reason)) if leader.is_none() && fb.is_some() => {
+                            self.attempt_failed(&primary, offence, &reason).await;
+                        }
+                        result => {
+                            delivery.model_sha256 = delivery.model_sha256.take().or(model);
+                            return Outcome { candidate: primary, started: a_started, result };
+                        }
+                    }
+                }
+                Some((result, model)) = futures::future::OptionFuture::from(fb.as_mut()), if fb.is_some() => {
+                    fb = None;
+                    while let Ok(ev) = rx_b.try_recv() {
+                        if leader.is_none() {
+                            fa = None;
+                            self.record_offence(primary.peer, Offence::Timeout, false).await;
+                        }
+                        leader = Some(Side::Backup);
+                        if !forward(delivery, ev).await {
+                            return gone(backup, b_started);
+                        }
+                    }
+                    match result {
+                        Err(AttemptError::Retry(offence, reason)) if leader.is_none() && fa.is_some() => {
+                            self.attempt_failed(&backup, offence, &reason).await;
+                        }
+                        result => {
+                            delivery.model_sha256 = delivery.model_sha256.take().or(model);
+                            return Outcome { candidate: backup, started: b_started, result };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Penalises a provider whose heartbeats claim far more speed than its jobs show: the claim
+    /// would draw traffic it cannot serve.
+    async fn check_speed_claim(&self, peer: PeerId) {
+        let Some(claimed) = self.known_node(&peer).map(|n| f64::from(n.tokens_per_sec)) else { return };
+        let measured = self.with_reputation(|r, now| {
+            r.snapshot(peer, now).filter(|v| v.successes >= SPEED_LIE_MIN_JOBS).and_then(|v| v.tokens_per_sec)
+        });
+        if let Some(measured) = measured
+            && claimed > SPEED_LIE_FACTOR * measured + 1.0
+        {
+            info!(%peer, claimed, measured, "heartbeat claims a speed its jobs do not show");
+            self.record_offence(peer, Offence::HeartbeatLie, false).await;
+        }
     }
 
     /// Providers of the model known from heartbeats and from DHT provider records, best first.
@@ -410,6 +659,7 @@ impl Node {
         let mut out: Vec<Candidate> = nodes
             .into_iter()
             .map(|n| Candidate {
+                advertised_sha256: advertised_sha(&n, &request.model),
                 peer: n.peer_id,
                 addrs: n.listen_addrs,
                 route: Route::Direct,
@@ -423,7 +673,8 @@ impl Node {
         if let Ok(Ok(found)) = tokio::time::timeout(DHT_TIMEOUT, self.net().get_providers(key)).await {
             for (peer, addrs) in found {
                 if peer != me && !out.iter().any(|c| c.peer == peer) {
-                    out.push(Candidate { peer, addrs, route: Route::Direct, load: None });
+                    let advertised_sha256 = request.model_sha256.map(|s| s.to_vec());
+                    out.push(Candidate { peer, addrs, route: Route::Direct, load: None, advertised_sha256 });
                 }
             }
         }
@@ -475,14 +726,17 @@ impl Node {
             // served work, not fast claiming.
             let established_known = self.with_reputation(|r, _| known.iter().any(|c| !r.is_newcomer(c.peer)));
             while let Some((peer, claim, ack)) = claims_rx.recv().await {
+                // A peer with a negative score (it failed us lately) does not get jobs by
+                // claiming fast; it stays reachable as a last resort among the known providers.
                 let acceptable = self.with_reputation(|r, now| {
                     r.is_banned(peer, now).is_none()
+                        && r.score(peer, now) > 0.0
                         && (!r.is_newcomer(peer) || !established_known || r.newcomer_quota_available(now))
                 });
                 let serves = acceptable && request.model_sha256.is_none_or(|s| s[..] == claim.model_sha256[..]);
                 if serves {
                     let _ = ack.send(true);
-                    return Some(peer);
+                    return Some((peer, claim));
                 }
                 let _ = ack.send(false);
             }
@@ -492,10 +746,19 @@ impl Node {
         .ok()
         .flatten();
         self.claim_board().lock().remove(&job_id);
-        let peer = claimed?;
+        let (peer, claim) = claimed?;
         debug!(%peer, "job claimed");
-        let addrs = known.iter().find(|c| c.peer == peer).map(|c| c.addrs.clone()).unwrap_or_default();
-        Some(Candidate { peer, addrs, route: Route::Claim, load: None })
+        let known = known.iter().find(|c| c.peer == peer);
+        Some(Candidate {
+            peer,
+            addrs: known.map(|c| c.addrs.clone()).unwrap_or_default(),
+            route: Route::Claim,
+            load: None,
+            // What it claimed with, unless it advertised something else before.
+            advertised_sha256: Some(
+                known.and_then(|c| c.advertised_sha256.clone()).unwrap_or_else(|| claim.model_sha256.clone()),
+            ),
+        })
     }
 
     /// Serves `/quiver/claim/1`: hands each valid claim to the job waiting for it.
@@ -574,10 +837,17 @@ impl Node {
             .map_err(|e| AttemptError::Retry(Offence::Stall, format!("sending the request: {e}")))?;
 
         let mut accepted = None;
+        let mut queued_since: Option<Instant> = None;
+        let mut first_chunk_at: Option<Instant> = None;
         let mut text = String::new();
         let mut tokens: u32 = 0;
         loop {
-            let wait = if accepted.is_none() { FIRST_FRAME_TIMEOUT } else { STALL_TIMEOUT };
+            let wait = match (&accepted, queued_since, first_chunk_at) {
+                (None, None, _) => FIRST_FRAME_TIMEOUT,
+                (None, Some(since), _) => QUEUED_SILENCE_TIMEOUT.min(MAX_QUEUE_WAIT.saturating_sub(since.elapsed())),
+                (Some(_), _, None) => FIRST_TOKEN_TIMEOUT,
+                (Some(_), _, Some(first)) => progress_wait(first, tokens),
+            };
             let frame =
                 match tokio::time::timeout(wait, read_frame::<_, InferResponse>(&mut stream, MAX_RESPONSE_BYTES)).await
                 {
@@ -592,8 +862,17 @@ impl Node {
                         return Err(AttemptError::Retry(offence, format!("stream failed after {tokens} tokens: {e}")));
                     }
                     Err(_) => {
-                        let offence = if accepted.is_none() { Offence::Timeout } else { Offence::Stall };
-                        return Err(AttemptError::Retry(offence, format!("stalled after {tokens} tokens")));
+                        return Err(match (&accepted, queued_since) {
+                            (None, None) => retry(Offence::Timeout, "no answer"),
+                            // Queued too long is load, not a fault; a silent queue is a stall.
+                            (None, Some(since)) if since.elapsed() >= MAX_QUEUE_WAIT => {
+                                retry(Offence::Busy, "queued too long")
+                            }
+                            _ => AttemptError::Retry(
+                                Offence::Stall,
+                                format!("stalled or too slow after {tokens} tokens"),
+                            ),
+                        });
                     }
                 };
             match frame.kind {
@@ -601,8 +880,9 @@ impl Node {
                     if a.model_sha256.len() != 32
                         || request.model_sha256.as_slice() != a.model_sha256.as_slice()
                             && !request.model_sha256.is_empty()
+                        || candidate.advertised_sha256.as_ref().is_some_and(|s| *s != a.model_sha256)
                     {
-                        return Err(retry(Offence::WrongModel, "serves another model file"));
+                        return Err(retry(Offence::WrongModel, "serves another model file than it advertised"));
                     }
                     match &delivery.model_sha256 {
                         // Not an offence: it serves a model of that name, just not the one whose
@@ -614,6 +894,9 @@ impl Node {
                         None => delivery.model_sha256 = Some(a.model_sha256.clone()),
                     }
                     accepted = Some(a);
+                }
+                Some(Kind::Queued(_)) if accepted.is_none() => {
+                    queued_since.get_or_insert_with(Instant::now);
                 }
                 Some(Kind::Busy(_)) => return Err(retry(Offence::Busy, "busy")),
                 Some(Kind::Error(e)) => {
@@ -629,6 +912,7 @@ impl Node {
                     });
                 }
                 Some(Kind::Chunk(c)) if accepted.is_some() => {
+                    first_chunk_at.get_or_insert_with(Instant::now);
                     text.push_str(&c.text);
                     tokens = tokens.saturating_add(c.tokens);
                     // A failover replays what the caller already has: it must match, byte for
@@ -699,23 +983,17 @@ impl Node {
     }
 
     /// Runs the request again on other providers with the same engine build and thread count and
-    /// compares output hashes. Agreement returns who agreed. On a mismatch a third comparable
-    /// provider decides: the outvoted one is penalised (and if that is the original provider,
-    /// the request fails). Providers of another build are skipped: their output may differ
-    /// honestly.
-    async fn cross_check(
-        &self,
-        original: &InferenceResult,
-        others: Vec<Candidate>,
-        request: &InferRequest,
-    ) -> Result<Vec<PeerId>, InferError> {
+    /// compares output hashes. On a mismatch a third comparable provider decides and the
+    /// outvoted one is penalised. Providers of another build are skipped: their output may
+    /// differ honestly.
+    async fn cross_check(&self, original: &InferenceResult, others: Vec<Candidate>, request: &InferRequest) -> Verdict {
         let comparable = |r: &InferenceResult| {
             r.receipt.engine_build == original.receipt.engine_build && r.receipt.threads == original.receipt.threads
         };
         // Re-runs are silent: their tokens go nowhere.
         let (sink, mut drain) = mpsc::channel(64);
         tokio::spawn(async move { while drain.recv().await.is_some() {} });
-        let mut dissent: Option<(PeerId, String)> = None;
+        let mut dissent: Option<InferenceResult> = None;
         for candidate in others.into_iter().take(4) {
             let mut delivery = Delivery {
                 tx: &sink,
@@ -726,6 +1004,7 @@ impl Node {
             };
             let mut fresh = request.clone();
             fresh.request_id = random_id();
+            let attempt_started = Instant::now();
             let other = match self.attempt(&candidate, &fresh, &mut delivery, 1).await {
                 Ok(r) if comparable(&r) => r,
                 Ok(_) => continue,
@@ -735,25 +1014,35 @@ impl Node {
                 }
                 Err(_) => continue,
             };
-            let hash = other.receipt.output_hash.clone();
+            let stats = JobStats {
+                latency: attempt_started.elapsed(),
+                ttft: delivery.first_token.map(|t| t.saturating_sub(attempt_started.duration_since(delivery.started))),
+                tokens: u64::from(other.usage.completion_tokens),
+                tokens_per_sec: None,
+            };
+            self.with_reputation(|r, now| r.record_success(other.provider, stats, now));
+            let hash = &other.receipt.output_hash;
             match dissent.take() {
-                None if hash == original.receipt.output_hash => return Ok(vec![other.provider]),
-                None => dissent = Some((other.provider, hash)),
-                Some((loser, _)) if hash == original.receipt.output_hash => {
+                None if *hash == original.receipt.output_hash => return Verdict::Agreed(vec![other.provider]),
+                None => dissent = Some(other),
+                Some(loser) if *hash == original.receipt.output_hash => {
                     // The original and this one against the dissenter.
-                    self.record_offence(loser, Offence::FailedVerification, true).await;
-                    return Ok(vec![other.provider]);
+                    info!(provider = %loser.provider, "outvoted in verification");
+                    self.record_offence(loser.provider, Offence::FailedVerification, true).await;
+                    return Verdict::Agreed(vec![other.provider]);
                 }
-                Some((_, dissent_hash)) if hash == dissent_hash => {
+                Some(mut first) if *hash == first.receipt.output_hash => {
                     // Two others agree against the original.
+                    info!(provider = %original.provider, "outvoted in verification");
                     self.record_offence(original.provider, Offence::FailedVerification, true).await;
-                    return Err(InferError::VerificationFailed { provider: original.provider.to_string() });
+                    first.verified_by = vec![other.provider];
+                    return Verdict::Outvoted(Box::new(first));
                 }
                 // All three differ: nobody is confirmed; stop spending work on it.
-                Some(_) => return Ok(Vec::new()),
+                Some(_) => return Verdict::Unconfirmed,
             }
         }
-        Ok(Vec::new())
+        Verdict::Unconfirmed
     }
 
     /// Orders candidates for a job of `max_tokens`: banned peers out; the others by expected
@@ -763,7 +1052,7 @@ impl Node {
     /// their capped share of this client's jobs.
     fn rank(&self, candidates: Vec<Candidate>, max_tokens: u32) -> Vec<Candidate> {
         let (mut scored, quota) = self.with_reputation(|r, now| {
-            let scored: Vec<(Candidate, f64, bool)> = candidates
+            let scored: Vec<(Candidate, f64, Class)> = candidates
                 .into_iter()
                 .filter(|c| r.is_banned(c.peer, now).is_none())
                 .map(|c| {
@@ -772,7 +1061,8 @@ impl Node {
                     // Without a fresh heartbeat (a DHT record only) the provider may be gone: it
                     // ranks as if busy, after those that show they are alive.
                     let (free, queue, cpu, hb_speed) = c.load.unwrap_or((0, 1, 0.0, 0.0));
-                    let speed = [f64::from(hb_speed), view.as_ref().and_then(|v| v.tokens_per_sec).unwrap_or(0.0)]
+                    // Own measurements first; the provider's word only when there are none.
+                    let speed = [view.as_ref().and_then(|v| v.tokens_per_sec).unwrap_or(0.0), f64::from(hb_speed)]
                         .into_iter()
                         .find(|s| *s > 0.0)
                         .unwrap_or(DEFAULT_TOKENS_PER_SEC);
@@ -780,20 +1070,35 @@ impl Node {
                     let waiting = f64::from(queue) + if free == 0 { 1.0 } else { 0.0 };
                     let expected = (waiting + 1.0) * job * (1.0 + f64::from(cpu.min(4.0)) * 0.25);
                     let weight = ((score + 1.0) / 2.0).clamp(0.05, 1.0);
-                    let newcomer = r.is_newcomer(c.peer);
-                    (c, expected / weight, newcomer)
+                    let class = if score < 0.0 {
+                        Class::Failing
+                    } else if r.is_newcomer(c.peer) {
+                        Class::Newcomer
+                    } else {
+                        Class::Established
+                    };
+                    (c, expected / weight, class)
                 })
                 .collect();
             (scored, r.newcomer_quota_available(now))
         });
         scored.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let capped = !quota && scored.iter().any(|s| !s.2);
-        if capped {
-            // Established providers first; newcomers stay as fallbacks.
-            scored.sort_by_key(|s| s.2);
-        }
-        // The random pick stays among the leading class, so it cannot undo the newcomer cap.
-        let leading = if capped { scored.iter().take_while(|s| !s.2).count() } else { scored.len() };
+        // Newcomers beyond their share wait behind established providers; peers that failed
+        // lately (negative score) come last, as fallbacks only.
+        let capped = !quota && scored.iter().any(|s| s.2 == Class::Established);
+        scored.sort_by_key(|s| match s.2 {
+            Class::Established => 0,
+            Class::Newcomer if capped => 1,
+            Class::Newcomer => 0,
+            Class::Failing => 2,
+        });
+        // The random pick stays among the leading class, so it can undo neither the newcomer
+        // cap nor the demotion of failing peers.
+        let lead = scored.first().map(|s| s.2);
+        let leading = scored
+            .iter()
+            .take_while(|s| Some(s.2) == lead || (!capped && s.2 != Class::Failing && lead != Some(Class::Failing)))
+            .count();
         let best = leading.min(3);
         if best >= 2 {
             let mut rng = rand::thread_rng();
@@ -825,6 +1130,32 @@ impl Node {
             .take(8)
             .collect()
     }
+}
+
+/// Passes one event of the leading attempt of a hedge on to the caller; false when the caller
+/// is gone.
+async fn forward(delivery: &mut Delivery<'_>, event: Result<StreamEvent, InferError>) -> bool {
+    if let Ok(StreamEvent::Token(t)) = &event {
+        let started = delivery.started;
+        delivery.first_token.get_or_insert_with(|| started.elapsed());
+        delivery.text.push_str(t);
+    }
+    delivery.tx.send(event).await.is_ok()
+}
+
+/// How long to wait for the next frame of a stream whose first token came at `first`, after
+/// `tokens` tokens: up to the stall timeout, and no later than the slowest acceptable pace.
+fn progress_wait(first: Instant, tokens: u32) -> Duration {
+    let due = first + PROGRESS_SLACK + Duration::from_secs_f64(f64::from(tokens) / MIN_TOKENS_PER_SEC);
+    due.saturating_duration_since(Instant::now()).min(STALL_TIMEOUT)
+}
+
+/// The sha256 of `model` that a node advertised in its heartbeat, when it is a valid hex hash.
+fn advertised_sha(node: &crate::KnownNode, model: &str) -> Option<Vec<u8>> {
+    let hex = &node.models.iter().find(|m| m.name == model)?.sha256;
+    (hex.len() == 64)
+        .then(|| (0..32).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>())
+        .flatten()
 }
 
 /// What a receipt must say for the result to be accepted.

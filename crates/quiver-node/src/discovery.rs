@@ -148,6 +148,11 @@ impl NodeTable {
         self.nodes.len()
     }
 
+    /// The live entry of one node.
+    pub fn get(&self, peer: &PeerId) -> Option<KnownNode> {
+        self.nodes.get(peer).filter(|n| n.last_seen.elapsed() <= self.ttl).cloned()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "adversary")]
+pub mod adversary;
 mod cache;
 mod client;
 pub mod config;

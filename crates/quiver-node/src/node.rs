@@ -63,6 +63,9 @@ pub struct NodeConfig {
     /// Take part in the DHT as a client only (never in others' routing tables): for short-lived
     /// processes such as `quiver ask`.
     pub dht_client_only: bool,
+    /// Misbehave on purpose (tests only).
+    #[cfg(feature = "adversary")]
+    pub adversary: Option<crate::adversary::Adversary>,
 }
 
 impl Default for NodeConfig {
@@ -80,6 +83,8 @@ impl Default for NodeConfig {
             provider: None,
             verify_rate: 0.0,
             dht_client_only: false,
+            #[cfg(feature = "adversary")]
+            adversary: None,
         }
     }
 }
@@ -170,7 +175,10 @@ impl Node {
         let reputation = open_reputation(config.data_dir.as_deref());
         let provider = match &config.provider {
             Some(p) if !p.engines.is_empty() => {
-                let provider = Arc::new(Provider::new(p.clone(), keypair.clone(), net.clone(), metrics.clone()));
+                let provider = Provider::new(p.clone(), keypair.clone(), net.clone(), metrics.clone());
+                #[cfg(feature = "adversary")]
+                let provider = provider.with_adversary(config.adversary);
+                let provider = Arc::new(provider);
                 provider.announce().await?;
                 Some(provider)
             }
@@ -225,6 +233,11 @@ impl Node {
     /// The nodes heard of through heartbeats.
     pub fn known_nodes(&self) -> Vec<KnownNode> {
         lock(&self.inner.table).snapshot()
+    }
+
+    /// What the latest heartbeat of `peer` said, if it is still live.
+    pub fn known_node(&self, peer: &PeerId) -> Option<KnownNode> {
+        lock(&self.inner.table).get(peer)
     }
 
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
@@ -418,6 +431,13 @@ impl Node {
                     } else {
                         Validation::Ignore
                     };
+                    // A non-forwarder reads everything and relays nothing (tests only).
+                    #[cfg(feature = "adversary")]
+                    let verdict = if self.misbehaves(crate::adversary::Misbehaviour::NonForwarder) {
+                        Validation::Ignore
+                    } else {
+                        verdict
+                    };
                     if let Err(e) = self.inner.net.report_validation(id, propagation_source, verdict).await {
                         debug!(error = %e, "validation not reported");
                     }
@@ -470,7 +490,8 @@ impl Node {
             .take(MAX_ADVERTISED_ADDRS)
             .map(|a| a.to_vec())
             .collect();
-        Heartbeat {
+        #[allow(unused_mut)]
+        let mut heartbeat = Heartbeat {
             peer_id: self.peer_id().to_bytes(),
             agent_version: AGENT_VERSION.to_owned(),
             listen_addrs,
@@ -482,16 +503,39 @@ impl Node {
             seq,
             queue_depth: self.inner.provider.as_ref().map_or(0, |p| p.queue_depth()),
             tokens_per_sec: self.inner.provider.as_ref().map_or(0.0, |p| p.tokens_per_sec()),
+        };
+        #[cfg(feature = "adversary")]
+        if self.inner.config.adversary.is_some_and(|a| a.lies_in_heartbeats()) {
+            heartbeat.tokens_per_sec = crate::adversary::LIED_TOKENS_PER_SEC;
+            heartbeat.free_slots = heartbeat.free_slots.max(8);
+            heartbeat.queue_depth = 0;
+            heartbeat.cpu_load = 0.0;
         }
+        heartbeat
+    }
+
+    #[cfg(feature = "adversary")]
+    fn misbehaves(&self, mode: crate::adversary::Misbehaviour) -> bool {
+        self.inner.config.adversary.is_some_and(|a| a.mode == mode)
     }
 
     async fn publish_heartbeats(self) {
         let mut tick = tokio::time::interval(self.inner.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
+        let mut scored_for = 0usize;
         loop {
             tick.tick().await;
             seq += 1;
+            // Gossip delivery scoring follows the network's heartbeat traffic.
+            let nodes = lock(&self.inner.table).len() + 1;
+            if nodes != scored_for {
+                scored_for = nodes;
+                let (rate, activation) = nodes_topic_traffic(nodes, self.inner.config.heartbeat_interval);
+                if self.inner.net.set_nodes_topic_traffic(rate, activation).await.is_err() {
+                    return;
+                }
+            }
             let signed = self.heartbeat(seq).sign_and_encode(&self.inner.keypair);
             match self.inner.net.publish(NODES_TOPIC, signed.clone()).await {
                 Ok(()) => {
@@ -515,6 +559,19 @@ impl Node {
             }
         }
     }
+}
+
+/// Fewest nodes for which delivery deficits on the heartbeat topic are scored: below it a
+/// peer that forwards nothing cannot be told from an honest one with little to forward.
+const MIN_NODES_FOR_DELIVERY_SCORING: usize = 8;
+
+/// Heartbeats per second expected on the heartbeat topic from the other `nodes − 1` nodes (0
+/// below [`MIN_NODES_FOR_DELIVERY_SCORING`]), and how long a peer stays in a mesh before its
+/// deliveries are judged.
+fn nodes_topic_traffic(nodes: usize, period: Duration) -> (f64, Duration) {
+    let period = period.max(Duration::from_millis(100));
+    let rate = if nodes >= MIN_NODES_FOR_DELIVERY_SCORING { (nodes - 1) as f64 / period.as_secs_f64() } else { 0.0 };
+    (rate, (period * 10).max(Duration::from_secs(5)))
 }
 
 /// The reputation store in `<data-dir>/reputation.redb`, or in memory for a node without a data

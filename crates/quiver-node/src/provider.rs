@@ -15,8 +15,8 @@ use quiver_proto::infer::{
     CLAIM_PROTOCOL, INFER_PROTOCOL, MAX_ANNOUNCEMENT_BYTES, MAX_CLAIM_BYTES, MAX_REQUEST_BYTES, output_hash,
 };
 use quiver_proto::{
-    Accepted, Busy, Claim, ClaimAck, InferError, InferRequest, InferResponse, JobAnnouncement, ModelInfo, Receipt,
-    TokenChunk, infer_response::Kind, read_frame, write_frame,
+    Accepted, Busy, Claim, ClaimAck, InferError, InferRequest, InferResponse, JobAnnouncement, ModelInfo, Queued,
+    Receipt, TokenChunk, infer_response::Kind, read_frame, write_frame,
 };
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -71,6 +71,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait in the queue before the job is refused.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(300);
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+/// A queued job's client hears `Queued` this often, so silence means a fault.
+pub(crate) const QUEUED_NOTICE_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) struct Provider {
     engines: Vec<Arc<dyn Engine>>,
@@ -91,6 +93,11 @@ pub(crate) struct Provider {
     announcements: PeerLimiter,
     /// Jobs each client has running or queued here.
     per_peer: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
+    /// Deliberate misbehaviour (tests only), and the jobs seen so far.
+    #[cfg(feature = "adversary")]
+    adversary: Option<crate::adversary::Adversary>,
+    #[cfg(feature = "adversary")]
+    jobs_seen: AtomicU32,
 }
 
 /// Jobs one client may have running or queued at one provider, so a flood from one peer cannot
@@ -152,7 +159,30 @@ impl Provider {
             requests_per_sec: cfg.requests_per_sec,
             per_peer: Arc::default(),
             announcements: PeerLimiter::new(5, 20),
+            #[cfg(feature = "adversary")]
+            adversary: None,
+            #[cfg(feature = "adversary")]
+            jobs_seen: AtomicU32::new(0),
         }
+    }
+
+    #[cfg(feature = "adversary")]
+    pub(crate) fn with_adversary(mut self, adversary: Option<crate::adversary::Adversary>) -> Self {
+        self.adversary = adversary;
+        self
+    }
+
+    /// The misbehaviour in force for the job being started, if any (tests only).
+    #[cfg(feature = "adversary")]
+    fn misbehaviour(&self) -> Option<crate::adversary::Misbehaviour> {
+        let a = self.adversary?;
+        (self.jobs_seen.fetch_add(1, Ordering::Relaxed) >= a.honest_jobs).then_some(a.mode)
+    }
+
+    /// The misbehaviour configured, whether or not its honest start is over (tests only).
+    #[cfg(feature = "adversary")]
+    pub(crate) fn adversary_mode(&self) -> Option<crate::adversary::Misbehaviour> {
+        self.adversary.map(|a| a.mode)
     }
 
     pub(crate) fn models(&self) -> Vec<ModelInfo> {
@@ -288,17 +318,42 @@ impl Provider {
                     self.queued.fetch_sub(1, Ordering::SeqCst);
                     return self.refuse_busy(stream).await;
                 }
-                let waited = tokio::time::timeout(QUEUE_TIMEOUT, self.slots.clone().acquire_owned()).await;
+                let waited = self.wait_in_queue(stream).await;
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                match waited {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        return self.refuse_busy(stream).await;
-                    }
+                match waited? {
+                    Some(p) => p,
+                    None => return self.refuse_busy(stream).await,
                 }
             }
         };
-        let model = engine.model().clone();
+        #[cfg(feature = "adversary")]
+        let misbehaviour = self.misbehaviour();
+        #[cfg(feature = "adversary")]
+        {
+            use crate::adversary::Misbehaviour;
+            match misbehaviour {
+                Some(Misbehaviour::ClaimNeverServe) => {
+                    // Holds the stream open and says nothing.
+                    tokio::time::sleep(QUEUE_TIMEOUT).await;
+                    return Ok(());
+                }
+                Some(Misbehaviour::GarbageFrames) => {
+                    // A length prefix, then bytes no protobuf decoder accepts.
+                    let mut junk = vec![64u8];
+                    junk.extend([0xffu8; 64]);
+                    stream.write_all(&junk).await?;
+                    return Ok(stream.flush().await?);
+                }
+                _ => {}
+            }
+        }
+        #[allow(unused_mut)]
+        let mut model = engine.model().clone();
+        #[cfg(feature = "adversary")]
+        if misbehaviour == Some(crate::adversary::Misbehaviour::WrongModel) {
+            use sha2::Digest;
+            model.sha256 = sha2::Sha256::digest(b"a cheaper model than the one advertised").into();
+        }
         let input = request.input.clone().unwrap_or_default();
         let prompt_hash = input.hash();
         let params = request.params.clone().unwrap_or_default();
@@ -322,10 +377,27 @@ impl Provider {
         };
         let mut text = String::new();
         let mut first_token: Option<Duration> = None;
+        let mut chunks = 0usize;
         loop {
             match generation.next().await {
                 Some(Ok(GenEvent::Token { text: t, tokens })) => {
                     first_token.get_or_insert_with(|| started.elapsed());
+                    #[cfg(feature = "adversary")]
+                    let t = {
+                        use crate::adversary::{self, Misbehaviour};
+                        match misbehaviour {
+                            Some(Misbehaviour::WrongOutput) => adversary::falsify(&t),
+                            Some(Misbehaviour::SlowLoris) => {
+                                tokio::time::sleep(adversary::SLOW_LORIS_PAUSE).await;
+                                t
+                            }
+                            Some(Misbehaviour::DropMidStream) if chunks >= adversary::DROP_AFTER_CHUNKS => {
+                                return Ok(());
+                            }
+                            _ => t,
+                        }
+                    };
+                    chunks += 1;
                     text.push_str(&t);
                     // A write error means the client went away: dropping `generation` stops it.
                     write_frame(stream, &reply(Kind::Chunk(TokenChunk { text: t, tokens }))).await?;
@@ -349,8 +421,13 @@ impl Provider {
                         finish_reason: finish_reason.to_string(),
                         timestamp_ms: now_ms(),
                     };
-                    debug!(%peer, tokens = usage.completion_tokens, ?elapsed, "job served");
+                    debug!(%peer, tokens = usage.completion_tokens, chunks, ?elapsed, "job served");
                     drop(permit);
+                    #[cfg(feature = "adversary")]
+                    if misbehaviour == Some(crate::adversary::Misbehaviour::BadSignature) {
+                        let forger = quiver_net::Keypair::generate_ed25519();
+                        return write_frame(stream, &reply(Kind::Receipt(receipt.sign(&forger)))).await;
+                    }
                     return write_frame(stream, &reply(Kind::Receipt(receipt.sign(&self.keypair)))).await;
                 }
                 Some(Err(e)) => {
@@ -361,6 +438,30 @@ impl Provider {
                     self.metrics.job(crate::metrics::JobOutcome::Failed);
                     return write_frame(stream, &error("engine", "generation ended without a result".into())).await;
                 }
+            }
+        }
+    }
+
+    /// Waits for a slot, telling the client at once and then every few seconds that its job is
+    /// queued. `None` when the wait ends without a slot.
+    async fn wait_in_queue(
+        &self,
+        stream: &mut quiver_net::Stream,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, quiver_proto::FrameError> {
+        let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
+        // One acquire future for the whole wait: dropping it would lose the place in line.
+        let acquire = self.slots.clone().acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            let position = self.queued.load(Ordering::Relaxed).saturating_sub(1) as u32;
+            let queued = InferResponse { kind: Some(Kind::Queued(Queued { position })) };
+            write_frame(stream, &queued).await?;
+            let notice = (tokio::time::Instant::now() + QUEUED_NOTICE_EVERY).min(deadline);
+            match tokio::time::timeout_at(notice, &mut acquire).await {
+                Ok(Ok(p)) => return Ok(Some(p)),
+                Ok(Err(_)) => return Ok(None),
+                Err(_) if tokio::time::Instant::now() >= deadline => return Ok(None),
+                Err(_) => {}
             }
         }
     }
@@ -402,7 +503,11 @@ impl Provider {
         if !self.announcements.allow(&client) {
             return Ok(());
         }
-        if job.deadline_ms < now_ms() || self.free_slots() == 0 {
+        #[cfg(feature = "adversary")]
+        let greedy = self.adversary_mode() == Some(crate::adversary::Misbehaviour::ClaimNeverServe);
+        #[cfg(not(feature = "adversary"))]
+        let greedy = false;
+        if job.deadline_ms < now_ms() || (self.free_slots() == 0 && !greedy) {
             return Ok(());
         }
         let addrs: Vec<Multiaddr> =

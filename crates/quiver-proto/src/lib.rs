@@ -18,7 +18,7 @@ pub use frame::{FrameError, read_frame, write_frame};
 pub use heartbeat::{HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES, SignedHeartbeat};
 pub use pb::{
     Accepted, Busy, ChatMessage, Claim, ClaimAck, Heartbeat, InferError, InferRequest, InferResponse, JobAnnouncement,
-    ModelInfo, PromptInput, Receipt, SamplingParams, SignedRecord, TokenChunk, infer_response,
+    ModelInfo, PromptInput, Queued, Receipt, SamplingParams, SignedRecord, TokenChunk, infer_response,
 };
 pub use signed::{SignedPayload, sign};
 

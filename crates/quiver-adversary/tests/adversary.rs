@@ -1,0 +1,317 @@
+//! One misbehaving provider beside honest ones, for each kind of misbehaviour: the client's
+//! every request succeeds through honest providers, the bad peer's score goes negative, and it
+//! gets no more jobs after a bounded number.
+//!
+//! Unless a test says otherwise the adversary lures traffic with heartbeats that promise far
+//! more speed than anyone has, so a fresh client ranks it first and its misbehaviour is met on
+//! the very first request.
+
+#[path = "../../quiver-node/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, load_engine, loopback_config, tcp_addr};
+use quiver_engine::llama::LlamaEngine;
+use quiver_node::adversary::{Adversary, Misbehaviour};
+use quiver_node::reputation::PeerView;
+use quiver_node::{InferenceRequest, InferenceResult, Node, NodeConfig, PeerId, ProviderConfig};
+
+const MODEL: &str = "smollm2-135m";
+
+struct Net {
+    nodes: Vec<Node>,
+    honest: Vec<PeerId>,
+    bad: PeerId,
+    client: Node,
+}
+
+impl Net {
+    async fn start(honest: usize, adversary: Adversary) -> Net {
+        let engine = load_engine(1, 1024);
+        let boot = Node::start(NodeConfig { bootstrap_node: true, ..loopback_config() }).await.expect("boot starts");
+        let addr = tcp_addr(&boot).await;
+        let provider = |adversary| NodeConfig {
+            bootstrap_peers: vec![addr.clone()],
+            provider: provider(&engine),
+            adversary,
+            ..loopback_config()
+        };
+        let mut nodes = vec![boot];
+        let mut honest_ids = Vec::new();
+        for _ in 0..honest {
+            let n = Node::start(provider(None)).await.expect("provider starts");
+            honest_ids.push(n.peer_id());
+            nodes.push(n);
+        }
+        let bad = Node::start(provider(Some(adversary))).await.expect("adversary starts");
+        let bad_id = bad.peer_id();
+        nodes.push(bad);
+        let client = Node::start(NodeConfig { bootstrap_peers: vec![addr.clone()], ..loopback_config() })
+            .await
+            .expect("client starts");
+        // The client has heard every provider's heartbeat (the adversary's lure included).
+        eventually(Duration::from_secs(60), "the client hears every provider", async || {
+            client.known_nodes().iter().filter(|n| !n.models.is_empty()).count() == honest + 1
+        })
+        .await;
+        Net { nodes, honest: honest_ids, bad: bad_id, client }
+    }
+
+    /// The client's view of the adversary.
+    fn bad_view(&self) -> PeerView {
+        let id = self.bad.to_string();
+        self.client.reputation().into_iter().find(|v| v.peer == id).expect("the client has a record of the adversary")
+    }
+
+    fn bad_jobs(&self) -> u64 {
+        let v = self.bad_view();
+        v.successes + v.failures
+    }
+
+    async fn ask(&self, request: InferenceRequest) -> InferenceResult {
+        let result = tokio::time::timeout(Duration::from_secs(180), self.client.infer(request))
+            .await
+            .expect("answered in time")
+            .expect("the request succeeds");
+        assert!(self.honest.contains(&result.provider), "served by {}, not an honest provider", result.provider);
+        result
+    }
+
+    /// After the adversary has been caught: its score is negative, it has the expected offence,
+    /// and `more` further requests never reach it.
+    async fn assert_shut_out(&self, offence: &str, request: impl Fn(usize) -> InferenceRequest, more: usize) {
+        let view = self.bad_view();
+        println!("adversary after being caught: {view:?}");
+        assert!(view.score < 0.0, "score {} is not negative", view.score);
+        assert!(
+            view.offence_counts.get(offence).copied().unwrap_or(0) >= 1,
+            "no {offence} recorded: {:?}",
+            view.offence_counts
+        );
+        let jobs = self.bad_jobs();
+        for i in 0..more {
+            self.ask(request(1000 + i)).await;
+        }
+        assert_eq!(self.bad_jobs(), jobs, "the adversary got jobs after it was caught");
+    }
+
+    async fn stop(self) {
+        for n in self.nodes.iter().chain([&self.client]) {
+            n.shutdown().await;
+        }
+    }
+}
+
+fn provider(engine: &Arc<LlamaEngine>) -> Option<ProviderConfig> {
+    // Generous rate limits: these tests are about misbehaviour, not floods.
+    Some(ProviderConfig {
+        requests_per_sec: 1000,
+        request_burst: 1000,
+        ..ProviderConfig::new(vec![engine.clone()], 1, 4)
+    })
+}
+
+/// A greedy completion that runs for `max_tokens` tokens, asked directly (ranked candidates).
+fn direct(i: usize, max_tokens: u32) -> InferenceRequest {
+    let mut r = InferenceRequest::completion(MODEL, &format!("Count from {i}: {i}, {}, {},", i + 1, i + 2), max_tokens);
+    r.broadcast = false;
+    r.use_cache = false;
+    r
+}
+
+/// The first request meets the adversary, fails over to the honest provider and succeeds; the
+/// adversary is then shut out.
+async fn caught_on_first_request(mode: Misbehaviour, offence: &str) {
+    let net = Net::start(1, Adversary::new(mode)).await;
+    let first = net.ask(direct(0, 16)).await;
+    assert!(first.attempts >= 2, "the adversary was not tried first ({} attempts)", first.attempts);
+    assert_eq!(net.bad_jobs(), 1, "one failed job with the adversary");
+    net.assert_shut_out(offence, |i| direct(i, 16), 4).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_are_penalised_and_the_sender_shut_out() {
+    caught_on_first_request(Misbehaviour::GarbageFrames, "garbage_frame").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_receipt_signature_is_penalised() {
+    caught_on_first_request(Misbehaviour::BadSignature, "bad_signature").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_another_model_than_advertised_is_penalised() {
+    caught_on_first_request(Misbehaviour::WrongModel, "wrong_model").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loris_is_cut_off_and_the_answer_completed_elsewhere() {
+    caught_on_first_request(Misbehaviour::SlowLoris, "stall").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_mid_stream_fails_over_without_losing_or_repeating_text() {
+    let net = Net::start(1, Adversary::new(Misbehaviour::DropMidStream)).await;
+    // Streamed, so the pieces the caller sees can be checked: the adversary's first tokens,
+    // then the honest provider's continuation, with nothing repeated or lost.
+    let mut stream = net.client.infer_stream(direct(0, 24)).expect("valid request");
+    let mut seen = String::new();
+    let result = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(ev) = stream.next().await {
+            match ev.expect("the request succeeds") {
+                quiver_node::StreamEvent::Token(t) => seen.push_str(&t),
+                quiver_node::StreamEvent::Done(r) => return *r,
+            }
+        }
+        panic!("stream ended without a result");
+    })
+    .await
+    .expect("answered in time");
+    assert!(result.attempts >= 2, "the adversary was not tried first");
+    assert_eq!(seen, result.text, "the caller saw other text than the result");
+    // The same greedy request served by the honest provider alone gives the same text.
+    let reference = net.ask(direct(0, 24)).await;
+    assert_eq!(reference.attempts, 1);
+    assert_eq!(result.text, reference.text, "the failover changed the text");
+    net.assert_shut_out("stall", |i| direct(i, 16), 3).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_output_is_outvoted_in_verification_and_the_liar_shut_out() {
+    let net = Net::start(2, Adversary::new(Misbehaviour::WrongOutput)).await;
+    let verified = |i| {
+        let mut r = direct(i, 12);
+        r.verify = true;
+        r
+    };
+    let first = net.ask(verified(0)).await;
+    // The adversary answered first; two honest providers agreed on other text, so the caller
+    // got theirs.
+    assert!(!first.verified_by.is_empty(), "the majority's answer is confirmed");
+    assert_eq!(net.bad_view().offence_counts.get("failed_verification"), Some(&1));
+    net.assert_shut_out("failed_verification", verified, 3).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_claims_jobs_and_never_serves_loses_them() {
+    let net = Net::start(1, Adversary { lure: false, ..Adversary::new(Misbehaviour::ClaimNeverServe) }).await;
+    let claimed = |i| {
+        let mut r = direct(i, 8);
+        r.broadcast = true;
+        r.claim_window = Duration::from_secs(2);
+        r
+    };
+    // Claims race; the adversary claims every job, so it wins one soon.
+    let mut asked = 0;
+    while net.client.reputation().iter().all(|v| v.peer != net.bad.to_string() || v.failures == 0) {
+        assert!(asked < 30, "the adversary never won a claim in 30 requests");
+        net.ask(claimed(asked)).await;
+        asked += 1;
+    }
+    println!("the adversary won a claim on request {asked}");
+    assert!(net.bad_view().offence_counts.get("claim_not_served").is_some_and(|n| *n >= 1));
+    net.assert_shut_out("claim_not_served", claimed, 6).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_that_promise_more_than_is_served_are_penalised() {
+    let net = Net::start(1, Adversary::new(Misbehaviour::LyingHeartbeats)).await;
+    // It serves honestly, so it keeps winning jobs until its measured speed shows the lie.
+    let mut asked = 0;
+    while net.bad_view_opt().is_none_or(|v| v.score >= 0.0) {
+        assert!(asked < 15, "still trusted after {asked} jobs: {:?}", net.bad_view_opt());
+        let r = tokio::time::timeout(Duration::from_secs(120), net.client.infer(direct(asked, 24)))
+            .await
+            .expect("in time")
+            .expect("the request succeeds");
+        assert!(r.provider == net.bad || net.honest.contains(&r.provider));
+        asked += 1;
+    }
+    println!("caught after {asked} jobs");
+    net.assert_shut_out("heartbeat_lie", |i| direct(i, 16), 4).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_token_later_than_usual_starts_a_hedge_that_wins() {
+    // It serves honestly until the client knows its usual time to first token, then stalls
+    // before every token.
+    let net = Net::start(1, Adversary { honest_jobs: 3, lure: true, mode: Misbehaviour::SlowLoris }).await;
+    let mut asked = 0;
+    while net.bad_view_opt().is_none_or(|v| v.successes < 3) {
+        assert!(asked < 10, "the adversary did not get its honest jobs");
+        let r = tokio::time::timeout(Duration::from_secs(120), net.client.infer(direct(asked, 8)))
+            .await
+            .expect("in time")
+            .expect("the request succeeds");
+        assert_eq!(r.provider, net.bad, "the lure and its good record keep it first");
+        asked += 1;
+    }
+    let p95 = net.bad_view().ttft_p95_ms.expect("its time to first token is known");
+    // Now it is late: the hedge on the honest provider streams first and wins.
+    let hedged = net.ask(direct(100, 8)).await;
+    assert_eq!(hedged.attempts, 2);
+    let view = net.bad_view();
+    println!("usual first token {p95} ms; after the hedge: {view:?}");
+    assert!(view.offence_counts.get("timeout").is_some_and(|n| *n >= 1), "the late provider was not penalised");
+    net.stop().await;
+}
+
+impl Net {
+    fn bad_view_opt(&self) -> Option<PeerView> {
+        let id = self.bad.to_string();
+        self.client.reputation().into_iter().find(|v| v.peer == id)
+    }
+}
+
+/// The gossip score each of `observers` gives `peer` (`None` where not connected or unscored).
+async fn gossip_scores(observers: &[Node], peer: PeerId) -> Vec<Option<f64>> {
+    let mut out = Vec::new();
+    for n in observers {
+        let peers = n.peers().await.unwrap_or_default();
+        out.push(peers.iter().find(|p| p.peer_id == peer).and_then(|p| p.gossip_score));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossip_peer_that_never_forwards_loses_its_score() {
+    // Ten nodes, so heartbeat traffic is enough to expect relaying (delivery scoring starts at
+    // eight); one of them reads everything and relays nothing.
+    let boot = Node::start(NodeConfig { bootstrap_node: true, ..loopback_config() }).await.expect("boot starts");
+    let addr = tcp_addr(&boot).await;
+    let cfg = |adversary| NodeConfig { bootstrap_peers: vec![addr.clone()], adversary, ..loopback_config() };
+    let mut honest = vec![boot];
+    for _ in 0..8 {
+        honest.push(Node::start(cfg(None)).await.expect("node starts"));
+    }
+    let bad = Node::start(cfg(Some(Adversary::new(Misbehaviour::NonForwarder)))).await.expect("node starts");
+    let bad_id = bad.peer_id();
+    eventually(Duration::from_secs(60), "every node hears the nine others", async || {
+        honest.iter().all(|n| n.known_nodes().len() >= 9)
+    })
+    .await;
+    let took =
+        eventually(Duration::from_secs(90), "most honest nodes score the non-forwarder below zero", async || {
+            let scores = gossip_scores(&honest, bad_id).await;
+            let negative = scores.iter().filter(|s| s.is_some_and(|s| s < 0.0)).count();
+            println!("non-forwarder's scores: {scores:?}");
+            negative * 2 > honest.len()
+        })
+        .await;
+    println!("non-forwarder below zero at most honest nodes after {took:?}");
+    // Honest relays keep a non-negative score with each other.
+    let a = honest[1].peer_id();
+    let scores = gossip_scores(&honest, a).await;
+    println!("an honest node's scores: {scores:?}");
+    assert!(scores.iter().flatten().all(|s| *s >= 0.0), "an honest relay was penalised: {scores:?}");
+    for n in honest.iter().chain([&bad]) {
+        n.shutdown().await;
+    }
+}
