@@ -199,17 +199,19 @@ async fn wrong_output_is_outvoted_in_verification_and_the_liar_shut_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_claims_jobs_and_never_serves_loses_them() {
-    let net = Net::start(1, Adversary { lure: false, ..Adversary::new(Misbehaviour::ClaimNeverServe) }).await;
+    // Its claims promise the most speed, so the client picks it among the claimants.
+    let net = Net::start(1, Adversary::new(Misbehaviour::ClaimNeverServe)).await;
     let claimed = |i| {
         let mut r = direct(i, 8);
         r.broadcast = true;
         r.claim_window = Duration::from_secs(2);
         r
     };
-    // Claims race; the adversary claims every job, so it wins one soon.
+    // Claims are gathered for a moment and ranked; if the honest claim happens to arrive first
+    // and alone, the adversary wins a later job.
     let mut asked = 0;
     while net.client.reputation().iter().all(|v| v.peer != net.bad.to_string() || v.failures == 0) {
-        assert!(asked < 30, "the adversary never won a claim in 30 requests");
+        assert!(asked < 10, "the adversary never won a claim in 10 requests");
         net.ask(claimed(asked)).await;
         asked += 1;
     }

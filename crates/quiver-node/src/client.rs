@@ -240,6 +240,11 @@ const ANNOUNCE_CONNECT_WAIT: Duration = Duration::from_millis(1500);
 const DHT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Earliest hedge, however fast a provider usually is: a second job costs real work.
 const MIN_HEDGE_DELAY: Duration = Duration::from_millis(500);
+/// How long claims are gathered after the first one arrives, and how many at most.
+const CLAIM_GATHER: Duration = Duration::from_millis(150);
+const MAX_CLAIMS_CONSIDERED: usize = 4;
+/// Costs this close (relative) count as equal in the power-of-two pick.
+const COST_TOLERANCE: f64 = 0.25;
 /// Speed assumed for a provider that has not told or shown its own.
 const DEFAULT_TOKENS_PER_SEC: f64 = 50.0;
 
@@ -725,40 +730,65 @@ impl Node {
             // client's jobs, unless no established provider is known: earning trust takes
             // served work, not fast claiming.
             let established_known = self.with_reputation(|r, _| known.iter().any(|c| !r.is_newcomer(c.peer)));
-            while let Some((peer, claim, ack)) = claims_rx.recv().await {
+            let acceptable = |peer: PeerId, claim: &Claim| {
                 // A peer with a negative score (it failed us lately) does not get jobs by
                 // claiming fast; it stays reachable as a last resort among the known providers.
-                let acceptable = self.with_reputation(|r, now| {
+                self.with_reputation(|r, now| {
                     r.is_banned(peer, now).is_none()
                         && r.score(peer, now) > 0.0
                         && (!r.is_newcomer(peer) || !established_known || r.newcomer_quota_available(now))
-                });
-                let serves = acceptable && request.model_sha256.is_none_or(|s| s[..] == claim.model_sha256[..]);
-                if serves {
-                    let _ = ack.send(true);
-                    return Some((peer, claim));
+                }) && request.model_sha256.is_none_or(|s| s[..] == claim.model_sha256[..])
+            };
+            let mut claims = Vec::new();
+            while let Some((peer, claim, ack)) = claims_rx.recv().await {
+                if acceptable(peer, &claim) {
+                    claims.push((peer, claim, ack));
+                    break;
                 }
                 let _ = ack.send(false);
             }
-            None
+            // The first claim opens a short gathering window: claims carry each provider's
+            // current load, so the choice among them is load-aware instead of a race.
+            let _ = tokio::time::timeout(CLAIM_GATHER, async {
+                while claims.len() < MAX_CLAIMS_CONSIDERED {
+                    let Some((peer, claim, ack)) = claims_rx.recv().await else { break };
+                    if acceptable(peer, &claim) {
+                        claims.push((peer, claim, ack));
+                    } else {
+                        let _ = ack.send(false);
+                    }
+                }
+            })
+            .await;
+            claims
         })
         .await
-        .ok()
-        .flatten();
+        .unwrap_or_default();
         self.claim_board().lock().remove(&job_id);
-        let (peer, claim) = claimed?;
-        debug!(%peer, "job claimed");
-        let known = known.iter().find(|c| c.peer == peer);
-        Some(Candidate {
-            peer,
-            addrs: known.map(|c| c.addrs.clone()).unwrap_or_default(),
-            route: Route::Claim,
-            load: None,
-            // What it claimed with, unless it advertised something else before.
-            advertised_sha256: Some(
-                known.and_then(|c| c.advertised_sha256.clone()).unwrap_or_else(|| claim.model_sha256.clone()),
-            ),
-        })
+        let candidates: Vec<Candidate> = claimed
+            .iter()
+            .map(|(peer, claim, _)| {
+                let known = known.iter().find(|c| c.peer == *peer);
+                Candidate {
+                    peer: *peer,
+                    addrs: known.map(|c| c.addrs.clone()).unwrap_or_default(),
+                    route: Route::Claim,
+                    load: Some((claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec)),
+                    // What it claimed with, unless it advertised something else before.
+                    advertised_sha256: Some(
+                        known.and_then(|c| c.advertised_sha256.clone()).unwrap_or_else(|| claim.model_sha256.clone()),
+                    ),
+                }
+            })
+            .collect();
+        let chosen = self.rank(candidates, request.params.max_tokens).into_iter().next();
+        for (peer, _, ack) in claimed {
+            let _ = ack.send(chosen.as_ref().is_some_and(|c| c.peer == peer));
+        }
+        if let Some(c) = &chosen {
+            debug!(peer = %c.peer, "job claimed");
+        }
+        chosen
     }
 
     /// Serves `/quiver/claim/1`: hands each valid claim to the job waiting for it.
@@ -1069,7 +1099,9 @@ impl Node {
                     let job = f64::from(max_tokens) / speed;
                     let waiting = f64::from(queue) + if free == 0 { 1.0 } else { 0.0 };
                     let expected = (waiting + 1.0) * job * (1.0 + f64::from(cpu.min(4.0)) * 0.25);
-                    let weight = ((score + 1.0) / 2.0).clamp(0.05, 1.0);
+                    // Good standing (score ≥ 0.6) weighs fully, so established providers compete
+                    // on speed and load alone; lower scores make a provider look slower.
+                    let weight = ((score + 1.0) / 1.6).clamp(0.05, 1.0);
                     let class = if score < 0.0 {
                         Class::Failing
                     } else if r.is_newcomer(c.peer) {
@@ -1104,17 +1136,15 @@ impl Node {
             let mut rng = rand::thread_rng();
             let a = rand::Rng::gen_range(&mut rng, 0..best);
             let b = (a + rand::Rng::gen_range(&mut rng, 1..best)) % best;
-            // The cheaper of the two; a tie goes either way, so equal providers share the load.
-            let pick = match scored[a].1.total_cmp(&scored[b].1) {
-                std::cmp::Ordering::Less => a,
-                std::cmp::Ordering::Greater => b,
-                std::cmp::Ordering::Equal => {
-                    if rand::Rng::gen_bool(&mut rng, 0.5) {
-                        a
-                    } else {
-                        b
-                    }
-                }
+            // The cheaper of the two, unless they are within the tolerance of each other: then
+            // either, so equal providers share the load despite noise in their measurements.
+            let (ca, cb) = (scored[a].1, scored[b].1);
+            let pick = if ca.max(cb) <= ca.min(cb) * (1.0 + COST_TOLERANCE) {
+                if rand::Rng::gen_bool(&mut rng, 0.5) { a } else { b }
+            } else if ca < cb {
+                a
+            } else {
+                b
             };
             scored.swap(0, pick);
         }

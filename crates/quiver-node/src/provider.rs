@@ -514,13 +514,20 @@ impl Provider {
             job.client_addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
         let this = self.clone();
         tokio::spawn(async move {
-            let claim = Claim {
+            #[allow(unused_mut)]
+            let mut claim = Claim {
                 job_id: job.job_id,
                 model_sha256: engine.model().sha256.to_vec(),
                 free_slots: this.free_slots(),
                 queue_depth: this.queue_depth(),
                 tokens_per_sec: this.tokens_per_sec(),
             };
+            #[cfg(feature = "adversary")]
+            if this.adversary.is_some_and(|a| a.lies_in_heartbeats()) {
+                claim.free_slots = claim.free_slots.max(8);
+                claim.queue_depth = 0;
+                claim.tokens_per_sec = crate::adversary::LIED_TOKENS_PER_SEC;
+            }
             match tokio::time::timeout(CLAIM_TIMEOUT, this.send_claim(client, addrs, claim)).await {
                 Ok(Ok(chosen)) => debug!(%client, chosen, "claim answered"),
                 Ok(Err(e)) => debug!(%client, error = %e, "claim not delivered"),

@@ -1,0 +1,105 @@
+//! Load distribution: with several equal honest providers, one client's requests spread across
+//! all of them instead of piling onto the first that earned a reputation. Prints the
+//! distribution and its Gini coefficient (0 = perfectly even, 1 = one provider takes all).
+//!
+//! Fresh providers earn trust gradually (newcomers share a capped part of the traffic), so the
+//! test first runs requests until all three are established, and reports that ramp-up too.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, load_engine, loopback_config, tcp_addr};
+use quiver_engine::llama::LlamaEngine;
+use quiver_node::{InferenceRequest, Node, NodeConfig, PeerId, ProviderConfig};
+
+fn provider(engine: &Arc<LlamaEngine>) -> Option<ProviderConfig> {
+    Some(ProviderConfig {
+        requests_per_sec: 1000,
+        request_burst: 1000,
+        ..ProviderConfig::new(vec![engine.clone()], 1, 4)
+    })
+}
+
+/// Gini coefficient of `counts` (mean absolute difference over twice the mean).
+fn gini(counts: &[usize]) -> f64 {
+    let n = counts.len() as f64;
+    let mean = counts.iter().sum::<usize>() as f64 / n;
+    if mean == 0.0 {
+        return 0.0;
+    }
+    let diffs: f64 = counts.iter().flat_map(|a| counts.iter().map(move |b| (*a as f64 - *b as f64).abs())).sum();
+    diffs / (2.0 * n * n * mean)
+}
+
+#[test]
+fn gini_of_even_and_of_all_to_one() {
+    assert_eq!(gini(&[5, 5, 5]), 0.0);
+    assert!((gini(&[15, 0, 0]) - 2.0 / 3.0).abs() < 1e-9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_spread_across_equal_providers() {
+    const PROVIDERS: usize = 3;
+    const REQUESTS: usize = 36;
+    let engine = load_engine(1, 512);
+    let boot = Node::start(NodeConfig { bootstrap_node: true, ..loopback_config() }).await.expect("boot starts");
+    let addr = tcp_addr(&boot).await;
+    let mut providers = Vec::new();
+    for _ in 0..PROVIDERS {
+        let cfg = NodeConfig { bootstrap_peers: vec![addr.clone()], provider: provider(&engine), ..loopback_config() };
+        providers.push(Node::start(cfg).await.expect("provider starts"));
+    }
+    let client = Node::start(NodeConfig { bootstrap_peers: vec![addr.clone()], ..loopback_config() })
+        .await
+        .expect("client starts");
+    eventually(Duration::from_secs(60), "the client hears every provider", async || {
+        client.known_nodes().iter().filter(|n| !n.models.is_empty()).count() == PROVIDERS
+    })
+    .await;
+
+    let ask = async |i: usize| {
+        // One after another: the hardest case, since no request sees another's load. Half are
+        // asked directly (ranked candidates), half announced on gossip (ranked claims).
+        let mut r = InferenceRequest::completion("smollm2-135m", &format!("Item {i}:"), 8);
+        r.broadcast = i % 2 == 0;
+        r.use_cache = false;
+        r.claim_window = Duration::from_millis(500);
+        tokio::time::timeout(Duration::from_secs(120), client.infer(r))
+            .await
+            .expect("answered in time")
+            .expect("the request succeeds")
+            .provider
+    };
+    let established = || {
+        let views = client.reputation();
+        providers.iter().all(|p| views.iter().any(|v| v.peer == p.peer_id().to_string() && !v.newcomer))
+    };
+    let mut ramp: HashMap<PeerId, usize> = HashMap::new();
+    let mut asked = 0;
+    while !established() {
+        assert!(asked < 150, "providers still newcomers after {asked} requests: {ramp:?}");
+        *ramp.entry(ask(asked).await).or_default() += 1;
+        asked += 1;
+    }
+    let ramp: Vec<usize> = providers.iter().map(|p| ramp.get(&p.peer_id()).copied().unwrap_or(0)).collect();
+    println!("ramp-up: {asked} requests until all {PROVIDERS} providers were established: {ramp:?}");
+
+    let mut served: HashMap<PeerId, usize> = HashMap::new();
+    for i in 0..REQUESTS {
+        *served.entry(ask(1000 + i).await).or_default() += 1;
+    }
+    let counts: Vec<usize> = providers.iter().map(|p| served.get(&p.peer_id()).copied().unwrap_or(0)).collect();
+    let g = gini(&counts);
+    println!(
+        "load distribution over {PROVIDERS} equal providers, {REQUESTS} sequential requests: {counts:?}, Gini {g:.3}"
+    );
+    assert!(counts.iter().all(|c| *c > 0), "a provider got no job: {counts:?}");
+    let most = counts.iter().copied().max().unwrap_or(0);
+    assert!(most * 10 <= REQUESTS * 7, "one provider took {most} of {REQUESTS} jobs: {counts:?}");
+    for n in providers.iter().chain([&boot, &client]) {
+        n.shutdown().await;
+    }
+}
