@@ -317,3 +317,69 @@ async fn a_gossip_peer_that_never_forwards_loses_its_score() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_peers_bad_experience_reaches_others_as_hearsay() {
+    // `witness` is a provider the client trusts (it served the client well) and also a client
+    // itself; it meets the adversary, and its reputation report tells the client.
+    let engine = load_engine(1, 1024);
+    let fast_reports = || NodeConfig { reputation_report_interval: Duration::from_secs(1), ..loopback_config() };
+    let boot = Node::start(NodeConfig { bootstrap_node: true, ..fast_reports() }).await.expect("boot starts");
+    let addr = tcp_addr(&boot).await;
+    let witness =
+        Node::start(NodeConfig { bootstrap_peers: vec![addr.clone()], provider: provider(&engine), ..fast_reports() })
+            .await
+            .expect("witness starts");
+    let bad = Node::start(NodeConfig {
+        bootstrap_peers: vec![addr.clone()],
+        provider: provider(&engine),
+        adversary: Some(Adversary::new(Misbehaviour::GarbageFrames)),
+        ..fast_reports()
+    })
+    .await
+    .expect("adversary starts");
+    let client =
+        Node::start(NodeConfig { bootstrap_peers: vec![addr.clone()], ..fast_reports() }).await.expect("client starts");
+    // Every node hears the providers other than itself.
+    for (n, providers) in [(&witness, 1), (&client, 2)] {
+        eventually(Duration::from_secs(60), "every provider is heard", async || {
+            n.known_nodes().iter().filter(|k| !k.models.is_empty()).count() >= providers
+        })
+        .await;
+    }
+    // The client's good experience with the witness: served through the witness only (the
+    // adversary is asked first, fails, and the witness serves), until the witness is
+    // established in the client's eyes.
+    let standing = |peer: PeerId| {
+        client.reputation().into_iter().find(|v| v.peer == peer.to_string()).map(|v| (v.newcomer, v.score))
+    };
+    let mut i = 0;
+    while standing(witness.peer_id()).is_none_or(|(newcomer, score)| newcomer || score < 0.5) {
+        assert!(i < 20, "the witness did not become established: {:?}", standing(witness.peer_id()));
+        tokio::time::timeout(Duration::from_secs(120), client.infer(direct(i, 8)))
+            .await
+            .expect("in time")
+            .expect("the request succeeds");
+        i += 1;
+    }
+    let before = client.reputation().into_iter().find(|v| v.peer == bad.peer_id().to_string()).expect("known");
+    // The witness, as a client, meets the adversary: the only other provider it knows, so its
+    // request fails.
+    let outcome = tokio::time::timeout(Duration::from_secs(120), witness.infer(direct(500, 8))).await.expect("in time");
+    assert!(outcome.is_err(), "the adversary served the witness: {outcome:?}");
+    eventually(Duration::from_secs(30), "the witness's report reaches the client", async || {
+        client
+            .reputation()
+            .into_iter()
+            .find(|v| v.peer == bad.peer_id().to_string())
+            .is_some_and(|v| v.hearsay_negative > before.hearsay_negative)
+    })
+    .await;
+    let after = client.reputation().into_iter().find(|v| v.peer == bad.peer_id().to_string()).expect("known");
+    println!("the client's view of the adversary before the report: {before:?}\nafter: {after:?}");
+    // Hearsay weighs less than the client's own observations.
+    assert!(after.hearsay_negative <= 0.5);
+    for n in [&boot, &witness, &bad, &client] {
+        n.shutdown().await;
+    }
+}

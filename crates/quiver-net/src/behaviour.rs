@@ -24,7 +24,8 @@ pub(crate) struct Behaviour {
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub kad: kad::Behaviour<MemoryStore>,
+    /// Kademlia behind per-peer limits on inbound requests.
+    pub kad: crate::kad_limit::LimitedKad,
     pub gossipsub: gossipsub::Behaviour,
     /// Application stream protocols (`/quiver/infer/1`, `/quiver/claim/1`), driven through
     /// `libp2p_stream::Control` handles outside the event loop.
@@ -102,7 +103,7 @@ impl Behaviour {
             limits: connection_limits::Behaviour::new(limits),
             identify,
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
-            kad,
+            kad: crate::kad_limit::LimitedKad::new(kad, cfg.dht_requests_per_sec, cfg.dht_request_burst),
             gossipsub,
             stream: libp2p_stream::Behaviour::new(),
         })
@@ -137,7 +138,15 @@ fn score_params() -> PeerScoreParams {
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ]),
-        topics: [(IdentTopic::new(NODES_TOPIC).hash(), nodes_topic_params(0.0, Duration::ZERO))].into(),
+        topics: [
+            (IdentTopic::new(NODES_TOPIC).hash(), nodes_topic_params(0.0, Duration::ZERO)),
+            // Reputation reports are rarer still: scored for invalid messages only.
+            (
+                IdentTopic::new(quiver_proto::reputation::REPUTATION_TOPIC).hash(),
+                nodes_topic_params(0.0, Duration::ZERO),
+            ),
+        ]
+        .into(),
         ..PeerScoreParams::default()
     }
 }

@@ -37,6 +37,13 @@ pub enum NetEvent {
     PeerDisconnected(PeerId),
     /// A new full listen address, ending in `/p2p/<our PeerId>`.
     NewListenAddr(Multiaddr),
+    /// `peer` keeps asking more of this node (`what`, e.g. `dht`) than its rate limit allows:
+    /// `refused` requests so far. Reported every few dozen refusals.
+    OverLimit {
+        peer: PeerId,
+        what: &'static str,
+        refused: u32,
+    },
 }
 
 /// One connected peer as the swarm sees it.

@@ -47,6 +47,10 @@ pub struct NetConfig {
     pub channel_capacity: usize,
     /// Agent version sent in Identify, e.g. `quiver/0.1.0`.
     pub agent_version: String,
+    /// DHT requests one peer may make of this node per second, sustained and in a burst;
+    /// beyond that they are refused.
+    pub dht_requests_per_sec: u32,
+    pub dht_request_burst: u32,
 }
 
 impl Default for NetConfig {
@@ -61,16 +65,21 @@ impl Default for NetConfig {
             gossip_max_message: 64 * 1024,
             // A heartbeat is at most MAX_HEARTBEAT_BYTES; 1 KiB more for the gossip envelope
             // (author, key, signature, topic).
-            gossip_topic_limits: vec![(
-                crate::behaviour::NODES_TOPIC.to_owned(),
-                quiver_proto::MAX_HEARTBEAT_BYTES + 1024,
-            )],
+            gossip_topic_limits: vec![
+                (crate::behaviour::NODES_TOPIC.to_owned(), quiver_proto::MAX_HEARTBEAT_BYTES + 1024),
+                (
+                    quiver_proto::reputation::REPUTATION_TOPIC.to_owned(),
+                    quiver_proto::reputation::MAX_REPORT_BYTES + 1024,
+                ),
+            ],
             idle_connection_timeout: Duration::from_secs(60),
             max_connections: 512,
             max_pending_incoming: 64,
             max_connections_per_peer: 4,
             channel_capacity: 1024,
             agent_version: format!("quiver/{}", env!("CARGO_PKG_VERSION")),
+            dht_requests_per_sec: crate::kad_limit::DHT_REQUESTS_PER_SEC,
+            dht_request_burst: crate::kad_limit::DHT_REQUEST_BURST,
         }
     }
 }

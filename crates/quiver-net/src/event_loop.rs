@@ -6,6 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::kad::{self, store::RecordStore};
+
+use crate::kad_limit::LimitedKadEvent;
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -560,9 +562,12 @@ impl EventLoop {
                     self.peers.entry(peer).or_default().rtt = Some(rtt);
                 }
             }
-            BehaviourEvent::Kad(event) => {
+            BehaviourEvent::Kad(LimitedKadEvent::Kad(event)) => {
                 self.metrics.record(&event);
                 self.on_kad(event);
+            }
+            BehaviourEvent::Kad(LimitedKadEvent::OverLimit { peer, refused }) => {
+                let _ = self.events.try_send(NetEvent::OverLimit { peer, what: "dht", refused });
             }
             BehaviourEvent::Gossipsub(event) => {
                 self.metrics.record(&event);

@@ -10,6 +10,8 @@ pub mod bootstrap;
 mod client;
 mod config;
 mod event_loop;
+mod kad_limit;
+mod limits;
 
 pub use behaviour::NODES_TOPIC;
 pub use bootstrap::{BootstrapAddr, ParseBootstrapError};
@@ -20,6 +22,7 @@ pub use libp2p::gossipsub::MessageId;
 pub use libp2p::identity::{KeyType, Keypair};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr::Protocol};
 pub use libp2p_stream::{Control as StreamControl, OpenStreamError};
+pub use limits::PeerLimiter;
 
 /// The Kademlia protocol of QUIVer's private DHT (not IPFS's).
 pub const KAD_PROTOCOL: &str = "/quiver/kad/1.0.0";

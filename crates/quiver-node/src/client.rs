@@ -798,7 +798,7 @@ impl Node {
             return;
         };
         let open = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
-        let limiter = crate::limits::PeerLimiter::new(5, 20);
+        let limiter = quiver_net::PeerLimiter::new(5, 20);
         while let Some((peer, mut stream)) = futures::StreamExt::next(&mut incoming).await {
             if !limiter.allow(&peer) {
                 continue;

@@ -21,7 +21,6 @@ mod client;
 pub mod config;
 pub mod discovery;
 pub mod identity;
-mod limits;
 mod metrics;
 mod node;
 mod provider;

@@ -10,7 +10,8 @@ use quiver_net::{
     BootstrapAddr, KadMode, Keypair, Multiaddr, NetClient, NetConfig, NetError, NetEvent, NetStatus, PeerInfo,
     Protocol, Validation, default_listen_addrs,
 };
-use quiver_proto::Heartbeat;
+use quiver_proto::reputation::REPUTATION_TOPIC;
+use quiver_proto::{Heartbeat, Observation, ReputationReport};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -63,6 +64,8 @@ pub struct NodeConfig {
     /// Take part in the DHT as a client only (never in others' routing tables): for short-lived
     /// processes such as `quiver ask`.
     pub dht_client_only: bool,
+    /// Period of this node's reputation reports (its own observations, gossiped as hearsay).
+    pub reputation_report_interval: Duration,
     /// Misbehave on purpose (tests only).
     #[cfg(feature = "adversary")]
     pub adversary: Option<crate::adversary::Adversary>,
@@ -83,6 +86,7 @@ impl Default for NodeConfig {
             provider: None,
             verify_rate: 0.0,
             dht_client_only: false,
+            reputation_report_interval: Duration::from_secs(60),
             #[cfg(feature = "adversary")]
             adversary: None,
         }
@@ -171,6 +175,7 @@ impl Node {
         };
         let (net, events, net_task) = quiver_net::spawn(keypair.clone(), net_config, &mut registry).await?;
         net.subscribe(NODES_TOPIC).await?;
+        net.subscribe(REPUTATION_TOPIC).await?;
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
         let reputation = open_reputation(config.data_dir.as_deref());
         let provider = match &config.provider {
@@ -207,6 +212,7 @@ impl Node {
             tokio::spawn(node.clone().publish_heartbeats()),
             tokio::spawn(node.clone().accept_claims()),
             tokio::spawn(node.clone().maintain_reputation()),
+            tokio::spawn(node.clone().publish_reputation_reports()),
         ];
         if let Some(p) = provider {
             tasks.push(tokio::spawn(p.serve()));
@@ -418,6 +424,8 @@ impl Node {
                 NetEvent::Gossip { topic, author, propagation_source, id, data } => {
                     let verdict = if topic == NODES_TOPIC {
                         self.on_heartbeat(&data, author)
+                    } else if topic == REPUTATION_TOPIC {
+                        self.on_reputation_report(&data, author)
                     } else if let (Some(p), true) =
                         (&self.inner.provider, topic.starts_with(quiver_proto::infer::INFER_TOPIC_PREFIX))
                     {
@@ -452,6 +460,11 @@ impl Node {
                 NetEvent::PeerDisconnected(_) => {
                     self.inner.metrics.connected_peers.dec();
                 }
+                NetEvent::OverLimit { peer, what, refused } => {
+                    // Flooding this node is a protocol violation: repeated, it ends in a ban.
+                    info!(%peer, what, refused, "a peer keeps exceeding its rate limit");
+                    self.record_offence(peer, Offence::ProtocolViolation, false).await;
+                }
             }
         }
     }
@@ -474,6 +487,86 @@ impl Node {
         self.inner.metrics.known_nodes.set(table.len() as i64);
         self.inner.metrics.heartbeats_received.get_or_create(&OutcomeLabel { outcome }).inc();
         verdict
+    }
+
+    /// Takes another node's reputation report as hearsay: each observation counts only if the
+    /// author is in good standing here, and never as much as an own observation (see
+    /// `Reputation::record_hearsay`).
+    fn on_reputation_report(&self, data: &[u8], author: Option<PeerId>) -> Validation {
+        let Some(author) = author else { return Validation::Reject };
+        let (timestamp_ms, observations) = match ReputationReport::decode_checked(data) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%author, error = %e, "rejected a reputation report");
+                return Validation::Reject;
+            }
+        };
+        let now = discovery::now_ms();
+        if timestamp_ms > now + REPORT_MAX_SKEW.as_millis() as u64
+            || timestamp_ms + (REPORT_MAX_AGE.as_millis() as u64) < now
+        {
+            return Validation::Ignore;
+        }
+        let me = self.peer_id();
+        let counted = self.with_reputation(|r, now| {
+            observations
+                .iter()
+                .filter(|o| o.peer != me && o.peer != author)
+                .filter(|o| r.record_hearsay(o.peer, author, o.successes > o.failures, now))
+                .count()
+        });
+        if counted > 0 {
+            debug!(%author, counted, "hearsay taken from a reputation report");
+        }
+        Validation::Accept
+    }
+
+    /// Publishes, every `reputation_report_interval`, what this node saw of the peers it dealt
+    /// with since its previous report (most active first, at most `MAX_OBSERVATIONS`).
+    async fn publish_reputation_reports(self) {
+        let mut reported: HashMap<PeerId, (u64, u64)> = HashMap::new();
+        let mut tick = tokio::time::interval(self.inner.config.reputation_report_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let views = self.reputation();
+            let mut observations: Vec<(u64, Observation)> = Vec::new();
+            let mut seen = HashMap::with_capacity(views.len());
+            for v in views {
+                let Ok(peer) = v.peer.parse::<PeerId>() else { continue };
+                let (s0, f0) = reported.get(&peer).copied().unwrap_or((0, 0));
+                let (ds, df) = (v.successes.saturating_sub(s0), v.failures.saturating_sub(f0));
+                if ds + df > 0 {
+                    let cap = u64::from(quiver_proto::reputation::MAX_JOBS_PER_OBSERVATION);
+                    observations.push((
+                        ds + df,
+                        Observation {
+                            peer_id: peer.to_bytes(),
+                            successes: ds.min(cap) as u32,
+                            failures: df.min(cap) as u32,
+                        },
+                    ));
+                }
+                seen.insert(peer, (v.successes, v.failures));
+            }
+            // Only peers the store still holds are remembered: bounded like the store.
+            reported = seen;
+            if observations.is_empty() {
+                continue;
+            }
+            observations.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+            observations.truncate(quiver_proto::reputation::MAX_OBSERVATIONS);
+            let report = ReputationReport {
+                timestamp_ms: discovery::now_ms(),
+                observations: observations.into_iter().map(|(_, o)| o).collect(),
+            };
+            match self.inner.net.publish(REPUTATION_TOPIC, prost::Message::encode_to_vec(&report)).await {
+                Ok(()) => debug!(peers = report.observations.len(), "reputation report published"),
+                Err(NetError::Publish(e)) => debug!(error = %e, "reputation report not published"),
+                Err(_) => return,
+            }
+        }
     }
 
     fn heartbeat(&self, seq: u64) -> Heartbeat {
@@ -560,6 +653,10 @@ impl Node {
         }
     }
 }
+
+/// Reputation reports dated further ahead than this, or older than the age, are ignored.
+const REPORT_MAX_SKEW: Duration = Duration::from_secs(60);
+const REPORT_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// Fewest nodes for which delivery deficits on the heartbeat topic are scored: below it a
 /// peer that forwards nothing cannot be told from an honest one with little to forward.

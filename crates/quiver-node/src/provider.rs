@@ -22,9 +22,9 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::discovery::now_ms;
-use crate::limits::PeerLimiter;
 use crate::metrics::NodeMetrics;
 use crate::wire;
+use quiver_net::PeerLimiter;
 
 /// How the provider role is set up.
 #[derive(Clone)]

@@ -64,7 +64,7 @@ async fn requests_spread_across_equal_providers() {
         // One after another: the hardest case, since no request sees another's load. Half are
         // asked directly (ranked candidates), half announced on gossip (ranked claims).
         let mut r = InferenceRequest::completion("smollm2-135m", &format!("Item {i}:"), 8);
-        r.broadcast = i % 2 == 0;
+        r.broadcast = i.is_multiple_of(2);
         r.use_cache = false;
         r.claim_window = Duration::from_millis(500);
         tokio::time::timeout(Duration::from_secs(120), client.infer(r))

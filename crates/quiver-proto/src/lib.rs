@@ -7,6 +7,7 @@
 pub mod frame;
 pub mod heartbeat;
 pub mod infer;
+pub mod reputation;
 pub mod signed;
 
 mod pb {
@@ -18,7 +19,8 @@ pub use frame::{FrameError, read_frame, write_frame};
 pub use heartbeat::{HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES, SignedHeartbeat};
 pub use pb::{
     Accepted, Busy, ChatMessage, Claim, ClaimAck, Heartbeat, InferError, InferRequest, InferResponse, JobAnnouncement,
-    ModelInfo, PromptInput, Queued, Receipt, SamplingParams, SignedRecord, TokenChunk, infer_response,
+    ModelInfo, Observation, PromptInput, Queued, Receipt, ReputationReport, SamplingParams, SignedRecord, TokenChunk,
+    infer_response,
 };
 pub use signed::{SignedPayload, sign};
 

@@ -1,0 +1,86 @@
+//! Per-peer limits on inbound DHT requests: a peer that floods a node with lookups is refused
+//! beyond its budget and reported, while another peer is still answered.
+
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use quiver_net::{BootstrapAddr, Keypair, NetClient, NetConfig, NetEvent, default_listen_addrs, spawn};
+use tokio::sync::mpsc;
+
+fn config(bootstrap: Vec<BootstrapAddr>) -> NetConfig {
+    NetConfig {
+        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, false),
+        bootstrap,
+        dht_requests_per_sec: 2,
+        dht_request_burst: 10,
+        ..NetConfig::default()
+    }
+}
+
+async fn start(bootstrap: Vec<BootstrapAddr>) -> (NetClient, mpsc::Receiver<NetEvent>) {
+    let (net, events, _task) =
+        spawn(Keypair::generate_ed25519(), config(bootstrap), &mut Registry::default()).await.expect("starts");
+    (net, events)
+}
+
+async fn connected(net: &NetClient) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while net.status().await.map(|s| s.connected_peers.is_empty()).unwrap_or(true) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("connected to the bootstrap peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dht_flooder_is_refused_and_reported_while_others_are_answered() {
+    let (a, mut a_events) = start(Vec::new()).await;
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(NetEvent::NewListenAddr(addr)) = a_events.recv().await {
+                return addr;
+            }
+        }
+    })
+    .await
+    .expect("listening");
+    let key = [quiver_net::MODEL_KEY_PREFIX, b"name/demo"].concat();
+    a.start_providing(key.clone()).await.expect("providing");
+
+    let (flooder, _flooder_events) = start(vec![addr.to_string().parse().expect("address parses")]).await;
+    connected(&flooder).await;
+    // 120 lookups at once; each asks A, the only peer the flooder knows.
+    let lookups = (0..120).map(|i| {
+        let f = flooder.clone();
+        async move { tokio::time::timeout(Duration::from_secs(15), f.get_providers(format!("k{i}").into_bytes())).await }
+    });
+    futures::future::join_all(lookups).await;
+    let reported = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match a_events.recv().await {
+                Some(NetEvent::OverLimit { peer, what, refused }) if peer == flooder.peer_id() => {
+                    return (what, refused);
+                }
+                Some(_) => {}
+                None => panic!("A stopped"),
+            }
+        }
+    })
+    .await
+    .expect("the flooder was reported");
+    assert_eq!(reported.0, "dht");
+    assert!(reported.1 >= 50);
+
+    // Another peer has its own budget: its lookup is answered.
+    let (honest, _honest_events) = start(vec![addr.to_string().parse().expect("address parses")]).await;
+    connected(&honest).await;
+    let found = tokio::time::timeout(Duration::from_secs(15), honest.get_providers(key))
+        .await
+        .expect("answered in time")
+        .expect("lookup runs");
+    assert!(found.iter().any(|(p, _)| *p == a.peer_id()), "A's provider record was not found: {found:?}");
+    for n in [a, flooder, honest] {
+        n.shutdown().await;
+    }
+}
