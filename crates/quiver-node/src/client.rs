@@ -21,7 +21,7 @@ use quiver_proto::{
     Claim, ClaimAck, InferRequest, InferResponse, JobAnnouncement, Receipt, infer_response::Kind, read_frame,
     write_frame,
 };
-use quiver_reputation::{JobStats, Offence};
+use quiver_reputation::{JobStats, MIN_TOKENS_FOR_SPEED, Offence};
 use rand::RngCore;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -424,10 +424,20 @@ impl Node {
             // provider starts on the same request and the first to stream wins.
             let hedge = if delivery.text.is_empty() && tried.len() < request.max_attempts {
                 // The hedge goes to the next candidate in good standing: never to a peer that
-                // failed lately.
+                // failed lately, nor to a newcomer beyond its share when an established provider
+                // is the one being hedged.
                 self.hedge_delay(candidate.peer).and_then(|d| {
                     let backup = self.with_reputation(|r, now| {
-                        queue.iter().find(|c| !tried.contains(&c.peer) && r.score(c.peer, now) > 0.0).cloned()
+                        queue
+                            .iter()
+                            .find(|c| {
+                                !tried.contains(&c.peer)
+                                    && r.score(c.peer, now) > 0.0
+                                    && (!r.is_newcomer(c.peer)
+                                        || r.is_newcomer(candidate.peer)
+                                        || r.newcomer_quota_available(now))
+                            })
+                            .cloned()
                     });
                     backup.map(|c| (c, d))
                 })
@@ -460,7 +470,9 @@ impl Node {
                         ttft: delivery.first_token.map(|t| t.saturating_sub(attempt_started.duration_since(started))),
                         tokens: u64::from(result.usage.completion_tokens),
                         // Short answers say little about speed.
-                        tokens_per_sec: (result.usage.completion_tokens >= 8 && measured > 0.0).then_some(measured),
+                        tokens_per_sec: (u64::from(result.usage.completion_tokens) >= MIN_TOKENS_FOR_SPEED
+                            && measured > 0.0)
+                            .then_some(measured),
                     };
                     self.with_reputation(|r, now| r.record_success(result.provider, stats, now));
                     self.check_speed_claim(result.provider).await;
@@ -520,8 +532,10 @@ impl Node {
     }
 
     /// Runs `primary`, and `backup` too if no token came from `primary` within `delay`. The
-    /// first to stream a token wins and the other is cancelled (a primary outrun this way is
-    /// penalised as late); one that fails before streaming leaves the field to the other.
+    /// first to stream a token wins. A losing backup is cancelled at once; a losing primary runs
+    /// on unheard until its first token (then it is cancelled: late, not at fault) or until the
+    /// backup has served the whole request (then it is penalised as timed out). One that fails
+    /// before streaming leaves the field to the other.
     #[allow(clippy::too_many_arguments)]
     async fn attempt_hedged(
         &self,
@@ -565,7 +579,12 @@ impl Node {
                 return gone(primary, a_started);
             }
             tokio::select! {
-                Some(ev) = rx_a.recv(), if leader != Some(Side::Backup) => {
+                Some(ev) = rx_a.recv(), if leader != Some(Side::Backup) || fa.is_some() => {
+                    if leader == Some(Side::Backup) {
+                        // Outrun, but it did stream: late, not at fault. Its text goes nowhere.
+                        fa = None;
+                        continue;
+                    }
                     leader = Some(Side::Primary);
                     fb = None;
                     if !forward(delivery, ev).await {
@@ -575,8 +594,6 @@ impl Node {
                 Some(ev) = rx_b.recv(), if leader != Some(Side::Primary) => {
                     if leader.is_none() {
                         debug!(late = %primary.peer, hedge = %backup.peer, "the hedge streamed first");
-                        fa = None;
-                        self.record_offence(primary.peer, Offence::Timeout, false).await;
                     }
                     leader = Some(Side::Backup);
                     if !forward(delivery, ev).await {
@@ -601,6 +618,12 @@ impl Node {
                         }
                     }
                     match result {
+                        // Outrun by the hedge: only a real failure counts against it.
+                        result if leader == Some(Side::Backup) => {
+                            if let Err(AttemptError::Retry(offence, reason)) = result {
+                                self.attempt_failed(&primary, offence, &reason).await;
+                            }
+                        }
                         Err(AttemptError::Retry(offence, reason)) if leader.is_none() && fb.is_some() => {
                             self.attempt_failed(&primary, offence, &reason).await;
                         }
@@ -613,10 +636,6 @@ impl Node {
                 Some((result, model)) = futures::future::OptionFuture::from(fb.as_mut()), if fb.is_some() => {
                     fb = None;
                     while let Ok(ev) = rx_b.try_recv() {
-                        if leader.is_none() {
-                            fa = None;
-                            self.record_offence(primary.peer, Offence::Timeout, false).await;
-                        }
                         leader = Some(Side::Backup);
                         if !forward(delivery, ev).await {
                             return gone(backup, b_started);
@@ -627,6 +646,11 @@ impl Node {
                             self.attempt_failed(&backup, offence, &reason).await;
                         }
                         result => {
+                            if leader == Some(Side::Backup) && fa.is_some() {
+                                // A whole job elsewhere and still no first token: a fault.
+                                info!(late = %primary.peer, "no first token while the hedge served the whole request");
+                                self.record_offence(primary.peer, Offence::Timeout, false).await;
+                            }
                             delivery.model_sha256 = delivery.model_sha256.take().or(model);
                             return Outcome { candidate: backup, started: b_started, result };
                         }

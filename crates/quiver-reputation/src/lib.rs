@@ -57,7 +57,7 @@ pub use config::ReputationConfig;
 pub use error::ReputationError;
 pub use offence::{Offence, OffenceWeights};
 pub use record::{Decaying, Hearsay, PeerRecord, RING_SIZE, Timing, UptimeState, from_unix_ms, unix_ms};
-pub use store::{Ban, FORMAT_VERSION, JobStats, PEERS_TABLE, PeerView, Reputation};
+pub use store::{Ban, FORMAT_VERSION, JobStats, MIN_TOKENS_FOR_SPEED, PEERS_TABLE, PeerView, Reputation};
 
 #[cfg(test)]
 #[path = "tests/lib.rs"]

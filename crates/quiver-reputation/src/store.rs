@@ -22,6 +22,9 @@ pub const FORMAT_VERSION: u8 = 1;
 /// redb page cache: records are small and all live in memory anyway.
 const DB_CACHE_BYTES: usize = 4 << 20;
 
+/// Fewest tokens of a job whose timing is taken as a speed sample.
+pub const MIN_TOKENS_FOR_SPEED: u64 = 8;
+
 /// Statistics of one successful job, as measured by the client.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct JobStats {
@@ -31,7 +34,8 @@ pub struct JobStats {
     pub ttft: Option<Duration>,
     /// Tokens received.
     pub tokens: u64,
-    /// Generation speed; `None` to derive it as `tokens / (latency − ttft)`.
+    /// Generation speed; `None` to derive it as `tokens / (latency − ttft)` when at least
+    /// [`MIN_TOKENS_FOR_SPEED`] tokens came.
     pub tokens_per_sec: Option<f64>,
 }
 
@@ -335,8 +339,9 @@ impl Reputation {
         }
         rec.tokens_total = rec.tokens_total.saturating_add(stats.tokens);
         let tps = stats.tokens_per_sec.or_else(|| {
+            // A short answer's timing is mostly latency: it says nothing of speed.
             let gen_time = stats.latency.saturating_sub(stats.ttft.unwrap_or_default()).as_secs_f64();
-            (stats.tokens > 0 && gen_time > 0.0).then(|| stats.tokens as f64 / gen_time)
+            (stats.tokens >= MIN_TOKENS_FOR_SPEED && gen_time > 0.0).then(|| stats.tokens as f64 / gen_time)
         });
         if let Some(tps) = tps.filter(|v| v.is_finite() && *v >= 0.0) {
             rec.tokens_per_sec = Some(match rec.tokens_per_sec {
