@@ -60,7 +60,7 @@ for t in "${targets[@]}"; do
     crashed=1
     result="CRASH: fuzz/artifacts/$t/$(ls -t "artifacts/$t" | head -1), see fuzz/$log"
   fi
-  rows+=("| \`$t\` | ${ran:-$secs} | ${execs:-?} | ${rate:-?} | $corpus | ${cov:-?} | $crashes | $result |")
+  rows+=("| \`$t\` | ${ran:--} | ${execs:-?} | ${rate:-?} | $corpus | ${cov:-?} | $crashes | $result |")
   echo "  $t: ${execs:-?} executions, ${rate:-?}/s, corpus $corpus, crashes $crashes" >&2
 done
 
