@@ -64,6 +64,7 @@ proptest! {
         claim in claim(),
         chosen in any::<bool>(),
         receipt in receipt(),
+        report in reputation_report(),
     ) {
         round_trip(&rec)?;
         round_trip(&hb)?;
@@ -73,6 +74,7 @@ proptest! {
         round_trip(&claim)?;
         round_trip(&ClaimAck { chosen })?;
         round_trip(&receipt)?;
+        round_trip(&report)?;
         if let Some(input) = &req.input {
             round_trip(input)?;
         }
@@ -205,6 +207,7 @@ proptest! {
             let _ = Receipt::verify(r, &libp2p_identity::PeerId::random());
         }
         let _ = ClaimAck::decode(bytes.as_slice());
+        let _ = ReputationReport::decode_checked(&bytes);
         let _ = SignedHeartbeat::decode(&bytes);
     }
 
@@ -218,6 +221,42 @@ proptest! {
             let _ = input.hash();
         }
         let _ = infer::validate_model_name(&req.model);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    /// Reports are accepted exactly when they hold 1..=32 observations of distinct valid PeerIds,
+    /// none empty and none counting more than 100,000 jobs (the limits restated here).
+    #[test]
+    fn reputation_reports_are_accepted_exactly_within_their_limits(report in reputation_report()) {
+        use quiver_proto::reputation::{MAX_JOBS_PER_OBSERVATION, MAX_OBSERVATIONS, MAX_REPORT_BYTES};
+        let bytes = report.encode_to_vec();
+        let obs = &report.observations;
+        let peers: Vec<_> = obs.iter().filter_map(|o| libp2p_identity::PeerId::from_bytes(&o.peer_id).ok()).collect();
+        let distinct = peers.iter().enumerate().all(|(i, p)| !peers[..i].contains(p));
+        let valid = bytes.len() <= MAX_REPORT_BYTES
+            && (1..=MAX_OBSERVATIONS).contains(&obs.len())
+            && peers.len() == obs.len()
+            && distinct
+            && obs.iter().all(|o| {
+                (o.successes, o.failures) != (0, 0)
+                    && o.successes <= MAX_JOBS_PER_OBSERVATION
+                    && o.failures <= MAX_JOBS_PER_OBSERVATION
+            });
+        match ReputationReport::decode_checked(&bytes) {
+            Ok((timestamp_ms, checked)) => {
+                prop_assert!(valid, "accepted: {:?}", report);
+                prop_assert_eq!(timestamp_ms, report.timestamp_ms);
+                prop_assert_eq!(checked.len(), obs.len());
+                for (c, o) in checked.iter().zip(obs) {
+                    prop_assert_eq!(c.peer.to_bytes(), o.peer_id.clone());
+                    prop_assert_eq!((c.successes, c.failures), (o.successes, o.failures));
+                }
+            }
+            Err(e) => prop_assert!(!valid, "refused ({}): {:?}", e, report),
+        }
     }
 }
 

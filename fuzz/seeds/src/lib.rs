@@ -166,6 +166,7 @@ fn responses() -> Vec<InferResponse> {
             kind: Some(Kind::Error(InferError { code: "context_overflow".into(), message: "too long".into() })),
         },
         InferResponse { kind: Some(Kind::Receipt(receipt().sign(&key()))) },
+        InferResponse { kind: Some(Kind::Queued(Queued { position: 2 })) },
     ]
 }
 
@@ -228,6 +229,16 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 
     add("node_record", "valid", join_node_record(&node_record_key(&peer()), &signed_hb));
     add("node_record", "minimal", join_node_record(&node_record_key(&peer()), &minimal.sign_and_encode(&kp)));
+
+    let other = Keypair::ed25519_from_bytes([0x52; 32]).map(|k| k.public().to_peer_id()).unwrap_or_else(|_| peer());
+    let report = ReputationReport {
+        timestamp_ms: 1_764_000_000_000,
+        observations: vec![
+            Observation { peer_id: peer().to_bytes(), successes: 12, failures: 1 },
+            Observation { peer_id: other.to_bytes(), successes: 0, failures: 3 },
+        ],
+    };
+    add("reputation", "report", report.encode_to_vec());
 
     add("config", "full", CONFIG_SEED.as_bytes().to_vec());
     add("config", "empty", Vec::new());

@@ -217,6 +217,30 @@ pub fn infer_response() -> impl Strategy<Value = InferResponse> {
                 .prop_map(|(queue_depth, retry_after_ms)| Kind::Busy(Busy { queue_depth, retry_after_ms })),
             (text(30), text(200)).prop_map(|(code, message)| Kind::Error(InferError { code, message })),
             signed_record().prop_map(Kind::Receipt),
+            any::<u32>().prop_map(|position| Kind::Queued(Queued { position })),
         ];
     proptest::option::of(kind).prop_map(|kind| InferResponse { kind })
+}
+
+/// PeerIds mostly valid (of fixed keys), sometimes junk; counts around the plausible limit.
+pub fn observation() -> impl Strategy<Value = Observation> {
+    let peer_id = prop_oneof![
+        4 => (0u8..64).prop_map(|n| libp2p_identity::Keypair::ed25519_from_bytes([n; 32])
+            .expect("32 bytes")
+            .public()
+            .to_peer_id()
+            .to_bytes()),
+        1 => bytes(40),
+    ];
+    let count = prop_oneof![1 => Just(0u32), 6 => 0u32..10, 1 => 99_990u32..100_010, 1 => any::<u32>()];
+    (peer_id, count.clone(), count).prop_map(|(peer_id, successes, failures)| Observation {
+        peer_id,
+        successes,
+        failures,
+    })
+}
+
+pub fn reputation_report() -> impl Strategy<Value = ReputationReport> {
+    (any::<u64>(), prop_oneof![vec(observation(), 1..4), vec(observation(), 0..36)])
+        .prop_map(|(timestamp_ms, observations)| ReputationReport { timestamp_ms, observations })
 }
