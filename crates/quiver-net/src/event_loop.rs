@@ -23,19 +23,11 @@ use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, Validation};
 use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, split_peer_id};
 
-/// Prefix of DHT keys holding signed node records: `/quiver/node/<PeerId bytes>`.
-pub const NODE_RECORD_PREFIX: &[u8] = b"/quiver/node/";
-/// Prefix of DHT provider keys for models: `/quiver/model/<sha256 hex>`.
-pub const MODEL_KEY_PREFIX: &[u8] = b"/quiver/model/";
+pub use quiver_proto::dht::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key};
 /// Most addresses taken from one peer's Identify into the routing table.
 const MAX_IDENTIFY_ADDRS: usize = 8;
 const BOOTSTRAP_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(60);
-
-/// The DHT key of `peer`'s node record.
-pub fn node_record_key(peer: &PeerId) -> Vec<u8> {
-    [NODE_RECORD_PREFIX, &peer.to_bytes()].concat()
-}
 
 struct BootstrapState {
     target: BootstrapAddr,
@@ -627,7 +619,7 @@ impl EventLoop {
                     }
                 }
                 kad::InboundRequest::AddProvider { record: Some(record) } => {
-                    if record.key.as_ref().starts_with(MODEL_KEY_PREFIX) && record.key.as_ref().len() <= 128 {
+                    if quiver_proto::dht::valid_provider_key(record.key.as_ref()) {
                         if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().add_provider(record) {
                             debug!(error = %e, "provider record not stored");
                         }
@@ -668,15 +660,10 @@ impl EventLoop {
     }
 }
 
-/// A node record must name the peer that signed it, under that peer's key.
+/// A node record must name the peer that signed it, under that peer's key (the check itself is
+/// the pure [`quiver_proto::dht::verify_node_record`], which the fuzz targets exercise).
 fn valid_node_record(record: &kad::Record) -> bool {
-    let Some(peer_bytes) = record.key.as_ref().strip_prefix(NODE_RECORD_PREFIX) else {
-        return false;
-    };
-    let Ok(peer) = PeerId::from_bytes(peer_bytes) else {
-        return false;
-    };
-    quiver_proto::SignedHeartbeat::decode(&record.value).is_ok_and(|hb| hb.peer_id == peer)
+    quiver_proto::dht::verify_node_record(record.key.as_ref(), &record.value).is_ok()
 }
 
 /// Addresses worth putting in the routing table: not unspecified, with a transport we dial.

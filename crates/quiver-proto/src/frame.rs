@@ -49,6 +49,11 @@ pub async fn read_frame<R: AsyncRead + Unpin, M: Message + Default>(r: &mut R, m
             0 => return Err(FrameError::BadLength),
             _ => {}
         }
+        // The tenth byte holds only bit 63: anything more is a length beyond u64, which must not
+        // wrap around to a small one.
+        if i == 9 && b[0] > 1 {
+            return Err(FrameError::BadLength);
+        }
         len |= u64::from(b[0] & 0x7f) << (7 * i);
         if b[0] & 0x80 == 0 {
             if len > max as u64 {

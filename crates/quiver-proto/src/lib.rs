@@ -4,6 +4,7 @@
 //! say: size limits, signatures with domain separation, and field validation. Everything a peer
 //! sends is decoded through functions here, which never panic on any input.
 
+pub mod dht;
 pub mod frame;
 pub mod heartbeat;
 pub mod infer;

@@ -48,8 +48,11 @@ impl SignedRecord {
     /// Verifies the signature and the domain, consuming the record.
     pub fn verify(self, domain: &'static str) -> Result<SignedPayload, ProtoError> {
         if self.domain.len() > MAX_DOMAIN_LEN || self.domain != domain {
+            // Cut a peer's overlong domain for the error message, on a character boundary
+            // (`String::truncate` panics inside a character).
             let mut found = self.domain;
-            found.truncate(MAX_DOMAIN_LEN);
+            let cut = (0..=MAX_DOMAIN_LEN.min(found.len())).rev().find(|&i| found.is_char_boundary(i)).unwrap_or(0);
+            found.truncate(cut);
             return Err(ProtoError::WrongDomain { expected: domain, found });
         }
         let public_key = PublicKey::try_decode_protobuf(&self.public_key).map_err(|_| ProtoError::BadKey)?;

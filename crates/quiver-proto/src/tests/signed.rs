@@ -28,3 +28,16 @@ fn round_trip_and_tamper() {
     // Oversized input is refused before decoding.
     assert!(matches!(SignedRecord::decode_verified(&bytes, "test/1", 4), Err(ProtoError::TooLarge { .. })));
 }
+
+#[test]
+fn long_domain_with_multibyte_char_at_the_cut_is_refused_without_panic() {
+    // 63 ASCII bytes, then a 2-byte character across the 64-byte cut: truncating the domain for
+    // the error message must not split the character.
+    let kp = Keypair::generate_ed25519();
+    let mut rec = sign(&kp, "test/1", b"x".to_vec());
+    rec.domain = format!("{}é{}", "a".repeat(63), "b".repeat(10));
+    match rec.verify("test/1") {
+        Err(ProtoError::WrongDomain { found, .. }) => assert_eq!(found, "a".repeat(63)),
+        other => panic!("expected WrongDomain, got {other:?}"),
+    }
+}
