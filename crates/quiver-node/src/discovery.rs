@@ -94,7 +94,7 @@ impl NodeTable {
         }
         let now = now_ms();
         let too_new = heartbeat.timestamp_ms > now + MAX_FUTURE_SKEW.as_millis() as u64;
-        let too_old = heartbeat.timestamp_ms + (self.ttl.as_millis() as u64) < now;
+        let too_old = heartbeat.timestamp_ms.saturating_add(self.ttl.as_millis() as u64) < now;
         if peer_id == local || too_new || too_old {
             return Ok(HeartbeatVerdict::Stale);
         }

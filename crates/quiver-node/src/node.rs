@@ -503,7 +503,7 @@ impl Node {
         };
         let now = discovery::now_ms();
         if timestamp_ms > now + REPORT_MAX_SKEW.as_millis() as u64
-            || timestamp_ms + (REPORT_MAX_AGE.as_millis() as u64) < now
+            || timestamp_ms.saturating_add(REPORT_MAX_AGE.as_millis() as u64) < now
         {
             return Validation::Ignore;
         }
