@@ -6,5 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # The default model (about 98 MB), fetched once into target/models with `quiver model fetch`.
 export QUIVER_MODEL_DIR="${QUIVER_MODEL_DIR:-$PWD/target/models}"
-cargo run --release --locked -q -p quiver-cli --bin quiver -- model fetch --models-dir "$QUIVER_MODEL_DIR" >/dev/null
+# One build serves both: the tests' build makes the binaries too (built separately, `quiver`
+# would be compiled a second time with other features).
+cargo test --workspace --release --locked --no-run
+"${CARGO_TARGET_DIR:-target}"/release/quiver model fetch --models-dir "$QUIVER_MODEL_DIR" >/dev/null
 exec cargo test --workspace --release --locked "$@"
