@@ -29,6 +29,15 @@ struct Net {
 
 impl Net {
     async fn start(honest: usize, adversary: Adversary) -> Net {
+        Net::start_with(honest, adversary, |engine| provider(engine)).await
+    }
+
+    /// As `start`, with the adversary's provider set up by `bad_provider`.
+    async fn start_with(
+        honest: usize,
+        adversary: Adversary,
+        bad_provider: impl Fn(&Arc<LlamaEngine>) -> Option<ProviderConfig>,
+    ) -> Net {
         let engine = load_engine(1, 1024);
         let boot = Node::start(NodeConfig { bootstrap_node: true, ..loopback_config() }).await.expect("boot starts");
         let addr = tcp_addr(&boot).await;
@@ -45,7 +54,9 @@ impl Net {
             honest_ids.push(n.peer_id());
             nodes.push(n);
         }
-        let bad = Node::start(provider(Some(adversary))).await.expect("adversary starts");
+        let bad = Node::start(NodeConfig { provider: bad_provider(&engine), ..provider(Some(adversary)) })
+            .await
+            .expect("adversary starts");
         let bad_id = bad.peer_id();
         nodes.push(bad);
         let client = Node::start(NodeConfig { bootstrap_peers: vec![addr.clone()], ..loopback_config() })
@@ -237,6 +248,31 @@ async fn heartbeats_that_promise_more_than_is_served_are_penalised() {
     }
     println!("caught after {asked} jobs");
     net.assert_shut_out("heartbeat_lie", |i| direct(i, 16), 4).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_right_after_advertising_free_slots_is_a_lie() {
+    // One slot, no queue, and heartbeats that always show eight free slots: a second job while
+    // one runs is refused, which its last heartbeat said could not happen.
+    let one_slot = |engine: &Arc<LlamaEngine>| {
+        Some(ProviderConfig {
+            requests_per_sec: 1000,
+            request_burst: 1000,
+            ..ProviderConfig::new(vec![engine.clone()], 1, 0)
+        })
+    };
+    let net = Net::start_with(1, Adversary::new(Misbehaviour::LyingHeartbeats), one_slot).await;
+    let mut pairs = 0;
+    while net.bad_view_opt().is_none_or(|v| !v.offence_counts.contains_key("heartbeat_lie")) {
+        assert!(pairs < 5, "no lie noticed in {pairs} pairs of concurrent requests: {:?}", net.bad_view_opt());
+        // Two at once: both go to the lure; the second finds its only slot taken.
+        let (a, b) = tokio::join!(net.client.infer(direct(2 * pairs, 24)), net.client.infer(direct(2 * pairs + 1, 24)));
+        a.expect("the first request succeeds");
+        b.expect("the second request succeeds elsewhere");
+        pairs += 1;
+    }
+    println!("lie noticed after {pairs} pairs: {:?}", net.bad_view().offence_counts);
     net.stop().await;
 }
 

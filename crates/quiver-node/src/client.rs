@@ -233,6 +233,8 @@ const MIN_TOKENS_PER_SEC: f64 = 0.5;
 const PROGRESS_SLACK: Duration = Duration::from_secs(10);
 /// A heartbeat's tokens/s more than this many times the speed measured on its jobs is a lie.
 const SPEED_LIE_FACTOR: f64 = 5.0;
+/// A heartbeat this recent (seconds) still describes the provider's load.
+const FRESH_HEARTBEAT_SECS: f64 = 3.0;
 /// Jobs measured before a speed claim is judged.
 const SPEED_LIE_MIN_JOBS: u64 = 3;
 /// Longest wait for connections to known providers before announcing a job.
@@ -952,7 +954,18 @@ impl Node {
                 Some(Kind::Queued(_)) if accepted.is_none() => {
                     queued_since.get_or_insert_with(Instant::now);
                 }
-                Some(Kind::Busy(_)) => return Err(retry(Offence::Busy, "busy")),
+                Some(Kind::Busy(_)) => {
+                    // Busy means every slot and the whole queue are taken: a heartbeat from
+                    // moments ago that showed several free slots and an empty queue was a lie.
+                    let lied = self.known_node(&peer).is_some_and(|n| {
+                        n.last_seen_secs < FRESH_HEARTBEAT_SECS && n.free_slots >= 2 && n.queue_depth == 0
+                    });
+                    if lied {
+                        info!(%peer, "busy right after a heartbeat showing free slots");
+                        self.record_offence(peer, Offence::HeartbeatLie, false).await;
+                    }
+                    return Err(retry(Offence::Busy, "busy"));
+                }
                 Some(Kind::Error(e)) => {
                     return Err(match e.code.as_str() {
                         "invalid_request" | "context_overflow" => {

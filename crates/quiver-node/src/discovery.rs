@@ -150,7 +150,10 @@ impl NodeTable {
 
     /// The live entry of one node.
     pub fn get(&self, peer: &PeerId) -> Option<KnownNode> {
-        self.nodes.get(peer).filter(|n| n.last_seen.elapsed() <= self.ttl).cloned()
+        self.nodes.get(peer).filter(|n| n.last_seen.elapsed() <= self.ttl).cloned().map(|mut n| {
+            n.last_seen_secs = n.last_seen.elapsed().as_secs_f64();
+            n
+        })
     }
 
     pub fn is_empty(&self) -> bool {
