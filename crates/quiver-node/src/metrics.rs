@@ -308,7 +308,8 @@ impl NodeMetrics {
             completion_tokens: result.usage.completion_tokens,
             ttft_ms: Some(t.ttft_ms),
             duration_ms: t.total_ms,
-            tokens_per_sec: t.tokens_per_sec,
+            // A cached answer took no generation: a rate would be meaningless.
+            tokens_per_sec: if result.cached { 0.0 } else { t.tokens_per_sec },
         });
     }
 
