@@ -62,12 +62,8 @@ fn init_writes_a_commented_config_that_loads() {
     assert_eq!(std::fs::read_to_string(&path).expect("config"), text);
 
     // A node starts from it (flags on top), logging JSON as asked.
-    let mut node = NodeProc::start(
-        NODE,
-        "from-config",
-        &["--config", path_s, "--port", "0", "--log-format", "json"],
-        dir.path(),
-    );
+    let mut node =
+        NodeProc::start(NODE, "from-config", &["--config", path_s, "--port", "0", "--log-format", "json"], dir.path());
     assert!(node.status().is_some_and(|s| s["peer_id"] == node.peer_id.as_str()));
     assert!(node.terminate(Duration::from_secs(10)).is_some_and(|s| s.success()), "SIGTERM exits 0");
     let log = std::fs::read_to_string(dir.path().join("from-config.log")).expect("log");
