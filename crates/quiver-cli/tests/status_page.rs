@@ -90,7 +90,18 @@ fn status_page_in_headless_chromium_shows_the_live_network() {
     let provider = NodeProc::start(
         PROVIDER,
         "provider",
-        &["--bootstrap", &boot.tcp_addr, "--port", "0", "--threads", "2", "--models-dir", models],
+        &[
+            "--bootstrap",
+            &boot.tcp_addr,
+            "--port",
+            "0",
+            "--threads",
+            "2",
+            "--models-dir",
+            models,
+            "--gateway",
+            "127.0.0.1:0",
+        ],
         d,
     );
     let gateway = NodeProc::start(
@@ -155,7 +166,14 @@ fn status_page_in_headless_chromium_shows_the_live_network() {
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "not a real screenshot");
     step(t, &format!("screenshot kept at {}", shot.display()));
 
-    // The provider's own control API serves the same page, with its provider card.
+    // The provider's own control API serves the same page, with its provider card; so does the
+    // gateway it runs with --gateway, beside the OpenAI routes.
+    let provider_gw = provider.gateway.expect("the provider printed its gateway address");
+    let models = support::http_get_json(provider_gw, "/v1/models").expect("the provider's gateway lists models");
+    assert_eq!(models["object"], "list", "{models}");
+    let (code, page) = support::http_get(provider_gw, "/").expect("the provider's gateway serves /");
+    assert_eq!(code, 200);
+    assert_eq!(page, quiver_gateway::status::STATUS_PAGE);
     let dom = chromium(&format!("http://{}/", provider.api), &d.join("chromium-provider"), &["--dump-dom"]);
     assert!(dom.contains("data-state=\"live\""), "{dom}");
     assert_eq!(text_of(&dom, "peer-id"), provider.peer_id);

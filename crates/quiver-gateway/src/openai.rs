@@ -375,15 +375,16 @@ fn async_stream(
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
 }
 
-/// Models available on the network: served here or announced in heartbeats, with provider
-/// counts (`providers`, a QUIVer field beside OpenAI's).
+/// Models available on the network with provider counts (`providers`, a QUIVer field beside
+/// OpenAI's). Only providers a request can be routed to count: the node's own engines do not,
+/// since the client role asks other peers (a provider's gateway serves the rest of the network).
 pub async fn models(State(node): State<Node>) -> Json<Value> {
     let data: Vec<Value> = crate::status::providers_by_model(&node)
         .await
         .into_iter()
-        .map(|(id, providers)| {
-            json!({ "id": id, "object": "model", "created": 0, "owned_by": "quiver", "providers": providers.len() })
-        })
+        .map(|(id, providers)| (id, providers.iter().filter(|p| !p.local).count()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(id, n)| json!({ "id": id, "object": "model", "created": 0, "owned_by": "quiver", "providers": n }))
         .collect();
     node.record_gateway_request("models", 200);
     Json(json!({ "object": "list", "data": data }))
