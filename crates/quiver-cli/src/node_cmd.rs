@@ -108,6 +108,11 @@ pub struct NodeArgs {
     )]
     pub gateway_cors_origins: Vec<String>,
 
+    /// Completion requests the gateway answers at once (a stream counts until it ends); more
+    /// are refused with 429.
+    #[arg(long, value_name = "N", default_value_t = quiver_gateway::DEFAULT_MAX_IN_FLIGHT, env = "QUIVER_GATEWAY_MAX_REQUESTS")]
+    pub gateway_max_requests: usize,
+
     /// TOML config file.
     #[arg(long, value_name = "FILE", env = "QUIVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -214,6 +219,7 @@ pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::Prov
     let gateway_options = quiver_gateway::GatewayOptions {
         api_keys: args.gateway_api_keys.clone(),
         cors_origins: args.gateway_cors_origins.clone(),
+        max_in_flight: args.gateway_max_requests,
     };
     let mut s = settings(args);
     init_logging(s.log_format, SERVICE_LOG);

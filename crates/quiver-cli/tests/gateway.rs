@@ -246,4 +246,8 @@ fn a_client_that_leaves_stops_generation_at_the_provider() {
     let outcomes: Vec<&str> =
         recent["jobs"].as_array().into_iter().flatten().filter_map(|j| j["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["served", "cancelled", "cancelled"], "{recent}");
+    // The gateway gave back the places of the requests that left.
+    eventually(Duration::from_secs(10), "no request left in flight at the gateway", || {
+        metric(&metrics_of(net.gateway.api), "quiver_gateway_requests_in_flight") == Some(0.0)
+    });
 }

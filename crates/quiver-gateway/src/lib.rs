@@ -35,14 +35,25 @@ pub enum GatewayError {
     Serve(std::io::Error),
 }
 
+/// Requests the gateway answers at once by default; beyond them it answers 429.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
 /// How the OpenAI-compatible gateway is exposed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GatewayOptions {
     /// Bearer keys `/v1` requires; empty means open.
     pub api_keys: Vec<String>,
     /// Origins a browser may call the gateway from (`*` for any); empty (the default) sends no
     /// CORS headers at all, so browsers keep other sites' pages out.
     pub cors_origins: Vec<String>,
+    /// Completion requests answered at once (a stream counts until it ends); more get 429.
+    pub max_in_flight: usize,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions { api_keys: Vec::new(), cors_origins: Vec::new(), max_in_flight: DEFAULT_MAX_IN_FLIGHT }
+    }
 }
 
 /// The control API's routes, without a fallback (so they can be merged).
@@ -66,9 +77,13 @@ pub fn api_router(node: Node) -> Router {
 /// The OpenAI-compatible routes plus the control API. Bearer keys (when given) guard `/v1`; the
 /// status page, its JSON and `/metrics` stay readable, as on the node's control API.
 pub fn gateway_router(node: Node, options: GatewayOptions) -> Router {
-    let v1 = Router::new()
+    let limit = openai::InFlightLimit::new(node.clone(), options.max_in_flight);
+    let completions = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        // Taken before the body is read, so slow uploads count too.
+        .layer(axum::middleware::from_fn_with_state(limit, openai::limit_in_flight));
+    let v1 = completions
         .route("/v1/models", get(openai::models))
         .layer(DefaultBodyLimit::max(openai::MAX_BODY_BYTES))
         .with_state(node.clone());

@@ -2,13 +2,15 @@
 //! `POST /v1/completions` (both with SSE streaming) and `GET /v1/models`.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -16,6 +18,7 @@ use quiver_node::engine::{ChatMessage, Input, SamplingParams};
 use quiver_node::{InferError, InferenceRequest, InferenceResult, Node, StreamEvent};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 /// Largest request body accepted.
@@ -221,7 +224,68 @@ enum Kind {
     Completion,
 }
 
-pub async fn chat_completions(State(node): State<Node>, body: Result<Bytes, BytesRejection>) -> Response {
+/// Bounds the completion requests answered at once.
+#[derive(Clone)]
+pub struct InFlightLimit {
+    node: Node,
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl InFlightLimit {
+    pub fn new(node: Node, max: usize) -> Self {
+        let max = max.max(1);
+        InFlightLimit { node, permits: Arc::new(Semaphore::new(max)), max }
+    }
+}
+
+/// One request's place among those in flight; given back (and the gauge lowered) when the
+/// answer, or its stream, ends.
+#[derive(Clone)]
+pub struct InFlight {
+    _place: Arc<InFlightPlace>,
+}
+
+struct InFlightPlace {
+    _permit: OwnedSemaphorePermit,
+    node: Node,
+}
+
+impl Drop for InFlightPlace {
+    fn drop(&mut self) {
+        self.node.record_gateway_in_flight(-1);
+    }
+}
+
+/// Middleware: a place among the in-flight requests, or 429 `rate_limit_exceeded` at once.
+pub async fn limit_in_flight(State(limit): State<InFlightLimit>, mut req: Request, next: Next) -> Response {
+    match limit.permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            limit.node.record_gateway_in_flight(1);
+            req.extensions_mut()
+                .insert(InFlight { _place: Arc::new(InFlightPlace { _permit: permit, node: limit.node }) });
+            next.run(req).await
+        }
+        Err(_) => {
+            let endpoint =
+                if req.uri().path().ends_with("/chat/completions") { "chat_completions" } else { "completions" };
+            limit.node.record_gateway_request(endpoint, StatusCode::TOO_MANY_REQUESTS.as_u16());
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                "rate_limit_exceeded",
+                format!("this gateway answers at most {} requests at once; retry shortly", limit.max),
+            )
+            .into_response()
+        }
+    }
+}
+
+pub async fn chat_completions(
+    State(node): State<Node>,
+    place: Option<Extension<InFlight>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let answer = async {
         let req = parse_body(body)?;
         let messages = req.messages.clone().ok_or_else(|| ApiError::bad_request("`messages` is required"))?;
@@ -229,12 +293,16 @@ pub async fn chat_completions(State(node): State<Node>, body: Result<Bytes, Byte
             return Err(ApiError::bad_request("`messages` must not be empty"));
         }
         let inference = req.to_inference(Input::Chat(messages))?;
-        respond(&node, req, inference, Kind::Chat).await
+        respond(&node, req, inference, Kind::Chat, place.map(|Extension(p)| p)).await
     };
     counted(&node, "chat_completions", answer.await)
 }
 
-pub async fn completions(State(node): State<Node>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(
+    State(node): State<Node>,
+    place: Option<Extension<InFlight>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let answer = async {
         let req = parse_body(body)?;
         let prompt = match &req.prompt {
@@ -243,7 +311,7 @@ pub async fn completions(State(node): State<Node>, body: Result<Bytes, BytesReje
             _ => return Err(ApiError::bad_request("`prompt` must be a string")),
         };
         let inference = req.to_inference(Input::Prompt(prompt))?;
-        respond(&node, req, inference, Kind::Completion).await
+        respond(&node, req, inference, Kind::Completion, place.map(|Extension(p)| p)).await
     };
     counted(&node, "completions", answer.await)
 }
@@ -267,6 +335,7 @@ async fn respond(
     req: CompletionRequest,
     inference: InferenceRequest,
     kind: Kind,
+    place: Option<InFlight>,
 ) -> Result<Response, ApiError> {
     let id = format!("{}-{:016x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
     let created = now_secs();
@@ -315,7 +384,7 @@ async fn respond(
         let v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice] });
         Event::default().data(v.to_string())
     };
-    let events = async_stream(node.clone(), stream, first, chunk, include_usage, kind);
+    let events = async_stream(node.clone(), stream, first, chunk, include_usage, kind, place);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
@@ -328,9 +397,12 @@ fn async_stream(
     chunk: impl Fn(Value, Value) -> Event + Send + 'static,
     include_usage: bool,
     kind: Kind,
+    place: Option<InFlight>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(32);
     tokio::spawn(async move {
+        // The request stays in flight until its stream ends.
+        let _place = place;
         if kind == Kind::Chat
             && tx.send(chunk(json!({ "role": "assistant", "content": "" }), Value::Null)).await.is_err()
         {

@@ -188,8 +188,12 @@ async fn cors_is_off_by_default_and_opt_in_per_origin() {
     assert!(!resp.status().is_success(), "a preflight without CORS is not approved: {}", resp.status());
     closed.stop().await;
 
-    let open =
-        Gateway::start(GatewayOptions { api_keys: vec!["sk-k".into()], cors_origins: vec![origin.into()] }).await;
+    let open = Gateway::start(GatewayOptions {
+        api_keys: vec!["sk-k".into()],
+        cors_origins: vec![origin.into()],
+        ..Default::default()
+    })
+    .await;
     // The preflight needs no key; the allowed origin gets the headers, another origin does not.
     let resp = preflight(&open).await.expect("answered");
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
@@ -316,5 +320,44 @@ async fn metrics_parse_and_follow_the_naming_conventions() {
             assert!(name.ends_with("_seconds"), "histogram {name} does not name its unit");
         }
     }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_get_429() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start(GatewayOptions { max_in_flight: 1, ..Default::default() }).await;
+    let in_flight = || async {
+        let text = gw.get("/metrics").await.text().await.expect("metrics");
+        text.lines().find_map(|l| l.strip_prefix("quiver_gateway_requests_in_flight ")?.parse::<i64>().ok())
+    };
+    assert_eq!(in_flight().await, Some(0));
+
+    // A request whose body is still uploading holds the one place.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        .await
+        .expect("send half a request");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while in_flight().await != Some(1) {
+        assert!(tokio::time::Instant::now() < deadline, "the slow request was not counted in flight");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, headers, body) = gw.post("/v1/chat/completions", chat("no-such-model")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(error_code(&body), "rate_limit_exceeded");
+    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    // Listing models is not limited.
+    assert_eq!(gw.get("/v1/models").await.status(), StatusCode::OK);
+
+    // The place comes back when that client leaves.
+    drop(slow);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while in_flight().await != Some(0) {
+        assert!(tokio::time::Instant::now() < deadline, "the place was not given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _, body) = gw.post("/v1/chat/completions", chat("no-such-model")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     gw.stop().await;
 }

@@ -152,6 +152,7 @@ pub(crate) struct NodeMetrics {
     client_tokens: Counter,
     gateway_requests: Family<GatewayLabel, Counter>,
     gateway_tokens: Family<TokenKindLabel, Counter>,
+    gateway_in_flight: Gauge,
     reputation: Arc<ReputationScores>,
     recent: Arc<Mutex<VecDeque<JobRecord>>>,
 }
@@ -183,6 +184,7 @@ impl NodeMetrics {
             client_tokens: Counter::default(),
             gateway_requests: Family::default(),
             gateway_tokens: Family::default(),
+            gateway_in_flight: Gauge::default(),
             reputation: Arc::default(),
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_JOBS))),
         };
@@ -237,6 +239,11 @@ impl NodeMetrics {
             "gateway_tokens",
             "Tokens of answered gateway requests, by kind (prompt, completion)",
             m.gateway_tokens.clone(),
+        );
+        q.register(
+            "gateway_requests_in_flight",
+            "Requests the OpenAI-compatible gateway is answering now (streams included)",
+            m.gateway_in_flight.clone(),
         );
         q.register_collector(Box::new(m.reputation.clone()));
         q.register("build", "Version of this node", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
@@ -362,6 +369,11 @@ impl Node {
     /// Counts a request to the OpenAI-compatible gateway by endpoint and HTTP status.
     pub fn record_gateway_request(&self, endpoint: &'static str, status: u16) {
         self.metrics().gateway_requests.get_or_create(&GatewayLabel { endpoint, status }).inc();
+    }
+
+    /// A gateway request started (`+1`) or ended (`-1`).
+    pub fn record_gateway_in_flight(&self, delta: i64) {
+        self.metrics().gateway_in_flight.inc_by(delta);
     }
 
     /// Counts the tokens of an answered gateway request (its usage).
