@@ -200,7 +200,7 @@ impl NodeMetrics {
         );
         q.register(
             "gossip_messages_received",
-            "GossipSub messages received, by topic kind (nodes, infer, other)",
+            "GossipSub messages received, by topic kind (nodes, infer, reputation, other)",
             m.gossip_received.clone(),
         );
         q.register("provider_jobs", "Inference jobs handled as a provider, by outcome", m.jobs.clone());
@@ -263,6 +263,8 @@ impl NodeMetrics {
             "nodes"
         } else if topic.starts_with(quiver_proto::infer::INFER_TOPIC_PREFIX) {
             "infer"
+        } else if topic == quiver_proto::reputation::REPUTATION_TOPIC {
+            "reputation"
         } else {
             "other"
         };

@@ -15,6 +15,7 @@ fn names_follow_prometheus_conventions() {
     m.job(JobOutcome::Served);
     m.gossip(crate::discovery::NODES_TOPIC);
     m.gossip("quiver/1/infer/smollm2-135m");
+    m.gossip(quiver_proto::reputation::REPUTATION_TOPIC);
     m.gossip("something/else");
     *m.reputation.0.lock().expect("not poisoned") = vec![0.05, 0.55, 1.0];
     let text = encoded(&registry);
@@ -30,6 +31,7 @@ fn names_follow_prometheus_conventions() {
         "# TYPE quiver_client_request_duration_seconds histogram",
         "quiver_gossip_messages_received_total{topic=\"nodes\"} 1",
         "quiver_gossip_messages_received_total{topic=\"infer\"} 1",
+        "quiver_gossip_messages_received_total{topic=\"reputation\"} 1",
         "quiver_gossip_messages_received_total{topic=\"other\"} 1",
         "# TYPE quiver_peer_reputation_score histogram",
         "quiver_peer_reputation_score_count 3",
