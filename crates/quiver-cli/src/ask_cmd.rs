@@ -77,6 +77,9 @@ pub struct AskArgs {
     /// Where models are kept, for --local. [default: <data-dir>/models]
     #[arg(long, value_name = "DIR", env = "QUIVER_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Log format on stderr (warnings and errors only unless RUST_LOG says otherwise).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "QUIVER_LOG_FORMAT")]
+    pub log_format: LogFormat,
 }
 
 impl AskArgs {
@@ -101,7 +104,7 @@ impl AskArgs {
 }
 
 pub async fn run(args: AskArgs) -> anyhow::Result<()> {
-    init_logging(LogFormat::Text, QUIET_LOG);
+    init_logging(args.log_format, QUIET_LOG);
     if args.local {
         return run_local(args).await;
     }

@@ -3,6 +3,8 @@
 
 pub mod ask_cmd;
 pub mod client;
+pub mod help;
+pub mod init_cmd;
 pub mod model_cmd;
 pub mod node_cmd;
 pub mod provider_cmd;

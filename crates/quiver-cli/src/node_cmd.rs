@@ -85,15 +85,33 @@ pub struct NodeArgs {
     #[arg(long, value_name = "ADDR:PORT", env = "QUIVER_GATEWAY")]
     pub gateway: Option<SocketAddr>,
 
-    /// Bearer key the gateway requires (repeatable). Without any, the gateway is open.
+    /// Bearer key the gateway's /v1 routes require (repeatable; --api-key is the same flag).
+    /// Without any, the gateway is open.
     #[arg(
         long = "gateway-api-key",
+        visible_alias = "api-key",
         value_name = "KEY",
         env = "QUIVER_GATEWAY_API_KEYS",
         value_delimiter = ',',
         hide_env_values = true
     )]
     pub gateway_api_keys: Vec<String>,
+
+    /// Let web pages from this origin call the gateway (CORS), e.g. https://app.example.org, or
+    /// "*" for any (repeatable; --cors-origin is the same flag). Off by default.
+    #[arg(
+        long = "gateway-cors-origin",
+        visible_alias = "cors-origin",
+        value_name = "ORIGIN",
+        env = "QUIVER_GATEWAY_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub gateway_cors_origins: Vec<String>,
+
+    /// Completion requests the gateway answers at once (a stream counts until it ends); more
+    /// are refused with 429.
+    #[arg(long, value_name = "N", default_value_t = quiver_gateway::DEFAULT_MAX_IN_FLIGHT, env = "QUIVER_GATEWAY_MAX_REQUESTS")]
+    pub gateway_max_requests: usize,
 
     /// TOML config file.
     #[arg(long, value_name = "FILE", env = "QUIVER_CONFIG")]
@@ -198,7 +216,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 /// Runs a node, serving models when `provider` is given, until SIGINT or SIGTERM.
 pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::ProviderArgs>) -> anyhow::Result<()> {
     let args_gateway = args.gateway;
-    let gateway_keys = args.gateway_api_keys.clone();
+    let gateway_options = quiver_gateway::GatewayOptions {
+        api_keys: args.gateway_api_keys.clone(),
+        cors_origins: args.gateway_cors_origins.clone(),
+        max_in_flight: args.gateway_max_requests,
+    };
     let mut s = settings(args);
     init_logging(s.log_format, SERVICE_LOG);
     if let Some(p) = provider {
@@ -274,17 +296,18 @@ pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::Prov
     let gateway_task = match args_gateway {
         None => None,
         Some(addr) => {
-            if !addr.ip().is_loopback() && gateway_keys.is_empty() {
+            if !addr.ip().is_loopback() && gateway_options.api_keys.is_empty() {
                 warn!(%addr, "the gateway is reachable from other machines without an API key (--gateway-api-key)");
             }
             let listener = quiver_gateway::bind(addr).await?;
             let local = listener.local_addr().context("gateway listener address")?;
             println!("gateway on http://{local}/v1");
+            println!("status page on http://{local}/");
             let mut stop = stop_rx.clone();
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            Some(tokio::spawn(quiver_gateway::serve_gateway(node.clone(), listener, gateway_keys, shutdown)))
+            Some(tokio::spawn(quiver_gateway::serve_gateway(node.clone(), listener, gateway_options, shutdown)))
         }
     };
 

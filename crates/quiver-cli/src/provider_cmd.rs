@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -81,6 +83,7 @@ pub struct ProviderCli {
 #[derive(Debug, Subcommand)]
 pub enum ProviderCommand {
     /// Serve the models (the same as giving no subcommand).
+    #[command(after_help = crate::help::PROVIDER_BIN)]
     Start {
         #[command(flatten)]
         node: NodeArgs,
@@ -113,14 +116,24 @@ pub async fn local_model(name: &str, models_dir: &Path, fetch: bool) -> anyhow::
 
 /// Loads a llama.cpp engine for `model`, showing what it does.
 pub async fn load_llama(model: models::LocalModel, config: LlamaConfig) -> anyhow::Result<LlamaEngine> {
-    eprintln!("loading {} from {} ...", model.name, model.path.display());
     let started = Instant::now();
+    // A spinner with the time so far while llama.cpp loads (drawn only on a terminal).
+    let spinner =
+        ProgressBar::new_spinner().with_message(format!("loading {} from {}", model.name, model.path.display()));
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    if spinner.is_hidden() {
+        eprintln!("loading {} from {} ...", model.name, model.path.display());
+    }
+    spinner.enable_steady_tick(Duration::from_millis(100));
     let known_sha = model.entry.as_ref().map(|e| e.sha256);
     let name = model.name.clone();
     let path = model.path.clone();
-    let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(&path, &name, known_sha, config))
-        .await
-        .context("model loading task")??;
+    let loaded = tokio::task::spawn_blocking(move || LlamaEngine::load(&path, &name, known_sha, config)).await;
+    spinner.finish_and_clear();
+    let engine = loaded.context("model loading task")??;
     eprintln!(
         "loaded {} ({}, sha256 {}) in {:.1} s, {} threads",
         engine.model().name,

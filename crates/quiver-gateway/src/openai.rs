@@ -1,13 +1,16 @@
 //! The OpenAI-compatible API, served by the network: `POST /v1/chat/completions`,
 //! `POST /v1/completions` (both with SSE streaming) and `GET /v1/models`.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -15,12 +18,15 @@ use quiver_node::engine::{ChatMessage, Input, SamplingParams};
 use quiver_node::{InferError, InferenceRequest, InferenceResult, Node, StreamEvent};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 const DEFAULT_MAX_TOKENS: u32 = 256;
 
-/// An error in OpenAI's shape.
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
@@ -36,12 +42,38 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", message)
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// From an error of the network, knowing whether the model is one anybody serves or
+    /// catalogues: asking for a model nobody knows is 404 `model_not_found`, as with OpenAI; a
+    /// known model with no provider reachable now is 503.
+    fn from_infer(e: InferError, model_known: bool) -> Self {
+        match e {
+            InferError::NoProvider { model } if !model_known => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!("The model `{model}` does not exist: no provider on the network serves it"),
+            ),
+            other => other.into(),
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({ "error": { "message": self.message, "type": self.kind, "param": null, "code": self.code } })
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "message": self.message, "type": self.kind, "param": null, "code": self.code } });
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
@@ -50,14 +82,17 @@ impl From<InferError> for ApiError {
         let msg = e.to_string();
         match e {
             InferError::Invalid(_) => ApiError::bad_request(msg),
+            InferError::Rejected { ref code, .. } if code == "context_overflow" => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded", msg)
+            }
             InferError::Rejected { .. } => ApiError::bad_request(msg),
             InferError::NoProvider { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", msg)
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_provider", msg)
             }
             InferError::AllProvidersFailed { ref failures, .. }
                 if failures.iter().all(|f| f.ends_with("busy") || f.ends_with("rate limited")) =>
             {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "server_error", "overloaded", msg)
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "overloaded", msg)
             }
             InferError::AllProvidersFailed { .. }
             | InferError::Diverged
@@ -67,6 +102,47 @@ impl From<InferError> for ApiError {
             }
         }
     }
+}
+
+/// The body as JSON, or an OpenAI-shaped 400 (unparsable) or 413 (over [`MAX_BODY_BYTES`]).
+/// Any content type is taken, so `curl -d '{...}'` works without a header.
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<CompletionRequest, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Unknown paths, in OpenAI's shape.
+pub async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        format!(
+            "Unknown request URL: {method} {}. QUIVer serves POST /v1/chat/completions, POST /v1/completions, \
+             GET /v1/models, and the status page at /",
+            uri.path()
+        ),
+    )
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 /// `stop` may be a string or a list of strings.
@@ -148,38 +224,118 @@ enum Kind {
     Completion,
 }
 
+/// Bounds the completion requests answered at once.
+#[derive(Clone)]
+pub struct InFlightLimit {
+    node: Node,
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl InFlightLimit {
+    pub fn new(node: Node, max: usize) -> Self {
+        let max = max.max(1);
+        InFlightLimit { node, permits: Arc::new(Semaphore::new(max)), max }
+    }
+}
+
+/// One request's place among those in flight; given back (and the gauge lowered) when the
+/// answer, or its stream, ends.
+#[derive(Clone)]
+pub struct InFlight {
+    _place: Arc<InFlightPlace>,
+}
+
+struct InFlightPlace {
+    _permit: OwnedSemaphorePermit,
+    node: Node,
+}
+
+impl Drop for InFlightPlace {
+    fn drop(&mut self) {
+        self.node.record_gateway_in_flight(-1);
+    }
+}
+
+/// Middleware: a place among the in-flight requests, or 429 `rate_limit_exceeded` at once.
+pub async fn limit_in_flight(State(limit): State<InFlightLimit>, mut req: Request, next: Next) -> Response {
+    match limit.permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            limit.node.record_gateway_in_flight(1);
+            req.extensions_mut()
+                .insert(InFlight { _place: Arc::new(InFlightPlace { _permit: permit, node: limit.node }) });
+            next.run(req).await
+        }
+        Err(_) => {
+            let endpoint =
+                if req.uri().path().ends_with("/chat/completions") { "chat_completions" } else { "completions" };
+            limit.node.record_gateway_request(endpoint, StatusCode::TOO_MANY_REQUESTS.as_u16());
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                "rate_limit_exceeded",
+                format!("this gateway answers at most {} requests at once; retry shortly", limit.max),
+            )
+            .into_response()
+        }
+    }
+}
+
 pub async fn chat_completions(
     State(node): State<Node>,
-    body: Result<Json<CompletionRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let messages = req.messages.clone().ok_or_else(|| ApiError::bad_request("`messages` is required"))?;
-    if messages.is_empty() {
-        return Err(ApiError::bad_request("`messages` must not be empty"));
-    }
-    let inference = req.to_inference(Input::Chat(messages))?;
-    respond(node, req, inference, Kind::Chat).await
+    place: Option<Extension<InFlight>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let answer = async {
+        let req = parse_body(body)?;
+        let messages = req.messages.clone().ok_or_else(|| ApiError::bad_request("`messages` is required"))?;
+        if messages.is_empty() {
+            return Err(ApiError::bad_request("`messages` must not be empty"));
+        }
+        let inference = req.to_inference(Input::Chat(messages))?;
+        respond(&node, req, inference, Kind::Chat, place.map(|Extension(p)| p)).await
+    };
+    counted(&node, "chat_completions", answer.await)
 }
 
 pub async fn completions(
     State(node): State<Node>,
-    body: Result<Json<CompletionRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let prompt = match &req.prompt {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
-        _ => return Err(ApiError::bad_request("`prompt` must be a string")),
+    place: Option<Extension<InFlight>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let answer = async {
+        let req = parse_body(body)?;
+        let prompt = match &req.prompt {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
+            _ => return Err(ApiError::bad_request("`prompt` must be a string")),
+        };
+        let inference = req.to_inference(Input::Prompt(prompt))?;
+        respond(&node, req, inference, Kind::Completion, place.map(|Extension(p)| p)).await
     };
-    let inference = req.to_inference(Input::Prompt(prompt))?;
-    respond(node, req, inference, Kind::Completion).await
+    counted(&node, "completions", answer.await)
+}
+
+/// Counts the request by endpoint and status (the tokens of answered ones are counted where the
+/// answer ends).
+fn counted(node: &Node, endpoint: &'static str, answer: Result<Response, ApiError>) -> Response {
+    let resp = answer.unwrap_or_else(IntoResponse::into_response);
+    node.record_gateway_request(endpoint, resp.status().as_u16());
+    resp
+}
+
+/// Whether anybody is known to serve `model`, or the catalogue names it.
+async fn model_known(node: &Node, model: &str) -> bool {
+    quiver_node::engine::models::find(model).is_some()
+        || crate::status::providers_by_model(node).await.contains_key(model)
 }
 
 async fn respond(
-    node: Node,
+    node: &Node,
     req: CompletionRequest,
     inference: InferenceRequest,
     kind: Kind,
+    place: Option<InFlight>,
 ) -> Result<Response, ApiError> {
     let id = format!("{}-{:016x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
     let created = now_secs();
@@ -187,15 +343,15 @@ async fn respond(
     let mut stream = node.infer_stream(inference)?;
     if !req.stream {
         // Dropping this future (client gone) drops the stream, which cancels the job.
-        let mut text = String::new();
         let result = loop {
             match stream.next().await {
-                Some(Ok(StreamEvent::Token(t))) => text.push_str(&t),
+                Some(Ok(StreamEvent::Token(_))) => {}
                 Some(Ok(StreamEvent::Done(r))) => break *r,
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => return Err(ApiError::from_infer(e, model_known(node, &model).await)),
                 None => return Err(ApiError::from(InferError::Net("the request ended without a result".into()))),
             }
         };
+        node.record_gateway_usage(result.usage);
         let choice = match kind {
             Kind::Chat => json!({ "index": 0, "message": { "role": "assistant", "content": result.text },
                                   "finish_reason": result.finish_reason, "logprobs": null }),
@@ -214,7 +370,7 @@ async fn respond(
     // Streaming: wait for the first event so that "no provider" is still an HTTP error.
     let first = match stream.next().await {
         Some(Ok(ev)) => ev,
-        Some(Err(e)) => return Err(e.into()),
+        Some(Err(e)) => return Err(ApiError::from_infer(e, model_known(node, &model).await)),
         None => return Err(ApiError::from(InferError::Net("the request ended without a result".into()))),
     };
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -228,21 +384,25 @@ async fn respond(
         let v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice] });
         Event::default().data(v.to_string())
     };
-    let events = async_stream(stream, first, chunk, include_usage, kind);
+    let events = async_stream(node.clone(), stream, first, chunk, include_usage, kind, place);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 /// The SSE events of a streamed answer: a role delta (chat), content deltas, the finish reason,
 /// usage if asked, and `[DONE]`. An error mid-stream ends with an error event.
 fn async_stream(
+    node: Node,
     mut stream: quiver_node::InferenceStream,
     first: StreamEvent,
     chunk: impl Fn(Value, Value) -> Event + Send + 'static,
     include_usage: bool,
     kind: Kind,
+    place: Option<InFlight>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(32);
     tokio::spawn(async move {
+        // The request stays in flight until its stream ends.
+        let _place = place;
         if kind == Kind::Chat
             && tx.send(chunk(json!({ "role": "assistant", "content": "" }), Value::Null)).await.is_err()
         {
@@ -253,10 +413,12 @@ fn async_stream(
             match event {
                 Ok(StreamEvent::Token(t)) => {
                     if tx.send(chunk(json!({ "content": t }), Value::Null)).await.is_err() {
-                        return; // the client went away: dropping `stream` cancels the job
+                        debug!("the client went away; cancelling the job");
+                        return; // dropping `stream` cancels the job
                     }
                 }
                 Ok(StreamEvent::Done(r)) => {
+                    node.record_gateway_usage(r.usage);
                     let _ = tx.send(chunk(json!({}), json!(r.finish_reason))).await;
                     if include_usage {
                         let v = json!({ "object": "chat.completion.chunk", "choices": [], "usage": usage(&r),
@@ -268,35 +430,34 @@ fn async_stream(
                 }
                 Err(e) => {
                     let err = ApiError::from(e);
-                    let v = json!({ "error": { "message": err.message, "type": err.kind, "code": err.code } });
-                    let _ = tx.send(Event::default().data(v.to_string())).await;
+                    let _ = tx.send(Event::default().data(err.body().to_string())).await;
                     return;
                 }
             }
-            next = stream.next().await;
+            next = tokio::select! {
+                ev = stream.next() => ev,
+                // Also notice a client that left while no token is coming (a queued job).
+                () = tx.closed() => {
+                    debug!("the client went away; cancelling the job");
+                    return;
+                }
+            };
         }
     });
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
 }
 
-/// Models available on the network: served here or announced in heartbeats, with provider counts.
+/// Models available on the network with provider counts (`providers`, a QUIVer field beside
+/// OpenAI's). Only providers a request can be routed to count: the node's own engines do not,
+/// since the client role asks other peers (a provider's gateway serves the rest of the network).
 pub async fn models(State(node): State<Node>) -> Json<Value> {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for n in node.known_nodes() {
-        for m in n.models {
-            *counts.entry(m.name).or_default() += 1;
-        }
-    }
-    if let Ok(status) = node.status().await
-        && let Some(p) = status.provider
-    {
-        for m in p.models {
-            *counts.entry(m.name).or_default() += 1;
-        }
-    }
-    let data: Vec<Value> = counts
+    let data: Vec<Value> = crate::status::providers_by_model(&node)
+        .await
         .into_iter()
-        .map(|(id, providers)| json!({ "id": id, "object": "model", "created": 0, "owned_by": "quiver", "providers": providers }))
+        .map(|(id, providers)| (id, providers.iter().filter(|p| !p.local).count()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(id, n)| json!({ "id": id, "object": "model", "created": 0, "owned_by": "quiver", "providers": n }))
         .collect();
+    node.record_gateway_request("models", 200);
     Json(json!({ "object": "list", "data": data }))
 }

@@ -352,6 +352,7 @@ impl Node {
         let (tx, rx) = mpsc::channel(64);
         let node = self.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let outcome = node.run_request(&request, wire_request, &tx).await;
             let label = match &outcome {
                 Ok(()) => "ok",
@@ -361,6 +362,7 @@ impl Node {
             };
             node.metrics().requests.get_or_create(&crate::metrics::RequestLabel { outcome: label }).inc();
             if let Err(e) = outcome {
+                node.metrics().client_failed(&request.model, label, started.elapsed());
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -379,6 +381,7 @@ impl Node {
             hit.cached = true;
             hit.attempts = 0;
             hit.timing = Timing::measure(started.elapsed(), started.elapsed(), hit.usage.completion_tokens);
+            self.metrics().client_done(&request.model, &hit);
             let _ = tx.send(Ok(StreamEvent::Token(hit.text.clone()))).await;
             let _ = tx.send(Ok(StreamEvent::Done(Box::new(hit)))).await;
             return Ok(());
@@ -502,6 +505,7 @@ impl Node {
                     if let Some(key) = cache_key {
                         self.result_cache().put(key, result.clone());
                     }
+                    self.metrics().client_done(&request.model, &result);
                     let _ = tx.send(Ok(StreamEvent::Done(Box::new(result)))).await;
                     return Ok(());
                 }

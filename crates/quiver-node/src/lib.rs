@@ -30,6 +30,7 @@ pub use client::{
     InferError, InferenceRequest, InferenceResult, InferenceStream, ReceiptInfo, Route, StreamEvent, Timing,
 };
 pub use discovery::{KnownNode, NODES_TOPIC};
+pub use metrics::{JobCounters, JobRecord, JobRole, RECENT_JOBS};
 pub use node::{AGENT_VERSION, Node, NodeConfig, NodeError, NodeStatus, ProviderStatus};
 pub use provider::ProviderConfig;
 pub use quiver_engine as engine;

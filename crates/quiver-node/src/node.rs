@@ -422,6 +422,7 @@ impl Node {
         while let Some(event) = events.recv().await {
             match event {
                 NetEvent::Gossip { topic, author, propagation_source, id, data } => {
+                    self.inner.metrics.gossip(&topic);
                     let verdict = if topic == NODES_TOPIC {
                         self.on_heartbeat(&data, author)
                     } else if topic == REPUTATION_TOPIC {

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::discovery::now_ms;
+use crate::metrics::JobOutcome::{Cancelled, Served};
 use crate::metrics::NodeMetrics;
 use crate::wire;
 use quiver_net::PeerLimiter;
@@ -399,14 +400,16 @@ impl Provider {
                     };
                     chunks += 1;
                     text.push_str(&t);
+                    self.metrics.tokens_generated.inc_by(u64::from(tokens));
                     // A write error means the client went away: dropping `generation` stops it.
-                    write_frame(stream, &reply(Kind::Chunk(TokenChunk { text: t, tokens }))).await?;
+                    write_frame(stream, &reply(Kind::Chunk(TokenChunk { text: t, tokens }))).await.inspect_err(
+                        |_| self.metrics.provider_job(&model.name, peer, Cancelled, first_token, started.elapsed(), 0),
+                    )?;
                 }
                 Some(Ok(GenEvent::Done { finish_reason, usage })) => {
                     let elapsed = started.elapsed();
                     self.record_speed(usage.completion_tokens, elapsed.saturating_sub(first_token.unwrap_or_default()));
-                    self.metrics.tokens_generated.inc_by(u64::from(usage.completion_tokens));
-                    self.metrics.job(crate::metrics::JobOutcome::Served);
+                    self.metrics.provider_job(&model.name, peer, Served, first_token, elapsed, usage.completion_tokens);
                     let receipt = Receipt {
                         request_id: request.request_id.clone(),
                         provider: self.net.peer_id().to_bytes(),

@@ -6,17 +6,10 @@
 //! quiver-node --bootstrap your-server.com:4001
 //! ```
 
-use clap::Parser;
+use quiver_cli::help;
 use quiver_cli::node_cmd::{self, NodeArgs};
-
-#[derive(Parser)]
-#[command(name = "quiver-node", version, about = "Run a QUIVer node: a DHT and gossip peer of the network")]
-struct Cli {
-    #[command(flatten)]
-    node: NodeArgs,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    node_cmd::run(Cli::parse().node).await
+    node_cmd::run(help::parse::<NodeArgs>(help::node_command())).await
 }

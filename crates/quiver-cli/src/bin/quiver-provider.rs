@@ -8,17 +8,10 @@
 //! quiver-provider --backend openai --backend-url http://127.0.0.1:11434/v1 --backend-model llama3.2
 //! ```
 
-use clap::Parser;
+use quiver_cli::help;
 use quiver_cli::provider_cmd::ProviderCli;
-
-#[derive(Parser)]
-#[command(name = "quiver-provider", version, about = "Serve models to the QUIVer network")]
-struct Cli {
-    #[command(flatten)]
-    inner: ProviderCli,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    Cli::parse().inner.run().await
+    help::parse::<ProviderCli>(help::provider_command()).run().await
 }

@@ -1,14 +1,21 @@
 //! `quiver`: the QUIVer command.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use quiver_cli::ask_cmd::{self, AskArgs};
 use quiver_cli::client::{self, ApiArgs};
+use quiver_cli::help::{self, Bin};
+use quiver_cli::init_cmd::{self, InitArgs};
 use quiver_cli::model_cmd::{self, ModelCommand};
 use quiver_cli::node_cmd::{self, NodeArgs};
 use quiver_cli::provider_cmd::ProviderCli;
 
 #[derive(Parser)]
-#[command(name = "quiver", version, about = "QUIVer: a decentralized peer-to-peer network for LLM inference")]
+#[command(
+    name = "quiver",
+    version,
+    about = "QUIVer: a decentralized peer-to-peer network for LLM inference",
+    after_help = help::QUIVER
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,30 +26,45 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (same flags as `quiver-node`).
+    #[command(after_help = help::NODE)]
     Node(NodeArgs),
     /// Serve models to the network (same flags as `quiver-provider`).
+    #[command(after_help = help::PROVIDER)]
     Provider(ProviderCli),
     /// Ask the network: stream the answer of a provider to stdout.
-    ///
-    /// Example: quiver ask --model smollm2-135m --max-tokens 100 "Hello, world!"
+    #[command(after_help = help::ASK)]
     Ask(AskArgs),
-    /// Run a node that serves the OpenAI-compatible API, answered by the network.
-    ///
-    /// Example: quiver gateway --listen 127.0.0.1:8080 --bootstrap your-server.com:4001
+    /// Run a node that serves the OpenAI-compatible API (and the status page), answered by the
+    /// network.
+    #[command(after_help = help::GATEWAY)]
     Gateway {
         /// Address of the gateway.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8080", env = "QUIVER_GATEWAY_LISTEN")]
         listen: std::net::SocketAddr,
         #[command(flatten)]
         node: NodeArgs,
     },
     /// Fetch and list models.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::MODEL)]
     Model(ModelCommand),
     /// Show a running node's view: identity, addresses, peers, routing table, known nodes.
+    #[command(after_help = help::STATUS)]
     Status(ApiArgs),
-    /// List a running node's connected peers.
+    /// List a running node's connected peers and their reputation.
+    #[command(after_help = help::PEERS)]
     Peers(ApiArgs),
+    /// Write a commented default config file.
+    #[command(after_help = help::INIT)]
+    Init(InitArgs),
+    /// Print a shell completion script for quiver, quiver-node or quiver-provider.
+    #[command(after_help = help::COMPLETIONS)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+        /// The command to complete.
+        #[arg(long, value_enum, default_value_t = Bin::Quiver)]
+        bin: Bin,
+    },
 }
 
 #[tokio::main]
@@ -58,5 +80,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Model(cmd) => model_cmd::run(cmd).await,
         Command::Status(args) => client::status(args).await,
         Command::Peers(args) => client::peers(args).await,
+        Command::Init(args) => init_cmd::run(args),
+        Command::Completions { shell, bin } => {
+            let mut cmd = match bin {
+                Bin::Quiver => Cli::command(),
+                Bin::QuiverNode => help::node_command(),
+                Bin::QuiverProvider => help::provider_command(),
+            };
+            clap_complete::generate(shell, &mut cmd, bin.name(), &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

@@ -20,6 +20,8 @@ pub struct NodeProc {
     pub tcp_port: u16,
     pub udp_port: Option<u16>,
     pub api: SocketAddr,
+    /// The OpenAI-compatible gateway, for `quiver gateway` and `--gateway`.
+    pub gateway: Option<SocketAddr>,
 }
 
 fn port_of(addr: &str, proto: &str) -> Option<u16> {
@@ -54,8 +56,9 @@ impl NodeProc {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let rx = stdout_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut peer_id, mut tcp_addr, mut udp_port, mut api) = (None, None, None, None);
-        while api.is_none() || tcp_addr.is_none() || udp_port.is_none() {
+        let (mut peer_id, mut tcp_addr, mut udp_port, mut api, mut gateway) = (None, None, None, None, None);
+        let wants_gateway = args.iter().any(|a| *a == "gateway" || *a == "--gateway");
+        while api.is_none() || tcp_addr.is_none() || udp_port.is_none() || (wants_gateway && gateway.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -78,6 +81,8 @@ impl NodeProc {
                 }
             } else if let Some(a) = line.strip_prefix("api on http://") {
                 api = a.parse().ok();
+            } else if let Some(a) = line.strip_prefix("gateway on http://") {
+                gateway = a.trim_end_matches("/v1").parse().ok();
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.
@@ -92,6 +97,7 @@ impl NodeProc {
             tcp_port,
             udp_port,
             api: api.expect("api address"),
+            gateway,
         }
     }
 
@@ -331,4 +337,39 @@ pub fn run_bounded(bin: &str, args: &[&str], env: &[(&str, &str)], limit: Durati
     let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
     Finished { status, stdout, stderr }
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body over loopback: the status code and the body.
+pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    Some((code, body))
+}
+
+/// The value of the sample `series` (name with labels, exactly as written) in metrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A node's metrics text.
+pub fn metrics_of(addr: SocketAddr) -> String {
+    match http_get(addr, "/metrics") {
+        Some((200, body)) => body,
+        other => panic!("/metrics of {addr} answered {other:?}"),
+    }
 }
