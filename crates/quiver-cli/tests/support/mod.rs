@@ -140,10 +140,19 @@ impl Drop for NodeProc {
 
 /// A minimal HTTP/1.1 GET over loopback, so the tests depend on no HTTP client crate.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_exchange(
+        addr,
+        Duration::from_secs(10),
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends `request` as is and reads the whole response: its status code and (de-chunked) body.
+fn http_exchange(addr: SocketAddr, read_timeout: Duration, request: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    s.set_read_timeout(Some(read_timeout)).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -341,24 +350,12 @@ pub fn run_bounded(bin: &str, args: &[&str], env: &[(&str, &str)], limit: Durati
 
 /// A minimal HTTP/1.1 POST of a JSON body over loopback: the status code and the body.
 pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
-    write!(
-        s,
+    let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
         body.len()
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
-    Some((code, body))
+    );
+    http_exchange(addr, Duration::from_secs(120), &request)
 }
 
 /// The value of the sample `series` (name with labels, exactly as written) in metrics text.
