@@ -81,6 +81,7 @@ pub(crate) enum Command {
     StartProviding { key: Vec<u8> },
     StopProviding { key: Vec<u8> },
     GetProviders { key: Vec<u8>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
+    GetRecord { key: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>> },
     Connect { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), NetError>> },
     Block { peer: PeerId },
     Unblock { peer: PeerId },
@@ -167,6 +168,14 @@ impl NetClient {
     /// Looks up the providers of `key` in the DHT, with the addresses we know for each.
     pub async fn get_providers(&self, key: Vec<u8>) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, NetError> {
         self.ask(|reply| Command::GetProviders { key, reply }).await
+    }
+
+    /// Looks up the record under `key` in the DHT: this node's store first, then the peers
+    /// closest to the key. Answers with the first record that passes the same validation as
+    /// records peers ask us to store, or `None` once the lookup ends without one (the event loop
+    /// bounds the wait).
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, NetError> {
+        self.ask(|reply| Command::GetRecord { key, reply }).await
     }
 
     /// Makes sure there is a connection to `peer`, dialing `addrs` (and any address the DHT

@@ -56,6 +56,8 @@ pub(crate) struct EventLoop {
     metrics: Metrics,
     /// Provider lookups in flight, with the providers found so far.
     provider_queries: HashMap<kad::QueryId, ProviderQuery>,
+    /// Record lookups in flight.
+    record_queries: HashMap<kad::QueryId, RecordQuery>,
     /// `connect` calls waiting for their dial.
     connecting: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<(), NetError>>)>,
 }
@@ -65,6 +67,17 @@ struct ProviderQuery {
     found: Vec<PeerId>,
     reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
 }
+
+struct RecordQuery {
+    started: Instant,
+    key: kad::RecordKey,
+    reply: oneshot::Sender<Option<Vec<u8>>>,
+}
+
+/// Longest a record lookup runs before it answers that nothing was found.
+const RECORD_LOOKUP_LIMIT: Duration = Duration::from_secs(20);
+/// Most record lookups in flight; more are answered `None` at once.
+const MAX_RECORD_QUERIES: usize = 256;
 
 /// How long a provider lookup that already found providers may keep looking for more.
 const PROVIDER_LOOKUP_PATIENCE: Duration = Duration::from_secs(2);
@@ -131,6 +144,7 @@ pub async fn spawn(
         peers: HashMap::new(),
         metrics,
         provider_queries: HashMap::new(),
+        record_queries: HashMap::new(),
         connecting: HashMap::new(),
     };
     let task = tokio::spawn(event_loop.run());
@@ -240,6 +254,7 @@ impl EventLoop {
                 _ = tick.tick() => {
                     self.redial_bootstrap();
                     self.answer_slow_provider_queries();
+                    self.end_slow_record_queries();
                 }
                 _ = random_walk.tick() => {
                     if self.swarm.behaviour_mut().kad.kbuckets().next().is_some() {
@@ -315,6 +330,16 @@ impl EventLoop {
                     .collect();
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.provider_queries.insert(id, ProviderQuery { started: Instant::now(), found: local, reply });
+            }
+            Command::GetRecord { key, reply } => {
+                if self.record_queries.len() >= MAX_RECORD_QUERIES {
+                    debug!("too many record lookups in flight; refusing one");
+                    let _ = reply.send(None);
+                    return;
+                }
+                let key = kad::RecordKey::new(&key);
+                let id = self.swarm.behaviour_mut().kad.get_record(key.clone());
+                self.record_queries.insert(id, RecordQuery { started: Instant::now(), key, reply });
             }
             Command::Connect { peer, addrs, reply } => {
                 if self.swarm.is_connected(&peer) {
@@ -410,6 +435,28 @@ impl EventLoop {
             .collect();
         for id in slow {
             self.answer_provider_query(id);
+        }
+    }
+
+    /// Replies to a record lookup, ending the query if it still runs.
+    fn answer_record_query(&mut self, id: kad::QueryId, value: Option<Vec<u8>>) {
+        let Some(q) = self.record_queries.remove(&id) else { return };
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        let _ = q.reply.send(value);
+    }
+
+    /// Record lookups still waiting (on peers that are gone) after the limit find nothing.
+    fn end_slow_record_queries(&mut self) {
+        let slow: Vec<kad::QueryId> = self
+            .record_queries
+            .iter()
+            .filter(|(_, q)| q.started.elapsed() >= RECORD_LOOKUP_LIMIT || q.reply.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in slow {
+            self.answer_record_query(id, None);
         }
     }
 
@@ -647,6 +694,32 @@ impl EventLoop {
                 }
                 if step.last {
                     self.answer_provider_query(id);
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetRecord(result),
+                step,
+                stats,
+                ..
+            } => {
+                let Some(q) = self.record_queries.get(&id) else { return };
+                match result {
+                    Ok(kad::GetRecordOk::FoundRecord(kad::PeerRecord { peer, record })) => {
+                        // Only what we would store ourselves is an answer: the right key and a
+                        // record that passes validation.
+                        if record.key == q.key && valid_node_record(&record) {
+                            debug!(from = ?peer, peers_asked = stats.num_requests(), "DHT record found");
+                            self.answer_record_query(id, Some(record.value));
+                            return;
+                        }
+                        debug!(from = ?peer, "ignored an invalid DHT record");
+                    }
+                    Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                    Err(e) => debug!(error = %e, peers_asked = stats.num_requests(), "record lookup ended"),
+                }
+                if step.last {
+                    self.answer_record_query(id, None);
                 }
             }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
