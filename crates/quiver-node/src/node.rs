@@ -32,8 +32,10 @@ use std::time::SystemTime;
 pub const AGENT_VERSION: &str = concat!("quiver/", env!("CARGO_PKG_VERSION"));
 /// Most listen addresses put in a heartbeat.
 const MAX_ADVERTISED_ADDRS: usize = 16;
-/// The node record in the DHT is republished every this many heartbeats.
+/// The node record in the DHT is republished every this many heartbeats (by default).
 const NODE_RECORD_EVERY: u64 = 30;
+/// Longest wait for a node record from the DHT.
+const NODE_RECORD_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a node starts from. `NodeConfig::default()` listens on all interfaces on free ports with
 /// a fresh identity that is not stored.
@@ -49,6 +51,9 @@ pub struct NodeConfig {
     pub bootstrap_node: bool,
     /// Period of heartbeats on `quiver/1/nodes`.
     pub heartbeat_interval: Duration,
+    /// The node record (the signed heartbeat) is put in the DHT at the third heartbeat and then
+    /// every this many heartbeats (30).
+    pub node_record_every: u64,
     /// Nodes not heard of for this long are forgotten.
     pub node_ttl: Duration,
     /// Most nodes kept in the table.
@@ -79,6 +84,7 @@ impl Default for NodeConfig {
             data_dir: None,
             bootstrap_node: false,
             heartbeat_interval: Duration::from_secs(10),
+            node_record_every: NODE_RECORD_EVERY,
             node_ttl: Duration::from_secs(60),
             max_known_nodes: 10_000,
             random_walk_interval: Duration::from_secs(60),
@@ -244,6 +250,25 @@ impl Node {
     /// What the latest heartbeat of `peer` said, if it is still live.
     pub fn known_node(&self, peer: &PeerId) -> Option<KnownNode> {
         lock(&self.inner.table).get(peer)
+    }
+
+    /// Fetches `peer`'s node record from the DHT and checks it: a heartbeat signed by `peer`
+    /// (what its latest heartbeat said when it last put its record). `None` when no valid record
+    /// is found within 30 s.
+    pub async fn lookup_node_record(&self, peer: &PeerId) -> Result<Option<Heartbeat>, NodeError> {
+        let key = quiver_net::node_record_key(peer);
+        let Ok(found) = tokio::time::timeout(NODE_RECORD_LOOKUP_TIMEOUT, self.inner.net.get_record(key.clone())).await
+        else {
+            return Ok(None);
+        };
+        let Some(value) = found? else { return Ok(None) };
+        match quiver_proto::dht::verify_node_record(&key, &value) {
+            Ok(record) => Ok(Some(record.heartbeat)),
+            Err(e) => {
+                debug!(%peer, error = %e, "invalid node record");
+                Ok(None)
+            }
+        }
     }
 
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
@@ -641,7 +666,8 @@ impl Node {
             }
             // The signed heartbeat is also the node's record in the DHT, replicated to the
             // closest peers, so the node's card outlives its connections.
-            if seq % NODE_RECORD_EVERY == 3 {
+            let every = self.inner.config.node_record_every.max(1);
+            if seq >= 3 && (seq - 3).is_multiple_of(every) {
                 let key = quiver_net::node_record_key(&self.peer_id());
                 if self.inner.net.put_record(key, signed).await.is_err() {
                     return;
