@@ -240,6 +240,7 @@ const SPEED_LIE_MIN_JOBS: u64 = 3;
 /// Longest wait for connections to known providers before announcing a job.
 const ANNOUNCE_CONNECT_WAIT: Duration = Duration::from_millis(1500);
 const DHT_TIMEOUT: Duration = Duration::from_secs(5);
+const DHT_TIMEOUT_WHEN_KNOWN: Duration = Duration::from_secs(1);
 /// Earliest hedge, however fast a provider usually is: a second job costs real work.
 const MIN_HEDGE_DELAY: Duration = Duration::from_millis(500);
 /// How long claims are gathered after the first one arrives, and how many at most.
@@ -705,7 +706,10 @@ impl Node {
             Some(s) => wire::model_sha_key(s),
             None => wire::model_name_key(&request.model),
         };
-        if let Ok(Ok(found)) = tokio::time::timeout(DHT_TIMEOUT, self.net().get_providers(key)).await {
+        // With providers already known from heartbeats the DHT only adds to them: a lookup held
+        // up by departed peers must not delay the request long.
+        let dht_wait = if out.is_empty() { DHT_TIMEOUT } else { DHT_TIMEOUT_WHEN_KNOWN };
+        if let Ok(Ok(found)) = tokio::time::timeout(dht_wait, self.net().get_providers(key)).await {
             for (peer, addrs) in found {
                 if peer != me && !out.iter().any(|c| c.peer == peer) {
                     let advertised_sha256 = request.model_sha256.map(|s| s.to_vec());

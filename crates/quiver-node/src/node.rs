@@ -221,6 +221,7 @@ impl Node {
             tokio::spawn(node.clone().publish_reputation_reports()),
         ];
         if let Some(p) = provider {
+            tasks.push(tokio::spawn(node.clone().republish_when_joined(p.clone())));
             tasks.push(tokio::spawn(p.serve()));
         }
         *lock(&node.inner.tasks) = tasks;
@@ -422,6 +423,25 @@ impl Node {
                 info!(%peer, "ban ended");
                 let _ = self.inner.net.unblock(peer).await;
             }
+        }
+    }
+
+    /// Republishes the provider records when the routing table first has peers, and again when
+    /// it has grown: the records published at start reached nobody (or only the bootstrap peer),
+    /// and Kademlia's own republication comes ten minutes later.
+    async fn republish_when_joined(self, provider: Arc<Provider>) {
+        for wanted in REPUBLISH_AT_ROUTING_TABLE_SIZES {
+            loop {
+                match self.inner.net.status().await {
+                    Ok(s) if s.routing_table.len() >= wanted => break,
+                    Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    Err(_) => return,
+                }
+            }
+            if provider.republish().await.is_err() {
+                return;
+            }
+            debug!(routing_table = wanted, "provider records republished");
         }
     }
 
@@ -680,6 +700,9 @@ impl Node {
         }
     }
 }
+
+/// Routing table sizes at which a provider republishes its records after joining.
+const REPUBLISH_AT_ROUTING_TABLE_SIZES: [usize; 2] = [1, 8];
 
 /// Reputation reports dated further ahead than this, or older than the age, are ignored.
 const REPORT_MAX_SKEW: Duration = Duration::from_secs(60);

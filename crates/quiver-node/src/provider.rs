@@ -222,6 +222,17 @@ impl Provider {
         Ok(())
     }
 
+    /// Publishes the provider records again, e.g. once the node has DHT peers: records put
+    /// before joining reach nobody until the next periodic republication.
+    pub(crate) async fn republish(&self) -> Result<(), quiver_net::NetError> {
+        for e in &self.engines {
+            let m = e.model();
+            self.net.start_providing(wire::model_name_key(&m.name)).await?;
+            self.net.start_providing(wire::model_sha_key(&m.sha256)).await?;
+        }
+        Ok(())
+    }
+
     fn engine_for(&self, name: &str, sha256: &[u8]) -> Option<&Arc<dyn Engine>> {
         self.engines.iter().find(|e| e.model().name == name && (sha256.is_empty() || e.model().sha256[..] == *sha256))
     }
