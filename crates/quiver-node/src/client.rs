@@ -241,6 +241,8 @@ const SPEED_LIE_MIN_JOBS: u64 = 3;
 const ANNOUNCE_CONNECT_WAIT: Duration = Duration::from_millis(1500);
 const DHT_TIMEOUT: Duration = Duration::from_secs(5);
 const DHT_TIMEOUT_WHEN_KNOWN: Duration = Duration::from_secs(1);
+/// Longest wait for the swarm's peer list (round-trip times) when ranking.
+const PEERS_WAIT: Duration = Duration::from_millis(500);
 /// Earliest hedge, however fast a provider usually is: a second job costs real work.
 const MIN_HEDGE_DELAY: Duration = Duration::from_millis(500);
 /// How long claims are gathered after the first one arrives, and how many at most.
@@ -250,6 +252,41 @@ const MAX_CLAIMS_CONSIDERED: usize = 4;
 const COST_TOLERANCE: f64 = 0.25;
 /// Speed assumed for a provider that has not told or shown its own.
 const DEFAULT_TOKENS_PER_SEC: f64 = 50.0;
+/// Round-trip time assumed for a provider this node is not connected to (no Ping yet).
+const UNKNOWN_RTT: Duration = Duration::from_millis(50);
+/// Round trips before the first token reaches the client: the request out and the first frame
+/// back; a provider not connected yet costs a dial first (TCP or QUIC handshake, security and
+/// multiplexer negotiation).
+const REQUEST_ROUND_TRIPS: f64 = 1.0;
+const DIAL_ROUND_TRIPS: f64 = 3.0;
+
+/// Expected seconds until a job of `max_tokens` is done at a provider: its queue (and a wait for
+/// a slot when none is free) times the job's length at the provider's speed, slowed by its CPU
+/// load, plus the round trips to reach it. `load` is (free slots, queue depth, CPU load,
+/// advertised tokens/s); without it (a DHT record only, no fresh heartbeat) the provider may be
+/// gone and counts as busy. `measured` is this node's own measurement of its speed, which wins
+/// over the advertised one. `rtt` is the Ping round trip of a connected provider, `None` when not
+/// connected.
+fn expected_completion(
+    load: Option<(u32, u32, f32, f32)>,
+    measured: Option<f64>,
+    rtt: Option<Duration>,
+    max_tokens: u32,
+) -> f64 {
+    let (free, queue, cpu, advertised) = load.unwrap_or((0, 1, 0.0, 0.0));
+    let speed = [measured.unwrap_or(0.0), f64::from(advertised)]
+        .into_iter()
+        .find(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(DEFAULT_TOKENS_PER_SEC);
+    let job = f64::from(max_tokens.max(1)) / speed;
+    let waiting = f64::from(queue) + if free == 0 { 1.0 } else { 0.0 };
+    let cpu = if cpu.is_finite() { f64::from(cpu.clamp(0.0, 4.0)) } else { 0.0 };
+    let network = match rtt {
+        Some(rtt) => rtt.as_secs_f64() * REQUEST_ROUND_TRIPS,
+        None => UNKNOWN_RTT.as_secs_f64() * (REQUEST_ROUND_TRIPS + DIAL_ROUND_TRIPS),
+    };
+    (waiting + 1.0) * job * (1.0 + cpu * 0.25) + network
+}
 
 impl ClaimBoard {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, ClaimSender>> {
@@ -717,7 +754,7 @@ impl Node {
                 }
             }
         }
-        self.rank(out, request.params.max_tokens)
+        self.rank(out, request.params.max_tokens).await
     }
 
     /// Announces the job on gossip and returns the first provider that claims it in time.
@@ -815,7 +852,7 @@ impl Node {
                 }
             })
             .collect();
-        let chosen = self.rank(candidates, request.params.max_tokens).into_iter().next();
+        let chosen = self.rank(candidates, request.params.max_tokens).await.into_iter().next();
         for (peer, _, ack) in claimed {
             let _ = ack.send(chosen.as_ref().is_some_and(|c| c.peer == peer));
         }
@@ -1069,7 +1106,12 @@ impl Node {
         let (sink, mut drain) = mpsc::channel(64);
         tokio::spawn(async move { while drain.recv().await.is_some() {} });
         let mut dissent: Option<InferenceResult> = None;
-        for candidate in others.into_iter().take(4) {
+        // Only peers in standing may vote: a peer whose score is negative (caught lately) is no
+        // judge, and a re-run is a job it must not get.
+        let voters: Vec<Candidate> = self.with_reputation(|r, now| {
+            others.into_iter().filter(|c| r.is_banned(c.peer, now).is_none() && r.score(c.peer, now) >= 0.0).collect()
+        });
+        for candidate in voters.into_iter().take(4) {
             let mut delivery = Delivery {
                 tx: &sink,
                 text: String::new(),
@@ -1121,11 +1163,19 @@ impl Node {
     }
 
     /// Orders candidates for a job of `max_tokens`: banned peers out; the others by expected
-    /// completion time (queue, free slots, CPU load, measured speed) divided by a weight from
-    /// their reputation; the first pick is the better of two drawn from the best three (power
-    /// of two choices, so equal providers share the load); newcomers go last once they have had
-    /// their capped share of this client's jobs.
-    fn rank(&self, candidates: Vec<Candidate>, max_tokens: u32) -> Vec<Candidate> {
+    /// completion time (queue, free slots, CPU load, measured speed, round-trip time) divided by
+    /// a weight from their reputation; the first pick is the better of two drawn from the best
+    /// three (power of two choices, so equal providers share the load); newcomers go last once
+    /// they have had their capped share of this client's jobs.
+    async fn rank(&self, candidates: Vec<Candidate>, max_tokens: u32) -> Vec<Candidate> {
+        // Round trips measured by Ping, for the providers this node is connected to.
+        let rtts: HashMap<PeerId, Duration> = match tokio::time::timeout(PEERS_WAIT, self.net().peers()).await {
+            Ok(Ok(peers)) => peers
+                .into_iter()
+                .filter_map(|p| Some((p.peer_id, Duration::try_from_secs_f64(p.rtt_ms? / 1000.0).ok()?)))
+                .collect(),
+            _ => HashMap::new(),
+        };
         let (mut scored, quota) = self.with_reputation(|r, now| {
             let scored: Vec<(Candidate, f64, Class)> = candidates
                 .into_iter()
@@ -1133,17 +1183,8 @@ impl Node {
                 .map(|c| {
                     let view = r.snapshot(c.peer, now);
                     let score = view.as_ref().map_or_else(|| r.score(c.peer, now), |v| v.score);
-                    // Without a fresh heartbeat (a DHT record only) the provider may be gone: it
-                    // ranks as if busy, after those that show they are alive.
-                    let (free, queue, cpu, hb_speed) = c.load.unwrap_or((0, 1, 0.0, 0.0));
-                    // Own measurements first; the provider's word only when there are none.
-                    let speed = [view.as_ref().and_then(|v| v.tokens_per_sec).unwrap_or(0.0), f64::from(hb_speed)]
-                        .into_iter()
-                        .find(|s| *s > 0.0)
-                        .unwrap_or(DEFAULT_TOKENS_PER_SEC);
-                    let job = f64::from(max_tokens) / speed;
-                    let waiting = f64::from(queue) + if free == 0 { 1.0 } else { 0.0 };
-                    let expected = (waiting + 1.0) * job * (1.0 + f64::from(cpu.min(4.0)) * 0.25);
+                    let measured = view.as_ref().and_then(|v| v.tokens_per_sec);
+                    let expected = expected_completion(c.load, measured, rtts.get(&c.peer).copied(), max_tokens);
                     // Good standing (score ≥ 0.6) weighs fully, so established providers compete
                     // on speed and load alone; lower scores make a provider look slower.
                     let weight = ((score + 1.0) / 1.6).clamp(0.05, 1.0);
@@ -1271,3 +1312,7 @@ fn random_id() -> Vec<u8> {
     rand::thread_rng().fill_bytes(&mut id);
     id
 }
+
+#[cfg(test)]
+#[path = "tests/client.rs"]
+mod tests;
