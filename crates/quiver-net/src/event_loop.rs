@@ -12,7 +12,7 @@ use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, tcp, tls, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, ping};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -99,8 +99,6 @@ pub async fn spawn(
     let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), (tls::Config::new, noise::Config::new), yamux::Config::default)
-        .map_err(|e| NetError::Transport(e.to_string()))?
         .with_quic_config(|mut c| {
             // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it within
             // a few seconds, with keep-alives so idle but live connections stay up.
@@ -108,6 +106,11 @@ pub async fn spawn(
             c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
             c
         })
+        // TCP + TLS/Noise + yamux, with dead connections dropped (see `transport.rs`).
+        .with_other_transport(|key| {
+            crate::transport::tcp_transport(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .map_err(|e| NetError::Transport(e.to_string()))?
         .with_dns()
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_behaviour(|key| {
@@ -597,8 +600,19 @@ impl EventLoop {
             }
             BehaviourEvent::Ping(event) => {
                 self.metrics.record(&event);
-                if let ping::Event { peer, result: Ok(rtt), .. } = event {
-                    self.peers.entry(peer).or_default().rtt = Some(rtt);
+                match event.result {
+                    Ok(rtt) => {
+                        self.peers.entry(event.peer).or_default().rtt = Some(rtt);
+                    }
+                    // A peer that stopped answering pings (hung, or cut off: no reset crosses a
+                    // cut link) is disconnected, so bootstrap redial, Kademlia and gossip react;
+                    // libp2p leaves this to us. Over TCP the graceful close can wait on a send
+                    // buffer the peer never drains; TCP_USER_TIMEOUT ends that (transport.rs).
+                    Err(ping::Failure::Unsupported) => {}
+                    Err(error) => {
+                        debug!(peer = %event.peer, %error, "ping failed; closing the connection");
+                        self.swarm.close_connection(event.connection);
+                    }
                 }
             }
             BehaviourEvent::Kad(LimitedKadEvent::Kad(event)) => {

@@ -12,6 +12,7 @@ mod config;
 mod event_loop;
 mod kad_limit;
 mod limits;
+mod transport;
 
 pub use behaviour::NODES_TOPIC;
 pub use bootstrap::{BootstrapAddr, ParseBootstrapError};
@@ -23,6 +24,7 @@ pub use libp2p::identity::{KeyType, Keypair};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr::Protocol};
 pub use libp2p_stream::{Control as StreamControl, OpenStreamError};
 pub use limits::PeerLimiter;
+pub use transport::TCP_USER_TIMEOUT;
 
 /// The Kademlia protocol of QUIVer's private DHT (not IPFS's).
 pub const KAD_PROTOCOL: &str = "/quiver/kad/1.0.0";

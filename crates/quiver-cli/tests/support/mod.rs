@@ -1,5 +1,8 @@
-//! Running the real binaries as separate processes on 127.0.0.1 with ephemeral ports.
+//! Running the real binaries as separate processes on 127.0.0.1 with ephemeral ports, or inside
+//! Linux network namespaces the test makes itself ([`netns`]).
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -22,6 +25,9 @@ pub struct NodeProc {
     pub api: SocketAddr,
     /// The OpenAI-compatible gateway, for `quiver gateway` and `--gateway`.
     pub gateway: Option<SocketAddr>,
+    /// The network namespace the process runs in (its `api` is on that namespace's loopback),
+    /// or `None` for the test's own network.
+    pub netns: Option<String>,
 }
 
 fn port_of(addr: &str, proto: &str) -> Option<u16> {
@@ -49,15 +55,30 @@ impl NodeProc {
             .arg("--data-dir")
             .arg(data_dir.join(name))
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .envs(env.iter().copied());
+        let wants_gateway = args.iter().any(|a| *a == "gateway" || *a == "--gateway");
+        Self::launch(cmd, name, data_dir, wants_gateway, None)
+    }
+
+    /// Spawns `cmd` (program, flags and environment already set) with its stderr in
+    /// `<data_dir>/<name>.log`, and waits until it has printed its PeerId, addresses and API
+    /// address (and its gateway address when `wants_gateway`). `netns` names the network
+    /// namespace `cmd` runs in, so that [`NodeProc::get`] reaches the API inside it.
+    pub fn launch(
+        mut cmd: Command,
+        name: &str,
+        data_dir: &Path,
+        wants_gateway: bool,
+        netns: Option<String>,
+    ) -> NodeProc {
+        let bin = cmd.get_program().to_string_lossy().into_owned();
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(data_dir.join(format!("{name}.log"))).expect("log file")));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let rx = stdout_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut peer_id, mut tcp_addr, mut udp_port, mut api, mut gateway) = (None, None, None, None, None);
-        let wants_gateway = args.iter().any(|a| *a == "gateway" || *a == "--gateway");
         while api.is_none() || tcp_addr.is_none() || udp_port.is_none() || (wants_gateway && gateway.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
@@ -98,11 +119,16 @@ impl NodeProc {
             udp_port,
             api: api.expect("api address"),
             gateway,
+            netns,
         }
     }
 
+    /// GET `path` from the control API as JSON (from inside the node's namespace, if it has one).
     pub fn get(&self, path: &str) -> Option<Value> {
-        http_get_json(self.api, path)
+        match &self.netns {
+            None => http_get_json(self.api, path),
+            Some(ns) => netns::in_netns(ns, || http_get_json(self.api, path)).ok().flatten(),
+        }
     }
 
     pub fn status(&self) -> Option<Value> {
@@ -330,16 +356,26 @@ pub fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatu
 /// Runs `bin args` with `env` and no stdin, waits at most `limit` (then kills it and panics),
 /// and returns its exit status and output.
 pub fn run_bounded(bin: &str, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Finished {
-    let what =
-        format!("{} {}", Path::new(bin).file_name().map(|f| f.to_string_lossy()).unwrap_or_default(), args.join(" "));
-    let mut child = Command::new(bin)
-        .args(args)
-        .envs(env.iter().copied())
+    let mut cmd = Command::new(bin);
+    cmd.args(args).envs(env.iter().copied());
+    run_command_bounded(cmd, limit)
+}
+
+/// [`run_bounded`] for a prepared command (e.g. one that enters a network namespace first).
+pub fn run_command_bounded(mut cmd: Command, limit: Duration) -> Finished {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let what = format!(
+        "{} {}",
+        Path::new(&program).file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        args.join(" ")
+    );
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
     let out = drain(child.stdout.take().expect("piped stdout"));
     let err = drain(child.stderr.take().expect("piped stderr"));
     let status = wait_bounded(&mut child, limit, &what);
