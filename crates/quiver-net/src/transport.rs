@@ -10,8 +10,9 @@
 //! the gap. Pings (every 15 s) keep data in flight, so a silent peer is noticed within about
 //! 15 s + [`TCP_USER_TIMEOUT`]. QUIC needs no such option: its idle timeout does the same.
 
-use std::io;
 use std::time::Duration;
+
+use std::io;
 
 use futures::future::{BoxFuture, Either};
 use futures::{AsyncRead, AsyncWrite, FutureExt, TryFutureExt};
@@ -48,22 +49,8 @@ pub(crate) fn tcp_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerB
 /// Sets [`TCP_USER_TIMEOUT`] on the socket; a failure only costs the faster detection.
 #[cfg(target_os = "linux")]
 fn limit_unacknowledged(stream: &tcp::tokio::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let millis = libc::c_uint::try_from(TCP_USER_TIMEOUT.as_millis()).unwrap_or(libc::c_uint::MAX);
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_uint>()).unwrap_or(4);
-    // SAFETY: a valid, open socket descriptor (borrowed from the stream for the call) and a
-    // pointer to a live c_uint of the length given.
-    let r = unsafe {
-        libc::setsockopt(
-            stream.0.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&raw const millis).cast(),
-            len,
-        )
-    };
-    if r != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT");
+    if let Err(error) = socket2::SockRef::from(&stream.0).set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
     }
 }
 
