@@ -54,7 +54,7 @@ impl Default for AutoNatConfig {
             retry_interval: Duration::from_secs(10),
             refresh_interval: Duration::from_secs(300),
             confidence_max: 3,
-            server_reuse_period: Duration::from_secs(20),
+            server_reuse_period: Duration::from_secs(10),
             probe_timeout: Duration::from_secs(15),
             max_probes_per_peer: 2,
             max_probes_total: 32,

@@ -25,7 +25,7 @@ use tracing::{debug, info, trace, warn};
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, Validation};
 use crate::metrics::{NetMetrics, RefusedLabel, ResultLabel};
-use crate::reachability::{NatVerdict, ReachabilityState, circuit_listen_addr, is_relayed};
+use crate::reachability::{ReachabilityState, circuit_listen_addr, is_relayed};
 use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, split_peer_id};
 
 pub use quiver_proto::dht::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key};
@@ -86,7 +86,6 @@ fn ip_of(addr: &Multiaddr) -> Option<Multiaddr> {
 /// Where a relay reservation of ours stands.
 struct RelayListener {
     relay: PeerId,
-    quic: bool,
 }
 
 /// A relay that refused or lost our reservation is asked again after this long.
@@ -823,25 +822,44 @@ impl EventLoop {
 
     fn on_autonat(&mut self, event: autonat::Event) {
         match event {
-            autonat::Event::StatusChanged { old, new } => {
-                info!(?old, ?new, "reachability probe verdict changed");
-                if self.reach.set_nat(NatVerdict::from(&new)) {
-                    self.apply_reachability();
-                }
-            }
+            // AutoNAT's own verdict flips on a single answer; ours (`ReachabilityState`) is
+            // drawn from the probe answers below.
+            autonat::Event::StatusChanged { old, new } => debug!(?old, ?new, "AutoNAT status"),
             autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Response { peer, address, .. }) => {
                 debug!(%peer, %address, "dialed back: reachable");
                 self.net_metrics.autonat_probes.get_or_create(&ResultLabel { result: "public" }).inc();
+                if self.reach.probe_answer(true) {
+                    info!(%address, "reachable: a peer dialed us back");
+                    self.apply_reachability();
+                }
             }
             autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Error { peer, error, .. }) => {
-                let result = match &error {
-                    autonat::OutboundProbeError::Response(autonat::ResponseError::DialError) => "private",
-                    _ => "error",
-                };
+                let failed = matches!(error, autonat::OutboundProbeError::Response(autonat::ResponseError::DialError));
                 debug!(?peer, ?error, "reachability probe answered without a dial-back");
+                let result = if failed { "private" } else { "error" };
                 self.net_metrics.autonat_probes.get_or_create(&ResultLabel { result }).inc();
+                if failed && self.reach.probe_answer(false) {
+                    info!("unreachable: peers cannot dial us back (NAT or firewall)");
+                    self.apply_reachability();
+                }
             }
             autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Request { .. }) => {}
+            autonat::Event::InboundProbe(autonat::InboundProbeEvent::Response { peer, address, .. }) => {
+                // The dial-back connection has served its purpose: close it, so probes do not
+                // pile up connections to one peer (they are limited per peer).
+                let address = split_peer_id(address).0;
+                if let Some(meta) = self.peers.get(&peer)
+                    && meta.connections.len() > 1
+                    && let Some(id) = meta
+                        .connections
+                        .iter()
+                        .filter(|(_, (a, relayed))| !relayed && split_peer_id(a.clone()).0 == address)
+                        .map(|(id, _)| *id)
+                        .max()
+                {
+                    self.swarm.close_connection(id);
+                }
+            }
             autonat::Event::InboundProbe(e) => trace!(?e, "reachability probe for a peer"),
         }
     }
@@ -913,58 +931,38 @@ impl EventLoop {
         self.net_metrics.relay_reservations.set(self.reach.relays().len() as i64);
     }
 
-    /// While unreachable, keeps reservations on up to `max_relay_reservations` relays among
-    /// the connected peers that offer one (bootstrap peers first), over TCP and over QUIC when
-    /// the relay listens on both, so a hole punch has candidates on each transport.
+    /// While unreachable, keeps a reservation on each of up to `max_relay_reservations` relays
+    /// among the connected peers that offer one, bootstrap peers first. One per relay: libp2p's
+    /// relay client makes a reservation on the connection it already has to the relay, and
+    /// keeps one per connection.
     fn maintain_relays(&mut self) {
-        if !self.reach.wants_relays() {
+        if !self.reach.wants_relays() || self.relay_listeners.len() >= self.cfg.max_relay_reservations {
             return;
         }
         let now = Instant::now();
         self.relay_retry.retain(|_, t| *t > now);
-        let mut relays: Vec<PeerId> = self.relay_listeners.values().map(|l| l.relay).collect();
-        relays.sort();
-        relays.dedup();
+        let in_use: HashSet<PeerId> = self.relay_listeners.values().map(|l| l.relay).collect();
         let bootstrap: HashSet<PeerId> = self.bootstrap.iter().filter_map(|b| b.peer_id).collect();
-        let mut candidates: Vec<PeerId> = self
+        let mut candidates: Vec<(PeerId, Multiaddr)> = self
             .peers
             .iter()
-            .filter(|(p, m)| m.relay && !self.relay_retry.contains_key(p) && self.swarm.is_connected(p))
-            .map(|(p, _)| *p)
+            .filter(|(p, m)| {
+                m.relay && !in_use.contains(p) && !self.relay_retry.contains_key(p) && self.swarm.is_connected(p)
+            })
+            .filter_map(|(p, m)| Some((*p, m.direct_addrs().iter().find_map(|a| circuit_listen_addr(a, *p))?)))
             .collect();
-        // Relays already in use first (to add their second transport), then bootstrap peers.
-        candidates.sort_by_key(|p| (!relays.contains(p), !bootstrap.contains(p), *p));
-        for relay in candidates {
-            let in_use = relays.contains(&relay);
-            if !in_use && relays.len() >= self.cfg.max_relay_reservations {
-                break;
-            }
-            let Some(meta) = self.peers.get(&relay) else { continue };
-            let have: Vec<bool> = self.relay_listeners.values().filter(|l| l.relay == relay).map(|l| l.quic).collect();
-            let mut opened = false;
-            for quic in [false, true] {
-                if have.contains(&quic) {
-                    continue;
+        candidates.sort_by_key(|(p, _)| (!bootstrap.contains(p), *p));
+        let wanted = self.cfg.max_relay_reservations - self.relay_listeners.len();
+        for (relay, addr) in candidates.into_iter().take(wanted) {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    debug!(%relay, %addr, "asking a relay for a reservation");
+                    self.relay_listeners.insert(id, RelayListener { relay });
                 }
-                let Some(addr) = meta
-                    .direct_addrs()
-                    .into_iter()
-                    .filter(|a| is_quic(a) == quic)
-                    .find_map(|a| circuit_listen_addr(&a, relay))
-                else {
-                    continue;
-                };
-                match self.swarm.listen_on(addr.clone()) {
-                    Ok(id) => {
-                        debug!(%relay, %addr, "asking a relay for a reservation");
-                        self.relay_listeners.insert(id, RelayListener { relay, quic });
-                        opened = true;
-                    }
-                    Err(e) => debug!(%relay, %addr, error = %e, "cannot listen through a relay"),
+                Err(e) => {
+                    debug!(%relay, %addr, error = %e, "cannot listen through a relay");
+                    self.relay_retry.insert(relay, now + RELAY_RETRY);
                 }
-            }
-            if opened && !in_use {
-                relays.push(relay);
             }
         }
     }

@@ -39,7 +39,7 @@ impl Reachability {
     }
 }
 
-/// AutoNAT's latest settled verdict.
+/// The verdict drawn from the answers to our reachability probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NatVerdict {
     Unknown,
@@ -47,33 +47,44 @@ pub(crate) enum NatVerdict {
     Private,
 }
 
-impl From<&libp2p::autonat::NatStatus> for NatVerdict {
-    fn from(s: &libp2p::autonat::NatStatus) -> Self {
-        match s {
-            libp2p::autonat::NatStatus::Public(_) => NatVerdict::Public,
-            libp2p::autonat::NatStatus::Private => NatVerdict::Private,
-            libp2p::autonat::NatStatus::Unknown => NatVerdict::Unknown,
-        }
-    }
-}
+/// Failed dial-backs in a row (without a success between them) that make a node private.
+///
+/// A completed dial-back is proof of reachability, so one success makes a node public. A
+/// failure is weaker evidence: libp2p's AutoNAT server also counts any other failed dial to the
+/// same peer during the probe (e.g. a DHT dial refused because a connection already exists) as
+/// the dial-back failing, so one failure may be a race, two in a row are not.
+pub(crate) const PRIVATE_AFTER_FAILURES: u32 = 2;
 
 #[derive(Debug)]
 pub(crate) struct ReachabilityState {
     mode: KadMode,
     relay_service: bool,
     nat: NatVerdict,
+    /// Failed dial-backs since the last success.
+    failures: u32,
     /// Relays holding an accepted reservation for us, with the relayed address they give us.
     reservations: BTreeMap<PeerId, Vec<Multiaddr>>,
 }
 
 impl ReachabilityState {
     pub(crate) fn new(mode: KadMode, relay_service: bool) -> Self {
-        ReachabilityState { mode, relay_service, nat: NatVerdict::Unknown, reservations: BTreeMap::new() }
+        ReachabilityState { mode, relay_service, nat: NatVerdict::Unknown, failures: 0, reservations: BTreeMap::new() }
     }
 
-    /// Records AutoNAT's verdict; true when it changed.
-    pub(crate) fn set_nat(&mut self, nat: NatVerdict) -> bool {
-        std::mem::replace(&mut self.nat, nat) != nat
+    /// Records the answer to one of our probes: a peer dialed us back (`true`) or could not
+    /// (`false`). True when the verdict changed.
+    pub(crate) fn probe_answer(&mut self, dialed_back: bool) -> bool {
+        let before = self.nat;
+        if dialed_back {
+            self.failures = 0;
+            self.nat = NatVerdict::Public;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            if self.failures >= PRIVATE_AFTER_FAILURES {
+                self.nat = NatVerdict::Private;
+            }
+        }
+        before != self.nat
     }
 
     pub(crate) fn reachability(&self) -> Reachability {

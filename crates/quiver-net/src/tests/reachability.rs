@@ -12,24 +12,40 @@ fn auto_serves_the_dht_only_when_dialed_back() {
     assert_eq!(r.reachability(), Reachability::Unknown);
     assert!(!r.kad_server() && !r.offers_relay() && !r.wants_relays());
 
-    assert!(r.set_nat(NatVerdict::Public));
-    assert!(!r.set_nat(NatVerdict::Public), "no change reported twice");
+    // One completed dial-back is proof.
+    assert!(r.probe_answer(true));
+    assert!(!r.probe_answer(true), "no change reported twice");
     assert_eq!(r.reachability(), Reachability::Public);
     assert!(r.kad_server() && r.offers_relay() && !r.wants_relays());
 
-    assert!(r.set_nat(NatVerdict::Private));
+    // One failed dial-back may be a race; two in a row make the node private.
+    assert!(!r.probe_answer(false));
+    assert_eq!(r.reachability(), Reachability::Public);
+    assert!(r.probe_answer(false));
     assert_eq!(r.reachability(), Reachability::Private);
     assert!(!r.kad_server() && !r.offers_relay() && r.wants_relays());
 
-    // Back to unknown (e.g. the public address expired): no server until proven again.
-    r.set_nat(NatVerdict::Unknown);
-    assert!(!r.kad_server() && !r.wants_relays());
+    // A success in between resets the count.
+    assert!(r.probe_answer(true));
+    assert!(!r.probe_answer(false));
+    assert!(r.kad_server());
+}
+
+#[test]
+fn a_nated_node_turns_private_from_unknown() {
+    let mut r = ReachabilityState::new(KadMode::Auto, true);
+    assert!(!r.probe_answer(false));
+    assert_eq!(r.reachability(), Reachability::Unknown);
+    assert!(!r.kad_server() && !r.wants_relays(), "no relay slot asked for on one failure");
+    assert!(r.probe_answer(false));
+    assert_eq!(r.reachability(), Reachability::Private);
 }
 
 #[test]
 fn reservations_make_a_private_node_relayed() {
     let mut r = ReachabilityState::new(KadMode::Auto, true);
-    r.set_nat(NatVerdict::Private);
+    r.probe_answer(false);
+    r.probe_answer(false);
     let relay = PeerId::random();
     let a = addr(&format!("/ip4/198.18.0.1/tcp/4001/p2p/{relay}/p2p-circuit"));
     r.reservation_accepted(relay, a.clone());
@@ -47,18 +63,20 @@ fn reservations_make_a_private_node_relayed() {
 #[test]
 fn forced_modes_win() {
     let mut server = ReachabilityState::new(KadMode::Server, true);
-    server.set_nat(NatVerdict::Private);
+    server.probe_answer(false);
+    server.probe_answer(false);
     assert!(server.kad_server() && server.offers_relay() && !server.wants_relays());
 
     let mut client = ReachabilityState::new(KadMode::Client, true);
-    client.set_nat(NatVerdict::Public);
+    client.probe_answer(true);
     assert!(!client.kad_server());
     assert!(client.offers_relay(), "reachable, so it can relay even as a DHT client");
-    client.set_nat(NatVerdict::Private);
+    client.probe_answer(false);
+    client.probe_answer(false);
     assert!(client.wants_relays(), "a NATed DHT client still needs a relayed address");
 
     let mut no_relay = ReachabilityState::new(KadMode::Server, false);
-    no_relay.set_nat(NatVerdict::Public);
+    no_relay.probe_answer(true);
     assert!(!no_relay.offers_relay());
 }
 
