@@ -7,6 +7,8 @@
 #   chromium, chromium-driver - the status page test loads the page in headless Chromium
 #   fonts-dejavu-core        - text in its screenshot
 #   curl                     - the gateway's curl checks
+#   iproute2, iptables       - the NAT test builds network namespaces, veth pairs, a bridge and
+#                              two MASQUERADE routers (crates/quiver-cli/tests/nat.rs)
 #   openai (PyPI)            - the gateway test drives it with the official Python client
 set -euo pipefail
 
@@ -21,6 +23,8 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # A font, so the status page's screenshot shows text.
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

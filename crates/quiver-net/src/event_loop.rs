@@ -116,6 +116,13 @@ pub(crate) struct EventLoop {
     relay_on: bool,
     net_metrics: NetMetrics,
     hole_punches: (u64, u64),
+    /// Tell connected peers our protocols (after a DHT mode change) at the next tick. Identify
+    /// pushes protocol changes by itself only on connections where the first exchange is done.
+    push_identify: bool,
+    /// Reservations our relay service holds, per peer. libp2p's relay reports a closed
+    /// connection of a peer as `ReservationClosed` whether or not it held the reservation, so a
+    /// peer's count is dropped when it has no connection left.
+    relay_reserved: HashMap<PeerId, u32>,
 }
 
 struct ProviderQuery {
@@ -227,6 +234,8 @@ async fn start(
         relay_retry: HashMap::new(),
         net_metrics,
         hole_punches: (0, 0),
+        push_identify: false,
+        relay_reserved: HashMap::new(),
         cfg,
     };
     event_loop.apply_reachability();
@@ -337,6 +346,10 @@ impl EventLoop {
                 _ = tick.tick() => {
                     self.redial_bootstrap();
                     self.maintain_relays();
+                    if std::mem::take(&mut self.push_identify) {
+                        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                        self.swarm.behaviour_mut().identify.push(peers);
+                    }
                     self.answer_slow_provider_queries();
                     self.end_slow_record_queries();
                 }
@@ -717,6 +730,10 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.peers.remove(&peer_id);
+                if self.relay_reserved.remove(&peer_id).is_some() {
+                    let held: u32 = self.relay_reserved.values().sum();
+                    self.net_metrics.relay_service_reservations.set(i64::from(held));
+                }
                 let _ = self.events.try_send(NetEvent::PeerDisconnected(peer_id));
                 let now = Instant::now();
                 for b in self.bootstrap.iter_mut().filter(|b| b.peer_id == Some(peer_id)) {
@@ -865,39 +882,46 @@ impl EventLoop {
     }
 
     fn on_relay_service(&mut self, event: relay::Event) {
-        let m = &self.net_metrics;
         match event {
             relay::Event::ReservationReqAccepted { src_peer_id, renewed } => {
                 debug!(peer = %src_peer_id, renewed, "relay: reservation accepted");
                 if !renewed {
-                    m.relay_service_reservations.inc();
+                    *self.relay_reserved.entry(src_peer_id).or_default() += 1;
                 }
             }
             relay::Event::ReservationReqDenied { src_peer_id, status } => {
                 info!(peer = %src_peer_id, ?status, "relay: reservation refused");
-                m.relay_service_refused.get_or_create(&RefusedLabel { what: "reservation" }).inc();
+                self.net_metrics.relay_service_refused.get_or_create(&RefusedLabel { what: "reservation" }).inc();
             }
-            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
-                if m.relay_service_reservations.get() > 0 {
-                    m.relay_service_reservations.dec();
+            relay::Event::ReservationTimedOut { src_peer_id } => {
+                if let Some(n) = self.relay_reserved.get_mut(&src_peer_id) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            relay::Event::ReservationClosed { src_peer_id } => {
+                if !self.swarm.is_connected(&src_peer_id) {
+                    self.relay_reserved.remove(&src_peer_id);
                 }
             }
             relay::Event::CircuitReqAccepted { src_peer_id, dst_peer_id } => {
                 debug!(src = %src_peer_id, dst = %dst_peer_id, "relay: circuit opened");
-                m.relay_service_circuits.inc();
+                self.net_metrics.relay_service_circuits.inc();
             }
             relay::Event::CircuitReqDenied { src_peer_id, dst_peer_id, status } => {
                 info!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay: circuit refused");
-                m.relay_service_refused.get_or_create(&RefusedLabel { what: "circuit" }).inc();
+                self.net_metrics.relay_service_refused.get_or_create(&RefusedLabel { what: "circuit" }).inc();
             }
             relay::Event::CircuitClosed { src_peer_id, dst_peer_id, error } => {
                 debug!(src = %src_peer_id, dst = %dst_peer_id, ?error, "relay: circuit closed");
-                if m.relay_service_circuits.get() > 0 {
-                    m.relay_service_circuits.dec();
+                if self.net_metrics.relay_service_circuits.get() > 0 {
+                    self.net_metrics.relay_service_circuits.dec();
                 }
             }
             other => debug!(?other, "relay service event"),
         }
+        self.relay_reserved.retain(|_, n| *n > 0);
+        let held: u32 = self.relay_reserved.values().sum();
+        self.net_metrics.relay_service_reservations.set(i64::from(held));
     }
 
     /// Makes the DHT mode, the relay service and the relay reservations follow reachability.
@@ -907,6 +931,7 @@ impl EventLoop {
             info!(server, reachability = self.reach.reachability().as_str(), "DHT mode follows reachability");
             self.kad_server = server;
             self.swarm.behaviour_mut().kad.set_mode(Some(kad_mode(server)));
+            self.push_identify = true;
             if server && self.swarm.behaviour_mut().kad.kbuckets().next().is_some() {
                 // Tell the closest peers about us now rather than at the next refresh.
                 if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
