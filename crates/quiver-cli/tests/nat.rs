@@ -409,6 +409,16 @@ fn nated_provider_serves_a_nated_client_through_relay_and_hole_punch() {
     assert!(connection != "none", "the client was connected to the provider when the answer arrived: {result}");
     step(t, "NATed client answered by NATed provider");
 
+    // Why a hole punch failed (or that it worked), from both sides' logs.
+    let punch_lines = |text: &str| -> Vec<String> {
+        text.lines().filter(|l| l.contains("hole punch")).map(|l| l.chars().take(300).collect()).take(6).collect()
+    };
+    for line in punch_lines(&std::fs::read_to_string(&provider.log).unwrap_or_default()) {
+        println!("  provider log: {line}");
+    }
+    for line in punch_lines(&ask.stderr) {
+        println!("  client log: {line}");
+    }
     // The provider's side of the same story.
     let p_status = provider.status().expect("provider status");
     println!(

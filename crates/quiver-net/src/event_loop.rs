@@ -11,7 +11,7 @@ use crate::kad_limit::LimitedKadEvent;
 use libp2p::core::transport::ListenerId;
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, dcutr, identify, noise, ping, relay, tcp, tls, upnp, yamux,
@@ -123,6 +123,9 @@ pub(crate) struct EventLoop {
     /// connection of a peer as `ReservationClosed` whether or not it held the reservation, so a
     /// peer's count is dropped when it has no connection left.
     relay_reserved: HashMap<PeerId, u32>,
+    /// Relays we opened a QUIC connection to (besides the one we reserve on), so that the
+    /// address they observe gives a hole punch a QUIC candidate.
+    quic_to_relay: HashSet<PeerId>,
 }
 
 struct ProviderQuery {
@@ -236,6 +239,7 @@ async fn start(
         hole_punches: (0, 0),
         push_identify: false,
         relay_reserved: HashMap::new(),
+        quic_to_relay: HashSet::new(),
         cfg,
     };
     event_loop.apply_reachability();
@@ -814,7 +818,13 @@ impl EventLoop {
             },
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
                 Ok(connection) => {
-                    info!(peer = %remote_peer_id, ?connection, "hole punch succeeded: direct connection");
+                    let addr = self
+                        .peers
+                        .get(&remote_peer_id)
+                        .and_then(|m| m.connections.get(&connection))
+                        .map(|(a, _)| a.to_string())
+                        .unwrap_or_default();
+                    info!(peer = %remote_peer_id, %addr, "hole punch succeeded: direct connection");
                     self.hole_punches.0 += 1;
                     self.net_metrics.hole_punches.get_or_create(&ResultLabel { result: "success" }).inc();
                 }
@@ -851,7 +861,14 @@ impl EventLoop {
                 }
             }
             autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Error { peer, error, .. }) => {
-                let failed = matches!(error, autonat::OutboundProbeError::Response(autonat::ResponseError::DialError));
+                // A dial-back that fails, or that does not complete within the probe timeout: a
+                // NAT that drops (rather than refuses) unsolicited packets leaves the server's
+                // dial hanging until the answer is too late.
+                let failed = matches!(
+                    error,
+                    autonat::OutboundProbeError::Response(autonat::ResponseError::DialError)
+                        | autonat::OutboundProbeError::OutboundRequest(autonat::OutboundFailure::Timeout)
+                );
                 debug!(?peer, ?error, "reachability probe answered without a dial-back");
                 let result = if failed { "private" } else { "error" };
                 self.net_metrics.autonat_probes.get_or_create(&ResultLabel { result }).inc();
@@ -961,7 +978,11 @@ impl EventLoop {
     /// relay client makes a reservation on the connection it already has to the relay, and
     /// keeps one per connection.
     fn maintain_relays(&mut self) {
-        if !self.reach.wants_relays() || self.relay_listeners.len() >= self.cfg.max_relay_reservations {
+        if !self.reach.wants_relays() {
+            return;
+        }
+        self.quic_to_relays();
+        if self.relay_listeners.len() >= self.cfg.max_relay_reservations {
             return;
         }
         let now = Instant::now();
@@ -988,6 +1009,25 @@ impl EventLoop {
                     debug!(%relay, %addr, error = %e, "cannot listen through a relay");
                     self.relay_retry.insert(relay, now + RELAY_RETRY);
                 }
+            }
+        }
+    }
+
+    /// Behind a NAT, holds a QUIC connection to each relay we reserve on when we reached it
+    /// over TCP: the relay then observes our QUIC address, and a hole punch (DCUtR) tries QUIC
+    /// beside TCP. Once per relay.
+    fn quic_to_relays(&mut self) {
+        let relays: Vec<PeerId> = self.relay_listeners.values().map(|l| l.relay).collect();
+        for relay in relays {
+            let Some(meta) = self.peers.get(&relay) else { continue };
+            if self.quic_to_relay.contains(&relay) || meta.connections.values().any(|(a, _)| is_quic(a)) {
+                continue;
+            }
+            let Some(addr) = meta.direct_addrs().into_iter().find(is_quic) else { continue };
+            self.quic_to_relay.insert(relay);
+            let opts = DialOpts::peer_id(relay).condition(PeerCondition::Always).addresses(vec![addr.clone()]).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%relay, %addr, error = %e, "cannot open a QUIC connection to the relay");
             }
         }
     }
