@@ -792,8 +792,11 @@ impl Node {
     }
 }
 
-/// Routing table sizes at which a provider republishes its records after joining.
-const REPUBLISH_AT_ROUTING_TABLE_SIZES: [usize; 2] = [1, 8];
+/// Routing table sizes at which a provider republishes its records after joining. Routing
+/// tables hold only peers confirmed reachable (DHT servers), and nodes that join together turn
+/// servers over the first seconds: the records are put again once more of them are known, so
+/// they land on the nodes that are really closest to the key.
+const REPUBLISH_AT_ROUTING_TABLE_SIZES: [usize; 3] = [1, 8, 20];
 
 /// Reputation reports dated further ahead than this, or older than the age, are ignored.
 const REPORT_MAX_SKEW: Duration = Duration::from_secs(60);
