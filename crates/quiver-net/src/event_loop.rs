@@ -861,14 +861,9 @@ impl EventLoop {
                 }
             }
             autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Error { peer, error, .. }) => {
-                // A dial-back that fails, or that does not complete within the probe timeout: a
-                // NAT that drops (rather than refuses) unsolicited packets leaves the server's
-                // dial hanging until the answer is too late.
-                let failed = matches!(
-                    error,
-                    autonat::OutboundProbeError::Response(autonat::ResponseError::DialError)
-                        | autonat::OutboundProbeError::OutboundRequest(autonat::OutboundFailure::Timeout)
-                );
+                // Only a dial-back the server tried and failed counts. A probe that times out
+                // does not: on a loaded host that happens to reachable nodes too.
+                let failed = matches!(error, autonat::OutboundProbeError::Response(autonat::ResponseError::DialError));
                 debug!(?peer, ?error, "reachability probe answered without a dial-back");
                 let result = if failed { "private" } else { "error" };
                 self.net_metrics.autonat_probes.get_or_create(&ResultLabel { result }).inc();
@@ -963,12 +958,9 @@ impl EventLoop {
             let status = if relay_on { relay::Status::Enable } else { relay::Status::Disable };
             self.swarm.behaviour_mut().relay.set_status(Some(status));
         }
-        if !self.reach.wants_relays() && !self.relay_listeners.is_empty() {
-            // Reachable directly now (or no longer sure): give the relay slots back.
-            for id in self.relay_listeners.keys().copied().collect::<Vec<_>>() {
-                self.swarm.remove_listener(id);
-            }
-        }
+        // Reservations are kept when a node turns public again: they end with the connection
+        // to the relay. (libp2p's relay client panics when a listener is removed while the
+        // relay's answer to its reservation is on the way.)
         self.net_metrics.set_reachability(self.reach.reachability());
         self.net_metrics.relay_reservations.set(self.reach.relays().len() as i64);
     }
