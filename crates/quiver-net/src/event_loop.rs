@@ -970,11 +970,10 @@ impl EventLoop {
     /// relay client makes a reservation on the connection it already has to the relay, and
     /// keeps one per connection.
     fn maintain_relays(&mut self) {
-        if !self.reach.wants_relays() {
-            return;
+        if self.reach.reachability() != crate::Reachability::Public {
+            self.quic_to_relays();
         }
-        self.quic_to_relays();
-        if self.relay_listeners.len() >= self.cfg.max_relay_reservations {
+        if !self.reach.wants_relays() || self.relay_listeners.len() >= self.cfg.max_relay_reservations {
             return;
         }
         let now = Instant::now();
@@ -1005,11 +1004,11 @@ impl EventLoop {
         }
     }
 
-    /// Behind a NAT, holds a QUIC connection to each relay we reserve on when we reached it
+    /// While not known to be public, holds a QUIC connection to each connected relay we reached
     /// over TCP: the relay then observes our QUIC address, and a hole punch (DCUtR) tries QUIC
     /// beside TCP. Once per relay.
     fn quic_to_relays(&mut self) {
-        let relays: Vec<PeerId> = self.relay_listeners.values().map(|l| l.relay).collect();
+        let relays: Vec<PeerId> = self.peers.iter().filter(|(_, m)| m.relay).map(|(p, _)| *p).take(4).collect();
         for relay in relays {
             let Some(meta) = self.peers.get(&relay) else { continue };
             if self.quic_to_relay.contains(&relay) || meta.connections.values().any(|(a, _)| is_quic(a)) {
