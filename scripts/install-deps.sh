@@ -7,8 +7,9 @@
 #   chromium, chromium-driver - the status page test loads the page in headless Chromium
 #   fonts-dejavu-core        - text in its screenshot
 #   curl                     - the gateway's curl checks
-#   iproute2                 - `ip`: the partition test builds its network from namespaces, veths
-#                              and bridges (it must run as root)
+#   iproute2, iptables       - `ip` and `iptables`: the partition and NAT tests build their
+#                              networks from namespaces, veths, bridges and MASQUERADE routers
+#                              (they must run as root)
 #   openai (PyPI)            - the gateway test drives it with the official Python client
 set -euo pipefail
 
@@ -24,6 +25,7 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

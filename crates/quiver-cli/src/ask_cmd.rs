@@ -142,6 +142,13 @@ async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
     if !node.wait_for_peers(1, deadline.saturating_duration_since(std::time::Instant::now())).await {
         return Err(InferError::NoProvider { model: args.model.clone() });
     }
+    // Behind a NAT, providers can only dial back (to claim the job) through a relay: give the
+    // reachability probe and the relay reservation a moment (loopback and public hosts pass at
+    // the first probe).
+    let reach = node
+        .wait_for_reachability(REACHABILITY_WAIT.min(deadline.saturating_duration_since(std::time::Instant::now())))
+        .await;
+    tracing::debug!(reachability = reach.as_str(), "asking");
     if !node.wait_for_provider(&args.model, deadline.saturating_duration_since(std::time::Instant::now())).await {
         return Err(InferError::NoProvider { model: args.model.clone() });
     }
@@ -166,7 +173,9 @@ async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
             }
             StreamEvent::Done(result) => {
                 if args.json {
-                    let _ = writeln!(out, "{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+                    let mut v = serde_json::to_value(&result).unwrap_or_default();
+                    v["connection"] = json!(connection_to(node, &result.provider).await);
+                    let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 } else {
                     let _ = writeln!(out);
                 }
@@ -175,6 +184,21 @@ async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
         }
     }
     Err(InferError::Net("the request ended without a result".into()))
+}
+
+/// Longest wait for the reachability verdict (and a relay slot behind a NAT) before asking.
+const REACHABILITY_WAIT: Duration = Duration::from_secs(8);
+
+/// How this node is connected to `peer` now: `direct`, `relayed`, `direct+relayed` (a hole
+/// punch succeeded while the relayed connection is still open) or `none`.
+async fn connection_to(node: &Node, peer: &quiver_net::PeerId) -> &'static str {
+    let peers = node.peers().await.unwrap_or_default();
+    match peers.iter().find(|p| p.peer_id == *peer).map(|p| (p.direct, p.relayed)) {
+        Some((true, false)) => "direct",
+        Some((false, true)) => "relayed",
+        Some((true, true)) => "direct+relayed",
+        _ => "none",
+    }
 }
 
 /// Addresses of the local node recorded in `<data-dir>/api.addr`, as bootstrap peers.

@@ -80,6 +80,34 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
     for a in v["listen_addrs"].as_array().into_iter().flatten() {
         println!("  {}", a.as_str().unwrap_or("?"));
     }
+    let reach = s(&v, "reachability");
+    println!(
+        "Reachability:    {reach}{}",
+        match reach {
+            "public" => " (peers can dial this node directly)",
+            "private" => " (behind a NAT; no relay slot yet)",
+            "relayed" => " (behind a NAT; reachable through a relay, direct after a hole punch)",
+            _ => " (not probed yet)",
+        }
+    );
+    let usable: Vec<&str> = ["public_addrs", "relayed_addrs"]
+        .iter()
+        .flat_map(|k| v[*k].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    if !usable.is_empty() {
+        println!("Others dial:");
+        for a in usable {
+            println!("  {a}");
+        }
+    }
+    if v["relay_service"] == true {
+        println!("Relay service:   on (relays for NATed peers)");
+    }
+    let (punched, failed) = (n(&v, "hole_punches_succeeded"), n(&v, "hole_punches_failed"));
+    if punched + failed > 0 {
+        println!("Hole punches:    {punched} direct, {failed} failed");
+    }
     println!("Connected peers: {}", n(&v, "connected_peers"));
     println!("Routing table:   {} peers (DHT mode: {})", n(&v, "routing_table_size"), s(&v, "kad_mode"));
     if let Some(p) = v.get("provider").filter(|p| !p.is_null()) {
@@ -127,7 +155,7 @@ pub async fn peers(args: ApiArgs) -> anyhow::Result<()> {
     let connected = peers.iter().filter(|p| p["connected"] == true).count();
     println!("{connected} connected peers, {} known", peers.len());
     println!(
-        "{:<20} {:>4} {:>7} {:>7} {:>6} {:>5}/{:<5} {:>8} {:>8} {:<10} {:<14} address",
+        "{:<20} {:>7} {:>7} {:>7} {:>6} {:>5}/{:<5} {:>8} {:>8} {:<10} {:<14} address",
         "peer", "conn", "rtt ms", "gossip", "score", "ok", "fail", "lat ms", "p95 ms", "ban", "agent"
     );
     let f = |x: &Value, k: &str, digits: usize| {
@@ -139,9 +167,13 @@ pub async fn peers(args: ApiArgs) -> anyhow::Result<()> {
         let ban =
             if r["banned_until_ms"].is_null() { "-".to_owned() } else { format!("banned×{}", n(r, "ban_count")) };
         println!(
-            "{:<20} {:>4} {:>7} {:>7} {:>6} {:>5}/{:<5} {:>8} {:>8} {:<10} {:<14} {}",
+            "{:<20} {:>7} {:>7} {:>7} {:>6} {:>5}/{:<5} {:>8} {:>8} {:<10} {:<14} {}",
             short(s(p, "peer_id")),
-            if p["connected"] == true { "yes" } else { "no" },
+            match (p["connected"] == true, p["direct"] == true, p["relayed"] == true) {
+                (false, _, _) => "no",
+                (true, false, true) => "relayed",
+                _ => "direct",
+            },
             f(p, "rtt_ms", 1),
             f(p, "gossip_score", 1),
             f(r, "score", 2),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use quiver_net::{BootstrapAddr, Multiaddr, NetError, default_listen_addrs};
+use quiver_net::{BootstrapAddr, KadMode, Multiaddr, NetError, RelayLimits, default_listen_addrs};
 use quiver_node::config::{FileConfig, default_data_dir};
 use quiver_node::{Node, NodeConfig, NodeError};
 use tracing::{info, warn};
@@ -124,6 +124,47 @@ pub struct NodeArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, env = "QUIVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// DHT role: auto serves the DHT once a peer has dialed this node back (AutoNAT), server
+    /// always serves it (the node is known to be reachable), client never does.
+    #[arg(long, value_enum, default_value_t = DhtMode::Auto, env = "QUIVER_DHT_MODE")]
+    pub dht_mode: DhtMode,
+
+    /// Ask the local router for a port mapping (UPnP IGD). Off by default.
+    #[arg(long, env = "QUIVER_UPNP")]
+    pub upnp: bool,
+
+    /// Never relay for NATed peers, even when reachable.
+    #[arg(long, env = "QUIVER_NO_RELAY")]
+    pub no_relay: bool,
+
+    /// Relay service: reservations held for NATed peers at once.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations)]
+    pub relay_max_reservations: usize,
+
+    /// Relay service: reservations one peer may hold.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations_per_peer)]
+    pub relay_max_reservations_per_peer: usize,
+
+    /// Relay service: circuits relayed at once.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_circuits)]
+    pub relay_max_circuits: usize,
+
+    /// Relay service: a circuit is closed after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = RelayLimits::default().max_circuit_duration.as_secs())]
+    pub relay_max_circuit_secs: u64,
+
+    /// Relay service: a circuit is closed after this many bytes in each direction.
+    #[arg(long, value_name = "BYTES", default_value_t = RelayLimits::default().max_circuit_bytes)]
+    pub relay_max_circuit_bytes: u64,
+}
+
+/// `--dht-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DhtMode {
+    Auto,
+    Server,
+    Client,
 }
 
 /// Settings after merging flags, environment and config file.
@@ -198,6 +239,21 @@ fn settings(args: NodeArgs) -> Settings {
             bootstrap_node: args.bootstrap_node || file.bootstrap_node.unwrap_or(false),
             heartbeat_interval,
             node_ttl: heartbeat_interval * 6,
+            kad_mode: match args.dht_mode {
+                DhtMode::Auto => KadMode::Auto,
+                DhtMode::Server => KadMode::Server,
+                DhtMode::Client => KadMode::Client,
+            },
+            upnp: args.upnp,
+            relay_service: !args.no_relay,
+            relay_limits: RelayLimits {
+                max_reservations: args.relay_max_reservations,
+                max_reservations_per_peer: args.relay_max_reservations_per_peer,
+                max_circuits: args.relay_max_circuits,
+                max_circuit_duration: Duration::from_secs(args.relay_max_circuit_secs),
+                max_circuit_bytes: args.relay_max_circuit_bytes,
+                ..RelayLimits::default()
+            },
             ..NodeConfig::default()
         },
         port_explicit: port.is_some() || listen_explicit,
@@ -251,13 +307,19 @@ pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::Prov
     println!("QUIVer node {} ({role})", node.peer_id());
     let mut addrs = node.listen_addrs();
     tokio::spawn(async move {
-        let mut printed = 0;
+        // Addresses come and go (relay reservations, mappings): print each new one once.
+        let mut printed = std::collections::HashSet::new();
         loop {
-            let new: Vec<String> = addrs.borrow_and_update().iter().skip(printed).map(ToString::to_string).collect();
-            for a in &new {
+            let new: Vec<String> = addrs
+                .borrow_and_update()
+                .iter()
+                .map(ToString::to_string)
+                .filter(|a| printed.len() < 1024 && !printed.contains(a))
+                .collect();
+            for a in new {
                 println!("listening on {a}");
+                printed.insert(a);
             }
-            printed += new.len();
             if addrs.changed().await.is_err() {
                 return;
             }

@@ -9,7 +9,8 @@ use libp2p::gossipsub::{self, IdentTopic, MessageId, PeerScoreParams, PeerScoreT
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, allow_block_list, connection_limits, identify, ping};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, identify, ping, relay, upnp};
 use sha2::{Digest, Sha256};
 
 use crate::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError};
@@ -30,10 +31,27 @@ pub(crate) struct Behaviour {
     /// Application stream protocols (`/quiver/infer/1`, `/quiver/claim/1`), driven through
     /// `libp2p_stream::Control` handles outside the event loop.
     pub stream: libp2p_stream::Behaviour,
+    /// Reachability probes (AutoNAT v1): asks peers to dial us back, and dials others back.
+    pub autonat: autonat::Behaviour,
+    /// The relay service offered to NATed peers; advertised only while we are reachable.
+    pub relay: relay::Behaviour,
+    /// Reservations on relays and circuits through them (absent on transports without a relay
+    /// client, e.g. in-memory simulations).
+    pub relay_client: Toggle<relay::client::Behaviour>,
+    /// Hole punching: upgrades a relayed connection to a direct one.
+    pub dcutr: dcutr::Behaviour,
+    /// Port mapping on the local gateway, only with `NetConfig::upnp`.
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 impl Behaviour {
-    pub(crate) fn new(key: &Keypair, cfg: &NetConfig) -> Result<Self, NetError> {
+    /// Every behaviour of a QUIVer node. `relay_client` is the behaviour half of the relay
+    /// transport the swarm was built with, if any.
+    pub(crate) fn new(
+        key: &Keypair,
+        relay_client: Option<relay::client::Behaviour>,
+        cfg: &NetConfig,
+    ) -> Result<Self, NetError> {
         let peer_id = key.public().to_peer_id();
 
         let limits = connection_limits::ConnectionLimits::default()
@@ -74,9 +92,11 @@ impl Behaviour {
             },
         );
         let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
+        // Auto starts as a client: the event loop switches to server once AutoNAT confirms
+        // that others can dial us.
         kad.set_mode(Some(match cfg.kad_mode {
             crate::KadMode::Server => kad::Mode::Server,
-            crate::KadMode::Client => kad::Mode::Client,
+            crate::KadMode::Client | crate::KadMode::Auto => kad::Mode::Client,
         }));
 
         let mut gossip_cfg = gossipsub::ConfigBuilder::default();
@@ -106,6 +126,17 @@ impl Behaviour {
             kad: crate::kad_limit::LimitedKad::new(kad, cfg.dht_requests_per_sec, cfg.dht_request_burst),
             gossipsub,
             stream: libp2p_stream::Behaviour::new(),
+            autonat: autonat::Behaviour::new(peer_id, cfg.autonat.to_libp2p()),
+            relay: {
+                let mut r = relay::Behaviour::new(peer_id, cfg.relay_limits.to_libp2p());
+                // Decided by the event loop from reachability, never from addresses alone
+                // (a relayed address is "external" too, but a NATed node is no relay).
+                r.set_status(Some(relay::Status::Disable));
+                r
+            },
+            relay_client: relay_client.into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            upnp: cfg.upnp.then(upnp::tokio::Behaviour::default).into(),
         })
     }
 }

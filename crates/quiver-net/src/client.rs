@@ -35,8 +35,13 @@ pub enum NetEvent {
     },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
-    /// A new full listen address, ending in `/p2p/<our PeerId>`.
+    /// A new full address others can dial us on, ending in `/p2p/<our PeerId>`: a listen
+    /// address, a relayed address (`…/p2p/<relay>/p2p-circuit/p2p/<us>`) once a relay holds a
+    /// reservation for us, or an external address confirmed by a dial-back or a port mapping.
     NewListenAddr(Multiaddr),
+    /// An address given by [`NetEvent::NewListenAddr`] no longer works (listener closed,
+    /// reservation lost, mapping expired).
+    ExpiredListenAddr(Multiaddr),
     /// `peer` keeps asking more of this node (`what`, e.g. `dht`) than its rate limit allows:
     /// `refused` requests so far. Reported every few dozen refusals.
     OverLimit {
@@ -55,6 +60,10 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     pub gossip_score: Option<f64>,
     pub in_routing_table: bool,
+    /// At least one connection to the peer is direct.
+    pub direct: bool,
+    /// At least one connection to the peer goes through a relay.
+    pub relayed: bool,
 }
 
 /// A snapshot of the swarm's state.
@@ -69,6 +78,19 @@ pub struct NetStatus {
     pub kad_mode: String,
     /// Topic → number of mesh peers.
     pub gossip_mesh: BTreeMap<String, usize>,
+    /// How others can reach this node.
+    pub reachability: crate::Reachability,
+    /// Direct addresses confirmed by a dial-back (or a port mapping), with `/p2p/`.
+    pub public_addrs: Vec<Multiaddr>,
+    /// Addresses through the relays that hold a reservation for us, with `/p2p/`.
+    pub relayed_addrs: Vec<Multiaddr>,
+    /// Relays holding a reservation for us.
+    pub relays: Vec<PeerId>,
+    /// This node offers the relay service now.
+    pub relay_service: bool,
+    /// Hole punches (DCUtR) that gave a direct connection, and that failed.
+    pub hole_punches_succeeded: u64,
+    pub hole_punches_failed: u64,
 }
 
 pub(crate) enum Command {

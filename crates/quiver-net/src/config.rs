@@ -11,11 +11,132 @@ use crate::BootstrapAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum KadMode {
-    /// Serve the DHT (the default until reachability detection decides per node).
+    /// Serve the DHT once AutoNAT has confirmed that others can dial this node; a client until
+    /// then, and again whenever the node is found unreachable.
     #[default]
+    Auto,
+    /// Always serve the DHT (bootstrap nodes, or a user who knows the node is reachable).
     Server,
     /// Only query the DHT; never added to others' routing tables.
     Client,
+}
+
+/// How this node probes its own reachability (AutoNAT v1) and answers others' probes.
+///
+/// A probe asks a connected peer to dial this node back on its listen and observed addresses,
+/// on a new connection from a new port; only a completed dial-back counts. Addresses are not
+/// required to be global IPs: loopback and private test networks are probed like any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoNatConfig {
+    /// First probe this long after start (the bootstrap peers are usually connected by then).
+    pub boot_delay: Duration,
+    /// Period of probes while the answer is not yet settled.
+    pub retry_interval: Duration,
+    /// Period of probes once `confidence_max` answers agree.
+    pub refresh_interval: Duration,
+    /// Answers that must contradict the current verdict before it flips.
+    pub confidence_max: usize,
+    /// A peer asked to dial us back is not asked again for this long.
+    pub server_reuse_period: Duration,
+    /// Longest wait for one probe's answer.
+    pub probe_timeout: Duration,
+    /// As a server: dial-backs for one peer, and for all peers together, per `probe_period`;
+    /// more requests are refused.
+    pub max_probes_per_peer: usize,
+    pub max_probes_total: usize,
+    pub probe_period: Duration,
+}
+
+impl Default for AutoNatConfig {
+    fn default() -> Self {
+        AutoNatConfig {
+            boot_delay: Duration::from_millis(1500),
+            retry_interval: Duration::from_secs(10),
+            refresh_interval: Duration::from_secs(300),
+            confidence_max: 3,
+            server_reuse_period: Duration::from_secs(10),
+            probe_timeout: Duration::from_secs(15),
+            max_probes_per_peer: 2,
+            max_probes_total: 32,
+            probe_period: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AutoNatConfig {
+    pub(crate) fn to_libp2p(&self) -> libp2p::autonat::Config {
+        libp2p::autonat::Config {
+            timeout: self.probe_timeout,
+            boot_delay: self.boot_delay,
+            retry_interval: self.retry_interval,
+            refresh_interval: self.refresh_interval,
+            throttle_server_period: self.server_reuse_period,
+            use_connected: true,
+            confidence_max: self.confidence_max,
+            max_peer_addresses: 16,
+            throttle_clients_global_max: self.max_probes_total,
+            throttle_clients_peer_max: self.max_probes_per_peer,
+            throttle_clients_period: self.probe_period,
+            // Reachability is whatever a real dial-back shows, on any address.
+            only_global_ips: false,
+        }
+    }
+}
+
+/// Limits of the circuit relay service a reachable node offers to NATed peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once, in total and per peer.
+    pub max_reservations: usize,
+    pub max_reservations_per_peer: usize,
+    /// A reservation lasts this long unless renewed.
+    pub reservation_duration: Duration,
+    /// Circuits relayed at once, in total and per peer.
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    /// A circuit is closed after this long or after this many bytes (each direction), whichever
+    /// comes first: long enough to set up a hole punch, a claim and a short answer.
+    pub max_circuit_duration: Duration,
+    pub max_circuit_bytes: u64,
+    /// New reservations and circuits one peer may ask for per minute.
+    pub per_peer_per_minute: u32,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_reservations: 64,
+            max_reservations_per_peer: 2,
+            reservation_duration: Duration::from_secs(30 * 60),
+            max_circuits: 32,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: Duration::from_secs(5 * 60),
+            max_circuit_bytes: 4 * 1024 * 1024,
+            per_peer_per_minute: 30,
+        }
+    }
+}
+
+impl RelayLimits {
+    pub(crate) fn to_libp2p(&self) -> libp2p::relay::Config {
+        let mut c = libp2p::relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            reservation_rate_limiters: Vec::new(),
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            circuit_src_rate_limiters: Vec::new(),
+        };
+        if let Some(n) = std::num::NonZeroU32::new(self.per_peer_per_minute) {
+            c = c
+                .reservation_rate_per_peer(n, Duration::from_secs(60))
+                .circuit_src_per_peer(n, Duration::from_secs(60));
+        }
+        c
+    }
 }
 
 /// Everything the swarm needs to start.
@@ -51,6 +172,15 @@ pub struct NetConfig {
     /// beyond that they are refused.
     pub dht_requests_per_sec: u32,
     pub dht_request_burst: u32,
+    /// Reachability probing (AutoNAT).
+    pub autonat: AutoNatConfig,
+    /// Offer a relay to NATed peers while this node is reachable.
+    pub relay_service: bool,
+    pub relay_limits: RelayLimits,
+    /// Relays a NATed node reserves a slot on (each gives it one relayed address per transport).
+    pub max_relay_reservations: usize,
+    /// Ask the local gateway for a port mapping (UPnP IGD). Off unless the user turns it on.
+    pub upnp: bool,
 }
 
 impl Default for NetConfig {
@@ -58,7 +188,7 @@ impl Default for NetConfig {
         NetConfig {
             listen_addrs: default_listen_addrs(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, true),
             bootstrap: Vec::new(),
-            kad_mode: KadMode::Server,
+            kad_mode: KadMode::Auto,
             kad_bootstrap_interval: Duration::from_secs(300),
             random_walk_interval: Duration::from_secs(60),
             gossip_heartbeat: Duration::from_secs(1),
@@ -80,6 +210,11 @@ impl Default for NetConfig {
             agent_version: format!("quiver/{}", env!("CARGO_PKG_VERSION")),
             dht_requests_per_sec: crate::kad_limit::DHT_REQUESTS_PER_SEC,
             dht_request_burst: crate::kad_limit::DHT_REQUEST_BURST,
+            autonat: AutoNatConfig::default(),
+            relay_service: true,
+            relay_limits: RelayLimits::default(),
+            max_relay_reservations: 2,
+            upnp: false,
         }
     }
 }
@@ -92,3 +227,7 @@ pub fn default_listen_addrs(ip: IpAddr, port: u16, quic: bool) -> Vec<Multiaddr>
     }
     addrs
 }
+
+#[cfg(test)]
+#[path = "tests/config.rs"]
+mod tests;

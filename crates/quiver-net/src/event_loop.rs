@@ -8,11 +8,12 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::kad::{self, store::RecordStore};
 
 use crate::kad_limit::LimitedKadEvent;
+use libp2p::core::transport::ListenerId;
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, dcutr, identify, noise, ping, relay, tls, upnp, yamux};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -21,6 +22,8 @@ use tracing::{debug, info, trace, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, Validation};
+use crate::metrics::{NetMetrics, RefusedLabel, ResultLabel};
+use crate::reachability::{ReachabilityState, circuit_listen_addr, is_relayed};
 use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, split_peer_id};
 
 pub use quiver_proto::dht::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key};
@@ -44,7 +47,47 @@ struct PeerMeta {
     agent_version: Option<String>,
     rtt: Option<Duration>,
     addresses: HashSet<Multiaddr>,
+    /// Open connections: remote address and whether it goes through a relay.
+    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
+    /// The peer offers a relay (announces the circuit relay HOP protocol).
+    relay: bool,
+    /// Direct listen addresses from its Identify (at most [`MAX_IDENTIFY_ADDRS`]).
+    listen_addrs: Vec<Multiaddr>,
 }
+
+impl PeerMeta {
+    /// Direct addresses to reach this peer at: those it announced on an IP we are connected to
+    /// it on (its other transports on the same host), then the addresses of our connections.
+    /// Announced addresses on other IPs (its loopback, other networks) may not route from here.
+    fn direct_addrs(&self) -> Vec<Multiaddr> {
+        let ips: HashSet<Multiaddr> =
+            self.connections.values().filter(|(_, relayed)| !relayed).filter_map(|(a, _)| ip_of(a)).collect();
+        let mut out: Vec<Multiaddr> = Vec::new();
+        let announced = self.listen_addrs.iter().filter(|a| ip_of(a).is_some_and(|ip| ips.contains(&ip)));
+        for a in announced.chain(self.addresses.iter()) {
+            if !is_relayed(a) && is_dialable(a) && !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The `/ip4/…` or `/ip6/…` part of an address.
+fn ip_of(addr: &Multiaddr) -> Option<Multiaddr> {
+    match addr.iter().next()? {
+        p @ (Protocol::Ip4(_) | Protocol::Ip6(_)) => Some(Multiaddr::empty().with(p)),
+        _ => None,
+    }
+}
+
+/// Where a relay reservation of ours stands.
+struct RelayListener {
+    relay: PeerId,
+}
+
+/// A relay that refused or lost our reservation is asked again after this long.
+const RELAY_RETRY: Duration = Duration::from_secs(60);
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -60,6 +103,27 @@ pub(crate) struct EventLoop {
     record_queries: HashMap<kad::QueryId, RecordQuery>,
     /// `connect` calls waiting for their dial.
     connecting: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<(), NetError>>)>,
+    /// Reachability (AutoNAT's verdict, relay reservations) and what follows from it.
+    reach: ReachabilityState,
+    /// Our listeners on relays (reservations asked for or held).
+    relay_listeners: HashMap<ListenerId, RelayListener>,
+    /// Relays not to ask again before the given time.
+    relay_retry: HashMap<PeerId, Instant>,
+    /// Whether Kademlia and the relay service currently serve (as last applied).
+    kad_server: bool,
+    relay_on: bool,
+    net_metrics: NetMetrics,
+    hole_punches: (u64, u64),
+    /// Tell connected peers our protocols (after a DHT mode change) at the next tick. Identify
+    /// pushes protocol changes by itself only on connections where the first exchange is done.
+    push_identify: bool,
+    /// Reservations our relay service holds, per peer. libp2p's relay reports a closed
+    /// connection of a peer as `ReservationClosed` whether or not it held the reservation, so a
+    /// peer's count is dropped when it has no connection left.
+    relay_reserved: HashMap<PeerId, u32>,
+    /// Relays we opened a QUIC connection to (besides the one we reserve on), so that the
+    /// address they observe gives a hole punch a QUIC candidate.
+    quic_to_relay: HashSet<PeerId>,
 }
 
 struct ProviderQuery {
@@ -95,9 +159,13 @@ pub async fn spawn(
     cfg: NetConfig,
     registry: &mut Registry,
 ) -> Result<(NetClient, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
-    let local = keypair.public().to_peer_id();
-    let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
-    let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+    let swarm = build_swarm(keypair, &cfg)?;
+    start(swarm, cfg, registry).await
+}
+
+/// The swarm over TCP, QUIC, DNS and circuit relays, with every QUIVer behaviour.
+fn build_swarm(keypair: libp2p::identity::Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    Ok(SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_quic_config(|mut c| {
             // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it within
@@ -113,12 +181,26 @@ pub async fn spawn(
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_dns()
         .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_behaviour(|key| {
-            Behaviour::new(key, &cfg).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        .with_relay_client((tls::Config::new, noise::Config::new), yamux::Config::default)
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
+            Behaviour::new(key, Some(relay_client), cfg)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
-        .build();
+        .build())
+}
+
+/// Starts listening on a built swarm and spawns its event loop (any transport).
+async fn start(
+    mut swarm: Swarm<Behaviour>,
+    cfg: NetConfig,
+    registry: &mut Registry,
+) -> Result<(NetClient, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
+    let local = *swarm.local_peer_id();
+    let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
+    let net_metrics = NetMetrics::register(registry);
 
     let (events_tx, events_rx) = mpsc::channel(cfg.channel_capacity);
     listen(&mut swarm, &cfg, &events_tx).await?;
@@ -138,18 +220,30 @@ pub async fn spawn(
             failures: 0,
         })
         .collect();
-    let event_loop = EventLoop {
+    let reach = ReachabilityState::new(cfg.kad_mode, cfg.relay_service);
+    let mut event_loop = EventLoop {
         swarm,
         commands,
         events: events_tx,
-        cfg,
         bootstrap,
         peers: HashMap::new(),
         metrics,
         provider_queries: HashMap::new(),
         record_queries: HashMap::new(),
         connecting: HashMap::new(),
+        kad_server: cfg.kad_mode == crate::KadMode::Server,
+        relay_on: false,
+        reach,
+        relay_listeners: HashMap::new(),
+        relay_retry: HashMap::new(),
+        net_metrics,
+        hole_punches: (0, 0),
+        push_identify: false,
+        relay_reserved: HashMap::new(),
+        quic_to_relay: HashSet::new(),
+        cfg,
     };
+    event_loop.apply_reachability();
     let task = tokio::spawn(event_loop.run());
     Ok((NetClient { tx, peer_id: local, streams }, events_rx, task))
 }
@@ -256,6 +350,11 @@ impl EventLoop {
                 },
                 _ = tick.tick() => {
                     self.redial_bootstrap();
+                    self.maintain_relays();
+                    if std::mem::take(&mut self.push_identify) {
+                        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                        self.swarm.behaviour_mut().identify.push(peers);
+                    }
                     self.answer_slow_provider_queries();
                     self.end_slow_record_queries();
                 }
@@ -404,6 +503,23 @@ impl EventLoop {
             routing_table,
             kad_mode: self.swarm.behaviour().kad.mode().to_string(),
             gossip_mesh,
+            reachability: self.reach.reachability(),
+            public_addrs: self
+                .swarm
+                .external_addresses()
+                .filter(|a| !is_relayed(a))
+                .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
+                .collect(),
+            relayed_addrs: self
+                .reach
+                .relayed_addrs()
+                .into_iter()
+                .map(|a| a.with_p2p(local).unwrap_or_else(|a| a))
+                .collect(),
+            relays: self.reach.relays(),
+            relay_service: self.relay_on,
+            hole_punches_succeeded: self.hole_punches.0,
+            hole_punches_failed: self.hole_punches.1,
         }
     }
 
@@ -496,6 +612,8 @@ impl EventLoop {
                     rtt_ms: meta.and_then(|m| m.rtt).map(|d| d.as_secs_f64() * 1000.0),
                     gossip_score: self.swarm.behaviour().gossipsub.peer_score(&peer_id),
                     in_routing_table: in_table.contains(&peer_id),
+                    direct: meta.is_some_and(|m| m.connections.values().any(|(_, relayed)| !relayed)),
+                    relayed: meta.is_some_and(|m| m.connections.values().any(|(_, relayed)| *relayed)),
                 }
             })
             .collect()
@@ -538,13 +656,57 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.record(&event);
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                if let Some(l) = self.relay_listeners.get(&listener_id) {
+                    info!(relay = %l.relay, %address, "relay reservation accepted; reachable through it");
+                    self.reach.reservation_accepted(l.relay, address.clone());
+                    self.relay_retry.remove(&l.relay);
+                    self.apply_reachability();
+                }
                 let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
                 let _ = self.events.try_send(NetEvent::NewListenAddr(full));
             }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                let _ = self.events.try_send(NetEvent::ExpiredListenAddr(full));
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, addresses } => {
+                if let Some(l) = self.relay_listeners.remove(&listener_id) {
+                    match reason {
+                        Ok(()) => debug!(relay = %l.relay, "relay reservation ended"),
+                        Err(e) => info!(relay = %l.relay, error = %e, "relay reservation refused or lost"),
+                    }
+                    if !self.relay_listeners.values().any(|o| o.relay == l.relay) {
+                        self.reach.reservation_lost(&l.relay);
+                    }
+                    self.relay_retry.insert(l.relay, Instant::now() + RELAY_RETRY);
+                    self.apply_reachability();
+                }
+                for address in addresses {
+                    let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                    let _ = self.events.try_send(NetEvent::ExpiredListenAddr(full));
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                // Relayed addresses arrive as listen addresses; this is a direct one (AutoNAT's
+                // dial-back or a UPnP mapping) that may differ from every listen address.
+                if !is_relayed(&address) {
+                    info!(%address, "external address confirmed");
+                    let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                    let _ = self.events.try_send(NetEvent::NewListenAddr(full));
+                }
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                if !is_relayed(&address) && !self.swarm.listeners().any(|l| *l == address) {
+                    let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                    let _ = self.events.try_send(NetEvent::ExpiredListenAddr(full));
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
-                debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.peers.entry(peer_id).or_default().addresses.insert(endpoint.get_remote_address().clone());
+                debug!(%peer_id, addr = %endpoint.get_remote_address(), relayed = endpoint.is_relayed(), "connected");
+                let meta = self.peers.entry(peer_id).or_default();
+                meta.addresses.insert(endpoint.get_remote_address().clone());
+                meta.connections.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_relayed()));
                 if let Some(i) = self.bootstrap.iter().position(|b| b.dialing == Some(connection_id)) {
                     let b = &mut self.bootstrap[i];
                     b.dialing = None;
@@ -566,8 +728,17 @@ impl EventLoop {
                     let _ = self.events.try_send(NetEvent::PeerConnected(peer_id));
                 }
             }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } if num_established > 0 => {
+                if let Some(meta) = self.peers.get_mut(&peer_id) {
+                    meta.connections.remove(&connection_id);
+                }
+            }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.peers.remove(&peer_id);
+                if self.relay_reserved.remove(&peer_id).is_some() {
+                    let held: u32 = self.relay_reserved.values().sum();
+                    self.net_metrics.relay_service_reservations.set(i64::from(held));
+                }
                 let _ = self.events.try_send(NetEvent::PeerDisconnected(peer_id));
                 let now = Instant::now();
                 for b in self.bootstrap.iter_mut().filter(|b| b.peer_id == Some(peer_id)) {
@@ -644,6 +815,223 @@ impl EventLoop {
             }
             BehaviourEvent::Limits(never) | BehaviourEvent::Blocked(never) => match never {},
             BehaviourEvent::Stream(()) => {}
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::Relay(event) => self.on_relay_service(event),
+            BehaviourEvent::RelayClient(event) => match event {
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. } => {
+                    debug!(relay = %relay_peer_id, renewal, "relay reservation confirmed");
+                }
+                relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                    debug!(relay = %relay_peer_id, "connected to a peer through a relay");
+                }
+                relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                    debug!(peer = %src_peer_id, "a peer connected to us through a relay");
+                }
+            },
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
+                Ok(connection) => {
+                    let addr = self
+                        .peers
+                        .get(&remote_peer_id)
+                        .and_then(|m| m.connections.get(&connection))
+                        .map(|(a, _)| a.to_string())
+                        .unwrap_or_default();
+                    info!(peer = %remote_peer_id, %addr, "hole punch succeeded: direct connection");
+                    self.hole_punches.0 += 1;
+                    self.net_metrics.hole_punches.get_or_create(&ResultLabel { result: "success" }).inc();
+                }
+                Err(e) => {
+                    info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                    self.hole_punches.1 += 1;
+                    self.net_metrics.hole_punches.get_or_create(&ResultLabel { result: "failure" }).inc();
+                }
+            },
+            BehaviourEvent::Upnp(event) => match event {
+                upnp::Event::NewExternalAddr { local_addr, external_addr } => {
+                    info!(%local_addr, %external_addr, "UPnP port mapping made")
+                }
+                upnp::Event::ExpiredExternalAddr { local_addr, external_addr } => {
+                    info!(%local_addr, %external_addr, "UPnP port mapping expired")
+                }
+                upnp::Event::GatewayNotFound => info!("UPnP: no gateway found; no port mapping"),
+                upnp::Event::NonRoutableGateway => info!("UPnP: the gateway is not on the public internet"),
+            },
+        }
+    }
+
+    fn on_autonat(&mut self, event: autonat::Event) {
+        match event {
+            // AutoNAT's own verdict flips on a single answer; ours (`ReachabilityState`) is
+            // drawn from the probe answers below.
+            autonat::Event::StatusChanged { old, new } => debug!(?old, ?new, "AutoNAT status"),
+            autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Response { peer, address, .. }) => {
+                debug!(%peer, %address, "dialed back: reachable");
+                self.net_metrics.autonat_probes.get_or_create(&ResultLabel { result: "public" }).inc();
+                if self.reach.probe_answer(true) {
+                    info!(%address, "reachable: a peer dialed us back");
+                    self.apply_reachability();
+                }
+            }
+            autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Error { peer, error, .. }) => {
+                // Only a dial-back the server tried and failed counts. A probe that times out
+                // does not: on a loaded host that happens to reachable nodes too.
+                let failed = matches!(error, autonat::OutboundProbeError::Response(autonat::ResponseError::DialError));
+                debug!(?peer, ?error, "reachability probe answered without a dial-back");
+                let result = if failed { "private" } else { "error" };
+                self.net_metrics.autonat_probes.get_or_create(&ResultLabel { result }).inc();
+                if failed && self.reach.probe_answer(false) {
+                    info!("unreachable: peers cannot dial us back (NAT or firewall)");
+                    self.apply_reachability();
+                }
+            }
+            autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Request { .. }) => {}
+            autonat::Event::InboundProbe(autonat::InboundProbeEvent::Response { peer, address, .. }) => {
+                // The dial-back connection has served its purpose: close it, so probes do not
+                // pile up connections to one peer (they are limited per peer).
+                let address = split_peer_id(address).0;
+                if let Some(meta) = self.peers.get(&peer)
+                    && meta.connections.len() > 1
+                    && let Some(id) = meta
+                        .connections
+                        .iter()
+                        .filter(|(_, (a, relayed))| !relayed && split_peer_id(a.clone()).0 == address)
+                        .map(|(id, _)| *id)
+                        .max()
+                {
+                    self.swarm.close_connection(id);
+                }
+            }
+            autonat::Event::InboundProbe(e) => trace!(?e, "reachability probe for a peer"),
+        }
+    }
+
+    fn on_relay_service(&mut self, event: relay::Event) {
+        match event {
+            relay::Event::ReservationReqAccepted { src_peer_id, renewed } => {
+                debug!(peer = %src_peer_id, renewed, "relay: reservation accepted");
+                if !renewed {
+                    *self.relay_reserved.entry(src_peer_id).or_default() += 1;
+                }
+            }
+            relay::Event::ReservationReqDenied { src_peer_id, status } => {
+                info!(peer = %src_peer_id, ?status, "relay: reservation refused");
+                self.net_metrics.relay_service_refused.get_or_create(&RefusedLabel { what: "reservation" }).inc();
+            }
+            relay::Event::ReservationTimedOut { src_peer_id } => {
+                if let Some(n) = self.relay_reserved.get_mut(&src_peer_id) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            relay::Event::ReservationClosed { src_peer_id } => {
+                if !self.swarm.is_connected(&src_peer_id) {
+                    self.relay_reserved.remove(&src_peer_id);
+                }
+            }
+            relay::Event::CircuitReqAccepted { src_peer_id, dst_peer_id } => {
+                debug!(src = %src_peer_id, dst = %dst_peer_id, "relay: circuit opened");
+                self.net_metrics.relay_service_circuits.inc();
+            }
+            relay::Event::CircuitReqDenied { src_peer_id, dst_peer_id, status } => {
+                info!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay: circuit refused");
+                self.net_metrics.relay_service_refused.get_or_create(&RefusedLabel { what: "circuit" }).inc();
+            }
+            relay::Event::CircuitClosed { src_peer_id, dst_peer_id, error } => {
+                debug!(src = %src_peer_id, dst = %dst_peer_id, ?error, "relay: circuit closed");
+                if self.net_metrics.relay_service_circuits.get() > 0 {
+                    self.net_metrics.relay_service_circuits.dec();
+                }
+            }
+            other => debug!(?other, "relay service event"),
+        }
+        self.relay_reserved.retain(|_, n| *n > 0);
+        let held: u32 = self.relay_reserved.values().sum();
+        self.net_metrics.relay_service_reservations.set(i64::from(held));
+    }
+
+    /// Makes the DHT mode, the relay service and the relay reservations follow reachability.
+    fn apply_reachability(&mut self) {
+        let server = self.reach.kad_server();
+        if server != self.kad_server || self.swarm.behaviour().kad.mode() != kad_mode(server) {
+            info!(server, reachability = self.reach.reachability().as_str(), "DHT mode follows reachability");
+            self.kad_server = server;
+            self.swarm.behaviour_mut().kad.set_mode(Some(kad_mode(server)));
+            self.push_identify = true;
+            if server && self.swarm.behaviour_mut().kad.kbuckets().next().is_some() {
+                // Tell the closest peers about us now rather than at the next refresh.
+                if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                    debug!(error = %e, "kademlia bootstrap not started");
+                }
+            }
+        }
+        let relay_on = self.reach.offers_relay();
+        if relay_on != self.relay_on {
+            info!(relay_on, "relay service follows reachability");
+            self.relay_on = relay_on;
+            let status = if relay_on { relay::Status::Enable } else { relay::Status::Disable };
+            self.swarm.behaviour_mut().relay.set_status(Some(status));
+        }
+        // Reservations are kept when a node turns public again: they end with the connection
+        // to the relay. (libp2p's relay client panics when a listener is removed while the
+        // relay's answer to its reservation is on the way.)
+        self.net_metrics.set_reachability(self.reach.reachability());
+        self.net_metrics.relay_reservations.set(self.reach.relays().len() as i64);
+    }
+
+    /// While unreachable, keeps a reservation on each of up to `max_relay_reservations` relays
+    /// among the connected peers that offer one, bootstrap peers first. One per relay: libp2p's
+    /// relay client makes a reservation on the connection it already has to the relay, and
+    /// keeps one per connection.
+    fn maintain_relays(&mut self) {
+        if self.reach.reachability() != crate::Reachability::Public {
+            self.quic_to_relays();
+        }
+        if !self.reach.wants_relays() || self.relay_listeners.len() >= self.cfg.max_relay_reservations {
+            return;
+        }
+        let now = Instant::now();
+        self.relay_retry.retain(|_, t| *t > now);
+        let in_use: HashSet<PeerId> = self.relay_listeners.values().map(|l| l.relay).collect();
+        let bootstrap: HashSet<PeerId> = self.bootstrap.iter().filter_map(|b| b.peer_id).collect();
+        let mut candidates: Vec<(PeerId, Multiaddr)> = self
+            .peers
+            .iter()
+            .filter(|(p, m)| {
+                m.relay && !in_use.contains(p) && !self.relay_retry.contains_key(p) && self.swarm.is_connected(p)
+            })
+            .filter_map(|(p, m)| Some((*p, m.direct_addrs().iter().find_map(|a| circuit_listen_addr(a, *p))?)))
+            .collect();
+        candidates.sort_by_key(|(p, _)| (!bootstrap.contains(p), *p));
+        let wanted = self.cfg.max_relay_reservations - self.relay_listeners.len();
+        for (relay, addr) in candidates.into_iter().take(wanted) {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    debug!(%relay, %addr, "asking a relay for a reservation");
+                    self.relay_listeners.insert(id, RelayListener { relay });
+                }
+                Err(e) => {
+                    debug!(%relay, %addr, error = %e, "cannot listen through a relay");
+                    self.relay_retry.insert(relay, now + RELAY_RETRY);
+                }
+            }
+        }
+    }
+
+    /// While not known to be public, holds a QUIC connection to each connected relay we reached
+    /// over TCP: the relay then observes our QUIC address, and a hole punch (DCUtR) tries QUIC
+    /// beside TCP. Once per relay.
+    fn quic_to_relays(&mut self) {
+        let relays: Vec<PeerId> = self.peers.iter().filter(|(_, m)| m.relay).map(|(p, _)| *p).take(4).collect();
+        for relay in relays {
+            let Some(meta) = self.peers.get(&relay) else { continue };
+            if self.quic_to_relay.contains(&relay) || meta.connections.values().any(|(a, _)| is_quic(a)) {
+                continue;
+            }
+            let Some(addr) = meta.direct_addrs().into_iter().find(is_quic) else { continue };
+            self.quic_to_relay.insert(relay);
+            let opts = DialOpts::peer_id(relay).condition(PeerCondition::Always).addresses(vec![addr.clone()]).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%relay, %addr, error = %e, "cannot open a QUIC connection to the relay");
+            }
         }
     }
 
@@ -656,12 +1044,25 @@ impl EventLoop {
         }
         let mut agent = info.agent_version;
         agent.truncate(128);
-        self.peers.entry(peer_id).or_default().agent_version = Some(agent);
+        let direct: Vec<Multiaddr> = info
+            .listen_addrs
+            .into_iter()
+            .filter(|a| is_dialable(a) && !is_relayed(a))
+            .take(MAX_IDENTIFY_ADDRS)
+            .map(|a| split_peer_id(a).0)
+            .collect();
+        let meta = self.peers.entry(peer_id).or_default();
+        meta.agent_version = Some(agent);
+        meta.relay = info.protocols.iter().any(|p| *p == relay::HOP_PROTOCOL_NAME);
+        meta.listen_addrs = direct.clone();
+        // Only peers that serve the DHT enter the routing table, and only with direct addresses:
+        // a node in client mode (unreachable, or a short-lived client) does not announce the
+        // Kademlia protocol.
         let serves_dht = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
         if !serves_dht {
             return;
         }
-        for addr in info.listen_addrs.into_iter().filter(is_dialable).take(MAX_IDENTIFY_ADDRS) {
+        for addr in direct {
             let (addr, _) = split_peer_id(addr);
             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
         }
@@ -751,6 +1152,10 @@ impl EventLoop {
 /// the pure [`quiver_proto::dht::verify_node_record`], which the fuzz targets exercise).
 fn valid_node_record(record: &kad::Record) -> bool {
     quiver_proto::dht::verify_node_record(record.key.as_ref(), &record.value).is_ok()
+}
+
+fn kad_mode(server: bool) -> kad::Mode {
+    if server { kad::Mode::Server } else { kad::Mode::Client }
 }
 
 /// Addresses worth putting in the routing table: not unspecified, with a transport we dial.

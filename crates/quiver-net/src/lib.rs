@@ -12,18 +12,21 @@ mod config;
 mod event_loop;
 mod kad_limit;
 mod limits;
+mod metrics;
+mod reachability;
 mod transport;
 
 pub use behaviour::NODES_TOPIC;
 pub use bootstrap::{BootstrapAddr, ParseBootstrapError};
 pub use client::{NetClient, NetEvent, NetStatus, PeerInfo, Validation};
-pub use config::{KadMode, NetConfig, default_listen_addrs};
+pub use config::{AutoNatConfig, KadMode, NetConfig, RelayLimits, default_listen_addrs};
 pub use event_loop::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key, spawn};
 pub use libp2p::gossipsub::MessageId;
 pub use libp2p::identity::{KeyType, Keypair};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr::Protocol};
 pub use libp2p_stream::{Control as StreamControl, OpenStreamError};
 pub use limits::PeerLimiter;
+pub use reachability::{Reachability, is_relayed};
 pub use transport::TCP_USER_TIMEOUT;
 
 /// The Kademlia protocol of QUIVer's private DHT (not IPFS's).

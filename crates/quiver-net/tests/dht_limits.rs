@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use quiver_net::{BootstrapAddr, Keypair, NetClient, NetConfig, NetEvent, default_listen_addrs, spawn};
+use quiver_net::{BootstrapAddr, KadMode, Keypair, NetClient, NetConfig, NetEvent, default_listen_addrs, spawn};
 use tokio::sync::mpsc;
 
+/// A node that others join through is a DHT server by definition (like `--bootstrap-node`);
+/// the others decide from reachability.
 fn config(bootstrap: Vec<BootstrapAddr>) -> NetConfig {
     NetConfig {
+        kad_mode: if bootstrap.is_empty() { KadMode::Server } else { KadMode::Auto },
         listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, false),
         bootstrap,
         dht_requests_per_sec: 2,

@@ -1238,13 +1238,8 @@ impl Node {
     }
 
     pub(crate) fn dialable_addrs(&self) -> Vec<Multiaddr> {
-        self.listen_addrs()
-            .borrow()
-            .iter()
-            .map(|a| quiver_net::split_peer_id(a.clone()).0)
-            .filter(|a| !a.iter().any(|p| matches!(p, quiver_net::Protocol::Ip4(ip) if ip.is_unspecified())))
-            .take(8)
-            .collect()
+        // Relayed addresses first: a client behind a NAT is dialed back through its relay.
+        self.own_addrs(8)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 use quiver_net::{
     BootstrapAddr, KadMode, Keypair, Multiaddr, NetClient, NetConfig, NetError, NetEvent, NetStatus, PeerInfo,
-    Protocol, Validation, default_listen_addrs,
+    Protocol, Reachability, RelayLimits, Validation, default_listen_addrs,
 };
 use quiver_proto::reputation::REPUTATION_TOPIC;
 use quiver_proto::{Heartbeat, Observation, ReputationReport};
@@ -30,6 +30,8 @@ use std::time::SystemTime;
 
 /// Version string nodes announce (Identify agent and heartbeats).
 pub const AGENT_VERSION: &str = concat!("quiver/", env!("CARGO_PKG_VERSION"));
+/// Most addresses kept as this node's own (listen, relayed, confirmed external).
+const MAX_LISTEN_ADDRS: usize = 64;
 /// Most listen addresses put in a heartbeat.
 const MAX_ADVERTISED_ADDRS: usize = 16;
 /// The node record in the DHT is republished every this many heartbeats (by default).
@@ -71,6 +73,14 @@ pub struct NodeConfig {
     pub dht_client_only: bool,
     /// Period of this node's reputation reports (its own observations, gossiped as hearsay).
     pub reputation_report_interval: Duration,
+    /// DHT mode when neither `bootstrap_node` (always a server) nor `dht_client_only` (always
+    /// a client) decides it: `Auto` serves once AutoNAT has confirmed that others can dial us.
+    pub kad_mode: KadMode,
+    /// Offer a relay to NATed peers while reachable, within these limits.
+    pub relay_service: bool,
+    pub relay_limits: RelayLimits,
+    /// Ask the local gateway for a port mapping (UPnP). Off by default.
+    pub upnp: bool,
     /// Misbehave on purpose (tests only).
     #[cfg(feature = "adversary")]
     pub adversary: Option<crate::adversary::Adversary>,
@@ -93,6 +103,10 @@ impl Default for NodeConfig {
             verify_rate: 0.0,
             dht_client_only: false,
             reputation_report_interval: Duration::from_secs(60),
+            kad_mode: KadMode::Auto,
+            relay_service: true,
+            relay_limits: RelayLimits::default(),
+            upnp: false,
             #[cfg(feature = "adversary")]
             adversary: None,
         }
@@ -120,6 +134,17 @@ pub struct NodeStatus {
     pub routing_table_size: usize,
     pub routing_table: Vec<String>,
     pub kad_mode: String,
+    /// How others can reach this node: public, private, relayed or unknown.
+    pub reachability: Reachability,
+    /// Addresses others can dial this node on: confirmed direct ones, then relayed ones.
+    pub public_addrs: Vec<String>,
+    pub relayed_addrs: Vec<String>,
+    /// Relays holding a reservation for this node.
+    pub relays: Vec<String>,
+    /// This node relays for NATed peers now.
+    pub relay_service: bool,
+    pub hole_punches_succeeded: u64,
+    pub hole_punches_failed: u64,
     pub gossip_mesh: BTreeMap<String, usize>,
     pub known_nodes: Vec<KnownNode>,
     /// Present when this node serves models.
@@ -173,7 +198,17 @@ impl Node {
         let net_config = NetConfig {
             listen_addrs: config.listen_addrs.clone(),
             bootstrap: config.bootstrap_peers.clone(),
-            kad_mode: if config.dht_client_only { KadMode::Client } else { KadMode::Server },
+            kad_mode: if config.dht_client_only {
+                KadMode::Client
+            } else if config.bootstrap_node {
+                // Others join through it: it is reachable by definition.
+                KadMode::Server
+            } else {
+                config.kad_mode
+            },
+            relay_service: config.relay_service,
+            relay_limits: config.relay_limits.clone(),
+            upnp: config.upnp,
             kad_bootstrap_interval: config.kad_bootstrap_interval,
             random_walk_interval: config.random_walk_interval,
             agent_version: AGENT_VERSION.to_owned(),
@@ -273,8 +308,22 @@ impl Node {
     }
 
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        let NetStatus { peer_id, listen_addrs, connected_peers, routing_table, kad_mode, gossip_mesh, .. } =
-            self.inner.net.status().await?;
+        let NetStatus {
+            peer_id,
+            listen_addrs,
+            connected_peers,
+            routing_table,
+            kad_mode,
+            gossip_mesh,
+            reachability,
+            public_addrs,
+            relayed_addrs,
+            relays,
+            relay_service,
+            hole_punches_succeeded,
+            hole_punches_failed,
+            ..
+        } = self.inner.net.status().await?;
         let known_nodes = self.known_nodes();
         Ok(NodeStatus {
             peer_id: peer_id.to_string(),
@@ -287,6 +336,13 @@ impl Node {
             routing_table_size: routing_table.len(),
             routing_table: routing_table.iter().map(ToString::to_string).collect(),
             kad_mode,
+            reachability,
+            public_addrs: public_addrs.iter().map(ToString::to_string).collect(),
+            relayed_addrs: relayed_addrs.iter().map(ToString::to_string).collect(),
+            relays: relays.iter().map(ToString::to_string).collect(),
+            relay_service,
+            hole_punches_succeeded,
+            hole_punches_failed,
             gossip_mesh,
             known_nodes,
             provider: self.inner.provider.as_ref().map(|p| ProviderStatus {
@@ -317,6 +373,23 @@ impl Node {
 
     pub(crate) fn claim_board(&self) -> &ClaimBoard {
         &self.inner.claims
+    }
+
+    /// Waits until this node knows whether others can reach it (and, behind a NAT, until a
+    /// relay holds a slot for it, so peers can dial it back), or `limit` passes. Returns the
+    /// reachability then.
+    pub async fn wait_for_reachability(&self, limit: Duration) -> Reachability {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let now = match self.inner.net.status().await {
+                Ok(s) => s.reachability,
+                Err(_) => return Reachability::Unknown,
+            };
+            if matches!(now, Reachability::Public | Reachability::Relayed) || tokio::time::Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until at least `n` peers are connected, or `limit` passes; returns whether they are.
@@ -497,8 +570,21 @@ impl Node {
                     }
                 }
                 NetEvent::NewListenAddr(addr) => {
-                    info!(%addr, "listening");
-                    listen_tx.send_modify(|v| v.push(addr));
+                    listen_tx.send_if_modified(|v| {
+                        if v.contains(&addr) || v.len() >= MAX_LISTEN_ADDRS {
+                            return false;
+                        }
+                        info!(%addr, "listening");
+                        v.push(addr);
+                        true
+                    });
+                }
+                NetEvent::ExpiredListenAddr(addr) => {
+                    listen_tx.send_if_modified(|v| {
+                        let before = v.len();
+                        v.retain(|a| *a != addr);
+                        before != v.len()
+                    });
                 }
                 NetEvent::PeerConnected(_) => {
                     self.inner.metrics.connected_peers.inc();
@@ -615,20 +701,25 @@ impl Node {
         }
     }
 
-    fn heartbeat(&self, seq: u64) -> Heartbeat {
-        let listen_addrs = self
+    /// This node's addresses for others (without `/p2p/<us>`), at most `max`: relayed ones
+    /// first, so a NATed node's only usable addresses are never cut off by its LAN ones.
+    pub(crate) fn own_addrs(&self, max: usize) -> Vec<Multiaddr> {
+        let mut addrs: Vec<Multiaddr> = self
             .inner
             .listen_addrs
             .borrow()
             .iter()
-            .map(|a| {
-                let (a, _) = quiver_net::split_peer_id(a.clone());
-                a
-            })
+            .map(|a| quiver_net::split_peer_id(a.clone()).0)
             .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())))
-            .take(MAX_ADVERTISED_ADDRS)
-            .map(|a| a.to_vec())
             .collect();
+        addrs.sort_by_key(|a| !quiver_net::is_relayed(a));
+        addrs.dedup();
+        addrs.truncate(max);
+        addrs
+    }
+
+    fn heartbeat(&self, seq: u64) -> Heartbeat {
+        let listen_addrs = self.own_addrs(MAX_ADVERTISED_ADDRS).iter().map(|a| a.to_vec()).collect();
         #[allow(unused_mut)]
         let mut heartbeat = Heartbeat {
             peer_id: self.peer_id().to_bytes(),
@@ -701,8 +792,11 @@ impl Node {
     }
 }
 
-/// Routing table sizes at which a provider republishes its records after joining.
-const REPUBLISH_AT_ROUTING_TABLE_SIZES: [usize; 2] = [1, 8];
+/// Routing table sizes at which a provider republishes its records after joining. Routing
+/// tables hold only peers confirmed reachable (DHT servers), and nodes that join together turn
+/// servers over the first seconds: the records are put again once more of them are known, so
+/// they land on the nodes that are really closest to the key.
+const REPUBLISH_AT_ROUTING_TABLE_SIZES: [usize; 3] = [1, 8, 20];
 
 /// Reputation reports dated further ahead than this, or older than the age, are ignored.
 const REPORT_MAX_SKEW: Duration = Duration::from_secs(60);

@@ -28,3 +28,26 @@ fn node_records_must_be_signed_by_the_peer_they_name() {
     assert!(!valid_node_record(&kad::Record::new(b"/other/key".to_vec(), value)));
     assert!(!valid_node_record(&kad::Record::new(node_record_key(&peer), vec![1, 2, 3])));
 }
+
+#[test]
+fn routing_table_takes_only_direct_addresses() {
+    let relay = PeerId::random();
+    let circuit: Multiaddr = format!("/ip4/198.18.0.1/tcp/4001/p2p/{relay}/p2p-circuit").parse().unwrap();
+    // Dialable, but relayed: `on_identify` keeps such addresses out of the routing table.
+    assert!(is_dialable(&circuit) && is_relayed(&circuit));
+    let addr = |s: &str| s.parse::<Multiaddr>().unwrap();
+    let mut meta = PeerMeta::default();
+    meta.listen_addrs = vec![
+        circuit,
+        addr("/ip4/127.0.0.1/udp/4001/quic-v1"),
+        addr("/ip4/198.18.0.1/udp/4001/quic-v1"),
+        addr("/ip4/198.18.0.1/tcp/4001"),
+    ];
+    meta.addresses.insert(addr("/ip4/0.0.0.0/tcp/1"));
+    // Not connected: no announced address is known to route from here.
+    assert!(meta.direct_addrs().is_empty());
+    meta.addresses.insert(addr("/ip4/198.18.0.1/tcp/4001"));
+    meta.connections.insert(ConnectionId::new_unchecked(1), (addr("/ip4/198.18.0.1/tcp/4001"), false));
+    // Its QUIC address on the IP we reached it on; never its loopback, never a relayed one.
+    assert_eq!(meta.direct_addrs(), vec![addr("/ip4/198.18.0.1/udp/4001/quic-v1"), addr("/ip4/198.18.0.1/tcp/4001")]);
+}

@@ -1,0 +1,79 @@
+//! Reachability and relay metrics (QUIVer's own; libp2p's are registered beside them).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::Reachability;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusedLabel {
+    pub what: &'static str,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NetMetrics {
+    /// 1 for the current state, 0 for the others.
+    pub reachability: Family<StateLabel, Gauge>,
+    /// Reservations this node holds on relays.
+    pub relay_reservations: Gauge,
+    /// Reservations and circuits this node's relay service holds for others now.
+    pub relay_service_reservations: Gauge,
+    pub relay_service_circuits: Gauge,
+    /// Reservation and circuit requests the relay service refused (over a limit, or not a relay now).
+    pub relay_service_refused: Family<RefusedLabel, Counter>,
+    /// Hole punches (DCUtR) by result.
+    pub hole_punches: Family<ResultLabel, Counter>,
+    /// Our AutoNAT probes by answer (public, private, error).
+    pub autonat_probes: Family<ResultLabel, Counter>,
+}
+
+impl NetMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = NetMetrics::default();
+        let q = registry.sub_registry_with_prefix("quiver");
+        q.register(
+            "reachability",
+            "How others can reach this node (1 for the current state: unknown, public, private, relayed)",
+            m.reachability.clone(),
+        );
+        q.register("relay_reservations", "Reservations this node holds on relays", m.relay_reservations.clone());
+        q.register(
+            "relay_service_reservations",
+            "Reservations this node's relay service holds for NATed peers",
+            m.relay_service_reservations.clone(),
+        );
+        q.register(
+            "relay_service_circuits",
+            "Circuits this node's relay service carries now",
+            m.relay_service_circuits.clone(),
+        );
+        q.register(
+            "relay_service_refused",
+            "Reservation and circuit requests this node's relay service refused",
+            m.relay_service_refused.clone(),
+        );
+        q.register("hole_punches", "Hole punches (DCUtR) by result", m.hole_punches.clone());
+        q.register("autonat_probes", "This node's reachability probes by answer", m.autonat_probes.clone());
+        m.set_reachability(Reachability::Unknown);
+        m
+    }
+
+    pub(crate) fn set_reachability(&self, now: Reachability) {
+        for r in Reachability::ALL {
+            self.reachability.get_or_create(&StateLabel { state: r.as_str() }).set(i64::from(r == now));
+        }
+    }
+}
