@@ -255,10 +255,9 @@ const DEFAULT_TOKENS_PER_SEC: f64 = 50.0;
 /// Round-trip time assumed for a provider this node is not connected to (no Ping yet).
 const UNKNOWN_RTT: Duration = Duration::from_millis(50);
 /// Round trips before the first token reaches the client: the request out and the first frame
-/// back; a provider not connected yet costs a dial first (TCP or QUIC handshake, security and
-/// multiplexer negotiation).
+/// back. A dial to a provider not connected yet is not counted: it would outweigh the whole
+/// job for short requests, and every provider is dialed once anyway.
 const REQUEST_ROUND_TRIPS: f64 = 1.0;
-const DIAL_ROUND_TRIPS: f64 = 3.0;
 
 /// Expected seconds until a job of `max_tokens` is done at a provider: its queue (and a wait for
 /// a slot when none is free) times the job's length at the provider's speed, slowed by its CPU
@@ -266,7 +265,7 @@ const DIAL_ROUND_TRIPS: f64 = 3.0;
 /// advertised tokens/s); without it (a DHT record only, no fresh heartbeat) the provider may be
 /// gone and counts as busy. `measured` is this node's own measurement of its speed, which wins
 /// over the advertised one. `rtt` is the Ping round trip of a connected provider, `None` when not
-/// connected.
+/// connected (then [`UNKNOWN_RTT`]).
 fn expected_completion(
     load: Option<(u32, u32, f32, f32)>,
     measured: Option<f64>,
@@ -281,10 +280,7 @@ fn expected_completion(
     let job = f64::from(max_tokens.max(1)) / speed;
     let waiting = f64::from(queue) + if free == 0 { 1.0 } else { 0.0 };
     let cpu = if cpu.is_finite() { f64::from(cpu.clamp(0.0, 4.0)) } else { 0.0 };
-    let network = match rtt {
-        Some(rtt) => rtt.as_secs_f64() * REQUEST_ROUND_TRIPS,
-        None => UNKNOWN_RTT.as_secs_f64() * (REQUEST_ROUND_TRIPS + DIAL_ROUND_TRIPS),
-    };
+    let network = rtt.unwrap_or(UNKNOWN_RTT).as_secs_f64() * REQUEST_ROUND_TRIPS;
     (waiting + 1.0) * job * (1.0 + cpu * 0.25) + network
 }
 
