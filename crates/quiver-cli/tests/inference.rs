@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::{MODEL_SHA256, NodeProc, eventually, model_dir, run_bounded, wait_bounded};
+use support::{MODEL_SHA256, NodeProc, eventually, knows_provider, model_dir, run_bounded, wait_bounded};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
@@ -50,16 +50,6 @@ fn unhex(s: &str) -> Vec<u8> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether `node` has heard a fresh heartbeat from `peer` announcing a model.
-fn knows_provider(node: &NodeProc, peer: &str) -> bool {
-    let Some(status) = node.status() else { return false };
-    status["known_nodes"].as_array().into_iter().flatten().any(|k| {
-        k["peer_id"] == peer
-            && k["last_seen_secs"].as_f64().is_some_and(|s| s <= 3.0)
-            && k["models"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == MODEL))
-    })
 }
 
 /// The provider's own count of free slots, from its control API.
@@ -120,7 +110,7 @@ fn greedy_answer_through_the_network_equals_the_bare_engine() {
         d,
     );
     eventually(Duration::from_secs(60), "the bootstrap node hears the provider's models", || {
-        knows_provider(&boot, &provider.peer_id)
+        knows_provider(MODEL, &boot, &provider.peer_id)
     });
     step(t, "provider known to the bootstrap node");
 
@@ -249,7 +239,7 @@ fn killing_the_serving_provider_mid_stream_fails_over() {
         d,
     );
     eventually(Duration::from_secs(60), "both providers hear each other's models", || {
-        knows_provider(&a, &b.peer_id) && knows_provider(&b, &a.peer_id)
+        knows_provider(MODEL, &a, &b.peer_id) && knows_provider(MODEL, &b, &a.peer_id)
     });
     let mut providers = [a, b];
     step(t, "providers know each other");

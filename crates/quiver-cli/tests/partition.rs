@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::netns::TestNet;
-use support::{NodeProc, eventually, known_nodes, model_dir, routing_table, run_command_bounded, sees_all};
+use support::{
+    NodeProc, eventually, known_nodes, knows_provider, model_dir, routing_table, run_command_bounded, sees_all,
+};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
@@ -107,16 +109,6 @@ fn print_views(nodes: &[NodeProc], other: impl Fn(usize) -> HashSet<String>, lab
             None => println!("    {:<6} (no status)", n.name),
         }
     }
-}
-
-/// Whether `node` has heard a fresh heartbeat from `peer` announcing the model.
-fn knows_provider(node: &NodeProc, peer: &str) -> bool {
-    let Some(status) = node.status() else { return false };
-    status["known_nodes"].as_array().into_iter().flatten().any(|k| {
-        k["peer_id"] == peer
-            && k["last_seen_secs"].as_f64().is_some_and(|s| s <= 3.0)
-            && k["models"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == MODEL))
-    })
 }
 
 /// `quiver ask --json` from host `host`, joining through `via`; the parsed result.
@@ -217,7 +209,7 @@ fn partition_and_heal() {
     let took = eventually(SETTLE, "all 8 nodes see each other", || nodes.iter().all(|n| sees_all(n, &all)));
     println!("joined: every routing table and node table complete after {took:.1?}");
     eventually(SETTLE, "clients' entry nodes know both providers", || {
-        [1, 4].iter().all(|&i| knows_provider(&nodes[i], &prov_a) && knows_provider(&nodes[i], &prov_b))
+        [1, 4].iter().all(|&i| knows_provider(MODEL, &nodes[i], &prov_a) && knows_provider(MODEL, &nodes[i], &prov_b))
     });
     for (host, via) in [(1, 1), (4, 4)] {
         let result = ask(&net, host, &nodes[via], "Name a colour.");

@@ -244,6 +244,16 @@ pub fn known_nodes(status: &Value, fresh_secs: f64) -> Vec<String> {
         .collect()
 }
 
+/// Whether `node` has heard a fresh heartbeat (at most 3 s old) from `peer` announcing `model`.
+pub fn knows_provider(model: &str, node: &NodeProc, peer: &str) -> bool {
+    let Some(status) = node.status() else { return false };
+    status["known_nodes"].as_array().into_iter().flatten().any(|k| {
+        k["peer_id"] == peer
+            && k["last_seen_secs"].as_f64().is_some_and(|s| s <= 3.0)
+            && k["models"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == model))
+    })
+}
+
 /// Whether `node` has every one of `others` (except itself) in its routing table and has heard
 /// a fresh heartbeat from each.
 pub fn sees_all(node: &NodeProc, others: &[&str]) -> bool {
