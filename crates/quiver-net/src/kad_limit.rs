@@ -2,8 +2,8 @@
 //!
 //! libp2p's Kademlia answers every inbound request. [`LimitedKad`] wraps it as a behaviour of
 //! its own: it sees each request a connection handler reports, lets it through while the peer
-//! is within its GCRA budget, and otherwise resets the request's stream at once (the asker's
-//! query moves on to other peers) and counts a strike. Every [`STRIKES_PER_REPORT`] strikes it
+//! is within its GCRA budget, and otherwise answers at once that nothing is known here (the
+//! asker's query moves on to other peers) and counts a strike. Every [`STRIKES_PER_REPORT`] strikes it
 //! reports the peer, so the node can penalise a flooder.
 
 use std::collections::{HashMap, VecDeque};
@@ -65,12 +65,12 @@ impl LimitedKad {
         }
     }
 
-    fn refuse(&mut self, peer: PeerId, connection: ConnectionId, reset: Option<KadHandlerIn>) {
-        if let Some(reset) = reset {
+    fn refuse(&mut self, peer: PeerId, connection: ConnectionId, answer: Option<KadHandlerIn>) {
+        if let Some(answer) = answer {
             self.pending.push_back(ToSwarm::NotifyHandler {
                 peer_id: peer,
                 handler: NotifyHandler::One(connection),
-                event: reset,
+                event: answer,
             });
         }
         if self.strikes.len() >= MAX_STRIKERS && !self.strikes.contains_key(&peer) {
@@ -83,6 +83,30 @@ impl LimitedKad {
             let refused = *strikes;
             self.pending.push_back(ToSwarm::GenerateEvent(LimitedKadEvent::OverLimit { peer, refused }));
         }
+    }
+}
+
+/// The answer a refused request gets: "nothing known here", which costs no lookup. Not a
+/// stream reset: libp2p-kad's `Reset` closes the stream without waking the handler's task, so a
+/// reset stream can stay parked in one of the connection's 32 inbound slots until something
+/// else wakes it (at worst until the connection closes); a burst of refusals then stalls every
+/// DHT request on that connection, later ones within budget included. A put is acknowledged as Kademlia acknowledges every put (stored or not); an
+/// announcement expects no answer and is dropped.
+fn empty_answer(request: KadHandlerEvent) -> Option<KadHandlerIn> {
+    match request {
+        KadHandlerEvent::FindNodeReq { request_id, .. } => {
+            Some(KadHandlerIn::FindNodeRes { closer_peers: Vec::new(), request_id })
+        }
+        KadHandlerEvent::GetProvidersReq { request_id, .. } => {
+            Some(KadHandlerIn::GetProvidersRes { closer_peers: Vec::new(), provider_peers: Vec::new(), request_id })
+        }
+        KadHandlerEvent::GetRecord { request_id, .. } => {
+            Some(KadHandlerIn::GetRecordRes { record: None, closer_peers: Vec::new(), request_id })
+        }
+        KadHandlerEvent::PutRecord { record, request_id } => {
+            Some(KadHandlerIn::PutRecordRes { key: record.key, value: record.value, request_id })
+        }
+        _ => None,
     }
 }
 
@@ -149,18 +173,18 @@ impl NetworkBehaviour for LimitedKad {
 
     fn on_connection_handler_event(&mut self, peer: PeerId, connection: ConnectionId, event: KadHandlerEvent) {
         // Requests the peer makes of us; answers to our own queries always pass.
-        let request = match &event {
-            KadHandlerEvent::FindNodeReq { request_id, .. }
-            | KadHandlerEvent::GetProvidersReq { request_id, .. }
-            | KadHandlerEvent::GetRecord { request_id, .. }
-            | KadHandlerEvent::PutRecord { request_id, .. } => Some(Some(KadHandlerIn::Reset(*request_id))),
-            // Announcements expect no answer: over the limit they are dropped.
-            KadHandlerEvent::AddProvider { .. } => Some(None),
-            _ => None,
-        };
-        match request {
-            Some(reset) if !self.limiter.allow(&peer) => self.refuse(peer, connection, reset),
-            _ => self.inner.on_connection_handler_event(peer, connection, event),
+        let is_request = matches!(
+            event,
+            KadHandlerEvent::FindNodeReq { .. }
+                | KadHandlerEvent::GetProvidersReq { .. }
+                | KadHandlerEvent::GetRecord { .. }
+                | KadHandlerEvent::PutRecord { .. }
+                | KadHandlerEvent::AddProvider { .. }
+        );
+        if is_request && !self.limiter.allow(&peer) {
+            self.refuse(peer, connection, empty_answer(event));
+        } else {
+            self.inner.on_connection_handler_event(peer, connection, event);
         }
     }
 

@@ -75,6 +75,18 @@ async fn a_dht_flooder_is_refused_and_reported_while_others_are_answered() {
     assert_eq!(reported.0, "dht");
     assert!(reported.1 >= 50);
 
+    // Refusals leave the connection usable: once its budget refills, the flooder is answered
+    // again over the same connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = tokio::time::timeout(Duration::from_secs(15), flooder.get_providers(key.clone()))
+        .await
+        .expect("answered in time")
+        .expect("lookup runs");
+    assert!(
+        again.iter().any(|(p, _)| *p == a.peer_id()),
+        "the flooder is not served after its budget refilled: {again:?}"
+    );
+
     // Another peer has its own budget: its lookup is answered.
     let (honest, _honest_events) = start(vec![addr.to_string().parse().expect("address parses")]).await;
     connected(&honest).await;
