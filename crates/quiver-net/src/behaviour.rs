@@ -102,7 +102,7 @@ impl Behaviour {
             blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
             identify,
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(cfg.ping_interval)),
             kad: crate::kad_limit::LimitedKad::new(kad, cfg.dht_requests_per_sec, cfg.dht_request_burst),
             gossipsub,
             stream: libp2p_stream::Behaviour::new(),

@@ -71,6 +71,18 @@ pub struct NetStatus {
     pub gossip_mesh: BTreeMap<String, usize>,
 }
 
+/// What a DHT record lookup found, and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordLookup {
+    /// The first valid record, or `None` when the lookup ended without one.
+    pub value: Option<Vec<u8>>,
+    /// Peers asked so far when the lookup answered (Kademlia's `QueryStats::num_requests`; 0
+    /// when the record was in the local store).
+    pub peers_asked: u32,
+    /// Of those, the peers that answered.
+    pub peers_answered: u32,
+}
+
 pub(crate) enum Command {
     Subscribe { topic: String, reply: oneshot::Sender<Result<(), NetError>> },
     Publish { topic: String, data: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>> },
@@ -81,7 +93,7 @@ pub(crate) enum Command {
     StartProviding { key: Vec<u8> },
     StopProviding { key: Vec<u8> },
     GetProviders { key: Vec<u8>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
-    GetRecord { key: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>> },
+    GetRecord { key: Vec<u8>, reply: oneshot::Sender<RecordLookup> },
     Connect { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), NetError>> },
     Block { peer: PeerId },
     Unblock { peer: PeerId },
@@ -175,6 +187,11 @@ impl NetClient {
     /// records peers ask us to store, or `None` once the lookup ends without one (the event loop
     /// bounds the wait).
     pub async fn get_record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, NetError> {
+        Ok(self.lookup_record(key).await?.value)
+    }
+
+    /// [`NetClient::get_record`] with the lookup's cost (peers asked and answering).
+    pub async fn lookup_record(&self, key: Vec<u8>) -> Result<RecordLookup, NetError> {
         self.ask(|reply| Command::GetRecord { key, reply }).await
     }
 

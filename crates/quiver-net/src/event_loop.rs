@@ -8,6 +8,8 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::kad::{self, store::RecordStore};
 
 use crate::kad_limit::LimitedKadEvent;
+use libp2p::core::transport::{MemoryTransport, Transport as _};
+use libp2p::core::upgrade;
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -20,8 +22,8 @@ use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tracing::{debug, info, trace, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
-use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, Validation};
-use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, split_peer_id};
+use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, RecordLookup, Validation};
+use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, TransportKind, split_peer_id};
 
 pub use quiver_proto::dht::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key};
 /// Most addresses taken from one peer's Identify into the routing table.
@@ -71,7 +73,7 @@ struct ProviderQuery {
 struct RecordQuery {
     started: Instant,
     key: kad::RecordKey,
-    reply: oneshot::Sender<Option<Vec<u8>>>,
+    reply: oneshot::Sender<RecordLookup>,
 }
 
 /// Longest a record lookup runs before it answers that nothing was found.
@@ -97,25 +99,7 @@ pub async fn spawn(
 ) -> Result<(NetClient, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
     let local = keypair.public().to_peer_id();
     let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
-    let mut swarm = SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), (tls::Config::new, noise::Config::new), yamux::Config::default)
-        .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_quic_config(|mut c| {
-            // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it within
-            // a few seconds, with keep-alives so idle but live connections stay up.
-            c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
-            c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
-            c
-        })
-        .with_dns()
-        .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_behaviour(|key| {
-            Behaviour::new(key, &cfg).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-        })
-        .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
-        .build();
+    let mut swarm = build_swarm(keypair, &cfg, registry)?;
 
     let (events_tx, events_rx) = mpsc::channel(cfg.channel_capacity);
     listen(&mut swarm, &cfg, &events_tx).await?;
@@ -149,6 +133,61 @@ pub async fn spawn(
     };
     let task = tokio::spawn(event_loop.run());
     Ok((NetClient { tx, peer_id: local, streams }, events_rx, task))
+}
+
+/// The swarm over the configured transport. Only the transport differs: the connection upgrade
+/// (Noise or TLS, yamux), the bandwidth counters (`libp2p_bandwidth_bytes_total`), the behaviours
+/// ([`Behaviour::new`]) and the swarm settings are the same for every [`TransportKind`].
+fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    cfg: &NetConfig,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let behaviour = |key: &libp2p::identity::Keypair| {
+        Behaviour::new(key, cfg).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    };
+    let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(cfg.idle_connection_timeout);
+    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match cfg.transport {
+        TransportKind::Os => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                (tls::Config::new, noise::Config::new),
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_quic_config(|mut c| {
+                // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it
+                // within a few seconds, with keep-alives so idle but live connections stay up.
+                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+                c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
+                c
+            })
+            .with_dns()
+            .map_err(|e| transport_err(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(behaviour)
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+        TransportKind::Memory => builder
+            .with_other_transport(|key| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    MemoryTransport::default()
+                        .upgrade(upgrade::Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| transport_err(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(behaviour)
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+    };
+    Ok(swarm)
 }
 
 /// Listens on every configured address. TCP first: a QUIC address asking for port 0 then gets
@@ -334,7 +373,7 @@ impl EventLoop {
             Command::GetRecord { key, reply } => {
                 if self.record_queries.len() >= MAX_RECORD_QUERIES {
                     debug!("too many record lookups in flight; refusing one");
-                    let _ = reply.send(None);
+                    let _ = reply.send(RecordLookup { value: None, peers_asked: 0, peers_answered: 0 });
                     return;
                 }
                 let key = kad::RecordKey::new(&key);
@@ -439,12 +478,16 @@ impl EventLoop {
     }
 
     /// Replies to a record lookup, ending the query if it still runs.
-    fn answer_record_query(&mut self, id: kad::QueryId, value: Option<Vec<u8>>) {
+    fn answer_record_query(&mut self, id: kad::QueryId, value: Option<Vec<u8>>, stats: Option<&kad::QueryStats>) {
         let Some(q) = self.record_queries.remove(&id) else { return };
+        let (mut peers_asked, mut peers_answered) = stats.map_or((0, 0), |s| (s.num_requests(), s.num_successes()));
         if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            if stats.is_none() {
+                (peers_asked, peers_answered) = (query.stats().num_requests(), query.stats().num_successes());
+            }
             query.finish();
         }
-        let _ = q.reply.send(value);
+        let _ = q.reply.send(RecordLookup { value, peers_asked, peers_answered });
     }
 
     /// Record lookups still waiting (on peers that are gone) after the limit find nothing.
@@ -456,7 +499,7 @@ impl EventLoop {
             .map(|(id, _)| *id)
             .collect();
         for id in slow {
-            self.answer_record_query(id, None);
+            self.answer_record_query(id, None, None);
         }
     }
 
@@ -710,7 +753,7 @@ impl EventLoop {
                         // record that passes validation.
                         if record.key == q.key && valid_node_record(&record) {
                             debug!(from = ?peer, peers_asked = stats.num_requests(), "DHT record found");
-                            self.answer_record_query(id, Some(record.value));
+                            self.answer_record_query(id, Some(record.value), Some(&stats));
                             return;
                         }
                         debug!(from = ?peer, "ignored an invalid DHT record");
@@ -719,7 +762,7 @@ impl EventLoop {
                     Err(e) => debug!(error = %e, peers_asked = stats.num_requests(), "record lookup ended"),
                 }
                 if step.last {
-                    self.answer_record_query(id, None);
+                    self.answer_record_query(id, None, Some(&stats));
                 }
             }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
@@ -747,7 +790,12 @@ fn is_dialable(addr: &Multiaddr) -> bool {
         match p {
             Protocol::Ip4(ip) => ip_ok = !ip.is_unspecified(),
             Protocol::Ip6(ip) => ip_ok = !ip.is_unspecified(),
-            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Memory(_) => ip_ok = true,
+            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) => ip_ok = true,
+            // In-process memory transport: the port is the whole address.
+            Protocol::Memory(port) => {
+                ip_ok = true;
+                transport = port != 0;
+            }
             Protocol::Tcp(port) => transport = port != 0,
             Protocol::QuicV1 => transport = true,
             _ => {}

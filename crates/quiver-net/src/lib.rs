@@ -15,8 +15,8 @@ mod limits;
 
 pub use behaviour::NODES_TOPIC;
 pub use bootstrap::{BootstrapAddr, ParseBootstrapError};
-pub use client::{NetClient, NetEvent, NetStatus, PeerInfo, Validation};
-pub use config::{KadMode, NetConfig, default_listen_addrs};
+pub use client::{NetClient, NetEvent, NetStatus, PeerInfo, RecordLookup, Validation};
+pub use config::{KadMode, NetConfig, TransportKind, default_listen_addrs};
 pub use event_loop::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key, spawn};
 pub use libp2p::gossipsub::MessageId;
 pub use libp2p::identity::{KeyType, Keypair};
