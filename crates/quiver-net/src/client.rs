@@ -89,7 +89,7 @@ pub(crate) enum Command {
     ReportValidation { id: MessageId, source: PeerId, validation: Validation },
     Status { reply: oneshot::Sender<NetStatus> },
     Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
-    PutRecord { key: Vec<u8>, value: Vec<u8> },
+    PutRecord { key: Vec<u8>, value: Vec<u8>, stored: Option<oneshot::Sender<bool>> },
     StartProviding { key: Vec<u8> },
     StopProviding { key: Vec<u8> },
     GetProviders { key: Vec<u8>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
@@ -165,7 +165,14 @@ impl NetClient {
     /// Stores a record in the DHT (locally and on the closest peers). Only keys and values that
     /// pass the event loop's record validation are accepted by other nodes.
     pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
-        self.send(Command::PutRecord { key, value }).await
+        self.send(Command::PutRecord { key, value, stored: None }).await
+    }
+
+    /// [`NetClient::put_record`], answering once the put has ended: `true` when at least one
+    /// peer took the record (the others it was sent to get it at the same moment), `false` when
+    /// none did or it could not even be stored locally.
+    pub async fn put_record_and_wait(&self, key: Vec<u8>, value: Vec<u8>) -> Result<bool, NetError> {
+        self.ask(|reply| Command::PutRecord { key, value, stored: Some(reply) }).await
     }
 
     /// Announces in the DHT that this node provides `key` (republished by Kademlia).

@@ -60,6 +60,8 @@ pub(crate) struct EventLoop {
     provider_queries: HashMap<kad::QueryId, ProviderQuery>,
     /// Record lookups in flight.
     record_queries: HashMap<kad::QueryId, RecordQuery>,
+    /// Record puts whose caller waits for the outcome.
+    put_queries: HashMap<kad::QueryId, oneshot::Sender<bool>>,
     /// `connect` calls waiting for their dial.
     connecting: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<(), NetError>>)>,
 }
@@ -129,6 +131,7 @@ pub async fn spawn(
         metrics,
         provider_queries: HashMap::new(),
         record_queries: HashMap::new(),
+        put_queries: HashMap::new(),
         connecting: HashMap::new(),
     };
     let task = tokio::spawn(event_loop.run());
@@ -341,10 +344,25 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
-            Command::PutRecord { key, value } => {
+            Command::PutRecord { key, value, stored } => {
                 let record = kad::Record::new(key, value);
-                if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
-                    warn!(error = %e, "cannot store DHT record locally");
+                match self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                    Ok(id) => {
+                        if let Some(reply) = stored {
+                            if self.put_queries.len() < MAX_RECORD_QUERIES {
+                                self.put_queries.insert(id, reply);
+                            } else {
+                                // Too many waiting: the put goes on, the caller is not told.
+                                let _ = reply.send(false);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot store DHT record locally");
+                        if let Some(reply) = stored {
+                            let _ = reply.send(false);
+                        }
+                    }
                 }
             }
             Command::StartProviding { key } => {
@@ -763,6 +781,11 @@ impl EventLoop {
                 }
                 if step.last {
                     self.answer_record_query(id, None, Some(&stats));
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result: kad::QueryResult::PutRecord(result), .. } => {
+                if let Some(reply) = self.put_queries.remove(&id) {
+                    let _ = reply.send(result.is_ok());
                 }
             }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {

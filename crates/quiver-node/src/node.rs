@@ -315,11 +315,12 @@ impl Node {
     }
 
     /// Puts this node's record (its current heartbeat, signed) in the DHT now, besides the
-    /// periodic puts that follow heartbeats: e.g. once it has joined.
-    pub async fn publish_node_record(&self) -> Result<(), NodeError> {
+    /// periodic puts that follow heartbeats (e.g. once it has joined), and waits for the put to
+    /// end: `true` when peers took it.
+    pub async fn publish_node_record(&self) -> Result<bool, NodeError> {
         let seq = self.inner.heartbeat_seq.load(Ordering::Relaxed);
         let signed = self.heartbeat(seq).sign_and_encode(&self.inner.keypair);
-        Ok(self.inner.net.put_record(quiver_net::node_record_key(&self.peer_id()), signed).await?)
+        Ok(self.inner.net.put_record_and_wait(quiver_net::node_record_key(&self.peer_id()), signed).await?)
     }
 
     /// Every heartbeat this node publishes and every one it accepts from now on (a bounded

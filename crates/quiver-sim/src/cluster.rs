@@ -189,16 +189,25 @@ impl Cluster {
         }
     }
 
-    /// Every live node puts its node record in the DHT (at most `concurrency` at once).
-    pub async fn publish_node_records(&self, concurrency: usize) {
+    /// Every live node puts its node record in the DHT (at most `concurrency` at once) and
+    /// waits for the put to end; returns how many were taken by peers.
+    pub async fn publish_node_records(&self, concurrency: usize) -> usize {
         let alive: Vec<Node> = self.alive().map(|n| n.node.clone()).collect();
         futures::stream::iter(alive)
-            .for_each_concurrent(concurrency.max(1), |node| async move {
-                if let Err(e) = node.publish_node_record().await {
-                    debug!(error = %e, "node record not published");
+            .map(|node| async move {
+                match tokio::time::timeout(Duration::from_secs(60), node.publish_node_record()).await {
+                    Ok(Ok(stored)) => stored,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "node record not published");
+                        false
+                    }
+                    Err(_) => false,
                 }
             })
-            .await;
+            .buffer_unordered(concurrency.max(1))
+            .filter(|stored| futures::future::ready(*stored))
+            .count()
+            .await
     }
 
     /// Stops node `i` (its connections close; it is gone from the network).

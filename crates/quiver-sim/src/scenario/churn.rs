@@ -26,6 +26,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ChurnResult {
     pub nodes: usize,
     pub joined: bool,
+    /// Node records put in the DHT that at least one peer took.
+    pub records_stored: usize,
     pub killed: usize,
     pub survivors: usize,
     pub survivors_checked: usize,
@@ -43,6 +45,7 @@ impl Outcome for ChurnResult {
     fn rows(&self) -> Vec<Row> {
         vec![
             ("nodes".into(), self.nodes.to_string()),
+            ("node records put (taken by peers)".into(), format!("{} of {}", self.records_stored, self.nodes)),
             ("stopped at once".into(), format!("{} ({} survive)", self.killed, self.survivors)),
             (
                 "survivors' records resolved".into(),
@@ -74,7 +77,8 @@ pub async fn run(params: &SimParams) -> Result<ChurnResult, SimError> {
     let n = params.cluster.nodes;
     let mut cluster = Cluster::start(params.cluster.clone(), |_| None).await?;
     let (_, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
-    cluster.publish_node_records(params.concurrency).await;
+    let records_stored = cluster.publish_node_records(params.concurrency).await;
+    info!(records_stored, "node records put");
     tokio::time::sleep(params.settle).await;
 
     let mut rng = StdRng::seed_from_u64(params.cluster.seed.wrapping_add(2));
@@ -127,6 +131,7 @@ pub async fn run(params: &SimParams) -> Result<ChurnResult, SimError> {
     let result = ChurnResult {
         nodes: n,
         joined,
+        records_stored,
         killed: departed.len(),
         survivors: survivors.len(),
         survivors_checked: check_survivors.len(),

@@ -38,6 +38,8 @@ pub struct DhtResult {
     /// From the last start until every routing table held `min_routing_table` peers.
     pub join_secs: f64,
     pub joined: bool,
+    /// Node records put in the DHT that at least one peer took.
+    pub records_stored: usize,
     pub routing_table: Summary,
     pub connections: Summary,
     pub lookups: usize,
@@ -60,6 +62,7 @@ impl Outcome for DhtResult {
     fn rows(&self) -> Vec<Row> {
         vec![
             ("nodes".into(), self.nodes.to_string()),
+            ("node records put (taken by peers)".into(), format!("{} of {}", self.records_stored, self.nodes)),
             ("start (staggered joins)".into(), format!("{:.1} s", self.start_secs)),
             (
                 "until every routing table is filled".into(),
@@ -135,7 +138,8 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     info!(nodes = n, secs = cluster.start_time.as_secs_f64(), "all nodes started");
     let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
     info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
-    cluster.publish_node_records(params.concurrency).await;
+    let records_stored = cluster.publish_node_records(params.concurrency).await;
+    info!(records_stored, "node records put");
     tokio::time::sleep(params.settle).await;
 
     let statuses = cluster.statuses(params.concurrency).await;
@@ -200,6 +204,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
         start_secs: cluster.start_time.as_secs_f64(),
         join_secs: join_time.as_secs_f64(),
         joined,
+        records_stored,
         routing_table: Summary::of(&table_sizes),
         connections: Summary::of(&connections),
         lookups: pairs.len(),

@@ -81,7 +81,7 @@ impl SimParams {
             concurrency: 32,
             min_routing_table: (nodes.saturating_sub(1)).min(8),
             join_limit: Duration::from_secs(300),
-            settle: Duration::from_secs(10),
+            settle: Duration::from_secs(3),
             window: Duration::from_secs(60),
             churn_fraction: 1.0 / 3.0,
             providers: 4,
