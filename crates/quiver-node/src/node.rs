@@ -187,7 +187,7 @@ pub enum HeartbeatEvent {
 }
 
 /// Capacity of the heartbeat event channel; an observer that falls further behind loses events.
-const HEARTBEAT_EVENTS: usize = 4096;
+const HEARTBEAT_EVENTS: usize = 1024;
 
 /// A running node. Cheap to clone; every clone drives the same node.
 #[derive(Clone)]

@@ -49,10 +49,10 @@ impl ClusterConfig {
             gossip_heartbeat: Duration::from_secs(1),
             random_walk_interval: Duration::from_secs(600),
             kad_bootstrap_interval: Duration::from_secs(1800),
-            idle_connection_timeout: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(60),
             joins_per_sec: 25.0,
-            bootstrap_peers: 2,
+            bootstrap_peers: 1,
         }
     }
 }

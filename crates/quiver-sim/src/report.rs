@@ -22,6 +22,9 @@ pub struct Machine {
     pub nproc: usize,
     pub os: String,
     pub arch: String,
+    /// The 1-minute load average when the report was written (other work on the machine
+    /// slows a run down).
+    pub load_avg_1m: f64,
 }
 
 impl Machine {
@@ -30,6 +33,10 @@ impl Machine {
             nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
+            load_avg_1m: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0.0),
         }
     }
 }
@@ -65,10 +72,11 @@ impl<P: Serialize, R: Outcome> Report<P, R> {
         let mut md = format!("# quiver-sim: `{}`, {} nodes, seed {}\n\n", self.scenario, self.nodes, self.seed);
         md.push_str(&format!("Command: `{}`\n\n", self.command));
         md.push_str(&format!(
-            "Machine: {} CPUs ({}/{}); wall time {:.1} s; process CPU {:.1} s; peak RSS {:.0} MiB\n\n",
+            "Machine: {} CPUs ({}/{}, load average {:.1} at the end); wall time {:.1} s; process CPU {:.1} s; peak RSS {:.0} MiB\n\n",
             self.machine.nproc,
             self.machine.os,
             self.machine.arch,
+            self.machine.load_avg_1m,
             self.wall_time_secs,
             self.cost.cpu_secs,
             self.cost.peak_rss_mib
