@@ -30,6 +30,9 @@ pub use quiver_proto::dht::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_ke
 const MAX_IDENTIFY_ADDRS: usize = 8;
 const BOOTSTRAP_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Reconnecting to a bootstrap peer starts a Kademlia bootstrap only while the routing table
+/// holds fewer peers than this (Kademlia's K).
+const REBOOTSTRAP_BELOW: usize = 20;
 
 struct BootstrapState {
     target: BootstrapAddr,
@@ -613,7 +616,15 @@ impl EventLoop {
                     let addr = b.target.addr.clone();
                     let kad = &mut self.swarm.behaviour_mut().kad;
                     kad.add_address(&peer_id, addr);
-                    if let Err(e) = kad.bootstrap() {
+                    // A full bootstrap only while the routing table is small: the connection
+                    // to a bootstrap peer closes when idle and is redialed, and bootstrapping
+                    // at every reconnect walked the whole network every idle timeout (every
+                    // node connected to every other; found by quiver-sim). Kademlia's periodic
+                    // bootstrap and random walks keep a full table fresh.
+                    let known: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
+                    if known < REBOOTSTRAP_BELOW
+                        && let Err(e) = kad.bootstrap()
+                    {
                         debug!(error = %e, "kademlia bootstrap not started");
                     }
                 }
