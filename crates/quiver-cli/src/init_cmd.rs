@@ -29,6 +29,10 @@ fn toml_string(s: &str) -> String {
 pub fn default_config() -> String {
     let data_dir = toml_string(&default_data_dir().display().to_string());
     let api = toml_string(&DEFAULT_API.to_string());
+    let relay = quiver_net::RelayLimits::default();
+    let (relay_res, relay_res_peer, relay_circuits) =
+        (relay.max_reservations, relay.max_reservations_per_peer, relay.max_circuits);
+    let (relay_secs, relay_bytes) = (relay.max_circuit_duration.as_secs(), relay.max_circuit_bytes);
     format!(
         r#"# QUIVer node configuration, written by `quiver init`.
 #
@@ -69,6 +73,22 @@ pub fn default_config() -> String {
 
 # Log format on stderr: "text" or "json".
 # log_format = "text"
+
+# DHT role: "auto" serves the DHT once a peer has dialed this node back (AutoNAT), "server"
+# always serves it (the node is known to be reachable), "client" never does.
+# dht_mode = "auto"
+
+# Ask the local router for a port mapping (UPnP IGD).
+# upnp = false
+
+# Relay for NATed peers while this node is reachable, within these limits: reservations held
+# at once and per peer, circuits at once, and each circuit's longest life and bytes each way.
+# relay_service = true
+# relay_max_reservations = {relay_res}
+# relay_max_reservations_per_peer = {relay_res_peer}
+# relay_max_circuits = {relay_circuits}
+# relay_max_circuit_secs = {relay_secs}
+# relay_max_circuit_bytes = {relay_bytes}
 "#
     )
 }

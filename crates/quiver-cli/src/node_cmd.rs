@@ -126,9 +126,9 @@ pub struct NodeArgs {
     pub log_format: Option<LogFormat>,
 
     /// DHT role: auto serves the DHT once a peer has dialed this node back (AutoNAT), server
-    /// always serves it (the node is known to be reachable), client never does.
-    #[arg(long, value_enum, default_value_t = DhtMode::Auto, env = "QUIVER_DHT_MODE")]
-    pub dht_mode: DhtMode,
+    /// always serves it (the node is known to be reachable), client never does. [default: auto]
+    #[arg(long, value_enum, env = "QUIVER_DHT_MODE")]
+    pub dht_mode: Option<DhtMode>,
 
     /// Ask the local router for a port mapping (UPnP IGD). Off by default.
     #[arg(long, env = "QUIVER_UPNP")]
@@ -138,25 +138,26 @@ pub struct NodeArgs {
     #[arg(long, env = "QUIVER_NO_RELAY")]
     pub no_relay: bool,
 
-    /// Relay service: reservations held for NATed peers at once.
-    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations)]
-    pub relay_max_reservations: usize,
+    /// Relay service: reservations held for NATed peers at once. [default: 64]
+    #[arg(long, value_name = "N")]
+    pub relay_max_reservations: Option<usize>,
 
-    /// Relay service: reservations one peer may hold.
-    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations_per_peer)]
-    pub relay_max_reservations_per_peer: usize,
+    /// Relay service: reservations one peer may hold. [default: 2]
+    #[arg(long, value_name = "N")]
+    pub relay_max_reservations_per_peer: Option<usize>,
 
-    /// Relay service: circuits relayed at once.
-    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_circuits)]
-    pub relay_max_circuits: usize,
+    /// Relay service: circuits relayed at once. [default: 32]
+    #[arg(long, value_name = "N")]
+    pub relay_max_circuits: Option<usize>,
 
-    /// Relay service: a circuit is closed after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = RelayLimits::default().max_circuit_duration.as_secs())]
-    pub relay_max_circuit_secs: u64,
+    /// Relay service: a circuit is closed after this many seconds. [default: 300]
+    #[arg(long, value_name = "SECS")]
+    pub relay_max_circuit_secs: Option<u64>,
 
     /// Relay service: a circuit is closed after this many bytes in each direction.
-    #[arg(long, value_name = "BYTES", default_value_t = RelayLimits::default().max_circuit_bytes)]
-    pub relay_max_circuit_bytes: u64,
+    /// [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    pub relay_max_circuit_bytes: Option<u64>,
 }
 
 /// `--dht-mode`.
@@ -231,6 +232,16 @@ fn settings(args: NodeArgs) -> Settings {
         }
     };
     let heartbeat_interval = Duration::from_secs(heartbeat);
+    let dht_mode = match (args.dht_mode, file.dht_mode.as_deref()) {
+        (Some(m), _) => m,
+        (None, None | Some("auto")) => DhtMode::Auto,
+        (None, Some("server")) => DhtMode::Server,
+        (None, Some("client")) => DhtMode::Client,
+        (None, Some(other)) => {
+            usage_error(format!("invalid dht_mode {other:?} in config file: expected auto, server or client"))
+        }
+    };
+    let relay_defaults = RelayLimits::default();
     Settings {
         node: NodeConfig {
             listen_addrs,
@@ -239,20 +250,35 @@ fn settings(args: NodeArgs) -> Settings {
             bootstrap_node: args.bootstrap_node || file.bootstrap_node.unwrap_or(false),
             heartbeat_interval,
             node_ttl: heartbeat_interval * 6,
-            kad_mode: match args.dht_mode {
+            kad_mode: match dht_mode {
                 DhtMode::Auto => KadMode::Auto,
                 DhtMode::Server => KadMode::Server,
                 DhtMode::Client => KadMode::Client,
             },
-            upnp: args.upnp,
-            relay_service: !args.no_relay,
+            upnp: args.upnp || file.upnp.unwrap_or(false),
+            relay_service: !args.no_relay && file.relay_service.unwrap_or(true),
             relay_limits: RelayLimits {
-                max_reservations: args.relay_max_reservations,
-                max_reservations_per_peer: args.relay_max_reservations_per_peer,
-                max_circuits: args.relay_max_circuits,
-                max_circuit_duration: Duration::from_secs(args.relay_max_circuit_secs),
-                max_circuit_bytes: args.relay_max_circuit_bytes,
-                ..RelayLimits::default()
+                max_reservations: args
+                    .relay_max_reservations
+                    .or(file.relay_max_reservations)
+                    .unwrap_or(relay_defaults.max_reservations),
+                max_reservations_per_peer: args
+                    .relay_max_reservations_per_peer
+                    .or(file.relay_max_reservations_per_peer)
+                    .unwrap_or(relay_defaults.max_reservations_per_peer),
+                max_circuits: args
+                    .relay_max_circuits
+                    .or(file.relay_max_circuits)
+                    .unwrap_or(relay_defaults.max_circuits),
+                max_circuit_duration: args
+                    .relay_max_circuit_secs
+                    .or(file.relay_max_circuit_secs)
+                    .map_or(relay_defaults.max_circuit_duration, Duration::from_secs),
+                max_circuit_bytes: args
+                    .relay_max_circuit_bytes
+                    .or(file.relay_max_circuit_bytes)
+                    .unwrap_or(relay_defaults.max_circuit_bytes),
+                ..relay_defaults
             },
             ..NodeConfig::default()
         },

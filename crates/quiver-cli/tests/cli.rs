@@ -52,6 +52,23 @@ fn init_writes_a_commented_config_that_loads() {
     assert!(
         all.quic == Some(true) && all.heartbeat_interval_secs == Some(10) && all.log_format.as_deref() == Some("text")
     );
+    assert!(all.dht_mode.as_deref() == Some("auto") && all.upnp == Some(false) && all.relay_service == Some(true));
+    let relay = quiver_net::RelayLimits::default();
+    assert_eq!(
+        (all.relay_max_reservations, all.relay_max_circuits, all.relay_max_circuit_bytes),
+        (Some(relay.max_reservations), Some(relay.max_circuits), Some(relay.max_circuit_bytes))
+    );
+    // `quiver node --help` states the same defaults.
+    let help = run_bounded(QUIVER, &["node", "--help"], &[], LIMIT).expect_success("quiver node --help").stdout;
+    for default in [
+        relay.max_reservations as u64,
+        relay.max_reservations_per_peer as u64,
+        relay.max_circuits as u64,
+        relay.max_circuit_duration.as_secs(),
+        relay.max_circuit_bytes,
+    ] {
+        assert!(help.contains(&format!("[default: {default}]")), "{default} missing in:\n{help}");
+    }
 
     // Never replaced by accident.
     let again = run_bounded(QUIVER, &["init", path_s], &[], LIMIT);

@@ -27,7 +27,8 @@ pub(crate) struct Behaviour {
     pub ping: ping::Behaviour,
     /// Kademlia behind per-peer limits on inbound requests.
     pub kad: crate::kad_limit::LimitedKad,
-    pub gossipsub: gossipsub::Behaviour,
+    /// GossipSub, its streams not holding connections open (see `gossip_idle.rs`).
+    pub gossipsub: crate::gossip_idle::IdleGossip,
     /// Application stream protocols (`/quiver/infer/1`, `/quiver/claim/1`), driven through
     /// `libp2p_stream::Control` handles outside the event loop.
     pub stream: libp2p_stream::Behaviour,
@@ -122,9 +123,9 @@ impl Behaviour {
             blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
             identify,
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(cfg.ping_interval)),
             kad: crate::kad_limit::LimitedKad::new(kad, cfg.dht_requests_per_sec, cfg.dht_request_burst),
-            gossipsub,
+            gossipsub: crate::gossip_idle::IdleGossip::new(gossipsub),
             stream: libp2p_stream::Behaviour::new(),
             autonat: autonat::Behaviour::new(peer_id, cfg.autonat.to_libp2p()),
             relay: {

@@ -93,17 +93,29 @@ pub struct NetStatus {
     pub hole_punches_failed: u64,
 }
 
+/// What a DHT record lookup found, and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordLookup {
+    /// The first valid record, or `None` when the lookup ended without one.
+    pub value: Option<Vec<u8>>,
+    /// Peers asked so far when the lookup answered (Kademlia's `QueryStats::num_requests`; 0
+    /// when the record was in the local store).
+    pub peers_asked: u32,
+    /// Of those, the peers that answered.
+    pub peers_answered: u32,
+}
+
 pub(crate) enum Command {
     Subscribe { topic: String, reply: oneshot::Sender<Result<(), NetError>> },
     Publish { topic: String, data: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>> },
     ReportValidation { id: MessageId, source: PeerId, validation: Validation },
     Status { reply: oneshot::Sender<NetStatus> },
     Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
-    PutRecord { key: Vec<u8>, value: Vec<u8> },
+    PutRecord { key: Vec<u8>, value: Vec<u8>, stored: Option<oneshot::Sender<bool>> },
     StartProviding { key: Vec<u8> },
     StopProviding { key: Vec<u8> },
     GetProviders { key: Vec<u8>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
-    GetRecord { key: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>> },
+    GetRecord { key: Vec<u8>, reply: oneshot::Sender<RecordLookup> },
     Connect { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), NetError>> },
     Block { peer: PeerId },
     Unblock { peer: PeerId },
@@ -175,7 +187,14 @@ impl NetClient {
     /// Stores a record in the DHT (locally and on the closest peers). Only keys and values that
     /// pass the event loop's record validation are accepted by other nodes.
     pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
-        self.send(Command::PutRecord { key, value }).await
+        self.send(Command::PutRecord { key, value, stored: None }).await
+    }
+
+    /// [`NetClient::put_record`], answering once the put has ended: `true` when at least one
+    /// peer took the record (the others it was sent to get it at the same moment), `false` when
+    /// none did or it could not even be stored locally.
+    pub async fn put_record_and_wait(&self, key: Vec<u8>, value: Vec<u8>) -> Result<bool, NetError> {
+        self.ask(|reply| Command::PutRecord { key, value, stored: Some(reply) }).await
     }
 
     /// Announces in the DHT that this node provides `key` (republished by Kademlia).
@@ -197,6 +216,11 @@ impl NetClient {
     /// records peers ask us to store, or `None` once the lookup ends without one (the event loop
     /// bounds the wait).
     pub async fn get_record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, NetError> {
+        Ok(self.lookup_record(key).await?.value)
+    }
+
+    /// [`NetClient::get_record`] with the lookup's cost (peers asked and answering).
+    pub async fn lookup_record(&self, key: Vec<u8>) -> Result<RecordLookup, NetError> {
         self.ask(|reply| Command::GetRecord { key, reply }).await
     }
 

@@ -139,12 +139,28 @@ impl RelayLimits {
     }
 }
 
+/// Which transport the swarm runs over. Security (Noise) and multiplexing (yamux) are the same
+/// on both, and so are the behaviours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// The operating system's network: TCP (TLS or Noise, yamux), QUIC-v1, DNS.
+    #[default]
+    Os,
+    /// libp2p's in-process memory transport (`/memory/<n>` addresses, Noise, yamux): many nodes
+    /// in one process, as the simulator runs them.
+    Memory,
+}
+
 /// Everything the swarm needs to start.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
     /// Addresses to listen on. A QUIC address with port 0 beside a TCP address with port 0 on
     /// the same IP gets the port number TCP was given, so one number serves both.
     pub listen_addrs: Vec<Multiaddr>,
+    /// The transport; with [`TransportKind::Memory`] the listen and bootstrap addresses are
+    /// `/memory/<n>` addresses.
+    pub transport: TransportKind,
     /// Peers to join through.
     pub bootstrap: Vec<BootstrapAddr>,
     pub kad_mode: KadMode,
@@ -158,6 +174,8 @@ pub struct NetConfig {
     pub gossip_max_message: usize,
     /// Tighter limits for some topics; a bigger message there is invalid and penalised.
     pub gossip_topic_limits: Vec<(String, usize)>,
+    /// Period of pings on every connection (liveness and RTT).
+    pub ping_interval: Duration,
     /// Connections without activity are closed after this long.
     pub idle_connection_timeout: Duration,
     /// Connection limits.
@@ -187,6 +205,7 @@ impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             listen_addrs: default_listen_addrs(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, true),
+            transport: TransportKind::Os,
             bootstrap: Vec::new(),
             kad_mode: KadMode::Auto,
             kad_bootstrap_interval: Duration::from_secs(300),
@@ -202,6 +221,7 @@ impl Default for NetConfig {
                     quiver_proto::reputation::MAX_REPORT_BYTES + 1024,
                 ),
             ],
+            ping_interval: Duration::from_secs(15),
             idle_connection_timeout: Duration::from_secs(60),
             max_connections: 512,
             max_pending_incoming: 64,

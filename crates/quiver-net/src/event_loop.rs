@@ -8,7 +8,8 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::kad::{self, store::RecordStore};
 
 use crate::kad_limit::LimitedKadEvent;
-use libp2p::core::transport::ListenerId;
+use libp2p::core::transport::{ListenerId, MemoryTransport, Transport as _};
+use libp2p::core::upgrade;
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -21,16 +22,19 @@ use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tracing::{debug, info, trace, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
-use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, Validation};
+use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, RecordLookup, Validation};
 use crate::metrics::{NetMetrics, RefusedLabel, ResultLabel};
 use crate::reachability::{ReachabilityState, circuit_listen_addr, is_relayed};
-use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, split_peer_id};
+use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, TransportKind, split_peer_id};
 
 pub use quiver_proto::dht::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key};
 /// Most addresses taken from one peer's Identify into the routing table.
 const MAX_IDENTIFY_ADDRS: usize = 8;
 const BOOTSTRAP_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Reconnecting to a bootstrap peer starts a Kademlia bootstrap only while the routing table
+/// holds fewer peers than this (Kademlia's K).
+const REBOOTSTRAP_BELOW: usize = 20;
 
 struct BootstrapState {
     target: BootstrapAddr,
@@ -101,6 +105,8 @@ pub(crate) struct EventLoop {
     provider_queries: HashMap<kad::QueryId, ProviderQuery>,
     /// Record lookups in flight.
     record_queries: HashMap<kad::QueryId, RecordQuery>,
+    /// Record puts whose caller waits for the outcome.
+    put_queries: HashMap<kad::QueryId, oneshot::Sender<bool>>,
     /// `connect` calls waiting for their dial.
     connecting: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<(), NetError>>)>,
     /// Reachability (AutoNAT's verdict, relay reservations) and what follows from it.
@@ -135,7 +141,7 @@ struct ProviderQuery {
 struct RecordQuery {
     started: Instant,
     key: kad::RecordKey,
-    reply: oneshot::Sender<Option<Vec<u8>>>,
+    reply: oneshot::Sender<RecordLookup>,
 }
 
 /// Longest a record lookup runs before it answers that nothing was found.
@@ -159,37 +165,60 @@ pub async fn spawn(
     cfg: NetConfig,
     registry: &mut Registry,
 ) -> Result<(NetClient, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
-    let swarm = build_swarm(keypair, &cfg)?;
+    let swarm = build_swarm(keypair, &cfg, registry)?;
     start(swarm, cfg, registry).await
 }
 
-/// The swarm over TCP, QUIC, DNS and circuit relays, with every QUIVer behaviour.
-fn build_swarm(keypair: libp2p::identity::Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
-    Ok(SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_quic_config(|mut c| {
-            // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it within
-            // a few seconds, with keep-alives so idle but live connections stay up.
-            c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
-            c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
-            c
-        })
-        // TCP + TLS/Noise + yamux, with dead connections dropped (see `transport.rs`).
-        .with_other_transport(|key| {
-            crate::transport::tcp_transport(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-        })
-        .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_dns()
-        .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_relay_client((tls::Config::new, noise::Config::new), yamux::Config::default)
-        .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_behaviour(|key, relay_client| {
-            Behaviour::new(key, Some(relay_client), cfg)
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-        })
-        .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
-        .build())
+/// The swarm with every QUIVer behaviour, over the operating system's network (TCP, QUIC, DNS
+/// and circuit relays) or, for the simulator, libp2p's memory transport.
+fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    cfg: &NetConfig,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let boxed = |e: NetError| Box::new(e) as Box<dyn std::error::Error + Send + Sync>;
+    let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(cfg.idle_connection_timeout);
+    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match cfg.transport {
+        TransportKind::Os => builder
+            .with_quic_config(|mut c| {
+                // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it
+                // within a few seconds, with keep-alives so idle but live connections stay up.
+                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+                c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
+                c
+            })
+            // TCP + TLS/Noise + yamux, with dead connections dropped (see `transport.rs`).
+            .with_other_transport(|key| crate::transport::tcp_transport(key).map_err(boxed))
+            .map_err(|e| transport_err(&e))?
+            .with_dns()
+            .map_err(|e| transport_err(&e))?
+            .with_relay_client((tls::Config::new, noise::Config::new), yamux::Config::default)
+            .map_err(|e| transport_err(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|key, relay_client| Behaviour::new(key, Some(relay_client), cfg).map_err(boxed))
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+        // No relays in one process: every node can reach every other.
+        TransportKind::Memory => builder
+            .with_other_transport(|key| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    MemoryTransport::default()
+                        .upgrade(upgrade::Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| transport_err(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|key| Behaviour::new(key, None, cfg).map_err(boxed))
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+    };
+    Ok(swarm)
 }
 
 /// Starts listening on a built swarm and spawns its event loop (any transport).
@@ -230,6 +259,7 @@ async fn start(
         metrics,
         provider_queries: HashMap::new(),
         record_queries: HashMap::new(),
+        put_queries: HashMap::new(),
         connecting: HashMap::new(),
         kad_server: cfg.kad_mode == crate::KadMode::Server,
         relay_on: false,
@@ -246,6 +276,61 @@ async fn start(
     event_loop.apply_reachability();
     let task = tokio::spawn(event_loop.run());
     Ok((NetClient { tx, peer_id: local, streams }, events_rx, task))
+}
+
+/// The swarm over the configured transport. Only the transport differs: the connection upgrade
+/// (Noise or TLS, yamux), the bandwidth counters (`libp2p_bandwidth_bytes_total`), the behaviours
+/// ([`Behaviour::new`]) and the swarm settings are the same for every [`TransportKind`].
+fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    cfg: &NetConfig,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let behaviour = |key: &libp2p::identity::Keypair| {
+        Behaviour::new(key, cfg).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    };
+    let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(cfg.idle_connection_timeout);
+    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match cfg.transport {
+        TransportKind::Os => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                (tls::Config::new, noise::Config::new),
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_quic_config(|mut c| {
+                // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it
+                // within a few seconds, with keep-alives so idle but live connections stay up.
+                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+                c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
+                c
+            })
+            .with_dns()
+            .map_err(|e| transport_err(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(behaviour)
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+        TransportKind::Memory => builder
+            .with_other_transport(|key| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    MemoryTransport::default()
+                        .upgrade(upgrade::Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| transport_err(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(behaviour)
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+    };
+    Ok(swarm)
 }
 
 /// Listens on every configured address. TCP first: a QUIC address asking for port 0 then gets
@@ -404,10 +489,25 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
-            Command::PutRecord { key, value } => {
+            Command::PutRecord { key, value, stored } => {
                 let record = kad::Record::new(key, value);
-                if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
-                    warn!(error = %e, "cannot store DHT record locally");
+                match self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                    Ok(id) => {
+                        if let Some(reply) = stored {
+                            if self.put_queries.len() < MAX_RECORD_QUERIES {
+                                self.put_queries.insert(id, reply);
+                            } else {
+                                // Too many waiting: the put goes on, the caller is not told.
+                                let _ = reply.send(false);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot store DHT record locally");
+                        if let Some(reply) = stored {
+                            let _ = reply.send(false);
+                        }
+                    }
                 }
             }
             Command::StartProviding { key } => {
@@ -436,7 +536,7 @@ impl EventLoop {
             Command::GetRecord { key, reply } => {
                 if self.record_queries.len() >= MAX_RECORD_QUERIES {
                     debug!("too many record lookups in flight; refusing one");
-                    let _ = reply.send(None);
+                    let _ = reply.send(RecordLookup { value: None, peers_asked: 0, peers_answered: 0 });
                     return;
                 }
                 let key = kad::RecordKey::new(&key);
@@ -558,12 +658,16 @@ impl EventLoop {
     }
 
     /// Replies to a record lookup, ending the query if it still runs.
-    fn answer_record_query(&mut self, id: kad::QueryId, value: Option<Vec<u8>>) {
+    fn answer_record_query(&mut self, id: kad::QueryId, value: Option<Vec<u8>>, stats: Option<&kad::QueryStats>) {
         let Some(q) = self.record_queries.remove(&id) else { return };
+        let (mut peers_asked, mut peers_answered) = stats.map_or((0, 0), |s| (s.num_requests(), s.num_successes()));
         if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            if stats.is_none() {
+                (peers_asked, peers_answered) = (query.stats().num_requests(), query.stats().num_successes());
+            }
             query.finish();
         }
-        let _ = q.reply.send(value);
+        let _ = q.reply.send(RecordLookup { value, peers_asked, peers_answered });
     }
 
     /// Record lookups still waiting (on peers that are gone) after the limit find nothing.
@@ -575,7 +679,7 @@ impl EventLoop {
             .map(|(id, _)| *id)
             .collect();
         for id in slow {
-            self.answer_record_query(id, None);
+            self.answer_record_query(id, None, None);
         }
     }
 
@@ -717,7 +821,15 @@ impl EventLoop {
                     let addr = b.target.addr.clone();
                     let kad = &mut self.swarm.behaviour_mut().kad;
                     kad.add_address(&peer_id, addr);
-                    if let Err(e) = kad.bootstrap() {
+                    // A full bootstrap only while the routing table is small: the connection
+                    // to a bootstrap peer closes when idle and is redialed, and bootstrapping
+                    // at every reconnect walked the whole network every idle timeout (every
+                    // node connected to every other; found by quiver-sim). Kademlia's periodic
+                    // bootstrap and random walks keep a full table fresh.
+                    let known: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
+                    if known < REBOOTSTRAP_BELOW
+                        && let Err(e) = kad.bootstrap()
+                    {
                         debug!(error = %e, "kademlia bootstrap not started");
                     }
                 }
@@ -1125,7 +1237,7 @@ impl EventLoop {
                         // record that passes validation.
                         if record.key == q.key && valid_node_record(&record) {
                             debug!(from = ?peer, peers_asked = stats.num_requests(), "DHT record found");
-                            self.answer_record_query(id, Some(record.value));
+                            self.answer_record_query(id, Some(record.value), Some(&stats));
                             return;
                         }
                         debug!(from = ?peer, "ignored an invalid DHT record");
@@ -1134,7 +1246,12 @@ impl EventLoop {
                     Err(e) => debug!(error = %e, peers_asked = stats.num_requests(), "record lookup ended"),
                 }
                 if step.last {
-                    self.answer_record_query(id, None);
+                    self.answer_record_query(id, None, Some(&stats));
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result: kad::QueryResult::PutRecord(result), .. } => {
+                if let Some(reply) = self.put_queries.remove(&id) {
+                    let _ = reply.send(result.is_ok());
                 }
             }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
@@ -1166,7 +1283,12 @@ fn is_dialable(addr: &Multiaddr) -> bool {
         match p {
             Protocol::Ip4(ip) => ip_ok = !ip.is_unspecified(),
             Protocol::Ip6(ip) => ip_ok = !ip.is_unspecified(),
-            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Memory(_) => ip_ok = true,
+            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) => ip_ok = true,
+            // In-process memory transport: the port is the whole address.
+            Protocol::Memory(port) => {
+                ip_ok = true;
+                transport = port != 0;
+            }
             Protocol::Tcp(port) => transport = port != 0,
             Protocol::QuicV1 => transport = true,
             _ => {}

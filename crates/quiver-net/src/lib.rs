@@ -10,6 +10,7 @@ pub mod bootstrap;
 mod client;
 mod config;
 mod event_loop;
+mod gossip_idle;
 mod kad_limit;
 mod limits;
 mod metrics;
@@ -18,8 +19,8 @@ mod transport;
 
 pub use behaviour::NODES_TOPIC;
 pub use bootstrap::{BootstrapAddr, ParseBootstrapError};
-pub use client::{NetClient, NetEvent, NetStatus, PeerInfo, Validation};
-pub use config::{AutoNatConfig, KadMode, NetConfig, RelayLimits, default_listen_addrs};
+pub use client::{NetClient, NetEvent, NetStatus, PeerInfo, RecordLookup, Validation};
+pub use config::{AutoNatConfig, KadMode, NetConfig, RelayLimits, TransportKind, default_listen_addrs};
 pub use event_loop::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key, spawn};
 pub use libp2p::gossipsub::MessageId;
 pub use libp2p::identity::{KeyType, Keypair};

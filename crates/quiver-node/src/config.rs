@@ -42,6 +42,18 @@ pub struct FileConfig {
     pub heartbeat_interval_secs: Option<u64>,
     /// "text" or "json".
     pub log_format: Option<String>,
+    /// DHT role: "auto", "server" or "client".
+    pub dht_mode: Option<String>,
+    /// Ask the local router for a port mapping (UPnP IGD).
+    pub upnp: Option<bool>,
+    /// Relay for NATed peers while reachable.
+    pub relay_service: Option<bool>,
+    /// Relay service limits (see `quiver node --help`).
+    pub relay_max_reservations: Option<usize>,
+    pub relay_max_reservations_per_peer: Option<usize>,
+    pub relay_max_circuits: Option<usize>,
+    pub relay_max_circuit_secs: Option<u64>,
+    pub relay_max_circuit_bytes: Option<u64>,
 }
 
 impl FileConfig {

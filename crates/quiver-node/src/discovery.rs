@@ -136,6 +136,11 @@ impl NodeTable {
         );
     }
 
+    /// Sequence number and date (Unix ms) of the latest heartbeat of `peer`.
+    pub(crate) fn seq_and_timestamp(&self, peer: &PeerId) -> Option<(u64, u64)> {
+        self.nodes.get(peer).map(|n| (n.seq, n.timestamp_ms))
+    }
+
     /// Forgets nodes not heard of within the TTL.
     pub fn expire(&mut self) -> usize {
         let ttl = self.ttl;

@@ -2,18 +2,19 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use quiver_net::{
     BootstrapAddr, KadMode, Keypair, Multiaddr, NetClient, NetConfig, NetError, NetEvent, NetStatus, PeerInfo,
-    Protocol, Reachability, RelayLimits, Validation, default_listen_addrs,
+    Protocol, Reachability, RelayLimits, TransportKind, Validation, default_listen_addrs,
 };
 use quiver_proto::reputation::REPUTATION_TOPIC;
 use quiver_proto::{Heartbeat, Observation, ReputationReport};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -47,8 +48,11 @@ pub struct NodeConfig {
     pub listen_addrs: Vec<Multiaddr>,
     /// Peers to join through.
     pub bootstrap_peers: Vec<BootstrapAddr>,
-    /// Directory of the identity key; `None` uses a fresh identity for this run only.
+    /// Directory of the identity key; `None` uses `identity`, or a fresh identity for this run
+    /// only.
     pub data_dir: Option<PathBuf>,
+    /// The node's key when there is no data directory (e.g. the simulator's seeded keys).
+    pub identity: Option<Keypair>,
     /// A bootstrap node always serves the DHT and needs no peers itself.
     pub bootstrap_node: bool,
     /// Period of heartbeats on `quiver/1/nodes`.
@@ -81,6 +85,15 @@ pub struct NodeConfig {
     pub relay_limits: RelayLimits,
     /// Ask the local gateway for a port mapping (UPnP). Off by default.
     pub upnp: bool,
+    /// The transport: the OS network, or libp2p's in-process memory transport (the simulator,
+    /// `quiver-sim`, runs many nodes in one process over it with `/memory/<n>` addresses).
+    pub transport: TransportKind,
+    /// Period of GossipSub's mesh maintenance.
+    pub gossip_heartbeat: Duration,
+    /// Period of pings on every connection.
+    pub ping_interval: Duration,
+    /// Connections without activity are closed after this long.
+    pub idle_connection_timeout: Duration,
     /// Misbehave on purpose (tests only).
     #[cfg(feature = "adversary")]
     pub adversary: Option<crate::adversary::Adversary>,
@@ -88,10 +101,12 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
+        let net_defaults = NetConfig::default();
         NodeConfig {
             listen_addrs: default_listen_addrs(std::net::Ipv4Addr::UNSPECIFIED.into(), 0, true),
             bootstrap_peers: Vec::new(),
             data_dir: None,
+            identity: None,
             bootstrap_node: false,
             heartbeat_interval: Duration::from_secs(10),
             node_record_every: NODE_RECORD_EVERY,
@@ -107,6 +122,10 @@ impl Default for NodeConfig {
             relay_service: true,
             relay_limits: RelayLimits::default(),
             upnp: false,
+            transport: TransportKind::Os,
+            gossip_heartbeat: net_defaults.gossip_heartbeat,
+            ping_interval: net_defaults.ping_interval,
+            idle_connection_timeout: net_defaults.idle_connection_timeout,
             #[cfg(feature = "adversary")]
             adversary: None,
         }
@@ -176,7 +195,24 @@ struct Inner {
     results: ResultCache,
     /// Peers on the block list, with the end of their ban.
     blocked: Mutex<HashMap<PeerId, SystemTime>>,
+    /// Sequence number of the latest heartbeat.
+    heartbeat_seq: AtomicU64,
+    /// Heartbeats published and accepted, for observers (see [`Node::heartbeat_events`]).
+    heartbeat_events: broadcast::Sender<HeartbeatEvent>,
 }
+
+/// A heartbeat this node published or accepted from another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatEvent {
+    /// This node published its heartbeat `seq`, dated `timestamp_ms` (Unix ms).
+    Published { seq: u64, timestamp_ms: u64 },
+    /// This node accepted `from`'s heartbeat `seq` (dated `timestamp_ms` by its author) at
+    /// `received_ms` (Unix ms).
+    Accepted { from: PeerId, seq: u64, timestamp_ms: u64, received_ms: u64 },
+}
+
+/// Capacity of the heartbeat event channel; an observer that falls further behind loses events.
+const HEARTBEAT_EVENTS: usize = 1024;
 
 /// A running node. Cheap to clone; every clone drives the same node.
 #[derive(Clone)]
@@ -190,7 +226,7 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let keypair = match &config.data_dir {
             Some(dir) => identity::load_or_create(dir)?,
-            None => Keypair::generate_ed25519(),
+            None => config.identity.clone().unwrap_or_else(Keypair::generate_ed25519),
         };
         let mut registry = Registry::default();
         let start_unix = (discovery::now_ms() / 1000) as i64;
@@ -211,6 +247,10 @@ impl Node {
             upnp: config.upnp,
             kad_bootstrap_interval: config.kad_bootstrap_interval,
             random_walk_interval: config.random_walk_interval,
+            transport: config.transport,
+            gossip_heartbeat: config.gossip_heartbeat,
+            ping_interval: config.ping_interval,
+            idle_connection_timeout: config.idle_connection_timeout,
             agent_version: AGENT_VERSION.to_owned(),
             ..NetConfig::default()
         };
@@ -245,6 +285,8 @@ impl Node {
             reputation: Mutex::new(reputation),
             results: ResultCache::new(256, Duration::from_secs(600)),
             blocked: Mutex::new(HashMap::new()),
+            heartbeat_seq: AtomicU64::new(0),
+            heartbeat_events: broadcast::channel(HEARTBEAT_EVENTS).0,
         });
         let node = Node { inner };
         let mut tasks = vec![
@@ -305,6 +347,22 @@ impl Node {
                 Ok(None)
             }
         }
+    }
+
+    /// Puts this node's record (its current heartbeat, signed) in the DHT now, besides the
+    /// periodic puts that follow heartbeats (e.g. once it has joined), and waits for the put to
+    /// end: `true` when peers took it.
+    pub async fn publish_node_record(&self) -> Result<bool, NodeError> {
+        let seq = self.inner.heartbeat_seq.load(Ordering::Relaxed);
+        let signed = self.heartbeat(seq).sign_and_encode(&self.inner.keypair);
+        Ok(self.inner.net.put_record_and_wait(quiver_net::node_record_key(&self.peer_id()), signed).await?)
+    }
+
+    /// Every heartbeat this node publishes and every one it accepts from now on (a bounded
+    /// channel: an observer that falls behind by more than a few thousand events loses the
+    /// oldest). The simulator measures gossip delivery with it.
+    pub fn heartbeat_events(&self) -> broadcast::Receiver<HeartbeatEvent> {
+        self.inner.heartbeat_events.subscribe()
     }
 
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
@@ -607,6 +665,17 @@ impl Node {
             Ok(HeartbeatVerdict::Accepted) => {
                 if let Some(a) = author {
                     self.with_reputation(|r, now| r.heartbeat(a, now));
+                    if self.inner.heartbeat_events.receiver_count() > 0
+                        && let Some((seq, timestamp_ms)) = table.seq_and_timestamp(&a)
+                    {
+                        let received_ms = discovery::now_ms();
+                        let _ = self.inner.heartbeat_events.send(HeartbeatEvent::Accepted {
+                            from: a,
+                            seq,
+                            timestamp_ms,
+                            received_ms,
+                        });
+                    }
                 }
                 (Validation::Accept, "accepted")
             }
@@ -752,11 +821,10 @@ impl Node {
     async fn publish_heartbeats(self) {
         let mut tick = tokio::time::interval(self.inner.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seq = 0u64;
         let mut scored_for = 0usize;
         loop {
             tick.tick().await;
-            seq += 1;
+            let seq = self.inner.heartbeat_seq.fetch_add(1, Ordering::Relaxed) + 1;
             // Gossip delivery scoring follows the network's heartbeat traffic.
             let nodes = lock(&self.inner.table).len() + 1;
             if nodes != scored_for {
@@ -766,10 +834,13 @@ impl Node {
                     return;
                 }
             }
-            let signed = self.heartbeat(seq).sign_and_encode(&self.inner.keypair);
+            let heartbeat = self.heartbeat(seq);
+            let timestamp_ms = heartbeat.timestamp_ms;
+            let signed = heartbeat.sign_and_encode(&self.inner.keypair);
             match self.inner.net.publish(NODES_TOPIC, signed.clone()).await {
                 Ok(()) => {
                     self.inner.metrics.heartbeats_published.inc();
+                    let _ = self.inner.heartbeat_events.send(HeartbeatEvent::Published { seq, timestamp_ms });
                 }
                 // No peers yet: expected right after start.
                 Err(NetError::Publish(e)) => debug!(error = %e, "heartbeat not published"),

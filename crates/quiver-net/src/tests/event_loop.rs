@@ -9,6 +9,8 @@ fn dialable_addresses() {
     assert!(!is_dialable(&"/ip4/0.0.0.0/tcp/4001".parse().unwrap()));
     assert!(!is_dialable(&"/ip4/127.0.0.1/tcp/0".parse().unwrap()));
     assert!(!is_dialable(&"/ip4/127.0.0.1/udp/4001".parse().unwrap()));
+    assert!(is_dialable(&"/memory/1234".parse().unwrap()));
+    assert!(!is_dialable(&"/memory/0".parse().unwrap()));
 }
 
 #[test]

@@ -1,0 +1,232 @@
+//! `dht`: node-record lookups between random pairs of nodes.
+//!
+//! Every node puts its node record once it has joined; then `lookups` lookups, each from a
+//! random node for the record of another random node, at most `concurrency` at once. Measured
+//! per lookup: whether it resolved, its latency, and the peers Kademlia asked and that answered
+//! (libp2p's query statistics; libp2p does not report the path length of its iterative
+//! lookups). Hops are derived from the routing tables as they were at the time: the greedy
+//! route from the querier, each step to the peer in the current node's table closest (XOR) to
+//! the key, until no peer is closer — how many steps a single-path lookup would take, and
+//! whether it ends among the 20 nodes closest to the key.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::kad::{KBucketKey, RecordKey};
+use quiver_node::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tracing::info;
+
+use crate::cluster::{Cluster, ProcessCost};
+use crate::report::{Outcome, Row, bytes, spread};
+use crate::stats::Summary;
+use crate::{SimError, SimParams};
+
+/// Replication factor of QUIVer's DHT: a greedy route "arrives" when it ends among these.
+const CLOSEST: usize = 20;
+/// Longest a single lookup is waited for (the event loop ends lookups after 20 s).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DhtResult {
+    pub nodes: usize,
+    /// Starting every node (staggered joins).
+    pub start_secs: f64,
+    /// From the last start until every routing table held `min_routing_table` peers.
+    pub join_secs: f64,
+    pub joined: bool,
+    /// Node records put in the DHT that at least one peer took.
+    pub records_stored: usize,
+    pub routing_table: Summary,
+    pub connections: Summary,
+    pub lookups: usize,
+    pub resolved: usize,
+    pub latency_ms: Summary,
+    pub peers_asked: Summary,
+    pub peers_answered: Summary,
+    pub greedy_hops: Summary,
+    /// Greedy routes that ended among the 20 nodes closest to the key.
+    pub greedy_arrived: usize,
+    pub lookup_phase_secs: f64,
+    /// Bytes each node sent over the whole run (joins, record puts, lookups, pings).
+    pub bytes_sent_per_node: Summary,
+    /// Bytes each node sent during the lookup phase, per minute.
+    pub lookup_bytes_per_node_per_min: Summary,
+    pub cost: ProcessCost,
+}
+
+impl Outcome for DhtResult {
+    fn rows(&self) -> Vec<Row> {
+        vec![
+            ("nodes".into(), self.nodes.to_string()),
+            ("node records put (taken by peers)".into(), format!("{} of {}", self.records_stored, self.nodes)),
+            ("start (staggered joins)".into(), format!("{:.1} s", self.start_secs)),
+            (
+                "until every routing table is filled".into(),
+                format!("{:.1} s (joined: {})", self.join_secs, self.joined),
+            ),
+            (
+                "routing table size min / median / max".into(),
+                format!(
+                    "{:.0} / {:.0} / {:.0}",
+                    self.routing_table.min, self.routing_table.p50, self.routing_table.max
+                ),
+            ),
+            (
+                "connections per node min / median / max".into(),
+                format!("{:.0} / {:.0} / {:.0}", self.connections.min, self.connections.p50, self.connections.max),
+            ),
+            ("lookups resolved".into(), format!("{} of {}", self.resolved, self.lookups)),
+            ("lookup latency p50 / p90 / p99 / max".into(), spread(&self.latency_ms, "ms")),
+            ("peers asked per lookup p50 / p90 / p99 / max".into(), spread(&self.peers_asked, "")),
+            ("peers answering per lookup p50 / p90 / p99 / max".into(), spread(&self.peers_answered, "")),
+            ("greedy routing hops p50 / p90 / p99 / max".into(), spread(&self.greedy_hops, "")),
+            (
+                "greedy routes ending among the 20 closest".into(),
+                format!("{} of {}", self.greedy_arrived, self.lookups),
+            ),
+            ("lookup phase".into(), format!("{:.1} s", self.lookup_phase_secs)),
+            (
+                "bytes sent per node, whole run (median / max)".into(),
+                format!("{} / {}", bytes(self.bytes_sent_per_node.p50), bytes(self.bytes_sent_per_node.max)),
+            ),
+            (
+                "bytes sent per node per minute, lookup phase (median / max)".into(),
+                format!(
+                    "{} / {}",
+                    bytes(self.lookup_bytes_per_node_per_min.p50),
+                    bytes(self.lookup_bytes_per_node_per_min.max)
+                ),
+            ),
+            (
+                "process CPU / peak RSS".into(),
+                format!("{:.1} s / {:.0} MiB", self.cost.cpu_secs, self.cost.peak_rss_mib),
+            ),
+        ]
+    }
+}
+
+/// Steps of the greedy route from `from` towards `target` over the routing tables `tables`,
+/// and the node it ends at.
+pub fn greedy_route(
+    tables: &HashMap<PeerId, Vec<PeerId>>,
+    from: PeerId,
+    target: &KBucketKey<RecordKey>,
+) -> (usize, PeerId) {
+    let dist = |p: &PeerId| KBucketKey::from(*p).distance(target);
+    let mut current = from;
+    let mut hops = 0;
+    // The distance strictly falls at every step, so this ends; the bound is a second guard.
+    while hops < 256 {
+        let Some(best) = tables.get(&current).and_then(|t| t.iter().min_by_key(|p| dist(p))) else { break };
+        if dist(best) >= dist(&current) {
+            break;
+        }
+        current = *best;
+        hops += 1;
+    }
+    (hops, current)
+}
+
+pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
+    params.check()?;
+    let n = params.cluster.nodes;
+    let mut cluster = Cluster::start(params.cluster.clone(), |_| None).await?;
+    info!(nodes = n, secs = cluster.start_time.as_secs_f64(), "all nodes started");
+    let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
+    info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
+    let records_stored = cluster.publish_node_records(params.concurrency).await;
+    info!(records_stored, "node records put");
+    tokio::time::sleep(params.settle).await;
+
+    let statuses = cluster.statuses(params.concurrency).await;
+    let tables: HashMap<PeerId, Vec<PeerId>> =
+        statuses.iter().map(|(_, s)| (s.peer_id, s.routing_table.clone())).collect();
+    let table_sizes: Vec<f64> = statuses.iter().map(|(_, s)| s.routing_table_size as f64).collect();
+    let connections: Vec<f64> = statuses.iter().map(|(_, s)| s.connected_peers.len() as f64).collect();
+    let ids = cluster.peer_ids();
+
+    // The pairs, from the seed.
+    let mut rng = StdRng::seed_from_u64(params.cluster.seed.wrapping_add(1));
+    let pairs: Vec<(usize, usize)> = (0..params.lookups)
+        .map(|_| {
+            let q = rng.gen_range(0..n);
+            let t = (q + rng.gen_range(1..n)) % n;
+            (q, t)
+        })
+        .collect();
+    let mut greedy_hops = Vec::with_capacity(pairs.len());
+    let mut greedy_arrived = 0;
+    let id_keys: Vec<(PeerId, KBucketKey<PeerId>)> = ids.iter().map(|p| (*p, KBucketKey::from(*p))).collect();
+    for (q, t) in &pairs {
+        let target = KBucketKey::new(RecordKey::new(&quiver_net::node_record_key(&ids[*t])));
+        let (hops, end) = greedy_route(&tables, ids[*q], &target);
+        let mut by_distance: Vec<(libp2p::kad::KBucketDistance, PeerId)> =
+            id_keys.iter().map(|(p, k)| (k.distance(&target), *p)).collect();
+        by_distance.sort_unstable();
+        if by_distance.iter().take(CLOSEST).any(|(_, p)| *p == end) {
+            greedy_arrived += 1;
+        }
+        greedy_hops.push(hops as f64);
+    }
+
+    let before = cluster.bytes_sent();
+    let phase = Instant::now();
+    let nodes: Vec<quiver_node::Node> = cluster.nodes.iter().map(|n| n.node.clone()).collect();
+    let outcomes: Vec<Option<(f64, u32, u32)>> = futures::stream::iter(pairs.iter().copied())
+        .map(|(q, t)| {
+            let node = nodes[q].clone();
+            let key = quiver_net::node_record_key(&ids[t]);
+            async move {
+                let start = Instant::now();
+                match tokio::time::timeout(LOOKUP_TIMEOUT, node.net().lookup_record(key)).await {
+                    Ok(Ok(l)) if l.value.is_some() => {
+                        Some((start.elapsed().as_secs_f64() * 1000.0, l.peers_asked, l.peers_answered))
+                    }
+                    _ => None,
+                }
+            }
+        })
+        .buffered(params.concurrency.max(1))
+        .collect()
+        .await;
+    let lookup_phase = phase.elapsed();
+    let after = cluster.bytes_sent();
+    let sent: Vec<f64> = after.iter().map(|(_, b)| *b as f64).collect();
+    let per_min = per_minute(&before, &after, lookup_phase);
+
+    let resolved: Vec<&(f64, u32, u32)> = outcomes.iter().flatten().collect();
+    let result = DhtResult {
+        nodes: n,
+        start_secs: cluster.start_time.as_secs_f64(),
+        join_secs: join_time.as_secs_f64(),
+        joined,
+        records_stored,
+        routing_table: Summary::of(&table_sizes),
+        connections: Summary::of(&connections),
+        lookups: pairs.len(),
+        resolved: resolved.len(),
+        latency_ms: Summary::of(&resolved.iter().map(|r| r.0).collect::<Vec<_>>()),
+        peers_asked: Summary::of(&resolved.iter().map(|r| f64::from(r.1)).collect::<Vec<_>>()),
+        peers_answered: Summary::of(&resolved.iter().map(|r| f64::from(r.2)).collect::<Vec<_>>()),
+        greedy_hops: Summary::of(&greedy_hops),
+        greedy_arrived,
+        lookup_phase_secs: lookup_phase.as_secs_f64(),
+        bytes_sent_per_node: Summary::of(&sent),
+        lookup_bytes_per_node_per_min: Summary::of(&per_min),
+        cost: ProcessCost::now(),
+    };
+    cluster.shutdown().await;
+    Ok(result)
+}
+
+/// Bytes sent per node per minute between two snapshots taken `elapsed` apart (nodes present
+/// in both).
+pub(crate) fn per_minute(before: &[(usize, u64)], after: &[(usize, u64)], elapsed: Duration) -> Vec<f64> {
+    let before: HashMap<usize, u64> = before.iter().copied().collect();
+    let minutes = elapsed.as_secs_f64().max(1e-3) / 60.0;
+    after.iter().filter_map(|(i, b)| Some(b.saturating_sub(*before.get(i)?) as f64 / minutes)).collect()
+}

@@ -1,0 +1,105 @@
+//! Every scenario at a small scale, in bounded time, checked against the invariants its report
+//! must hold. Real nodes over the memory transport; no timing thresholds.
+
+use std::time::Duration;
+
+use quiver_sim::scenario::{self, Scenario, SimParams};
+
+/// Bound on one whole scenario run.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// One scenario at a time: each is a whole network sharing the machine's cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn small(scenario: Scenario, nodes: usize, seed: u64) -> SimParams {
+    let mut p = SimParams::new(scenario, nodes, seed);
+    p.cluster.joins_per_sec = 50.0;
+    p.settle = Duration::from_secs(3);
+    p.join_limit = Duration::from_secs(120);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_every_lookup_resolves() {
+    let _one = exclusive();
+    let mut p = small(Scenario::Dht, 30, 7);
+    p.lookups = 60;
+    let r = tokio::time::timeout(RUN_LIMIT, scenario::dht::run(&p)).await.expect("in time").expect("runs");
+    println!("{r:#?}");
+    assert!(r.joined, "routing tables did not fill");
+    assert_eq!(r.records_stored, 30, "every node record was taken by peers");
+    assert_eq!(r.lookups, 60);
+    assert_eq!(r.resolved, r.lookups, "every record lookup resolves");
+    assert_eq!(r.latency_ms.count, r.lookups);
+    assert!(r.routing_table.min >= p.min_routing_table as f64);
+    assert!(r.routing_table.max <= 29.0, "a routing table holds only other nodes");
+    assert_eq!(r.greedy_hops.count, r.lookups);
+    // A lookup asks at least one peer unless the querier holds the record itself.
+    assert!(r.peers_asked.max >= 1.0);
+    assert!(r.bytes_sent_per_node.min > 0.0, "every node sent bytes over the transport");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_delivers_every_heartbeat() {
+    let _one = exclusive();
+    let mut p = small(Scenario::Gossip, 20, 8);
+    // Far longer than a delivery takes: heartbeats of one node never overtake each other (an
+    // older one arriving after a newer one is stale, not a delivery).
+    p.cluster.heartbeat_interval = Duration::from_secs(3);
+    p.window = Duration::from_secs(9);
+    let r = tokio::time::timeout(RUN_LIMIT, scenario::gossip::run(&p)).await.expect("in time").expect("runs");
+    println!("{r:#?}");
+    assert_eq!(r.observer_lagged, 0, "the observer saw every event");
+    assert!(r.heartbeats >= 20, "every node published in the window: {}", r.heartbeats);
+    assert_eq!(r.expected_deliveries, r.heartbeats as u64 * 19);
+    assert_eq!(r.deliveries, r.expected_deliveries, "without churn every heartbeat reaches every node");
+    assert_eq!(r.delivery_ratio, 1.0);
+    assert_eq!(r.latency_ms.count as u64, r.deliveries);
+    assert!(r.bytes_sent_per_node_per_min.min > 0.0);
+    assert!(r.mesh_peers.min >= 1.0, "every node is in a mesh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_survivors_records_resolve() {
+    let _one = exclusive();
+    let mut p = small(Scenario::Churn, 30, 9);
+    p.lookups = 30;
+    let r = tokio::time::timeout(RUN_LIMIT, scenario::churn::run(&p)).await.expect("in time").expect("runs");
+    println!("{r:#?}");
+    assert_eq!(r.records_stored, 30, "every node record was taken by peers");
+    assert_eq!(r.killed, 10);
+    assert_eq!(r.survivors, 20);
+    assert_eq!(r.survivors_checked, 20);
+    assert_eq!(r.departed_checked, 10);
+    assert_eq!(r.survivors_resolved, r.survivors_checked, "every survivor's record resolves");
+    // With 20 replicas and a third gone, the departed nodes' records outlive them too.
+    assert_eq!(r.departed_resolved, r.departed_checked, "the departed nodes' records resolve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_serves_every_request() {
+    let _one = exclusive();
+    let mut p = small(Scenario::Load, 12, 10);
+    p.providers = 3;
+    p.clients = 3;
+    p.requests = 24;
+    p.tokens_per_sec = 200.0;
+    p.max_tokens = 16;
+    p.cluster.heartbeat_interval = Duration::from_secs(1);
+    let r = tokio::time::timeout(RUN_LIMIT, scenario::load::run(&p)).await.expect("in time").expect("runs");
+    println!("{r:#?}");
+    assert_eq!(r.served, 24, "every request is served");
+    assert_eq!(r.failed, 0);
+    assert_eq!(r.outputs_correct, r.served, "every answer is the engine's text");
+    assert_eq!(r.per_provider.len(), 3);
+    assert_eq!(r.per_provider.iter().map(|p| p.served).sum::<usize>(), r.served);
+    let g = r.gini_all.expect("Gini over the providers");
+    assert!((0.0..=2.0 / 3.0).contains(&g), "Gini {g}");
+    let served_by = r.per_provider.iter().filter(|p| p.served > 0).count();
+    assert!(r.gini_served.is_some() && served_by >= 1);
+    assert_eq!(r.claim_route + r.direct_route, r.served);
+}
