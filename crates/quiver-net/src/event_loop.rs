@@ -170,7 +170,9 @@ pub async fn spawn(
 }
 
 /// The swarm with every QUIVer behaviour, over the operating system's network (TCP, QUIC, DNS
-/// and circuit relays) or, for the simulator, libp2p's memory transport.
+/// and circuit relays) or, for the simulator, libp2p's memory transport. Only the transport
+/// differs: the bandwidth counters (`libp2p_bandwidth_bytes_total`), the behaviours
+/// ([`Behaviour::new`]) and the swarm settings are the same for every [`TransportKind`].
 fn build_swarm(
     keypair: libp2p::identity::Keypair,
     cfg: &NetConfig,
@@ -276,61 +278,6 @@ async fn start(
     event_loop.apply_reachability();
     let task = tokio::spawn(event_loop.run());
     Ok((NetClient { tx, peer_id: local, streams }, events_rx, task))
-}
-
-/// The swarm over the configured transport. Only the transport differs: the connection upgrade
-/// (Noise or TLS, yamux), the bandwidth counters (`libp2p_bandwidth_bytes_total`), the behaviours
-/// ([`Behaviour::new`]) and the swarm settings are the same for every [`TransportKind`].
-fn build_swarm(
-    keypair: libp2p::identity::Keypair,
-    cfg: &NetConfig,
-    registry: &mut Registry,
-) -> Result<Swarm<Behaviour>, NetError> {
-    let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
-    let behaviour = |key: &libp2p::identity::Keypair| {
-        Behaviour::new(key, cfg).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-    };
-    let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(cfg.idle_connection_timeout);
-    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
-    let swarm = match cfg.transport {
-        TransportKind::Os => builder
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                (tls::Config::new, noise::Config::new),
-                yamux::Config::default,
-            )
-            .map_err(|e| transport_err(&e))?
-            .with_quic_config(|mut c| {
-                // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it
-                // within a few seconds, with keep-alives so idle but live connections stay up.
-                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
-                c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
-                c
-            })
-            .with_dns()
-            .map_err(|e| transport_err(&e))?
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(behaviour)
-            .map_err(|e| transport_err(&e))?
-            .with_swarm_config(swarm_config)
-            .build(),
-        TransportKind::Memory => builder
-            .with_other_transport(|key| {
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    MemoryTransport::default()
-                        .upgrade(upgrade::Version::V1)
-                        .authenticate(noise::Config::new(key)?)
-                        .multiplex(yamux::Config::default()),
-                )
-            })
-            .map_err(|e| transport_err(&e))?
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(behaviour)
-            .map_err(|e| transport_err(&e))?
-            .with_swarm_config(swarm_config)
-            .build(),
-    };
-    Ok(swarm)
 }
 
 /// Listens on every configured address. TCP first: a QUIC address asking for port 0 then gets

@@ -19,12 +19,12 @@ use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::gossipsub;
 use libp2p::swarm::handler::{
-    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound, ListenUpgradeError,
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound, InboundUpgradeSend,
+    ListenUpgradeError, OutboundUpgradeSend, UpgradeInfoSend,
 };
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm, InboundUpgradeSend,
-    NetworkBehaviour, OutboundUpgradeSend, Stream, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent,
-    ToSwarm, UpgradeInfoSend,
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm, NetworkBehaviour, Stream,
+    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
 type Gossip = gossipsub::Behaviour;

@@ -28,6 +28,11 @@ async fn dht_every_lookup_resolves() {
     let _one = exclusive();
     let mut p = small(Scenario::Dht, 30, 7);
     p.lookups = 60;
+    // Connections nothing keeps alive close 4 s after their last use. (libp2p looks at a
+    // connection's keep-alive only when something happens on it; pings every 2 s see to that.)
+    p.cluster.idle_connection_timeout = Duration::from_secs(4);
+    p.cluster.ping_interval = Duration::from_secs(2);
+    p.idle_check = Some(Duration::from_secs(12));
     let r = tokio::time::timeout(RUN_LIMIT, scenario::dht::run(&p)).await.expect("in time").expect("runs");
     println!("{r:#?}");
     assert!(r.joined, "routing tables did not fill");
@@ -41,6 +46,11 @@ async fn dht_every_lookup_resolves() {
     // A lookup asks at least one peer unless the querier holds the record itself.
     assert!(r.peers_asked.max >= 1.0);
     assert!(r.bytes_sent_per_node.min > 0.0, "every node sent bytes over the transport");
+    // Right after the lookups every node is connected to nearly every other; once idle, only
+    // gossip mesh peers (at most 12 per topic, two topics) keep their connections.
+    assert!(r.connections.p50 >= 20.0, "lookups connect widely: {:?}", r.connections);
+    let (_, idle) = r.connections_idle.expect("measured after the idle wait");
+    assert!(idle.max <= 24.0 && idle.p50 < 20.0, "idle connections were not closed: {idle:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,8 @@ pub struct DhtResult {
     pub records_stored: usize,
     pub routing_table: Summary,
     pub connections: Summary,
+    /// Connections per node after `idle_check` without traffic, and that wait in seconds.
+    pub connections_idle: Option<(f64, Summary)>,
     pub lookups: usize,
     pub resolved: usize,
     pub latency_ms: Summary,
@@ -78,6 +80,13 @@ impl Outcome for DhtResult {
             (
                 "connections per node min / median / max".into(),
                 format!("{:.0} / {:.0} / {:.0}", self.connections.min, self.connections.p50, self.connections.max),
+            ),
+            (
+                "connections per node after the idle wait min / median / max".into(),
+                match &self.connections_idle {
+                    Some((secs, c)) => format!("{:.0} / {:.0} / {:.0} (after {secs:.0} s)", c.min, c.p50, c.max),
+                    None => "not measured".into(),
+                },
             ),
             ("lookups resolved".into(), format!("{} of {}", self.resolved, self.lookups)),
             ("lookup latency p50 / p90 / p99 / max".into(), spread(&self.latency_ms, "ms")),
@@ -198,6 +207,16 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     let sent: Vec<f64> = after.iter().map(|(_, b)| *b as f64).collect();
     let per_min = per_minute(&before, &after, lookup_phase);
 
+    let connections_idle = match params.idle_check {
+        Some(wait) => {
+            tokio::time::sleep(wait).await;
+            let idle = cluster.statuses(params.concurrency).await;
+            let counts: Vec<f64> = idle.iter().map(|(_, s)| s.connected_peers.len() as f64).collect();
+            Some((wait.as_secs_f64(), Summary::of(&counts)))
+        }
+        None => None,
+    };
+
     let resolved: Vec<&(f64, u32, u32)> = outcomes.iter().flatten().collect();
     let result = DhtResult {
         nodes: n,
@@ -207,6 +226,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
         records_stored,
         routing_table: Summary::of(&table_sizes),
         connections: Summary::of(&connections),
+        connections_idle,
         lookups: pairs.len(),
         resolved: resolved.len(),
         latency_ms: Summary::of(&resolved.iter().map(|r| r.0).collect::<Vec<_>>()),

@@ -61,6 +61,9 @@ pub struct SimParams {
     pub requests: usize,
     pub tokens_per_sec: f64,
     pub max_tokens: u32,
+    /// After the lookups (dht): wait this long without traffic, then count connections again;
+    /// only connections something keeps alive remain. `None` skips it.
+    pub idle_check: Option<Duration>,
 }
 
 impl SimParams {
@@ -75,6 +78,9 @@ impl SimParams {
             Scenario::Load => cluster.heartbeat_interval = Duration::from_secs(5),
             Scenario::Dht | Scenario::Churn => {}
         }
+        // libp2p looks at a connection's keep-alive only when something happens on it: at the
+        // latest the next ping.
+        let idle_check = cluster.ping_interval + cluster.idle_connection_timeout + Duration::from_secs(5);
         SimParams {
             cluster,
             lookups: nodes.clamp(20, 1000),
@@ -89,6 +95,7 @@ impl SimParams {
             requests: 200,
             tokens_per_sec: 50.0,
             max_tokens: 32,
+            idle_check: Some(idle_check),
         }
     }
 
