@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Benchmark: throughput of a batch of requests with two providers against one (ratio measured in
+# the same run), then an idle window: each node's CPU, resident memory and transport bytes per
+# minute. Builds the release binaries and fetches the default model unless BENCH_BIN is set.
+#
+#   bench/network.sh [--requests N (12)] [--concurrency N (4)] [--max-tokens N (96)]
+#                    [--idle-secs N (60)] [--out FILE]
+#
+# --out FILE also writes the report (Markdown) to FILE, e.g. bench/NETWORK.md.
+# Run it on an otherwise idle machine: the numbers are only comparable within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${BENCH_BIN:-}" ]; then
+  scripts/install-deps.sh
+  echo "bench: building release binaries (cargo build --release -p quiver-cli) ..." >&2
+  cargo build --release --locked -p quiver-cli >&2
+  BENCH_BIN=target/release
+fi
+scripts/fetch-model.sh
+
+models="${QUIVER_MODEL_DIR:-target/models}"
+exec python3 bench/network.py --bin "$BENCH_BIN" --models-dir "$models" --command "bench/network.sh $*" "$@"
