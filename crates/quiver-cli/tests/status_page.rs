@@ -142,6 +142,11 @@ fn status_page_in_headless_chromium_shows_the_live_network() {
     assert_eq!(text_of(&dom, "peer-count"), peers.to_string(), "connected peers shown");
     assert_eq!(text_of(&dom, "model-count"), "1");
     assert_eq!(text_of(&dom, "provider-count"), "1");
+    // Reachability as the node reports it (it may still have been probing when the page loaded).
+    let shown = text_of(&dom, "reachability");
+    let now = status(gateway.api)["reachability"].as_str().unwrap_or_default().to_owned();
+    assert!(shown == now || shown == "unknown", "reachability shown {shown:?}, the node says {now:?}");
+    assert!(!text_of(&dom, "reach-detail").is_empty(), "no reachability detail:\n{dom}");
     assert!(
         dom.contains(&format!("data-model=\"{MODEL}\" data-providers=\"1\"")),
         "the model is not listed with its provider:\n{dom}"
