@@ -4,13 +4,14 @@
 //!               "internet" 198.18.0.0/24 (a bridge in its own namespace)
 //!        ┌────────────────────┬─────────────────────────┬──────────────────────┐
 //!   relay 198.18.0.1     NAT A 198.18.0.2            NAT B 198.18.0.3
-//!   quiver-node          MASQUERADE                 MASQUERADE
+//!   quiver-node          MASQUERADE, drops          MASQUERADE, refuses
 //!   --bootstrap-node          │ 10.1.0.0/24              │ 10.2.0.0/24
 //!                        provider 10.1.0.2           client 10.2.0.2
 //!                        quiver-provider             quiver ask
 //! ```
 //!
-//! The provider behind NAT A and the client behind NAT B learn from AutoNAT that nobody can dial
+//! NAT A drops unsolicited packets silently (as most home routers do), NAT B refuses them. The
+//! provider behind NAT A and the client behind NAT B learn from AutoNAT that nobody can dial
 //! them, stay DHT clients (never in the relay's routing table), reserve slots on the public node's
 //! relay and advertise relayed addresses; the client's `quiver ask` gets a real answer from the
 //! provider (real default model), over the relay or, after a DCUtR hole punch, directly; the test
@@ -115,9 +116,29 @@ fn to_internet(n: &Names, ns: &str, port: &str, ip: &str) -> Result<(), String> 
     must("ip", &["-n", ns, "addr", "add", ip, "dev", "wan"])
 }
 
+/// How a NAT router treats unsolicited packets from the internet to its own address.
+#[derive(Clone, Copy, PartialEq)]
+enum Unsolicited {
+    /// Its kernel answers (a TCP reset, ICMP port unreachable): a dial fails at once.
+    Refuse,
+    /// Dropped without an answer, as most home routers do: a dial hangs until it times out.
+    Drop,
+}
+
 /// A NAT router `nat` between the internet (`wan_ip`) and the LAN `lan_ip` of `host`
-/// (`host_ip`): forwarding on, MASQUERADE out of `wan`, nothing new forwarded in.
-fn nat(n: &Names, nat: &str, port: &str, wan_ip: &str, host: &str, lan_ip: &str, host_ip: &str) -> Result<(), String> {
+/// (`host_ip`): forwarding on, MASQUERADE out of `wan`, nothing new forwarded in, unsolicited
+/// packets to the router itself refused or dropped.
+#[allow(clippy::too_many_arguments)]
+fn nat(
+    n: &Names,
+    nat: &str,
+    port: &str,
+    wan_ip: &str,
+    host: &str,
+    lan_ip: &str,
+    host_ip: &str,
+    unsolicited: Unsolicited,
+) -> Result<(), String> {
     to_internet(n, nat, port, wan_ip)?;
     veth(nat, "lan", host, "eth0")?;
     must("ip", &["-n", nat, "addr", "add", lan_ip, "dev", "lan"])?;
@@ -145,7 +166,11 @@ fn nat(n: &Names, nat: &str, port: &str, wan_ip: &str, host: &str, lan_ip: &str,
         "-j",
         "ACCEPT",
     ])?;
-    ipt(&["-A", "FORWARD", "-i", "wan", "-o", "lan", "-j", "DROP"])
+    ipt(&["-A", "FORWARD", "-i", "wan", "-o", "lan", "-j", "DROP"])?;
+    if unsolicited == Unsolicited::Drop {
+        ipt(&["-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP"])?;
+    }
+    Ok(())
 }
 
 fn build(n: &Names, ns: &mut Netns) -> Result<(), String> {
@@ -155,8 +180,10 @@ fn build(n: &Names, ns: &mut Netns) -> Result<(), String> {
     must("ip", &["-n", &n.inet, "link", "add", "br0", "type", "bridge"])?;
     must("ip", &["-n", &n.inet, "link", "set", "br0", "up"])?;
     to_internet(n, &n.relay, "p-relay", "198.18.0.1/24")?;
-    nat(n, &n.nat_a, "p-nata", "198.18.0.2/24", &n.provider, "10.1.0.1/24", "10.1.0.2/24")?;
-    nat(n, &n.nat_b, "p-natb", "198.18.0.3/24", &n.client, "10.2.0.1/24", "10.2.0.2/24")
+    // NAT A drops what it was not asked for (AutoNAT's dial-backs to the provider hang until the
+    // dialer gives up), NAT B refuses it (they fail at once): both must end up private.
+    nat(n, &n.nat_a, "p-nata", "198.18.0.2/24", &n.provider, "10.1.0.1/24", "10.1.0.2/24", Unsolicited::Drop)?;
+    nat(n, &n.nat_b, "p-natb", "198.18.0.3/24", &n.client, "10.2.0.1/24", "10.2.0.2/24", Unsolicited::Refuse)
 }
 
 /// A node process inside a namespace, killed when dropped.

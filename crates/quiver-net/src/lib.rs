@@ -28,7 +28,7 @@ pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr::Protocol}
 pub use libp2p_stream::{Control as StreamControl, OpenStreamError};
 pub use limits::PeerLimiter;
 pub use reachability::{Reachability, is_relayed};
-pub use transport::TCP_USER_TIMEOUT;
+pub use transport::{TCP_UPGRADE_TIMEOUT, TCP_USER_TIMEOUT};
 
 /// The Kademlia protocol of QUIVer's private DHT (not IPFS's).
 pub const KAD_PROTOCOL: &str = "/quiver/kad/1.0.0";

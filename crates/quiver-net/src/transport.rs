@@ -28,7 +28,15 @@ use crate::NetError;
 /// Longest data may stay unacknowledged on a TCP connection before the kernel drops it.
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// TCP + TLS/Noise + yamux, each socket with [`TCP_USER_TIMEOUT`].
+/// Longest a TCP connection may take from dialing (or accepting) until TLS/Noise and yamux are
+/// up; then it is dropped. A dial to a host behind a NAT that drops unsolicited packets would
+/// otherwise wait out the kernel's SYN retries (about two minutes), and a peer that opens a
+/// connection and never finishes the handshake would hold a pending-connection slot for as long
+/// as it likes. A working link needs well under a second.
+pub const TCP_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP + TLS/Noise + yamux, each socket with [`TCP_USER_TIMEOUT`], each connection up within
+/// [`TCP_UPGRADE_TIMEOUT`] or dropped.
 pub(crate) fn tcp_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
     let security = TlsOrNoise(SelectUpgrade::new(
         tls::Config::new(key).map_err(|e| NetError::Transport(e.to_string()))?,
@@ -42,6 +50,7 @@ pub(crate) fn tcp_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerB
         .upgrade(Version::V1Lazy)
         .authenticate(security)
         .multiplex(yamux::Config::default())
+        .timeout(TCP_UPGRADE_TIMEOUT)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .boxed())
 }
