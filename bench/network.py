@@ -98,11 +98,16 @@ def main():
     ap.add_argument("--models-dir", required=True)
     ap.add_argument("--requests", type=int, default=12)
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--idle-secs", type=int, default=60)
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin provider A to CPU 0 and provider B to CPU 1 (taskset)")
     ap.add_argument("--out", help="also write the report (Markdown) to this file")
     ap.add_argument("--command", default="bench/network.sh", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.pin and (len(os.sched_getaffinity(0)) < 2 or not shutil.which("taskset")):
+        log("fewer than 2 CPUs or no taskset: providers not pinned")
+        a.pin = False
 
     quiver = os.path.join(a.bin, "quiver")
     node_bin = os.path.join(a.bin, "quiver-node")
@@ -123,16 +128,19 @@ def main():
         join = ["--bootstrap", f"127.0.0.1:{boot.tcp_port}"]
         procs["node"] = Proc([node_bin, *join, *common, "--data-dir", f"{work}/node"], "node", work)
 
-        def provider(name):
-            return Proc([provider_bin, *join, *common, "--data-dir", f"{work}/{name}", "--models-dir", models,
+        def provider(name, cpu):
+            # Each provider on a core of its own, as if on a machine of its own: the second
+            # provider adds a core's worth of capacity, which the network must put to use.
+            pin = ["taskset", "-c", str(cpu)] if a.pin else []
+            return Proc([*pin, provider_bin, *join, *common, "--data-dir", f"{work}/{name}", "--models-dir", models,
                          "--threads", "1", "--no-fetch"], name, work)
 
-        a_proc = procs["provider A"] = provider("provider-a")
+        a_proc = procs["provider A"] = provider("provider-a", 0)
         wait_known([boot, procs["node"]], a_proc.peer_id)
         log("phase 1: one provider")
         one = batch(quiver, boot.tcp_addr, a, "one provider")
 
-        b_proc = procs["provider B"] = provider("provider-b")
+        b_proc = procs["provider B"] = provider("provider-b", 1)
         wait_known([boot, procs["node"], a_proc], b_proc.peer_id)
         log("phase 2: two providers")
         two = batch(quiver, boot.tcp_addr, a, "two providers")
@@ -172,7 +180,9 @@ def main():
         f"load average before: {load_before}, after: {loadavg()}",
         f"- code: {git_rev()}, binaries from `{a.bin}`",
         f"- network on 127.0.0.1: a bootstrap node, a node, provider A, later provider B; each provider "
-        f"smollm2-135m ({MODEL_FILE}, {model_mib:.0f} MiB) with 1 engine thread",
+        f"smollm2-135m ({MODEL_FILE}, {model_mib:.0f} MiB) with 1 engine thread"
+        + (", provider A pinned to CPU 0 and B to CPU 1 (`taskset`), one job at a time each; the nodes and "
+           "clients run on any CPU" if a.pin else ", not pinned"),
         f"- batch: {a.requests} different greedy requests (`quiver ask --json --raw --no-cache "
         f"--max-tokens {a.max_tokens}`), {a.concurrency} at a time, each a new client process joining "
         "through the bootstrap node; the same batch in both phases, same answers",
@@ -184,9 +194,8 @@ def main():
         f"| two providers (A, B) | {two['tokens']} | {two['wall']:.1f} | {two['tps']:.1f} | "
         f"{sorted(two['by_provider'].values(), reverse=True)} |",
         "",
-        f"- **throughput ratio two providers ÷ one: {ratio:.2f}** (2.00 would be perfect scaling; on "
-        f"{os.cpu_count()} CPUs the two 1-thread engines also share the cores with the nodes and the "
-        "client processes)",
+        f"- **throughput ratio two providers ÷ one: {ratio:.2f}** (2.00 would be perfect scaling; the "
+        "providers' cores also run some of the nodes' and the client processes' work)",
         "",
         f"Idle window: {a.idle_secs} s, all four processes up, no requests (heartbeats every 10 s, "
         "pings every 15 s, DHT upkeep). Bytes are the libp2p transport counters of each node.",

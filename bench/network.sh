@@ -3,10 +3,13 @@
 # the same run), then an idle window: each node's CPU, resident memory and transport bytes per
 # minute. Builds the release binaries and fetches the default model unless BENCH_BIN is set.
 #
-#   bench/network.sh [--requests N (12)] [--concurrency N (4)] [--max-tokens N (96)]
-#                    [--idle-secs N (60)] [--out FILE]
+#   bench/network.sh [--requests N (12)] [--concurrency N (4)] [--max-tokens N (192)]
+#                    [--idle-secs N (60)] [--no-pin] [--out FILE]
 #
-# --out FILE also writes the report (Markdown) to FILE, e.g. bench/NETWORK.md.
+# Provider A runs on CPU 0 and provider B on CPU 1 (taskset), each with one engine thread, so
+# the second provider adds a core as a second machine would (--no-pin turns that off).
+#
+# --out FILE also writes the report (Markdown) to FILE, e.g. bench/NETWORK.md (bench/RESULTS.md sums up every benchmark).
 # Run it on an otherwise idle machine: the numbers are only comparable within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

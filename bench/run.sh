@@ -7,7 +7,7 @@
 #
 #   bench/run.sh [--threads N (2)] [--max-tokens N (256)] [--reps N (9)] [--out FILE]
 #
-# --out FILE also writes the report (Markdown) to FILE, e.g. bench/RESULTS.md.
+# --out FILE also writes the report (Markdown) to FILE, e.g. bench/ENGINE.md (bench/RESULTS.md sums up every benchmark).
 # BENCH_BIN=DIR uses the binaries in DIR instead of building target/release.
 # Run it on an otherwise idle machine: the numbers are only comparable within one run.
 set -euo pipefail
