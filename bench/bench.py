@@ -197,6 +197,16 @@ def git_rev():
         return "unknown"
 
 
+def publish(lines, out):
+    """Prints the report (Markdown lines) and, with `out`, writes it there too."""
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    if out:
+        with open(out, "w") as f:
+            f.write(report)
+        log(f"wrote {out}")
+
+
 def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
@@ -338,12 +348,7 @@ def main():
     for i, (l, n) in enumerate(zip(local, net)):
         lines.append(f"| {i + 1} | {l['tps']:.1f} | {l['ttft_ms']:.1f} | {l['other_cpu']:.2f} "
                      f"| {n['tps']:.1f} | {n['ttft_ms']:.1f} | {n['other_cpu']:.2f} |")
-    report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(report)
-        log(f"wrote {a.out}")
+    publish(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.request
 
-from bench import MODEL_FILE, Proc, cpu_model, git_rev, loadavg, log, proc_cpu, wait_idle
+from bench import MODEL_FILE, Proc, cpu_model, git_rev, loadavg, log, proc_cpu, publish, wait_idle
 
 
 def rss_mib(pid):
@@ -213,12 +213,7 @@ def main():
         f"({prov_rss:.0f} MiB ÷ {model_mib:.0f} MiB); a plain node's ÷ a provider's: "
         f"{idle['node']['rss'] / prov_rss:.2f}",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(report)
-        log(f"wrote {a.out}")
+    publish(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${BENCH_BIN:-}" ]; then
-  scripts/install-deps.sh
-  echo "bench: building release binaries (cargo build --release -p quiver-cli) ..." >&2
-  cargo build --release --locked -p quiver-cli >&2
-  BENCH_BIN=target/release
-fi
-scripts/fetch-model.sh
-
-models="${QUIVER_MODEL_DIR:-target/models}"
-exec python3 bench/bench.py --bin "$BENCH_BIN" --models-dir "$models" --command "bench/run.sh $*" "$@"
+. bench/prepare.sh
+exec python3 bench/bench.py --bin "$BENCH_BIN" --models-dir "$BENCH_MODELS" --command "bench/run.sh $*" "$@"
