@@ -224,7 +224,8 @@ pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     panic!("{what}: not within {limit:?}");
 }
 
-fn strings(v: &Value, key: &str) -> Vec<String> {
+/// The strings in the array `v[key]`.
+pub fn strings(v: &Value, key: &str) -> Vec<String> {
     v[key].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect()
 }
 

@@ -1,45 +1,67 @@
 //! Test networks made of Linux network namespaces, for tests that need real separate hosts:
 //! partitions, NAT, links that fail.
 //!
-//! A [`TestNet`] is one "switch" namespace holding a Linux bridge (`br0`) and N host namespaces.
-//! Host `i` has one interface, `eth0`, the end of a veth pair whose other end (`h<i>`) is a port
-//! of the bridge, the address `198.18.0.<10+i>/24` ([`TestNet::addr`]) and `lo` up. 198.18.0.0/15
-//! is the range set aside for benchmarking networks (RFC 2544); here it exists only inside these
-//! namespaces: the test's own namespace gets no interface, address or route, so nothing a test
-//! runs inside can reach the machine's real network, nor be reached from it.
+//! Two shapes:
+//!
+//! - A [`TestNet`] is one "switch" namespace holding a Linux bridge (`br0`) and N host namespaces.
+//!   Host `i` has one interface, `eth0`, the end of a veth pair whose other end (`h<i>`) is a port
+//!   of the bridge, the address `198.18.0.<10+i>/24` ([`TestNet::addr`]) and `lo` up.
+//!   [`TestNet::partition`] splits the hosts into groups, each on its own bridge, so nothing
+//!   passes between groups (TCP, UDP/QUIC, ARP: all of it, the way a cut cable does: no reset
+//!   reaches either side); [`TestNet::heal`] puts every port back on `br0`. [`TestNet::cut`] and
+//!   [`TestNet::restore`] take one host's link down and up.
+//! - An [`Internet`] is a bridge in a switch namespace on a /24 the test chooses; the test plugs
+//!   hosts into it at addresses it chooses ([`Internet::host`]) and home routers
+//!   ([`Internet::nat_router`]): a [`NatRouter`] is a namespace with `wan` on the internet and
+//!   `lan` towards one host of its own LAN (`<lan>.1` the router, `<lan>.2` the host, whose
+//!   default route goes through the router), forwarding, MASQUERADE out of `wan`, nothing new
+//!   forwarded in, and unsolicited packets to the router itself dropped or refused
+//!   ([`Unsolicited`]), with the system's `iptables` or `iptables-legacy` ([`Iptables`]).
+//!
+//! Every address exists only inside these namespaces: the test's own namespace gets no
+//! interface, address or route, so nothing a test runs inside can reach the machine's real
+//! network, nor be reached from it. [`TestNet`] uses 198.18.0.0/24 (198.18.0.0/15 is set aside
+//! for benchmarking networks, RFC 2544).
 //!
 //! - [`Netns::command`] runs a program inside a namespace (`ip netns exec NAME program`);
 //!   [`Netns::run`] and [`in_netns`] run a closure on a thread that entered the namespace (its
 //!   sockets live there: that is how a test reaches an API bound to a host's `127.0.0.1`);
-//!   [`Netns::ip`] configures a namespace (`ip -n NAME ...`).
-//! - [`TestNet::partition`] splits the hosts into groups, each on its own bridge, so nothing
-//!   passes between groups (TCP, UDP/QUIC, ARP: all of it, the way a cut cable does: no reset
-//!   reaches either side); [`TestNet::heal`] puts every port back on `br0`. [`TestNet::cut`] and
-//!   [`TestNet::restore`] take one host's link down and up.
-//! - Names are unique per run (`qvt<pid>-<n>-s`, `-h<i>`); interface names are short and only need
+//!   [`Netns::ip`] configures a namespace (`ip -n NAME ...`), [`Netns::exec`] runs a tool in it
+//!   that must succeed (`iptables ...`).
+//! - [`NsProc`] is a QUIVer node process in a namespace, listening on all its addresses with
+//!   ephemeral ports; [`NsProc::status`] and [`NsProc::peers`] run `quiver status --json` and
+//!   `quiver peers --json` inside the namespace, [`NsProc::metrics`] reads its `/metrics`;
+//!   [`wait_for`] polls until a check gives a value and fails with the processes' logs.
+//! - Names are unique per run (`qvt<pid>-<n>-...`); interface names are short and only need
 //!   to be unique inside their own namespace (≤ 15 characters).
-//! - Dropping the [`TestNet`] (also while a panic unwinds) kills every process still inside its
-//!   namespaces and deletes the namespaces, which deletes every link and bridge with them.
-//!   Namespaces left by an earlier run that was killed outright (its pid gone) are deleted when
-//!   the next one starts. Processes started through [`Netns::command`] also get `SIGKILL` when
-//!   the thread that spawned them ends (`PR_SET_PDEATHSIG`): spawn them from the test's thread.
+//! - Dropping a [`TestNet`], a [`Host`], a [`NatRouter`], an [`Internet`] (also while a panic
+//!   unwinds) kills every process still inside its namespaces and deletes the namespaces, which
+//!   deletes every link and bridge with them. Namespaces left by an earlier run that was killed
+//!   outright (its pid gone) are deleted when the next one starts. Processes started through
+//!   [`Netns::command`] also get `SIGKILL` when the thread that spawned them ends
+//!   (`PR_SET_PDEATHSIG`): spawn them from the test's thread. Every command a builder runs is
+//!   bounded in time.
 //!
 //! Making namespaces needs root, the `ip` command (iproute2) and a kernel with network
-//! namespaces, veth and bridges. Without them [`TestNet::new`] returns a [`Skip`]: the test calls
-//! [`Skip::report`] (a loud `SKIP:` line that the test harness does not swallow) and returns.
-//! With `QUIVER_REQUIRE_NETNS=1` in the environment (for CI, which runs as root) a skip fails the
-//! test instead.
+//! namespaces, veth and bridges (and netfilter NAT for routers). Without them (or without a tool
+//! the test names, see [`preflight`]) [`TestNet::new`] and [`Internet::new`] return a [`Skip`]:
+//! the test calls [`Skip::report`] (a loud `SKIP:` line that the test harness does not swallow)
+//! and returns. With `QUIVER_REQUIRE_NETNS=1` in the environment (for CI, which runs as root) a
+//! skip fails the test instead.
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::io::{self, Write};
-use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
-use super::NodeProc;
+use serde_json::Value;
+
+use super::{NodeProc, http_get, run_command_bounded, stdout_lines};
 
 /// First three octets of every host address; host `i` is `.<10+i>`.
 const SUBNET: [u8; 3] = [198, 18, 0];
@@ -51,6 +73,10 @@ pub const MAX_HOSTS: usize = 240;
 const NAME_PREFIX: &str = "qvt";
 /// Where `ip netns` keeps its named namespaces.
 const NETNS_DIR: &str = "/var/run/netns";
+/// Bound on every command that builds, inspects or removes a network.
+const CMD_LIMIT: Duration = Duration::from_secs(20);
+/// The `quiver` binary, for `quiver status` and `quiver peers` inside a namespace.
+const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
 
 /// Why a test network cannot be made here.
 #[derive(Debug)]
@@ -61,8 +87,9 @@ impl Skip {
     /// and why. Panics instead when `QUIVER_REQUIRE_NETNS=1`.
     pub fn report(&self, test: &str) {
         let line = format!(
-            "\n!!!!!!!! SKIP: {test} did not run: network namespaces cannot be made here: {}. It needs root, \
-             iproute2 (`ip`) and a kernel with netns, veth and bridge support. !!!!!!!!\n",
+            "\n!!!!!!!! SKIP: {test} did not run: its test network cannot be made here: {}. It needs root, \
+             iproute2 (`ip`), a kernel with netns, veth and bridge support, and the tools it names \
+             (scripts/install-deps.sh installs them). !!!!!!!!\n",
             self.0
         );
         if std::env::var("QUIVER_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
@@ -98,16 +125,100 @@ pub fn ip(args: &[&str]) -> Result<(), IpError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(IpError(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+        Err(IpError(format!("`ip {}` failed: {}", args.join(" "), out.stderr.trim())))
     }
 }
 
-fn ip_output(args: &[&str]) -> Result<Output, IpError> {
-    Command::new("ip")
-        .args(args)
+/// What a finished tool printed.
+struct ToolOutput {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn ip_output(args: &[&str]) -> Result<ToolOutput, IpError> {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    output_bounded(cmd)
+}
+
+/// Runs `cmd` to its end, at most [`CMD_LIMIT`] (then kills it): an error, never a panic, so
+/// cleanup can use it while a panic unwinds.
+fn output_bounded(mut cmd: Command) -> Result<ToolOutput, IpError> {
+    let what = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
-        .map_err(|e| IpError(format!("cannot run `ip {}`: {e}", args.join(" "))))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| IpError(format!("cannot run `{what}`: {e}")))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + CMD_LIMIT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(IpError(format!("`{what}` did not finish within {CMD_LIMIT:?} (killed)")));
+            }
+            Err(e) => return Err(IpError(format!("`{what}`: cannot wait for it: {e}"))),
+        }
+    };
+    Ok(ToolOutput { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
+}
+
+/// Checks that test networks can be made here, or says why not: Linux, root, a working `ip`,
+/// and each of `tools` (programs a test runs inside its namespaces, e.g. `iptables`) on the
+/// `PATH`.
+pub fn preflight(tools: &[&str]) -> Result<(), Skip> {
+    if !cfg!(target_os = "linux") {
+        return Err(Skip("not Linux".into()));
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Skip("not running as root".into()));
+    }
+    match Command::new("ip").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(s) if s.success() => {}
+        _ => return Err(Skip("no working `ip` command (install iproute2: scripts/install-deps.sh)".into())),
+    }
+    for tool in tools {
+        if !on_path(tool) {
+            return Err(Skip(format!("`{tool}` is not installed (scripts/install-deps.sh installs it)")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `program` is an executable file in a directory of `$PATH`.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else { return false };
+    std::env::split_paths(&path)
+        .filter_map(|dir| std::fs::metadata(dir.join(program)).ok())
+        .any(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A fresh name stem for this run's namespaces: `qvt<pid>-<n>`.
+fn next_base() -> String {
+    format!("{NAME_PREFIX}{}-{}", std::process::id(), NETS.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Runs `f` on a new thread that has entered the named network namespace, and returns what it
@@ -183,10 +294,39 @@ impl Netns {
         in_netns(&self.name, f)
     }
 
+    /// Runs `program args` inside this namespace, bounded in time; `Ok` with what it printed on
+    /// stdout if it exits 0, else an error with the command line and its output.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String, IpError> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]).args(args);
+        let out = output_bounded(cmd)?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(IpError(format!(
+                "`{program} {}` in {} failed ({}): {}{}",
+                args.join(" "),
+                self.name,
+                out.status,
+                out.stdout,
+                out.stderr.trim()
+            )))
+        }
+    }
+
+    /// Sets the sysctl `net/...` (a path under `/proc/sys/net`) of this namespace to `value`.
+    pub fn sysctl_net(&self, key: &str, value: &str) -> Result<(), IpError> {
+        let path = Path::new("/proc/sys/net").join(key);
+        // /proc/sys/net is the namespace of the thread that opens it.
+        self.run(|| std::fs::write(&path, value))
+            .and_then(|r| r)
+            .map_err(|e| IpError(format!("cannot set {} in {}: {e}", path.display(), self.name)))
+    }
+
     /// Pids of the processes inside this namespace.
     pub fn pids(&self) -> Vec<u32> {
         ip_output(&["netns", "pids", &self.name])
-            .map(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|out| out.stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect())
             .unwrap_or_default()
     }
 }
@@ -227,12 +367,14 @@ fn kill_with_parent(cmd: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn kill_with_parent(_cmd: &mut Command) {}
 
-/// One host of a [`TestNet`]: its namespace and address.
+/// One host of a [`TestNet`], an [`Internet`] or a [`NatRouter`]'s LAN: its namespace and
+/// address.
 #[derive(Debug)]
 pub struct Host {
     pub ns: Netns,
     pub addr: Ipv4Addr,
-    /// Its veth end on the bridge, in the switch namespace (`h<i>`).
+    /// The other end of its link: a port of the bridge in the switch namespace (`h<i>` in a
+    /// [`TestNet`]), or its router's `lan`.
     pub port: String,
 }
 
@@ -280,20 +422,9 @@ impl TestNet {
     /// Makes a switch and `hosts` hosts on it, or says why it cannot.
     pub fn new(hosts: usize) -> Result<TestNet, Skip> {
         assert!(hosts <= MAX_HOSTS, "at most {MAX_HOSTS} hosts");
-        if !cfg!(target_os = "linux") {
-            return Err(Skip("not Linux".into()));
-        }
-        #[cfg(target_os = "linux")]
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(Skip("not running as root".into()));
-        }
-        match Command::new("ip").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status() {
-            Ok(s) if s.success() => {}
-            _ => return Err(Skip("no working `ip` command (install iproute2: scripts/install-deps.sh)".into())),
-        }
+        preflight(&[])?;
         remove_stale();
-        let base = format!("{NAME_PREFIX}{}-{}", std::process::id(), NETS.fetch_add(1, Ordering::Relaxed));
+        let base = next_base();
         let setup = || -> Result<TestNet, IpError> {
             let switch = Netns::create(&format!("{base}-s"))?;
             switch.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -381,7 +512,7 @@ impl TestNet {
 /// Deletes namespaces made by test runs whose process is gone (killed before their cleanup ran).
 fn remove_stale() {
     let Ok(out) = ip_output(&["netns", "list"]) else { return };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in out.stdout.lines() {
         let Some(name) = line.split_whitespace().next() else { continue };
         let Some(pid) = name.strip_prefix(NAME_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
         let Ok(pid) = pid.parse::<u32>() else { continue };
@@ -390,4 +521,297 @@ fn remove_stale() {
             delete(name);
         }
     }
+}
+
+/// How a NAT router treats unsolicited packets from the internet to its own address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsolicited {
+    /// Its kernel answers (a TCP reset, ICMP port unreachable): a dial fails at once.
+    Refuse,
+    /// Dropped without an answer, as most home routers do: a dial hangs until it times out.
+    Drop,
+}
+
+/// Which `iptables` writes a router's rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Iptables {
+    /// The system's `iptables` (on Debian 12 iptables-nft: its rules are nf_tables rules).
+    System,
+    /// `iptables-legacy` (x_tables): the only rules that programs editing the ruleset through
+    /// libiptc (miniupnpd's iptables backend) can see.
+    Legacy,
+}
+
+impl Iptables {
+    /// The command.
+    pub fn program(self) -> &'static str {
+        match self {
+            Iptables::System => "iptables",
+            Iptables::Legacy => "iptables-legacy",
+        }
+    }
+}
+
+/// An "internet": a bridge (`br0`) in a switch namespace of its own, on the /24 `<subnet>.0`, and
+/// the hosts and routers the test plugs into it; see the module documentation. Hosts and routers
+/// belong to the test (each deletes its namespaces when dropped); the internet deletes the
+/// switch.
+#[derive(Debug)]
+pub struct Internet {
+    switch: Netns,
+    subnet: [u8; 3],
+    /// Stem of every namespace name of this internet.
+    base: String,
+    /// Bridge ports made so far (their names are `p<n>`).
+    ports: AtomicU32,
+}
+
+impl Internet {
+    /// Makes the switch and its bridge, or says why it cannot. `tools` are the programs the test
+    /// runs inside its namespaces besides `ip` (see [`preflight`]).
+    pub fn new(subnet: [u8; 3], tools: &[&str]) -> Result<Internet, Skip> {
+        preflight(tools)?;
+        remove_stale();
+        let base = next_base();
+        let make = || -> Result<Netns, IpError> {
+            let switch = Netns::create(&format!("{base}-s"))?;
+            switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+            switch.ip(&["link", "set", "br0", "up"])?;
+            Ok(switch)
+        };
+        let switch = make().map_err(|e| Skip(e.0))?;
+        Ok(Internet { switch, subnet, base, ports: AtomicU32::new(0) })
+    }
+
+    /// The address `<subnet>.<last>`.
+    pub fn addr(&self, last: u8) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, last)
+    }
+
+    /// The namespace holding the bridge.
+    pub fn switch(&self) -> &Netns {
+        &self.switch
+    }
+
+    /// A host on the internet: the namespace `<base>-<name>` with `eth0` at `<subnet>.<last>/24`.
+    pub fn host(&self, name: &str, last: u8) -> Result<Host, IpError> {
+        let (ns, port) = self.plug(name, "eth0", last)?;
+        Ok(Host { ns, addr: self.addr(last), port })
+    }
+
+    /// A home router with `wan` at `<subnet>.<last>/24` and one host on its LAN `<lan>.0/24`;
+    /// see [`NatRouter`].
+    pub fn nat_router(
+        &self,
+        name: &str,
+        last: u8,
+        lan: [u8; 3],
+        unsolicited: Unsolicited,
+        iptables: Iptables,
+    ) -> Result<NatRouter, IpError> {
+        let (ns, _) = self.plug(name, "wan", last)?;
+        let host_ns = Netns::create(&format!("{}-{name}-lan", self.base))?;
+        let [a, b, c] = lan;
+        let (gateway, host_addr) = (Ipv4Addr::new(a, b, c, 1), Ipv4Addr::new(a, b, c, 2));
+        ns.ip(&["link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", host_ns.name()])?;
+        ns.ip(&["addr", "add", &format!("{gateway}/{PREFIX_LEN}"), "dev", "lan"])?;
+        ns.ip(&["link", "set", "lan", "up"])?;
+        host_ns.ip(&["addr", "add", &format!("{host_addr}/{PREFIX_LEN}"), "dev", "eth0"])?;
+        host_ns.ip(&["link", "set", "eth0", "up"])?;
+        host_ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+        ns.sysctl_net("ipv4/ip_forward", "1")?;
+        let router = NatRouter {
+            ns,
+            wan: self.addr(last),
+            gateway,
+            host: Host { ns: host_ns, addr: host_addr, port: "lan".into() },
+            iptables,
+        };
+        router.iptables(&["-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"])?;
+        let forward_in = ["-A", "FORWARD", "-i", "wan", "-o", "lan"];
+        router.iptables(
+            &[&forward_in[..], &["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]].concat(),
+        )?;
+        router.iptables(&[&forward_in[..], &["-j", "DROP"]].concat())?;
+        if unsolicited == Unsolicited::Drop {
+            let input = ["-A", "INPUT", "-i", "wan"];
+            router.iptables(&[&input[..], &["-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP"]].concat())?;
+        }
+        Ok(router)
+    }
+
+    /// Makes the namespace `<base>-<name>` and links it to the bridge: its end, `ifname`, gets
+    /// `<subnet>.<last>/24`. Returns the namespace and the bridge port.
+    fn plug(&self, name: &str, ifname: &str, last: u8) -> Result<(Netns, String), IpError> {
+        let ns = Netns::create(&format!("{}-{name}", self.base))?;
+        let port = format!("p{}", self.ports.fetch_add(1, Ordering::Relaxed));
+        // Both ends are made directly in their namespaces: nothing touches ours.
+        self.switch.ip(&["link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", ns.name()])?;
+        self.switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{}/{PREFIX_LEN}", self.addr(last)), "dev", ifname])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+        Ok((ns, port))
+    }
+}
+
+/// A home router made by [`Internet::nat_router`]: its namespace (`wan` on the internet, `lan`
+/// towards its LAN), forwarding on, MASQUERADE out of `wan`, from the internet only replies
+/// (`ESTABLISHED,RELATED`) forwarded to the LAN and everything else dropped, and unsolicited
+/// packets to the router itself dropped or refused ([`Unsolicited`]); and the one host on its
+/// LAN, whose default route is the router. Dropped, it deletes both namespaces.
+#[derive(Debug)]
+pub struct NatRouter {
+    pub ns: Netns,
+    /// Its address on the internet.
+    pub wan: Ipv4Addr,
+    /// Its address on the LAN (`<lan>.1`).
+    pub gateway: Ipv4Addr,
+    /// The host behind it (`<lan>.2`).
+    pub host: Host,
+    iptables: Iptables,
+}
+
+impl NatRouter {
+    /// Runs the router's `iptables -w args` inside its namespace.
+    pub fn iptables(&self, args: &[&str]) -> Result<String, IpError> {
+        self.ns.exec(self.iptables.program(), &[&["-w"], args].concat())
+    }
+}
+
+/// A QUIVer node binary running inside a namespace, listening on all of the namespace's
+/// addresses with ephemeral ports, its control API on the namespace's own `127.0.0.1`; killed
+/// when dropped.
+pub struct NsProc {
+    pub child: Child,
+    /// Namespace name.
+    pub ns: String,
+    pub name: String,
+    pub peer_id: String,
+    /// The control API, `127.0.0.1:<port>` inside the namespace.
+    pub api: String,
+    /// Its stderr (the log).
+    pub log: PathBuf,
+}
+
+impl NsProc {
+    /// Starts `bin args` inside `ns` (`--listen-ip 0.0.0.0 --port 0 --api 127.0.0.1:0
+    /// --heartbeat-interval 1`, data in `<dir>/<name>`, log in `<dir>/<name>.log` with the
+    /// `RUST_LOG` filter `log`) and waits (60 s at most) until it has printed its PeerId and API
+    /// address.
+    pub fn start(ns: &Netns, bin: &str, name: &str, args: &[&str], log: &str, dir: &Path) -> NsProc {
+        let log_path = dir.join(format!("{name}.log"));
+        let mut child = ns
+            .command(bin)
+            .args(args)
+            .args(["--listen-ip", "0.0.0.0", "--port", "0", "--api", "127.0.0.1:0", "--heartbeat-interval", "1"])
+            .arg("--data-dir")
+            .arg(dir.join(name))
+            .env("RUST_LOG", log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log_path).expect("log file")))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} in {}: {e}", ns.name()));
+        let rx = stdout_lines(&mut child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut peer_id, mut api) = (None, None);
+        while peer_id.is_none() || api.is_none() {
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name} did not start within 60 s; log:\n{}", tail(&log_path));
+            };
+            if let Some(rest) = line.strip_prefix("QUIVer node ") {
+                peer_id = rest.split_whitespace().next().map(str::to_owned);
+            } else if let Some(a) = line.strip_prefix("api on http://") {
+                api = Some(a.to_owned());
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        NsProc {
+            child,
+            ns: ns.name().to_owned(),
+            name: name.to_owned(),
+            peer_id: peer_id.unwrap_or_default(),
+            api: api.unwrap_or_default(),
+            log: log_path,
+        }
+    }
+
+    /// Runs `quiver <what> --api <api> --json` inside the node's namespace (its API is on that
+    /// loopback) and parses what it prints.
+    fn quiver_json(&self, what: &str) -> Option<Value> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, QUIVER, what, "--api", &self.api, "--json"]);
+        let r = run_command_bounded(cmd, CMD_LIMIT);
+        if !r.status.success() {
+            return None;
+        }
+        serde_json::from_str(&r.stdout).ok()
+    }
+
+    /// `quiver status --json`.
+    pub fn status(&self) -> Option<Value> {
+        self.quiver_json("status")
+    }
+
+    /// `quiver peers --json`.
+    pub fn peers(&self) -> Option<Value> {
+        self.quiver_json("peers")
+    }
+
+    /// Its `/metrics` text, empty if it cannot be read.
+    pub fn metrics(&self) -> String {
+        let Ok(api) = self.api.parse::<SocketAddr>() else { return String::new() };
+        match in_netns(&self.ns, || http_get(api, "/metrics")) {
+            Ok(Some((200, body))) => body,
+            _ => String::new(),
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NsProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last 30 lines of a log file.
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Polls `check` every 500 ms until it gives a value; panics with `what` and the ends of the
+/// logs of `logs` (processes) and `files` (other log files) after `limit`.
+pub fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    logs: &[&NsProc],
+    files: &[&Path],
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = check() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let logs: String = logs
+        .iter()
+        .map(|p| p.log.as_path())
+        .chain(files.iter().copied())
+        .map(|l| format!("\n--- {} ---\n{}", l.display(), tail(l)))
+        .collect();
+    panic!("{what}: not within {limit:?}{logs}");
 }
