@@ -7,9 +7,15 @@
 #   chromium, chromium-driver - the status page test loads the page in headless Chromium
 #   fonts-dejavu-core        - text in its screenshot
 #   curl                     - the gateway's curl checks
-#   iproute2, iptables       - `ip` and `iptables`: the partition and NAT tests build their
-#                              networks from namespaces, veths, bridges and MASQUERADE routers
-#                              (they must run as root)
+#   iproute2, iptables       - `ip`, `iptables` and `iptables-legacy`: the partition, NAT and
+#                              UPnP tests build their networks from namespaces, veths, bridges
+#                              and MASQUERADE routers (they must run as root)
+#   miniupnpd-iptables       - the UPnP gateway the UPnP test runs inside its home router's
+#                              namespace. Only the daemon binary: the `miniupnpd` package would
+#                              add a service, a debconf prompt and a postinst that can start it;
+#                              miniupnpd-iptables has no maintainer scripts and no service, so
+#                              installing it starts nothing. (iptables, not nftables, build: the
+#                              test writes its router's rules with iptables-legacy.)
 #   openai (PyPI)            - the gateway test drives it with the official Python client
 set -euo pipefail
 
@@ -26,6 +32,9 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# Root's PATH has /usr/sbin, a user's may not: look there too. A miniupnpd already installed
+# (either build) is left alone.
+command -v miniupnpd >/dev/null 2>&1 || [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-iptables)
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
