@@ -33,14 +33,19 @@ pub(crate) struct Behaviour {
     /// `libp2p_stream::Control` handles outside the event loop.
     pub stream: libp2p_stream::Behaviour,
     /// Reachability probes (AutoNAT v1): asks peers to dial us back, and dials others back.
-    pub autonat: autonat::Behaviour,
+    /// Absent on the memory transport: a dial-back needs an IP address (AutoNAT checks the
+    /// one the probe came from), so every probe there is refused, and in one process every
+    /// node can dial every other anyway.
+    pub autonat: Toggle<autonat::Behaviour>,
     /// The relay service offered to NATed peers; advertised only while we are reachable.
-    pub relay: relay::Behaviour,
+    /// Absent, like the relay client and hole punching, on the memory transport: no node there
+    /// is behind a NAT, and with no relayed connection there is nothing to punch through.
+    pub relay: Toggle<relay::Behaviour>,
     /// Reservations on relays and circuits through them (absent on transports without a relay
     /// client, e.g. in-memory simulations).
     pub relay_client: Toggle<relay::client::Behaviour>,
     /// Hole punching: upgrades a relayed connection to a direct one.
-    pub dcutr: dcutr::Behaviour,
+    pub dcutr: Toggle<dcutr::Behaviour>,
     /// Port mapping on the local gateway, only with `NetConfig::upnp`.
     pub upnp: Toggle<upnp::tokio::Behaviour>,
 }
@@ -119,6 +124,9 @@ impl Behaviour {
             .map_err(|e| NetError::Config(e.to_string()))?;
         gossipsub.with_peer_score(score_params(), score_thresholds()).map_err(NetError::Config)?;
 
+        // Over the OS network; the memory transport (simulations) leaves out what needs IP
+        // addresses or NATs.
+        let os = cfg.transport == crate::TransportKind::Os;
         Ok(Behaviour {
             blocked: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
@@ -127,16 +135,18 @@ impl Behaviour {
             kad: crate::kad_limit::LimitedKad::new(kad, cfg.dht_requests_per_sec, cfg.dht_request_burst),
             gossipsub: crate::gossip_idle::IdleGossip::new(gossipsub),
             stream: libp2p_stream::Behaviour::new(),
-            autonat: autonat::Behaviour::new(peer_id, cfg.autonat.to_libp2p()),
-            relay: {
-                let mut r = relay::Behaviour::new(peer_id, cfg.relay_limits.to_libp2p());
-                // Decided by the event loop from reachability, never from addresses alone
-                // (a relayed address is "external" too, but a NATed node is no relay).
-                r.set_status(Some(relay::Status::Disable));
-                r
-            },
+            autonat: os.then(|| autonat::Behaviour::new(peer_id, cfg.autonat.to_libp2p())).into(),
+            relay: os
+                .then(|| {
+                    let mut r = relay::Behaviour::new(peer_id, cfg.relay_limits.to_libp2p());
+                    // Decided by the event loop from reachability, never from addresses alone
+                    // (a relayed address is "external" too, but a NATed node is no relay).
+                    r.set_status(Some(relay::Status::Disable));
+                    r
+                })
+                .into(),
             relay_client: relay_client.into(),
-            dcutr: dcutr::Behaviour::new(peer_id),
+            dcutr: os.then(|| dcutr::Behaviour::new(peer_id)).into(),
             upnp: cfg.upnp.then(upnp::tokio::Behaviour::default).into(),
         })
     }

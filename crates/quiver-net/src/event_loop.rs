@@ -14,7 +14,9 @@ use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, dcutr, identify, noise, ping, relay, tls, upnp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, dcutr, identify, noise, ping, plaintext, relay, tls, upnp, yamux,
+};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -204,14 +206,16 @@ fn build_swarm(
             .with_swarm_config(swarm_config)
             .build(),
         // No relays in one process: every node can reach every other.
-        TransportKind::Memory => builder
+        TransportKind::Memory | TransportKind::MemoryPlaintext => builder
             .with_other_transport(|key| {
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    MemoryTransport::default()
-                        .upgrade(upgrade::Version::V1)
-                        .authenticate(noise::Config::new(key)?)
-                        .multiplex(yamux::Config::default()),
-                )
+                let plain = cfg.transport == TransportKind::MemoryPlaintext;
+                let upgraded = MemoryTransport::default().upgrade(upgrade::Version::V1);
+                let secured = if plain {
+                    upgraded.authenticate(plaintext::Config::new(key)).multiplex(yamux::Config::default()).boxed()
+                } else {
+                    upgraded.authenticate(noise::Config::new(key)?).multiplex(yamux::Config::default()).boxed()
+                };
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(secured)
             })
             .map_err(|e| transport_err(&e))?
             .with_bandwidth_metrics(registry)
@@ -551,12 +555,19 @@ impl EventLoop {
             kad_mode: self.swarm.behaviour().kad.mode().to_string(),
             gossip_mesh,
             reachability: self.reach.reachability(),
+            // The same address can be confirmed twice, with and without `/p2p` (a UPnP
+            // mapping, then AutoNAT's dial-back to it): listed once.
             public_addrs: self
                 .swarm
                 .external_addresses()
                 .filter(|a| !is_relayed(a))
                 .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
-                .collect(),
+                .fold(Vec::new(), |mut seen, a| {
+                    if !seen.contains(&a) {
+                        seen.push(a);
+                    }
+                    seen
+                }),
             relayed_addrs: self
                 .reach
                 .relayed_addrs()
@@ -670,8 +681,18 @@ impl EventLoop {
             .collect()
     }
 
-    /// Dials every bootstrap peer we are not connected to, with exponential backoff per peer.
+    /// Dials every bootstrap peer we are not connected to, with exponential backoff per peer,
+    /// while the node needs them: its routing table holds fewer than K peers, or it has no
+    /// connection at all.
     fn redial_bootstrap(&mut self) {
+        // Bootstrap peers are for joining and rejoining, not a connection to hold: once the
+        // routing table is full and some peer is connected, the DHT keeps the node in the
+        // network. (Redialing whenever the idle connection closed cost every node a handshake
+        // per idle timeout, and a popular bootstrap peer one per idle timeout per node.)
+        let known: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+        if known >= REBOOTSTRAP_BELOW && self.swarm.network_info().num_peers() > 0 {
+            return;
+        }
         let now = Instant::now();
         for i in 0..self.bootstrap.len() {
             let b = &self.bootstrap[i];
@@ -1027,7 +1048,9 @@ impl EventLoop {
             info!(relay_on, "relay service follows reachability");
             self.relay_on = relay_on;
             let status = if relay_on { relay::Status::Enable } else { relay::Status::Disable };
-            self.swarm.behaviour_mut().relay.set_status(Some(status));
+            if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
+                relay.set_status(Some(status));
+            }
         }
         // Reservations are kept when a node turns public again: they end with the connection
         // to the relay. (libp2p's relay client panics when a listener is removed while the
