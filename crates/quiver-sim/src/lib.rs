@@ -6,7 +6,11 @@
 //! records, provider and client roles. What differs is the transport (`/memory/<n>` instead of
 //! TCP and QUIC, [`quiver_net::TransportKind::Memory`]) and the periods of some timers
 //! ([`ClusterConfig`]), which are ordinary `NodeConfig` fields set for a run of hundreds of
-//! nodes on two cores.
+//! nodes on two cores. On the memory transport a node runs no AutoNAT probes (a dial-back needs
+//! an IP address; in one process everyone can dial everyone). For the largest runs
+//! `--security plaintext` ([`cluster::Security`], [`quiver_net::TransportKind::MemoryPlaintext`])
+//! replaces Noise with libp2p's plaintext handshake: identities are still exchanged and checked,
+//! nothing is encrypted. The binary uses mimalloc as its allocator.
 //!
 //! The one stand-in is the model: [`engine::PacedEngine`] is a real
 //! [`quiver_engine::Engine`] that emits deterministic tokens at a set rate. It is used where a

@@ -9,9 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use quiver_sim::cluster::ProcessCost;
+use quiver_sim::cluster::{ProcessCost, Security};
 use quiver_sim::report::{Machine, Outcome, Report};
 use quiver_sim::scenario::{self, Scenario, SimParams};
+
+/// Thousands of connections' small buffers come and go: mimalloc's per-thread free lists keep
+/// that cheaper and less fragmented than glibc's allocator (see bench/SIM.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Runs many real QUIVer nodes in one process over libp2p's memory transport and measures a
 /// scenario; writes `<out>/<scenario>-n<N>-s<seed>.json` and `.md`.
@@ -48,6 +53,10 @@ struct Args {
     /// Idle connections close after this many seconds.
     #[arg(long)]
     idle_secs: Option<u64>,
+    /// Connection security: noise (as on a real network) or plaintext (identities checked,
+    /// nothing encrypted; for the largest runs).
+    #[arg(long, value_enum)]
+    security: Option<Security>,
     /// Measurement window in seconds (gossip).
     #[arg(long)]
     window_secs: Option<u64>,
@@ -84,6 +93,9 @@ impl Args {
         }
         if let Some(v) = self.heartbeat_secs {
             p.cluster.heartbeat_interval = Duration::from_secs_f64(v.max(0.1));
+        }
+        if let Some(v) = self.security {
+            p.cluster.security = v;
         }
         if let Some(v) = self.idle_secs {
             p.cluster.idle_connection_timeout = Duration::from_secs(v);
