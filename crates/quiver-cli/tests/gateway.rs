@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{NodeProc, eventually, http_post, metric, metrics_of, model_dir, repo_root, run_bounded};
+use support::{NodeProc, eventually, http_post, metric, metrics_of, model_dir, repo_root, run_bounded, step};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
@@ -32,10 +32,6 @@ static HEAVY: Mutex<()> = Mutex::new(());
 
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn step(started: Instant, what: &str) {
-    println!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
 }
 
 struct Network {

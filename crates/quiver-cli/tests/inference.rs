@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::{MODEL_SHA256, NodeProc, eventually, knows_provider, model_dir, run_bounded, wait_bounded};
+use support::{
+    MODEL_SHA256, NodeProc, eventually, knows_provider, model_dir, run_bounded, step, strip_ansi, wait_bounded,
+};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
@@ -35,9 +37,6 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Prints how far a test got (shown with `--nocapture`, and kept with a failure's output).
-fn step(started: Instant, what: &str) {
-    println!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
-}
 
 fn parse_json(stdout: &str, what: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{what} did not print JSON ({e}): {stdout}"))
@@ -178,24 +177,6 @@ impl Capture {
         let _ = self.done.join();
         String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
     }
-}
-
-/// Removes ANSI colour sequences from log text.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[test]

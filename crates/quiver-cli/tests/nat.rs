@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::netns::{Host, Internet, Iptables, NatRouter, NsProc, Skip, Unsolicited, wait_for};
-use support::{metric, model_dir, run_command_bounded, strings};
+use support::{metric, model_dir, run_command_bounded, step, strings};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
@@ -44,10 +44,6 @@ const MODEL: &str = "smollm2-135m";
 const ASK_LIMIT: Duration = Duration::from_secs(120);
 /// What the nodes log.
 const LOG: &str = "info,quiver_net=debug,libp2p_dcutr=debug,libp2p_relay=debug";
-
-fn step(started: Instant, what: &str) {
-    println!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
-}
 
 /// The network of one run; every namespace is deleted (with any process still in it) when
 /// dropped.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::netns::TestNet;
 use support::{
-    NodeProc, eventually, known_nodes, knows_provider, model_dir, routing_table, run_command_bounded, sees_all,
+    NodeProc, eventually, known_nodes, knows_provider, model_dir, routing_table, run_command_bounded, sees_all, step,
 };
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
@@ -44,10 +44,6 @@ const PROVIDER_B: usize = 7;
 const SETTLE: Duration = Duration::from_secs(240);
 /// Bound on one `quiver ask`.
 const ASK_LIMIT: Duration = Duration::from_secs(120);
-
-fn step(started: Instant, what: &str) {
-    println!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
-}
 
 /// What a node's status says about a set of peers.
 struct View {

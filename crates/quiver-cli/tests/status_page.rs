@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{NodeProc, eventually, http_post, model_dir, repo_root, run_bounded};
+use support::{NodeProc, eventually, http_post, model_dir, repo_root, run_bounded, step};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
@@ -22,10 +22,6 @@ const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
 const MODEL: &str = "smollm2-135m";
 /// Bound on one Chromium run.
 const BROWSER_LIMIT: Duration = Duration::from_secs(120);
-
-fn step(started: Instant, what: &str) {
-    println!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
-}
 
 /// Where test artifacts go: `$CARGO_TARGET_DIR/artifacts`, else `target/artifacts`.
 fn artifacts_dir() -> PathBuf {

@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::netns::{Host, Internet, IpError, Iptables, NatRouter, NsProc, Skip, Unsolicited, tail, wait_for};
-use support::{model_dir, run_command_bounded, strings};
+use support::{model_dir, run_command_bounded, step, strings, strip_ansi};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
@@ -82,10 +82,6 @@ const SSDP_GROUP: &str = "239.255.255.250";
 const ASK_LIMIT: Duration = Duration::from_secs(120);
 /// What the nodes log.
 const LOG: &str = "info,quiver_net=debug,libp2p_upnp=debug";
-
-fn step(started: Instant, what: &str) {
-    println!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
-}
 
 /// The network of one run; every namespace is deleted (with any process still in it) when
 /// dropped.
@@ -202,24 +198,6 @@ impl Drop for Miniupnpd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `text` without ANSI colour sequences (the nodes' logs are coloured).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The lines of `text` containing `needle`, each from `needle` on (no timestamp or level), at

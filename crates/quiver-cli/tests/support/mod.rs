@@ -417,3 +417,27 @@ pub fn metrics_of(addr: SocketAddr) -> String {
         other => panic!("/metrics of {addr} answered {other:?}"),
     }
 }
+
+/// Prints a progress line with the seconds since `started`, so a test's output shows where its
+/// time went.
+pub fn step(started: std::time::Instant, what: &str) {
+    println!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
+}
+
+/// `text` without ANSI colour sequences (the nodes' logs are coloured).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
