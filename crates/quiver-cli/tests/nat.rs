@@ -32,7 +32,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::netns::{Host, Internet, Iptables, NatRouter, NsProc, Skip, Unsolicited, wait_for};
+use support::netns::{Host, Internet, Iptables, NatRouter, NsProc, Skip, Unsolicited, ask_args, wait_for};
 use support::{metric, model_dir, run_command_bounded, step, strings};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
@@ -173,20 +173,7 @@ fn nated_provider_serves_a_nated_client_through_relay_and_hole_punch() {
 
     // The client behind NAT B asks; the provider dials its claim back through the relay.
     let mut ask = client_ns.command(QUIVER);
-    ask.args([
-        "ask",
-        "--bootstrap",
-        &boot,
-        "--listen-ip",
-        "0.0.0.0",
-        "--json",
-        "--wait",
-        "60",
-        "--max-tokens",
-        "24",
-        "Name three colours.",
-    ])
-    .env("RUST_LOG", "info,quiver_net=debug,libp2p_dcutr=debug");
+    ask.args(ask_args(&boot)).env("RUST_LOG", "info,quiver_net=debug,libp2p_dcutr=debug");
     let ask = run_command_bounded(ask, ASK_LIMIT);
     assert!(ask.status.success(), "quiver ask behind NAT B failed:\nstdout: {}\nstderr: {}", ask.stdout, ask.stderr);
     let result: Value =

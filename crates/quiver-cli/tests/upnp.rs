@@ -64,7 +64,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::netns::{Host, Internet, IpError, Iptables, NatRouter, NsProc, Skip, Unsolicited, tail, wait_for};
+use support::netns::{
+    Host, Internet, IpError, Iptables, NatRouter, NsProc, Skip, Unsolicited, ask_args, tail, wait_for,
+};
 use support::{model_dir, run_command_bounded, step, strings, strip_ansi};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
@@ -400,20 +402,7 @@ fn upnp_mapping_on_a_real_gateway_makes_a_provider_behind_nat_public() {
     );
     let before = mapped_connections(&net.home);
     let mut ask = net.client.command(QUIVER);
-    ask.args([
-        "ask",
-        "--bootstrap",
-        &boot_addr,
-        "--listen-ip",
-        "0.0.0.0",
-        "--json",
-        "--wait",
-        "60",
-        "--max-tokens",
-        "24",
-        "Name three colours.",
-    ])
-    .env("RUST_LOG", "info");
+    ask.args(ask_args(&boot_addr)).env("RUST_LOG", "info");
     let ask = run_command_bounded(ask, ASK_LIMIT);
     assert!(
         ask.status.success(),

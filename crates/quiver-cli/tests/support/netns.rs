@@ -815,3 +815,21 @@ pub fn wait_for<T>(
         .collect();
     panic!("{what}: not within {limit:?}{logs}");
 }
+
+/// The arguments of the `quiver ask` the namespace tests send through `bootstrap`: listening on
+/// every interface of its namespace, JSON out, waiting up to 60 s for a provider, 24 tokens.
+pub fn ask_args(bootstrap: &str) -> [&str; 11] {
+    [
+        "ask",
+        "--bootstrap",
+        bootstrap,
+        "--listen-ip",
+        "0.0.0.0",
+        "--json",
+        "--wait",
+        "60",
+        "--max-tokens",
+        "24",
+        "Name three colours.",
+    ]
+}
