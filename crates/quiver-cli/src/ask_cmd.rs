@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use quiver_engine::llama::LlamaConfig;
 use quiver_engine::{ChatMessage, Engine, GenEvent, GenerateRequest, Input, SamplingParams, models};
-use quiver_net::{BootstrapAddr, default_listen_addrs};
+use quiver_net::{BootstrapAddr, Multiaddr, default_listen_addrs};
 use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, StreamEvent, Timing};
 use serde_json::json;
 
@@ -52,6 +52,13 @@ pub struct AskArgs {
     /// IP address this client listens on (providers connect back to deliver claims).
     #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "QUIVER_LISTEN_IP")]
     pub listen_ip: IpAddr,
+    /// Listen on exactly these multiaddrs instead of --listen-ip (repeatable), e.g.
+    /// `/ip4/0.0.0.0/udp/0/quic-v1` for QUIC only.
+    #[arg(long = "listen-addr", value_name = "MULTIADDR", value_parser = crate::node_cmd::parse_multiaddr)]
+    pub listen_addr: Vec<Multiaddr>,
+    /// Do not listen on QUIC (TCP only).
+    #[arg(long)]
+    pub no_quic: bool,
     /// Re-run the (greedy) request on a second provider of the same engine build and compare;
     /// a mismatch brings in a third, and the outvoted provider is penalised.
     #[arg(long)]
@@ -113,7 +120,11 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         usage_error("no peer to join through: pass --bootstrap ADDR (or run a local node: quiver-node)");
     }
     let node = Node::start(NodeConfig {
-        listen_addrs: default_listen_addrs(args.listen_ip, 0, true),
+        listen_addrs: if args.listen_addr.is_empty() {
+            default_listen_addrs(args.listen_ip, 0, !args.no_quic)
+        } else {
+            args.listen_addr.clone()
+        },
         bootstrap_peers: bootstrap,
         dht_client_only: true,
         ..NodeConfig::default()
@@ -174,7 +185,9 @@ async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
             StreamEvent::Done(result) => {
                 if args.json {
                     let mut v = serde_json::to_value(&result).unwrap_or_default();
-                    v["connection"] = json!(connection_to(node, &result.provider).await);
+                    let (connection, direct_addrs) = connection_to(node, &result.provider).await;
+                    v["connection"] = json!(connection);
+                    v["direct_addrs"] = json!(direct_addrs);
                     let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 } else {
                     let _ = writeln!(out);
@@ -190,15 +203,18 @@ async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
 const REACHABILITY_WAIT: Duration = Duration::from_secs(8);
 
 /// How this node is connected to `peer` now: `direct`, `relayed`, `direct+relayed` (a hole
-/// punch succeeded while the relayed connection is still open) or `none`.
-async fn connection_to(node: &Node, peer: &quiver_net::PeerId) -> &'static str {
+/// punch succeeded while the relayed connection is still open) or `none`; and the remote
+/// address of each direct connection.
+async fn connection_to(node: &Node, peer: &quiver_net::PeerId) -> (&'static str, Vec<String>) {
     let peers = node.peers().await.unwrap_or_default();
-    match peers.iter().find(|p| p.peer_id == *peer).map(|p| (p.direct, p.relayed)) {
-        Some((true, false)) => "direct",
-        Some((false, true)) => "relayed",
-        Some((true, true)) => "direct+relayed",
-        _ => "none",
-    }
+    let Some(p) = peers.iter().find(|p| p.peer_id == *peer) else { return ("none", Vec::new()) };
+    let kind = match (p.direct, p.relayed) {
+        (true, false) => "direct",
+        (false, true) => "relayed",
+        (true, true) => "direct+relayed",
+        (false, false) => "none",
+    };
+    (kind, p.direct_addrs.iter().map(ToString::to_string).collect())
 }
 
 /// Addresses of the local node recorded in `<data-dir>/api.addr`, as bootstrap peers.

@@ -22,7 +22,7 @@ fn parse_bootstrap(s: &str) -> Result<BootstrapAddr, String> {
     s.parse::<BootstrapAddr>().map_err(|e| e.to_string())
 }
 
-fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
+pub(crate) fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
     s.parse::<Multiaddr>().map_err(|e| e.to_string())
 }
 

@@ -15,7 +15,9 @@
 //! them, stay DHT clients (never in the relay's routing table), reserve slots on the public node's
 //! relay and advertise relayed addresses; the client's `quiver ask` gets a real answer from the
 //! provider (real default model), over the relay or, after a DCUtR hole punch, directly; the test
-//! prints which. The relay holds one reservation at most: a second NATed node (a plain node behind
+//! prints which. Then a client that listens only on QUIC and one that listens only on TCP each
+//! ask again, and each must end up connected directly to the provider over its transport: a
+//! DCUtR hole punch through both NATs, shown for QUIC and TCP separately. The relay holds one reservation at most: a second NATed node (a plain node behind
 //! NAT B) is refused one and stays private.
 //!
 //! The network is built with [`support::netns`] ([`support::netns::Internet`] and its NAT
@@ -69,6 +71,34 @@ fn build() -> Result<Net, Skip> {
     };
     let (relay, nat_a, nat_b) = routers().map_err(|e: support::netns::IpError| Skip(e.0))?;
     Ok(Net { relay, nat_a, nat_b, _internet: internet })
+}
+
+/// One `quiver ask` from behind NAT B, answered with a verified receipt by `provider`.
+struct Asked {
+    result: Value,
+    stderr: String,
+    /// The client logged a successful DCUtR hole punch.
+    punched: bool,
+}
+
+fn ask_from_nat_b(
+    client_ns: &support::netns::Netns,
+    boot: &str,
+    max_tokens: &str,
+    extra: &[&str],
+    provider: &str,
+) -> Asked {
+    let mut ask = client_ns.command(QUIVER);
+    ask.args(ask_args(boot, max_tokens)).args(extra).env("RUST_LOG", "info,quiver_net=debug,libp2p_dcutr=debug");
+    let ask = run_command_bounded(ask, ASK_LIMIT);
+    assert!(ask.status.success(), "quiver ask behind NAT B failed:\nstdout: {}\nstderr: {}", ask.stdout, ask.stderr);
+    let result: Value =
+        serde_json::from_str(&ask.stdout).unwrap_or_else(|e| panic!("ask --json ({e}): {}", ask.stdout));
+    assert_eq!(result["provider"], provider, "answered by the NATed provider: {result}");
+    assert!(!result["text"].as_str().unwrap_or_default().trim().is_empty(), "a real answer: {result}");
+    assert_eq!(result["receipt"]["verified"], true, "the receipt verifies: {result}");
+    let punched = ask.stderr.contains("hole punch succeeded");
+    Asked { result, stderr: ask.stderr, punched }
 }
 
 fn metric_or_zero(text: &str, series: &str) -> f64 {
@@ -171,26 +201,58 @@ fn nated_provider_serves_a_nated_client_through_relay_and_hole_punch() {
     drop(lan_b);
     step(t, "relay reservation limit held");
 
-    // The client behind NAT B asks; the provider dials its claim back through the relay.
-    let mut ask = client_ns.command(QUIVER);
-    ask.args(ask_args(&boot)).env("RUST_LOG", "info,quiver_net=debug,libp2p_dcutr=debug");
-    let ask = run_command_bounded(ask, ASK_LIMIT);
-    assert!(ask.status.success(), "quiver ask behind NAT B failed:\nstdout: {}\nstderr: {}", ask.stdout, ask.stderr);
-    let result: Value =
-        serde_json::from_str(&ask.stdout).unwrap_or_else(|e| panic!("ask --json ({e}): {}", ask.stdout));
-    assert_eq!(result["provider"], provider.peer_id.as_str(), "answered by the NATed provider: {result}");
-    let text = result["text"].as_str().unwrap_or_default();
-    assert!(!text.trim().is_empty(), "a real answer: {result}");
-    assert_eq!(result["receipt"]["verified"], true, "the receipt verifies: {result}");
-    let connection = result["connection"].as_str().unwrap_or("?").to_owned();
-    let punched = ask.stderr.contains("hole punch succeeded");
+    // The client behind NAT B asks; the provider dials its claim back through the relay. Both
+    // listen on TCP and QUIC: the report says which way the answer came.
+    let first = ask_from_nat_b(client_ns, &boot, "24", &[], &provider.peer_id);
     println!(
-        "client behind NAT B answered by the provider behind NAT A over route {}: connection {connection}{}; text {text:?}",
-        result["route"],
-        if punched { " (hole punch succeeded)" } else { " (no hole punch)" },
+        "client behind NAT B answered by the provider behind NAT A over route {}: connection {}{}, direct {:?}; text {:?}",
+        first.result["route"],
+        first.result["connection"],
+        if first.punched { " (hole punch succeeded)" } else { " (no hole punch)" },
+        first.result["direct_addrs"],
+        first.result["text"],
     );
-    assert!(connection != "none", "the client was connected to the provider when the answer arrived: {result}");
+    assert!(first.result["connection"] != "none", "the client was connected to the provider when the answer arrived");
     step(t, "NATed client answered by NATed provider");
+
+    // DCUtR over each transport on its own: a client that listens only on QUIC (and joins over
+    // QUIC), then one that listens only on TCP, each a new identity. Each asks the NATed
+    // provider, and its connection to the provider must have been upgraded by a hole punch to
+    // a direct one over that transport.
+    let boot_quic = strings(&relay_status, "listen_addrs")
+        .into_iter()
+        .find(|a| a.starts_with("/ip4/198.18.0.1/udp/") && a.contains("/quic-v1/"))
+        .expect("quic address");
+    for (transport, boot, listen, marker) in [
+        ("QUIC", boot_quic.as_str(), "/ip4/0.0.0.0/udp/0/quic-v1", "/quic-v1"),
+        ("TCP", boot.as_str(), "/ip4/0.0.0.0/tcp/0", "/tcp/"),
+    ] {
+        // A longer answer leaves the punch (a few milliseconds after the relayed connection
+        // here) time to finish before the client exits.
+        let extra = ["--listen-addr", listen, "--no-cache"];
+        let asked = ask_from_nat_b(client_ns, boot, "64", &extra, &provider.peer_id);
+        let direct = strings(&asked.result, "direct_addrs");
+        println!(
+            "{transport}-only client: connection {}, direct connection(s) {direct:?}{}",
+            asked.result["connection"],
+            if asked.punched { ", hole punch succeeded" } else { "" }
+        );
+        // NAT A drops every packet it was not asked for, so a direct connection to its address
+        // exists only if the provider punched the hole from inside.
+        assert!(
+            direct.iter().any(|a| a.contains(marker) && a.starts_with("/ip4/198.18.0.2/")),
+            "a {transport}-only client behind NAT B is connected directly to the provider behind NAT A over \
+             {transport} after a DCUtR hole punch: connection {}, direct {direct:?}\nclient log:\n{}",
+            asked.result["connection"],
+            asked
+                .stderr
+                .lines()
+                .filter(|l| l.contains("hole") || l.contains("dcutr") || l.contains("connect"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        step(t, &format!("hole punch over {transport}: direct"));
+    }
 
     // Why a hole punch failed (or that it worked), from both sides' logs.
     let punch_lines = |text: &str| -> Vec<String> {
@@ -199,7 +261,7 @@ fn nated_provider_serves_a_nated_client_through_relay_and_hole_punch() {
     for line in punch_lines(&std::fs::read_to_string(&provider.log).unwrap_or_default()) {
         println!("  provider log: {line}");
     }
-    for line in punch_lines(&ask.stderr) {
+    for line in punch_lines(&first.stderr) {
         println!("  client log: {line}");
     }
     // The provider's side of the same story.

@@ -402,7 +402,7 @@ fn upnp_mapping_on_a_real_gateway_makes_a_provider_behind_nat_public() {
     );
     let before = mapped_connections(&net.home);
     let mut ask = net.client.command(QUIVER);
-    ask.args(ask_args(&boot_addr)).env("RUST_LOG", "info");
+    ask.args(ask_args(&boot_addr, "24")).env("RUST_LOG", "info");
     let ask = run_command_bounded(ask, ASK_LIMIT);
     assert!(
         ask.status.success(),

@@ -64,6 +64,9 @@ pub struct PeerInfo {
     pub direct: bool,
     /// At least one connection to the peer goes through a relay.
     pub relayed: bool,
+    /// The remote address of each direct connection (its transport shows how a hole punch
+    /// went: `/tcp/` or `/udp/…/quic-v1`).
+    pub direct_addrs: Vec<Multiaddr>,
 }
 
 /// A snapshot of the swarm's state.

@@ -676,6 +676,11 @@ impl EventLoop {
                     in_routing_table: in_table.contains(&peer_id),
                     direct: meta.is_some_and(|m| m.connections.values().any(|(_, relayed)| !relayed)),
                     relayed: meta.is_some_and(|m| m.connections.values().any(|(_, relayed)| *relayed)),
+                    direct_addrs: meta
+                        .map(|m| {
+                            m.connections.values().filter(|(_, relayed)| !relayed).map(|(a, _)| a.clone()).collect()
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect()

@@ -817,8 +817,9 @@ pub fn wait_for<T>(
 }
 
 /// The arguments of the `quiver ask` the namespace tests send through `bootstrap`: listening on
-/// every interface of its namespace, JSON out, waiting up to 60 s for a provider, 24 tokens.
-pub fn ask_args(bootstrap: &str) -> [&str; 11] {
+/// every interface of its namespace, JSON out, waiting up to 60 s for a provider, at most
+/// `max_tokens` tokens.
+pub fn ask_args<'a>(bootstrap: &'a str, max_tokens: &'a str) -> [&'a str; 11] {
     [
         "ask",
         "--bootstrap",
@@ -829,7 +830,7 @@ pub fn ask_args(bootstrap: &str) -> [&str; 11] {
         "--wait",
         "60",
         "--max-tokens",
-        "24",
+        max_tokens,
         "Name three colours.",
     ]
 }
