@@ -660,6 +660,11 @@ impl EventLoop {
         addrs
     }
 
+    /// Peers in the Kademlia routing table.
+    fn known_dht_peers(&mut self) -> usize {
+        self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum()
+    }
+
     fn peer_infos(&mut self) -> Vec<PeerInfo> {
         let in_table: HashSet<PeerId> = self.routing_table().into_iter().collect();
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -694,8 +699,7 @@ impl EventLoop {
         // routing table is full and some peer is connected, the DHT keeps the node in the
         // network. (Redialing whenever the idle connection closed cost every node a handshake
         // per idle timeout, and a popular bootstrap peer one per idle timeout per node.)
-        let known: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
-        if known >= REBOOTSTRAP_BELOW && self.swarm.network_info().num_peers() > 0 {
+        if self.known_dht_peers() >= REBOOTSTRAP_BELOW && self.swarm.network_info().num_peers() > 0 {
             return;
         }
         let now = Instant::now();
@@ -792,18 +796,18 @@ impl EventLoop {
                     b.peer_id = Some(peer_id);
                     info!(bootstrap = %b.target, %peer_id, "joined through bootstrap peer");
                     let addr = b.target.addr.clone();
-                    let kad = &mut self.swarm.behaviour_mut().kad;
-                    kad.add_address(&peer_id, addr);
-                    // A full bootstrap only while the routing table is small: the connection
-                    // to a bootstrap peer closes when idle and is redialed, and bootstrapping
-                    // at every reconnect walked the whole network every idle timeout (every
-                    // node connected to every other; found by quiver-sim). Kademlia's periodic
-                    // bootstrap and random walks keep a full table fresh.
-                    let known: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
-                    if known < REBOOTSTRAP_BELOW
-                        && let Err(e) = kad.bootstrap()
-                    {
-                        debug!(error = %e, "kademlia bootstrap not started");
+                    let local = *self.swarm.local_peer_id();
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    // Joining (or rejoining with a small routing table): a lookup of our own
+                    // key finds the closest peers and tells them about us. The full refresh
+                    // (one lookup per bucket) is libp2p-kad's own: it starts a bootstrap
+                    // whenever a peer enters a table of fewer than K peers, and it does so
+                    // after any bootstrap that ran while the table was filling. Calling
+                    // `bootstrap()` here as well made every join walk the network twice (two
+                    // bootstraps per node, counted in quiver-sim). Only while the table is
+                    // small: bootstrap connections close when idle and are redialed.
+                    if self.known_dht_peers() < REBOOTSTRAP_BELOW {
+                        self.swarm.behaviour_mut().kad.get_closest_peers(local);
                     }
                 }
                 if let Some((_, reply)) = self.connecting.remove(&connection_id) {

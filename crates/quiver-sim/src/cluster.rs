@@ -261,12 +261,31 @@ impl Cluster {
     }
 }
 
+/// Connections each live node has opened so far, inbound and outbound (the sum of its
+/// `…swarm_connections_established_total` counters), by index.
+pub fn connections_opened(nodes: &[SimNode]) -> Vec<(usize, u64)> {
+    nodes.iter().filter(|n| n.alive).map(|n| (n.index, connections_established(&n.node.metrics_text()))).collect()
+}
+
+/// Sums libp2p's established-connection counters in an OpenMetrics text.
+pub fn connections_established(metrics: &str) -> u64 {
+    metric_sum(metrics, "swarm_connections_established_total", "")
+}
+
 /// Sums the outbound bandwidth counters in an OpenMetrics text.
 pub fn outbound_bytes(metrics: &str) -> u64 {
+    metric_sum(metrics, "libp2p_bandwidth_bytes_total", "direction=\"Outbound\"")
+}
+
+/// Sums every series of a counter whose name ends with `name` and whose labels contain `label`.
+fn metric_sum(metrics: &str, name: &str, label: &str) -> u64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{") && l.contains("direction=\"Outbound\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric.ends_with(name) && labels.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
         .map(|v| v as u64)
         .sum()
 }
@@ -329,3 +348,7 @@ impl ProcessCost {
 fn clock_ticks() -> f64 {
     100.0
 }
+
+#[cfg(test)]
+#[path = "tests/cluster.rs"]
+mod tests;

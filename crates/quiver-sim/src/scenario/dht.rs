@@ -53,6 +53,9 @@ pub struct DhtResult {
     /// Greedy routes that ended among the 20 nodes closest to the key.
     pub greedy_arrived: usize,
     pub lookup_phase_secs: f64,
+    /// Connections each node opened (inbound and outbound) until every routing table was
+    /// filled: the joins' cost in handshakes.
+    pub connections_opened_joining: Summary,
     /// Bytes each node sent over the whole run (joins, record puts, lookups, pings).
     pub bytes_sent_per_node: Summary,
     /// Bytes each node sent during the lookup phase, per minute.
@@ -98,6 +101,10 @@ impl Outcome for DhtResult {
                 format!("{} of {}", self.greedy_arrived, self.lookups),
             ),
             ("lookup phase".into(), format!("{:.1} s", self.lookup_phase_secs)),
+            (
+                "connections opened per node until routing tables filled (median / max)".into(),
+                format!("{:.0} / {:.0}", self.connections_opened_joining.p50, self.connections_opened_joining.max),
+            ),
             (
                 "bytes sent per node, whole run (median / max)".into(),
                 format!("{} / {}", bytes(self.bytes_sent_per_node.p50), bytes(self.bytes_sent_per_node.max)),
@@ -147,6 +154,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     info!(nodes = n, secs = cluster.start_time.as_secs_f64(), "all nodes started");
     let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
     info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
+    let opened: Vec<f64> = crate::cluster::connections_opened(&cluster.nodes).iter().map(|(_, c)| *c as f64).collect();
     let records_stored = cluster.publish_node_records(params.concurrency).await;
     info!(records_stored, "node records put");
     tokio::time::sleep(params.settle).await;
@@ -235,6 +243,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
         greedy_hops: Summary::of(&greedy_hops),
         greedy_arrived,
         lookup_phase_secs: lookup_phase.as_secs_f64(),
+        connections_opened_joining: Summary::of(&opened),
         bytes_sent_per_node: Summary::of(&sent),
         lookup_bytes_per_node_per_min: Summary::of(&per_min),
         cost: ProcessCost::now(),
