@@ -796,18 +796,18 @@ impl EventLoop {
                     b.peer_id = Some(peer_id);
                     info!(bootstrap = %b.target, %peer_id, "joined through bootstrap peer");
                     let addr = b.target.addr.clone();
-                    let local = *self.swarm.local_peer_id();
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    // Joining (or rejoining with a small routing table): a lookup of our own
-                    // key finds the closest peers and tells them about us. The full refresh
-                    // (one lookup per bucket) is libp2p-kad's own: it starts a bootstrap
-                    // whenever a peer enters a table of fewer than K peers, and it does so
-                    // after any bootstrap that ran while the table was filling. Calling
-                    // `bootstrap()` here as well made every join walk the network twice (two
-                    // bootstraps per node, counted in quiver-sim). Only while the table is
-                    // small: bootstrap connections close when idle and are redialed.
-                    if self.known_dht_peers() < REBOOTSTRAP_BELOW {
-                        self.swarm.behaviour_mut().kad.get_closest_peers(local);
+                    // A full bootstrap only while the routing table is small: the connection
+                    // to a bootstrap peer closes when idle and is redialed, and bootstrapping
+                    // at every reconnect walked the whole network every idle timeout (every
+                    // node connected to every other; found by quiver-sim). Kademlia's periodic
+                    // bootstrap and random walks keep a full table fresh. (libp2p-kad starts a
+                    // second bootstrap of its own after this one, because peers entered a table
+                    // of fewer than K during it; see bench/SIM.md for why this one stays.)
+                    if self.known_dht_peers() < REBOOTSTRAP_BELOW
+                        && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap()
+                    {
+                        debug!(error = %e, "kademlia bootstrap not started");
                     }
                 }
                 if let Some((_, reply)) = self.connecting.remove(&connection_id) {
