@@ -672,6 +672,9 @@ impl EventLoop {
             .into_iter()
             .map(|peer_id| {
                 let meta = self.peers.get(&peer_id);
+                let direct_addrs: Vec<Multiaddr> = meta
+                    .map(|m| m.connections.values().filter(|(_, relayed)| !relayed).map(|(a, _)| a.clone()).collect())
+                    .unwrap_or_default();
                 PeerInfo {
                     peer_id,
                     addresses: meta.map(|m| m.addresses.iter().cloned().collect()).unwrap_or_default(),
@@ -679,13 +682,9 @@ impl EventLoop {
                     rtt_ms: meta.and_then(|m| m.rtt).map(|d| d.as_secs_f64() * 1000.0),
                     gossip_score: self.swarm.behaviour().gossipsub.peer_score(&peer_id),
                     in_routing_table: in_table.contains(&peer_id),
-                    direct: meta.is_some_and(|m| m.connections.values().any(|(_, relayed)| !relayed)),
+                    direct: !direct_addrs.is_empty(),
                     relayed: meta.is_some_and(|m| m.connections.values().any(|(_, relayed)| *relayed)),
-                    direct_addrs: meta
-                        .map(|m| {
-                            m.connections.values().filter(|(_, relayed)| !relayed).map(|(a, _)| a.clone()).collect()
-                        })
-                        .unwrap_or_default(),
+                    direct_addrs,
                 }
             })
             .collect()

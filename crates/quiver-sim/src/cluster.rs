@@ -259,12 +259,12 @@ impl Cluster {
     pub fn bytes_sent(&self) -> Vec<(usize, u64)> {
         self.alive().map(|n| (n.index, outbound_bytes(&n.node.metrics_text()))).collect()
     }
-}
 
-/// Connections each live node has opened so far, inbound and outbound (the sum of its
-/// `…swarm_connections_established_total` counters), by index.
-pub fn connections_opened(nodes: &[SimNode]) -> Vec<(usize, u64)> {
-    nodes.iter().filter(|n| n.alive).map(|n| (n.index, connections_established(&n.node.metrics_text()))).collect()
+    /// Connections each live node has opened so far, inbound and outbound (the sum of its
+    /// `…swarm_connections_established_total` counters), by index.
+    pub fn connections_opened(&self) -> Vec<(usize, u64)> {
+        self.alive().map(|n| (n.index, connections_established(&n.node.metrics_text()))).collect()
+    }
 }
 
 /// Sums libp2p's established-connection counters in an OpenMetrics text.

@@ -154,7 +154,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     info!(nodes = n, secs = cluster.start_time.as_secs_f64(), "all nodes started");
     let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
     info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
-    let opened: Vec<f64> = crate::cluster::connections_opened(&cluster.nodes).iter().map(|(_, c)| *c as f64).collect();
+    let opened: Vec<f64> = cluster.connections_opened().iter().map(|(_, c)| *c as f64).collect();
     let records_stored = cluster.publish_node_records(params.concurrency).await;
     info!(records_stored, "node records put");
     tokio::time::sleep(params.settle).await;
