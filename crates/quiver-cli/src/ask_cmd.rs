@@ -56,7 +56,7 @@ pub struct AskArgs {
     /// `/ip4/0.0.0.0/udp/0/quic-v1` for QUIC only.
     #[arg(long = "listen-addr", value_name = "MULTIADDR", value_parser = crate::node_cmd::parse_multiaddr)]
     pub listen_addr: Vec<Multiaddr>,
-    /// Do not listen on QUIC (TCP only).
+    /// No QUIC (TCP only): neither listen nor dial over UDP.
     #[arg(long)]
     pub no_quic: bool,
     /// Re-run the (greedy) request on a second provider of the same engine build and compare;
@@ -125,6 +125,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         } else {
             args.listen_addr.clone()
         },
+        quic: !args.no_quic,
         bootstrap_peers: bootstrap,
         dht_client_only: true,
         ..NodeConfig::default()

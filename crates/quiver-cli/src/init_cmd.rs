@@ -61,7 +61,7 @@ pub fn default_config() -> String {
 # Listen on exactly these multiaddrs instead of listen_ip and port.
 # listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
 
-# Listen on QUIC beside TCP.
+# Speak QUIC beside TCP; false: TCP only, no UDP at all.
 # quic = true
 
 # Local control API (status page at /, /api/v1/*, /metrics), or "off". It has no authentication:

@@ -67,7 +67,7 @@ pub struct NodeArgs {
     #[arg(long = "listen-addr", value_name = "MULTIADDR", value_parser = parse_multiaddr)]
     pub listen_addr: Vec<Multiaddr>,
 
-    /// Do not listen on QUIC (TCP only).
+    /// No QUIC (TCP only): neither listen nor dial over UDP.
     #[arg(long)]
     pub no_quic: bool,
 
@@ -245,6 +245,7 @@ fn settings(args: NodeArgs) -> Settings {
     Settings {
         node: NodeConfig {
             listen_addrs,
+            quic,
             bootstrap_peers: bootstrap,
             data_dir: Some(data_dir.clone()),
             bootstrap_node: args.bootstrap_node || file.bootstrap_node.unwrap_or(false),

@@ -23,8 +23,9 @@ pub enum KadMode {
 
 /// How this node probes its own reachability (AutoNAT v1) and answers others' probes.
 ///
-/// A probe asks a connected peer to dial this node back on its listen and observed addresses,
-/// on a new connection from a new port; only a completed dial-back counts. Addresses are not
+/// A probe asks a directly connected peer (never one that reached us through a relay: it may have
+/// punched a hole to us) to dial this node back on its listen and observed addresses, on a new
+/// connection from a new port; only a completed dial-back counts. Addresses are not
 /// required to be global IPs: loopback and private test networks are probed like any other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AutoNatConfig {
@@ -71,7 +72,8 @@ impl AutoNatConfig {
             retry_interval: self.retry_interval,
             refresh_interval: self.refresh_interval,
             throttle_server_period: self.server_reuse_period,
-            use_connected: true,
+            // The event loop chooses the servers (`EventLoop::update_autonat_server`).
+            use_connected: false,
             confidence_max: self.confidence_max,
             max_peer_addresses: 16,
             throttle_clients_global_max: self.max_probes_total,
@@ -163,6 +165,9 @@ pub struct NetConfig {
     /// Addresses to listen on. A QUIC address with port 0 beside a TCP address with port 0 on
     /// the same IP gets the port number TCP was given, so one number serves both.
     pub listen_addrs: Vec<Multiaddr>,
+    /// Use QUIC: listen on the QUIC addresses of `listen_addrs` and dial QUIC addresses. Off, the
+    /// node speaks only TCP (no UDP at all, e.g. where a firewall drops it).
+    pub quic: bool,
     /// The transport; with [`TransportKind::Memory`] the listen and bootstrap addresses are
     /// `/memory/<n>` addresses.
     pub transport: TransportKind,
@@ -210,6 +215,7 @@ impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             listen_addrs: default_listen_addrs(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, true),
+            quic: true,
             transport: TransportKind::Os,
             bootstrap: Vec::new(),
             kad_mode: KadMode::Auto,

@@ -59,9 +59,18 @@ struct PeerMeta {
     relay: bool,
     /// Direct listen addresses from its Identify (at most [`MAX_IDENTIFY_ADDRS`]).
     listen_addrs: Vec<Multiaddr>,
+    /// Some connection to it (while connected) went through a relay: it may be behind a NAT,
+    /// and it may have punched a hole to us (see [`EventLoop::update_autonat_server`]).
+    reached_through_relay: bool,
 }
 
 impl PeerMeta {
+    /// Whether AutoNAT may ask this peer to dial us back: connected directly, and never through
+    /// a relay (see [`EventLoop::update_autonat_server`]).
+    fn may_probe_reachability(&self) -> bool {
+        !self.reached_through_relay && self.connections.values().any(|(_, relayed)| !relayed)
+    }
+
     /// Direct addresses to reach this peer at: those it announced on an IP we are connected to
     /// it on (its other transports on the same host), then the addresses of our connections.
     /// Announced addresses on other IPs (its loopback, other networks) may not route from here.
@@ -132,6 +141,8 @@ pub(crate) struct EventLoop {
     /// Relays we opened a QUIC connection to (besides the one we reserve on), so that the
     /// address they observe gives a hole punch a QUIC candidate.
     quic_to_relay: HashSet<PeerId>,
+    /// Peers AutoNAT may ask to dial us back (see [`EventLoop::update_autonat_server`]).
+    autonat_servers: HashSet<PeerId>,
 }
 
 struct ProviderQuery {
@@ -153,11 +164,12 @@ const MAX_RECORD_QUERIES: usize = 256;
 
 /// How long a provider lookup that already found providers may keep looking for more.
 const PROVIDER_LOOKUP_PATIENCE: Duration = Duration::from_secs(2);
-/// QUIC connections silent for this long are dead.
-const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
 
 /// Most providers returned by one lookup.
 const MAX_PROVIDERS: usize = 64;
+
+/// Most peers AutoNAT chooses among when it probes our reachability.
+const MAX_AUTONAT_SERVERS: usize = 32;
 
 /// Builds the swarm, starts listening, and spawns the event loop.
 ///
@@ -186,15 +198,9 @@ fn build_swarm(
     let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
     let swarm = match cfg.transport {
         TransportKind::Os => builder
-            .with_quic_config(|mut c| {
-                // A peer that vanishes (killed, unplugged) sends no reset over UDP: notice it
-                // within a few seconds, with keep-alives so idle but live connections stay up.
-                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
-                c.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
-                c
-            })
-            // TCP + TLS/Noise + yamux, with dead connections dropped (see `transport.rs`).
-            .with_other_transport(|key| crate::transport::tcp_transport(key).map_err(boxed))
+            // QUIC (unless turned off) and TCP + TLS/Noise + yamux, with dead connections
+            // dropped (see `transport.rs`).
+            .with_other_transport(|key| crate::transport::os_transport(key, cfg.quic).map_err(boxed))
             .map_err(|e| transport_err(&e))?
             .with_dns()
             .map_err(|e| transport_err(&e))?
@@ -277,6 +283,7 @@ async fn start(
         push_identify: false,
         relay_reserved: HashMap::new(),
         quic_to_relay: HashSet::new(),
+        autonat_servers: HashSet::new(),
         cfg,
     };
     event_loop.apply_reachability();
@@ -787,6 +794,8 @@ impl EventLoop {
                 let meta = self.peers.entry(peer_id).or_default();
                 meta.addresses.insert(endpoint.get_remote_address().clone());
                 meta.connections.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_relayed()));
+                meta.reached_through_relay |= endpoint.is_relayed();
+                self.update_autonat_server(peer_id);
                 if let Some(i) = self.bootstrap.iter().position(|b| b.dialing == Some(connection_id)) {
                     let b = &mut self.bootstrap[i];
                     b.dialing = None;
@@ -823,6 +832,7 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.peers.remove(&peer_id);
+                self.update_autonat_server(peer_id);
                 if self.relay_reserved.remove(&peer_id).is_some() {
                     let held: u32 = self.relay_reserved.values().sum();
                     self.net_metrics.relay_service_reservations.set(i64::from(held));
@@ -1110,6 +1120,9 @@ impl EventLoop {
     /// over TCP: the relay then observes our QUIC address, and a hole punch (DCUtR) tries QUIC
     /// beside TCP. Once per relay.
     fn quic_to_relays(&mut self) {
+        if !self.cfg.quic {
+            return;
+        }
         let relays: Vec<PeerId> = self.peers.iter().filter(|(_, m)| m.relay).map(|(p, _)| *p).take(4).collect();
         for relay in relays {
             let Some(meta) = self.peers.get(&relay) else { continue };
@@ -1155,6 +1168,24 @@ impl EventLoop {
         for addr in direct {
             let (addr, _) = split_peer_id(addr);
             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+        }
+    }
+
+    /// Which peers AutoNAT may ask to dial us back: those we are connected to directly and have
+    /// never been connected to through a relay (at most [`MAX_AUTONAT_SERVERS`]). A peer that
+    /// reached us through a relay may be behind a NAT and punch a hole to us (DCUtR); libp2p's
+    /// AutoNAT server counts any outbound connection it makes to us at a probed address as the
+    /// dial-back, and its hole-punch dial, from the port our NAT now lets in, is one: it would
+    /// confirm an address that only it can reach, and we would serve the DHT unreachable.
+    fn update_autonat_server(&mut self, peer: PeerId) {
+        let eligible = self.peers.get(&peer).is_some_and(PeerMeta::may_probe_reachability);
+        let Some(autonat) = self.swarm.behaviour_mut().autonat.as_mut() else { return };
+        if eligible {
+            if self.autonat_servers.len() < MAX_AUTONAT_SERVERS && self.autonat_servers.insert(peer) {
+                autonat.add_server(peer, None);
+            }
+        } else if self.autonat_servers.remove(&peer) {
+            autonat.remove_server(&peer);
         }
     }
 

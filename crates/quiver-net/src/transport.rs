@@ -1,4 +1,5 @@
-//! The TCP transport: TCP, then TLS 1.3 (Noise as the fallback), then yamux — what libp2p's
+//! The operating system's transports: QUIC-v1 (optional: `--no-quic` turns UDP off entirely) and
+//! TCP, then TLS 1.3 (Noise as the fallback), then yamux — what libp2p's
 //! `SwarmBuilder::with_tcp` builds, plus one socket option. Every TCP socket gets
 //! `TCP_USER_TIMEOUT`: data left unacknowledged that long aborts the connection.
 //!
@@ -21,7 +22,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, SelectUpgrade, UpgradeInfo, Version};
 use libp2p::identity::Keypair;
-use libp2p::{PeerId, noise, tcp, tls, yamux};
+use libp2p::{PeerId, noise, quic, tcp, tls, yamux};
 
 use crate::NetError;
 
@@ -34,6 +35,29 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection and never finishes the handshake would hold a pending-connection slot for as long
 /// as it likes. A working link needs well under a second.
 pub const TCP_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A QUIC connection with no packet from the peer for this long is dead (a peer that vanishes,
+/// killed or unplugged, sends no reset over UDP); keep-alives every third of it keep idle but
+/// live connections up.
+const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
+
+/// TCP, and QUIC-v1 beside it when `quic` is set, as one transport.
+pub(crate) fn os_transport(key: &Keypair, quic: bool) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
+    let tcp = tcp_transport(key)?;
+    if !quic {
+        return Ok(tcp);
+    }
+    let mut config = quic::Config::new(key);
+    config.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+    config.keep_alive_interval = Duration::from_millis(u64::from(QUIC_IDLE_TIMEOUT_MS) / 3);
+    let quic = quic::tokio::Transport::new(config).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    Ok(quic
+        .or_transport(tcp)
+        .map(|either, _| match either {
+            Either::Left(out) | Either::Right(out) => out,
+        })
+        .boxed())
+}
 
 /// TCP + TLS/Noise + yamux, each socket with [`TCP_USER_TIMEOUT`], each connection up within
 /// [`TCP_UPGRADE_TIMEOUT`] or dropped.

@@ -46,6 +46,8 @@ const NODE_RECORD_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct NodeConfig {
     /// Addresses to listen on (TCP and QUIC-v1 multiaddrs).
     pub listen_addrs: Vec<Multiaddr>,
+    /// Speak QUIC (listen and dial); off, TCP only.
+    pub quic: bool,
     /// Peers to join through.
     pub bootstrap_peers: Vec<BootstrapAddr>,
     /// Directory of the identity key; `None` uses `identity`, or a fresh identity for this run
@@ -104,6 +106,7 @@ impl Default for NodeConfig {
         let net_defaults = NetConfig::default();
         NodeConfig {
             listen_addrs: default_listen_addrs(std::net::Ipv4Addr::UNSPECIFIED.into(), 0, true),
+            quic: true,
             bootstrap_peers: Vec::new(),
             data_dir: None,
             identity: None,
@@ -233,6 +236,7 @@ impl Node {
         let metrics = NodeMetrics::register(&mut registry, start_unix);
         let net_config = NetConfig {
             listen_addrs: config.listen_addrs.clone(),
+            quic: config.quic,
             bootstrap: config.bootstrap_peers.clone(),
             kad_mode: if config.dht_client_only {
                 KadMode::Client

@@ -690,6 +690,8 @@ pub struct NsProc {
     pub peer_id: String,
     /// The control API, `127.0.0.1:<port>` inside the namespace.
     pub api: String,
+    /// The OpenAI-compatible gateway inside the namespace, if started with `--gateway`.
+    pub gateway: Option<SocketAddr>,
     /// Its stderr (the log).
     pub log: PathBuf,
 }
@@ -715,8 +717,9 @@ impl NsProc {
             .unwrap_or_else(|e| panic!("cannot start {bin} in {}: {e}", ns.name()));
         let rx = stdout_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (mut peer_id, mut api) = (None, None);
-        while peer_id.is_none() || api.is_none() {
+        let (mut peer_id, mut api, mut gateway) = (None, None, None);
+        let wants_gateway = args.contains(&"--gateway");
+        while peer_id.is_none() || api.is_none() || (wants_gateway && gateway.is_none()) {
             let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -726,6 +729,8 @@ impl NsProc {
                 peer_id = rest.split_whitespace().next().map(str::to_owned);
             } else if let Some(a) = line.strip_prefix("api on http://") {
                 api = Some(a.to_owned());
+            } else if let Some(a) = line.strip_prefix("gateway on http://") {
+                gateway = a.trim_end_matches("/v1").parse().ok();
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.
@@ -736,6 +741,7 @@ impl NsProc {
             name: name.to_owned(),
             peer_id: peer_id.unwrap_or_default(),
             api: api.unwrap_or_default(),
+            gateway,
             log: log_path,
         }
     }

@@ -53,3 +53,26 @@ fn routing_table_takes_only_direct_addresses() {
     // Its QUIC address on the IP we reached it on; never its loopback, never a relayed one.
     assert_eq!(meta.direct_addrs(), vec![addr("/ip4/198.18.0.1/udp/4001/quic-v1"), addr("/ip4/198.18.0.1/tcp/4001")]);
 }
+
+#[test]
+fn only_peers_never_met_through_a_relay_probe_our_reachability() {
+    let addr = |s: &str| s.parse::<Multiaddr>().unwrap();
+    let relay = PeerId::random();
+    let mut meta = PeerMeta::default();
+    // Not connected: nobody to ask.
+    assert!(!meta.may_probe_reachability());
+    meta.connections.insert(ConnectionId::new_unchecked(1), (addr("/ip4/198.18.0.1/tcp/4001"), false));
+    assert!(meta.may_probe_reachability(), "a peer we reached directly may dial us back");
+
+    // A peer that first reached us through a relay, then directly after a hole punch: its
+    // punch opened our NAT to it alone, so its word on our reachability is worthless.
+    let mut punched = PeerMeta::default();
+    let circuit = addr(&format!("/ip4/198.18.0.1/tcp/4001/p2p/{relay}/p2p-circuit"));
+    punched.connections.insert(ConnectionId::new_unchecked(2), (circuit, true));
+    punched.reached_through_relay = true;
+    assert!(!punched.may_probe_reachability());
+    punched.connections.insert(ConnectionId::new_unchecked(3), (addr("/ip4/198.18.0.3/udp/5000/quic-v1"), false));
+    assert!(!punched.may_probe_reachability(), "still not after its direct connection");
+    punched.connections.remove(&ConnectionId::new_unchecked(2));
+    assert!(!punched.may_probe_reachability(), "nor once the relayed connection has closed");
+}
