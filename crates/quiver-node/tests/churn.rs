@@ -10,13 +10,11 @@
 //! The client runs the DHT as a client only (like `quiver ask`): it stores no one's records,
 //! so every record it resolves comes from other nodes.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, load_engine, loopback_config, tcp_addr};
+use crate::common::{eventually, load_engine, loopback_config, tcp_addr};
 use quiver_engine::llama::LlamaEngine;
 use quiver_node::wire::{model_name_key, model_sha_key};
 use quiver_node::{InferenceRequest, InferenceResult, Node, NodeConfig, PeerId, ProviderConfig, StreamEvent};
@@ -82,6 +80,7 @@ fn request(i: usize, max_tokens: u32) -> InferenceRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_requests_survive_the_loss_of_a_third_of_the_network() {
+    let _alone = crate::common::heavy().await;
     let test_start = Instant::now();
     let engine = load_engine(1, 512);
     // Node records are put every 4 heartbeats (2 s) instead of every 30, so the records are

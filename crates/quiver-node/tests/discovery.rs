@@ -4,9 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-mod common;
-
-use common::{eventually, loopback_config, tcp_addr};
+use crate::common::{eventually, loopback_config, tcp_addr};
 use quiver_net::default_listen_addrs;
 use quiver_node::{BootstrapAddr, NODES_TOPIC, Node, NodeConfig};
 
@@ -23,6 +21,7 @@ async fn start_network(n: usize) -> Vec<Node> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_nodes_find_each_other_through_the_dht_and_hear_every_heartbeat() {
+    let _shared = crate::common::light().await;
     let nodes = start_network(12).await;
     let ids: Vec<_> = nodes.iter().map(|n| n.peer_id().to_string()).collect();
 
@@ -61,6 +60,7 @@ async fn twelve_nodes_find_each_other_through_the_dht_and_hear_every_heartbeat()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_heartbeats_lower_the_senders_score_and_honest_peers_stay() {
+    let _shared = crate::common::light().await;
     let nodes = start_network(3).await;
     let (boot, honest, bad) = (&nodes[0], &nodes[1], &nodes[2]);
     eventually(Duration::from_secs(60), "bootstrap hears both", async || boot.known_nodes().len() == 2).await;
@@ -87,6 +87,7 @@ async fn garbage_heartbeats_lower_the_senders_score_and_honest_peers_stay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_gossip_is_dropped_and_penalised() {
+    let _shared = crate::common::light().await;
     let node = Node::start(NodeConfig { bootstrap_node: true, ..loopback_config() }).await.expect("node starts");
     let addr = tcp_addr(&node).await;
     // A peer whose own limit lets it send far larger messages than QUIVer accepts.
@@ -120,6 +121,7 @@ async fn oversized_gossip_is_dropped_and_penalised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_keeps_retrying_an_unreachable_bootstrap_peer_until_it_answers() {
+    let _shared = crate::common::light().await;
     // A free port, with nobody listening yet.
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let target: BootstrapAddr = format!("127.0.0.1:{port}").parse().expect("host:port");
@@ -145,6 +147,7 @@ async fn a_node_keeps_retrying_an_unreachable_bootstrap_peer_until_it_answers() 
 
 #[tokio::test]
 async fn restart_keeps_the_peer_id() {
+    let _shared = crate::common::light().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = NodeConfig { data_dir: Some(dir.path().to_owned()), ..loopback_config() };
     let a = Node::start(cfg.clone()).await.expect("first start");
@@ -157,6 +160,7 @@ async fn restart_keeps_the_peer_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_peer_is_disconnected_and_refused_until_unblocked() {
+    let _shared = crate::common::light().await;
     let nodes = start_network(2).await;
     let (boot, other) = (&nodes[0], &nodes[1]);
     let connected =

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use quiver_engine::llama::LlamaEngine;
 use quiver_engine::{Engine, GenEvent, GenerateRequest, Input, SamplingParams};
-mod common;
 
-use common::{load_engine, loopback_config, tcp_addr};
+use crate::common::{load_engine, loopback_config, tcp_addr};
 use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, ProviderConfig, Route, StreamEvent};
 
 fn engine() -> Arc<LlamaEngine> {
@@ -52,6 +51,7 @@ async fn bare(input: Input, params: SamplingParams) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_inference_request_returns_the_bare_engines_greedy_answer_with_a_verified_receipt() {
+    let _shared = crate::common::light().await;
     let (provider, client) = provider_and_client(1, 4).await;
     let result = tokio::time::timeout(
         Duration::from_secs(120),
@@ -109,6 +109,7 @@ async fn send_inference_request_returns_the_bare_engines_greedy_answer_with_a_ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_provider_answers_busy_instead_of_queueing() {
+    let _shared = crate::common::light().await;
     let (provider, client) = provider_and_client(1, 0).await;
     let mut long = InferenceRequest::completion("smollm2-135m", "1, 2, 3, 4, 5, 6, 7, 8,", 1500);
     long.broadcast = false;
@@ -152,6 +153,7 @@ async fn a_full_provider_answers_busy_instead_of_queueing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
+    let _shared = crate::common::light().await;
     let (provider, _) = provider_and_client(1, 4).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let client_config = || NodeConfig {
@@ -205,6 +207,7 @@ async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_peer_is_refused_while_another_client_is_served() {
+    let _shared = crate::common::light().await;
     let (provider, flooder) = provider_and_client(1, 4).await;
     let other = Node::start(NodeConfig {
         bootstrap_peers: vec![tcp_addr(&provider).await],
@@ -239,6 +242,7 @@ async fn a_flooding_peer_is_refused_while_another_client_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reruns_a_greedy_request_on_a_second_provider_of_the_same_build() {
+    let _shared = crate::common::light().await;
     let (first, client) = provider_and_client(1, 4).await;
     let second = Node::start(NodeConfig {
         bootstrap_peers: vec![tcp_addr(&first).await],

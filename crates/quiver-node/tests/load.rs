@@ -5,13 +5,11 @@
 //! Fresh providers earn trust gradually (newcomers share a capped part of the traffic), so the
 //! test first runs requests until all three are established, and reports that ramp-up too.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, load_engine, loopback_config, tcp_addr};
+use crate::common::{eventually, load_engine, loopback_config, tcp_addr};
 use quiver_engine::llama::LlamaEngine;
 use quiver_node::{InferenceRequest, Node, NodeConfig, PeerId, ProviderConfig};
 
@@ -42,6 +40,7 @@ fn gini_of_even_and_of_all_to_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_spread_across_equal_providers() {
+    let _alone = crate::common::heavy().await;
     const PROVIDERS: usize = 3;
     const REQUESTS: usize = 36;
     let engine = load_engine(1, 512);

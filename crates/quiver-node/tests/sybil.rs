@@ -2,13 +2,11 @@
 //! more than the newcomer share of a client's jobs, whether the client asks directly or takes
 //! claims from gossip.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{load_engine, loopback_config, tcp_addr};
+use crate::common::{load_engine, loopback_config, tcp_addr};
 use quiver_engine::llama::LlamaEngine;
 use quiver_node::{InferenceRequest, Node, NodeConfig, ProviderConfig};
 
@@ -31,6 +29,7 @@ async fn ask(client: &Node, i: usize, broadcast: bool) -> quiver_node::PeerId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_fresh_identities_get_no_more_than_the_newcomer_share() {
+    let _alone = crate::common::heavy().await;
     let engine = load_engine(1, 512);
     let established =
         Node::start(NodeConfig { bootstrap_node: true, provider: provider(&engine), ..loopback_config() })

@@ -59,3 +59,17 @@ pub fn load_engine(threads: u32, context_size: u32) -> Arc<LlamaEngine> {
         LlamaEngine::load(&path, "smollm2-135m", None, LlamaConfig { threads, context_size }).expect("model loads"),
     )
 }
+
+/// Tests that start many nodes hold this exclusively; the others share it.
+static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// For a test that starts many nodes: runs alone in this test binary (the machines have two
+/// cores; two such tests at once only starve each other's timers).
+pub async fn heavy() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
+}
+
+/// For a test of a few nodes: may run beside other such tests, never beside a heavy one.
+pub async fn light() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().await
+}
