@@ -238,9 +238,13 @@ pub(crate) fn nodes_topic_params(expected_per_sec: f64, activation: Duration) ->
         // Duplicates within a second of our own validation count as delivered.
         p.mesh_message_deliveries_window = Duration::from_secs(1);
         p.mesh_message_deliveries_activation = activation.max(Duration::from_secs(1));
-        // A peer pruned with a deficit keeps it as a penalty for a while (half-life ~70 s).
+        // A peer pruned with a deficit keeps it as a penalty for about as long as the prune
+        // backoff (60 s) keeps it out anyway: a full deficit (-100) is under the +10 first
+        // deliveries can earn back after 45 s (decay 0.95 a second, half-life ~14 s). Longer
+        // only delayed honest peers cut off by a partition: at 0.99 (half-life ~70 s) meshes
+        // took 125 s and more to regrow after the partition healed.
         p.mesh_failure_penalty_weight = weight;
-        p.mesh_failure_penalty_decay = 0.99;
+        p.mesh_failure_penalty_decay = 0.95;
     }
     p
 }
