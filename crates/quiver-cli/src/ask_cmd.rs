@@ -119,13 +119,14 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
     if bootstrap.is_empty() {
         usage_error("no peer to join through: pass --bootstrap ADDR (or run a local node: quiver-node)");
     }
+    let quic = !args.no_quic;
     let node = Node::start(NodeConfig {
         listen_addrs: if args.listen_addr.is_empty() {
-            default_listen_addrs(args.listen_ip, 0, !args.no_quic)
+            default_listen_addrs(args.listen_ip, 0, quic)
         } else {
             args.listen_addr.clone()
         },
-        quic: !args.no_quic,
+        quic,
         bootstrap_peers: bootstrap,
         dht_client_only: true,
         ..NodeConfig::default()

@@ -318,8 +318,7 @@ pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::Prov
                 quiver_net::Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
                 _ => None,
             });
-            let quic = s.node.listen_addrs.len() > 1;
-            s.node.listen_addrs = default_listen_addrs(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0, quic);
+            s.node.listen_addrs = default_listen_addrs(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0, s.node.quic);
             Node::start(s.node.clone()).await?
         }
         other => other?,

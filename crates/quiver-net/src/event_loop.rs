@@ -1178,8 +1178,10 @@ impl EventLoop {
     /// dial-back, and its hole-punch dial, from the port our NAT now lets in, is one: it would
     /// confirm an address that only it can reach, and we would serve the DHT unreachable.
     fn update_autonat_server(&mut self, peer: PeerId) {
-        let eligible = self.peers.get(&peer).is_some_and(PeerMeta::may_probe_reachability);
+        // Nothing to do without AutoNAT (the simulator's memory transport): checked first, as this
+        // runs at every connection.
         let Some(autonat) = self.swarm.behaviour_mut().autonat.as_mut() else { return };
+        let eligible = self.peers.get(&peer).is_some_and(PeerMeta::may_probe_reachability);
         if eligible {
             if self.autonat_servers.len() < MAX_AUTONAT_SERVERS && self.autonat_servers.insert(peer) {
                 autonat.add_server(peer, None);

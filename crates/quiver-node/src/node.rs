@@ -105,8 +105,8 @@ impl Default for NodeConfig {
     fn default() -> Self {
         let net_defaults = NetConfig::default();
         NodeConfig {
-            listen_addrs: default_listen_addrs(std::net::Ipv4Addr::UNSPECIFIED.into(), 0, true),
-            quic: true,
+            listen_addrs: default_listen_addrs(std::net::Ipv4Addr::UNSPECIFIED.into(), 0, net_defaults.quic),
+            quic: net_defaults.quic,
             bootstrap_peers: Vec::new(),
             data_dir: None,
             identity: None,

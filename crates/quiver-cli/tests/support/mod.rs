@@ -30,6 +30,16 @@ pub struct NodeProc {
     pub netns: Option<String>,
 }
 
+/// Whether a node started with `args` serves the OpenAI gateway (`quiver gateway`, `--gateway`).
+pub fn serves_gateway(args: &[&str]) -> bool {
+    args.iter().any(|a| *a == "gateway" || *a == "--gateway")
+}
+
+/// The gateway's address from the line a node prints for it (`gateway on http://ADDR/v1`).
+pub fn gateway_line(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix("gateway on http://")?.trim_end_matches("/v1").parse().ok()
+}
+
 fn port_of(addr: &str, proto: &str) -> Option<u16> {
     let mut parts = addr.split('/');
     while let Some(p) = parts.next() {
@@ -56,8 +66,7 @@ impl NodeProc {
             .arg(data_dir.join(name))
             .env("RUST_LOG", "info")
             .envs(env.iter().copied());
-        let wants_gateway = args.iter().any(|a| *a == "gateway" || *a == "--gateway");
-        Self::launch(cmd, name, data_dir, wants_gateway, None)
+        Self::launch(cmd, name, data_dir, serves_gateway(args), None)
     }
 
     /// Spawns `cmd` (program, flags and environment already set) with its stderr in
@@ -102,8 +111,8 @@ impl NodeProc {
                 }
             } else if let Some(a) = line.strip_prefix("api on http://") {
                 api = a.parse().ok();
-            } else if let Some(a) = line.strip_prefix("gateway on http://") {
-                gateway = a.trim_end_matches("/v1").parse().ok();
+            } else if let Some(a) = gateway_line(&line) {
+                gateway = Some(a);
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.

@@ -401,8 +401,7 @@ impl Host {
             .arg("--data-dir")
             .arg(data_dir.join(name))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
-        let wants_gateway = args.iter().any(|a| *a == "gateway" || *a == "--gateway");
-        NodeProc::launch(cmd, name, data_dir, wants_gateway, Some(self.ns.name().to_owned()))
+        NodeProc::launch(cmd, name, data_dir, super::serves_gateway(args), Some(self.ns.name().to_owned()))
     }
 }
 
@@ -718,7 +717,7 @@ impl NsProc {
         let rx = stdout_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(60);
         let (mut peer_id, mut api, mut gateway) = (None, None, None);
-        let wants_gateway = args.contains(&"--gateway");
+        let wants_gateway = super::serves_gateway(args);
         while peer_id.is_none() || api.is_none() || (wants_gateway && gateway.is_none()) {
             let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
                 let _ = child.kill();
@@ -729,8 +728,8 @@ impl NsProc {
                 peer_id = rest.split_whitespace().next().map(str::to_owned);
             } else if let Some(a) = line.strip_prefix("api on http://") {
                 api = Some(a.to_owned());
-            } else if let Some(a) = line.strip_prefix("gateway on http://") {
-                gateway = a.trim_end_matches("/v1").parse().ok();
+            } else if let Some(a) = super::gateway_line(&line) {
+                gateway = Some(a);
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.
