@@ -805,17 +805,19 @@ impl EventLoop {
                     info!(bootstrap = %b.target, %peer_id, "joined through bootstrap peer");
                     let addr = b.target.addr.clone();
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    // A full bootstrap only while the routing table is small: the connection
-                    // to a bootstrap peer closes when idle and is redialed, and bootstrapping
-                    // at every reconnect walked the whole network every idle timeout (every
-                    // node connected to every other; found by quiver-sim). Kademlia's periodic
-                    // bootstrap and random walks keep a full table fresh. (libp2p-kad starts a
-                    // second bootstrap of its own after this one, because peers entered a table
-                    // of fewer than K during it; see bench/SIM.md for why this one stays.)
-                    if self.known_dht_peers() < REBOOTSTRAP_BELOW
-                        && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap()
-                    {
-                        debug!(error = %e, "kademlia bootstrap not started");
+                    // Join (or rejoin while the routing table is small) with a lookup of our
+                    // own key: it fills the closest buckets and tells our neighbours about us.
+                    // The farther buckets are refreshed by libp2p-kad's own bootstrap, which it
+                    // starts 500 ms after a peer enters a table of fewer than K peers (here: the
+                    // bootstrap peer just added). Calling `bootstrap()` here as well made every
+                    // join walk the network twice: peers entered the small table while ours ran,
+                    // so libp2p-kad ran its own after it (quiver-sim counted 199 bootstraps for
+                    // 100 joins). Only while the table is small: the connection to a bootstrap
+                    // peer closes when idle and is redialed, and walking at every reconnect made
+                    // every node connect to every other.
+                    if self.known_dht_peers() < REBOOTSTRAP_BELOW {
+                        let me = *self.swarm.local_peer_id();
+                        self.swarm.behaviour_mut().kad.get_closest_peers(me);
                     }
                 }
                 if let Some((_, reply)) = self.connecting.remove(&connection_id) {
@@ -1268,8 +1270,11 @@ impl EventLoop {
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
                 debug!(%peer, "added to routing table");
             }
-            kad::Event::OutboundQueryProgressed { result: kad::QueryResult::Bootstrap(Ok(r)), .. } => {
-                trace!(remaining = r.num_remaining, "kademlia bootstrap step");
+            kad::Event::OutboundQueryProgressed { result: kad::QueryResult::Bootstrap(_), step, .. } => {
+                trace!(step = step.count, last = step.last, "kademlia bootstrap step");
+                if step.last {
+                    self.net_metrics.dht_bootstraps.inc();
+                }
             }
             _ => {}
         }

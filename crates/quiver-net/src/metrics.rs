@@ -38,6 +38,9 @@ pub(crate) struct NetMetrics {
     pub hole_punches: Family<ResultLabel, Counter>,
     /// Our AutoNAT probes by answer (public, private, error).
     pub autonat_probes: Family<ResultLabel, Counter>,
+    /// Kademlia bootstraps (a lookup of our own key, then a refresh of each farther bucket)
+    /// this node finished, whoever started them.
+    pub dht_bootstraps: Counter,
 }
 
 impl NetMetrics {
@@ -67,6 +70,11 @@ impl NetMetrics {
         );
         q.register("hole_punches", "Hole punches (DCUtR) by result", m.hole_punches.clone());
         q.register("autonat_probes", "This node's reachability probes by answer", m.autonat_probes.clone());
+        q.register(
+            "dht_bootstraps",
+            "Kademlia bootstraps (own-key lookup and bucket refreshes) this node finished",
+            m.dht_bootstraps.clone(),
+        );
         m.set_reachability(Reachability::Unknown);
         m
     }

@@ -257,13 +257,23 @@ impl Cluster {
     /// Bytes each live node has sent over its transport so far (the sum of its
     /// `libp2p_bandwidth_bytes_total{direction="Outbound"}` counters), by index.
     pub fn bytes_sent(&self) -> Vec<(usize, u64)> {
-        self.alive().map(|n| (n.index, outbound_bytes(&n.node.metrics_text()))).collect()
+        self.per_node(outbound_bytes)
     }
 
     /// Connections each live node has opened so far, inbound and outbound (the sum of its
     /// `…swarm_connections_established_total` counters), by index.
     pub fn connections_opened(&self) -> Vec<(usize, u64)> {
-        self.alive().map(|n| (n.index, connections_established(&n.node.metrics_text()))).collect()
+        self.per_node(connections_established)
+    }
+
+    /// Kademlia bootstraps each live node has finished so far, by index.
+    pub fn dht_bootstraps(&self) -> Vec<(usize, u64)> {
+        self.per_node(|m| metric_sum(m, "quiver_dht_bootstraps_total", ""))
+    }
+
+    /// A figure read from each live node's metrics text, by index.
+    fn per_node(&self, read: impl Fn(&str) -> u64) -> Vec<(usize, u64)> {
+        self.alive().map(|n| (n.index, read(&n.node.metrics_text()))).collect()
     }
 }
 

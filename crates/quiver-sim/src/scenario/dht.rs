@@ -56,6 +56,9 @@ pub struct DhtResult {
     /// Connections each node opened (inbound and outbound) until every routing table was
     /// filled: the joins' cost in handshakes.
     pub connections_opened_joining: Summary,
+    /// Kademlia bootstraps each node finished until every routing table was filled (a join
+    /// should cost one).
+    pub bootstraps_joining: Summary,
     /// Bytes each node sent over the whole run (joins, record puts, lookups, pings).
     pub bytes_sent_per_node: Summary,
     /// Bytes each node sent during the lookup phase, per minute.
@@ -104,6 +107,13 @@ impl Outcome for DhtResult {
             (
                 "connections opened per node until routing tables filled (median / max)".into(),
                 format!("{:.0} / {:.0}", self.connections_opened_joining.p50, self.connections_opened_joining.max),
+            ),
+            (
+                "DHT bootstraps per node until routing tables filled (min / median / max)".into(),
+                format!(
+                    "{:.0} / {:.0} / {:.0}",
+                    self.bootstraps_joining.min, self.bootstraps_joining.p50, self.bootstraps_joining.max
+                ),
             ),
             (
                 "bytes sent per node, whole run (median / max)".into(),
@@ -155,6 +165,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
     info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
     let opened: Vec<f64> = cluster.connections_opened().iter().map(|(_, c)| *c as f64).collect();
+    let bootstraps: Vec<f64> = cluster.dht_bootstraps().iter().map(|(_, c)| *c as f64).collect();
     let records_stored = cluster.publish_node_records(params.concurrency).await;
     info!(records_stored, "node records put");
     tokio::time::sleep(params.settle).await;
@@ -244,6 +255,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
         greedy_arrived,
         lookup_phase_secs: lookup_phase.as_secs_f64(),
         connections_opened_joining: Summary::of(&opened),
+        bootstraps_joining: Summary::of(&bootstraps),
         bytes_sent_per_node: Summary::of(&sent),
         lookup_bytes_per_node_per_min: Summary::of(&per_min),
         cost: ProcessCost::now(),
