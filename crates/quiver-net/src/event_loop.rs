@@ -1190,6 +1190,12 @@ impl EventLoop {
             }
         } else if self.autonat_servers.remove(&peer) {
             autonat.remove_server(&peer);
+            // The freed place goes to another peer we are connected to, if one may probe: with
+            // more eligible peers than places it would otherwise wait for a new connection.
+            if let Some(next) = next_autonat_server(&self.peers, &self.autonat_servers) {
+                self.autonat_servers.insert(next);
+                autonat.add_server(next, None);
+            }
         }
     }
 
@@ -1285,6 +1291,11 @@ impl EventLoop {
 /// the pure [`quiver_proto::dht::verify_node_record`], which the fuzz targets exercise).
 fn valid_node_record(record: &kad::Record) -> bool {
     quiver_proto::dht::verify_node_record(record.key.as_ref(), &record.value).is_ok()
+}
+
+/// A connected peer that may probe our reachability and is not yet one of `servers`.
+fn next_autonat_server(peers: &HashMap<PeerId, PeerMeta>, servers: &HashSet<PeerId>) -> Option<PeerId> {
+    peers.iter().find(|(p, m)| !servers.contains(*p) && m.may_probe_reachability()).map(|(p, _)| *p)
 }
 
 fn kad_mode(server: bool) -> kad::Mode {

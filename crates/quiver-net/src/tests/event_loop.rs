@@ -76,3 +76,28 @@ fn only_peers_never_met_through_a_relay_probe_our_reachability() {
     punched.connections.remove(&ConnectionId::new_unchecked(2));
     assert!(!punched.may_probe_reachability(), "nor once the relayed connection has closed");
 }
+
+#[test]
+fn a_freed_autonat_place_goes_to_another_eligible_peer() {
+    let addr = |s: &str| s.parse::<Multiaddr>().unwrap();
+    let direct = |n: u64| {
+        let mut m = PeerMeta::default();
+        m.connections
+            .insert(ConnectionId::new_unchecked(n as usize), (addr(&format!("/ip4/198.18.0.{n}/tcp/4001")), false));
+        m
+    };
+    let (server, waiting, punched) = (PeerId::random(), PeerId::random(), PeerId::random());
+    let mut peers: HashMap<PeerId, PeerMeta> = HashMap::new();
+    peers.insert(server, direct(1));
+    let mut p = direct(3);
+    p.reached_through_relay = true;
+    peers.insert(punched, p);
+    let servers: HashSet<PeerId> = [server].into_iter().collect();
+    // Only a peer met through a relay is left: nobody takes the place.
+    assert_eq!(next_autonat_server(&peers, &servers), None);
+    peers.insert(waiting, direct(2));
+    assert_eq!(next_autonat_server(&peers, &servers), Some(waiting), "a directly connected peer takes it");
+    // Not one that is already a server.
+    let servers: HashSet<PeerId> = [server, waiting].into_iter().collect();
+    assert_eq!(next_autonat_server(&peers, &servers), None);
+}
