@@ -10,16 +10,16 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use quiver_net::{KadMode, Multiaddr, Protocol};
+use quiver_net::KadMode;
 use quiver_node::{Node, NodeConfig, TransportKind};
-use quiver_sim::cluster::ProcessCost;
+use quiver_sim::cluster::{ProcessCost, memory_addr, memory_any};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn config(transport: TransportKind) -> NodeConfig {
     NodeConfig {
-        listen_addrs: vec![Multiaddr::empty().with(Protocol::Memory(0))],
+        listen_addrs: vec![memory_any()],
         transport,
         heartbeat_interval: Duration::from_secs(3600),
         ping_interval: Duration::from_secs(60),
@@ -41,14 +41,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let a = Node::start(config(transport)).await?;
     let b = Node::start(config(transport)).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let addr = a
-        .listen_addrs()
-        .borrow()
-        .iter()
-        .find(|x| x.iter().any(|p| matches!(p, Protocol::Memory(_))))
-        .cloned()
-        .context("node A listens on no memory address")?;
+    let addr = memory_addr(&a).await.context("node A listens on no memory address")?;
     let (addr, peer) = quiver_net::split_peer_id(addr);
     let peer = peer.context("node A's address names no peer")?;
 

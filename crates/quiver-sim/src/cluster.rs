@@ -301,12 +301,12 @@ fn metric_sum(metrics: &str, name: &str, label: &str) -> u64 {
 }
 
 /// `/memory/0`: a free memory-transport port.
-fn memory_any() -> Multiaddr {
+pub fn memory_any() -> Multiaddr {
     Multiaddr::empty().with(quiver_net::Protocol::Memory(0))
 }
 
 /// The node's memory address once it listens (with `/p2p/`).
-async fn memory_addr(node: &Node) -> Option<Multiaddr> {
+pub async fn memory_addr(node: &Node) -> Option<Multiaddr> {
     let mut rx = node.listen_addrs();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
