@@ -260,19 +260,8 @@ impl Cluster {
         self.per_node(outbound_bytes)
     }
 
-    /// Connections each live node has opened so far, inbound and outbound (the sum of its
-    /// `…swarm_connections_established_total` counters), by index.
-    pub fn connections_opened(&self) -> Vec<(usize, u64)> {
-        self.per_node(connections_established)
-    }
-
-    /// Kademlia bootstraps each live node has finished so far, by index.
-    pub fn dht_bootstraps(&self) -> Vec<(usize, u64)> {
-        self.per_node(|m| metric_sum(m, "quiver_dht_bootstraps_total", ""))
-    }
-
-    /// A figure read from each live node's metrics text, by index.
-    fn per_node(&self, read: impl Fn(&str) -> u64) -> Vec<(usize, u64)> {
+    /// Figures read from each live node's metrics text (rendered once per node), by index.
+    pub fn per_node<T>(&self, read: impl Fn(&str) -> T) -> Vec<(usize, T)> {
         self.alive().map(|n| (n.index, read(&n.node.metrics_text()))).collect()
     }
 }
@@ -280,6 +269,11 @@ impl Cluster {
 /// Sums libp2p's established-connection counters in an OpenMetrics text.
 pub fn connections_established(metrics: &str) -> u64 {
     metric_sum(metrics, "swarm_connections_established_total", "")
+}
+
+/// Kademlia bootstraps finished, from a node's OpenMetrics text.
+pub fn dht_bootstraps(metrics: &str) -> u64 {
+    metric_sum(metrics, "quiver_dht_bootstraps_total", "")
 }
 
 /// Sums the outbound bandwidth counters in an OpenMetrics text.

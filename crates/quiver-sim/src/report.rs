@@ -61,6 +61,11 @@ pub fn bytes(b: f64) -> String {
     if b >= 1024.0 * 1024.0 { format!("{:.2} MiB", b / 1024.0 / 1024.0) } else { format!("{:.1} KiB", b / 1024.0) }
 }
 
+/// `min / median / max` of a summary of counts.
+pub fn range(s: &crate::stats::Summary) -> String {
+    format!("{:.0} / {:.0} / {:.0}", s.min, s.p50, s.max)
+}
+
 /// `p50 / p90 / p99 / max` of a summary with a unit.
 pub fn spread(s: &crate::stats::Summary, unit: &str) -> String {
     format!("{:.1} / {:.1} / {:.1} / {:.1} {unit} (n = {})", s.p50, s.p90, s.p99, s.max, s.count)

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::cluster::{Cluster, ProcessCost};
-use crate::report::{Outcome, Row, spread};
+use crate::report::{Outcome, Row, range, spread};
 use crate::stats::Summary;
 use crate::{SimError, SimParams};
 
@@ -57,13 +57,7 @@ impl Outcome for ChurnResult {
             ),
             ("lookup latency, survivors p50 / p90 / p99 / max".into(), spread(&self.survivor_latency_ms, "ms")),
             ("lookup latency, departed p50 / p90 / p99 / max".into(), spread(&self.departed_latency_ms, "ms")),
-            (
-                "survivors' routing tables min / median / max".into(),
-                format!(
-                    "{:.0} / {:.0} / {:.0}",
-                    self.routing_table_after.min, self.routing_table_after.p50, self.routing_table_after.max
-                ),
-            ),
+            ("survivors' routing tables min / median / max".into(), range(&self.routing_table_after)),
             (
                 "process CPU / peak RSS".into(),
                 format!("{:.1} s / {:.0} MiB", self.cost.cpu_secs, self.cost.peak_rss_mib),

@@ -20,8 +20,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tracing::info;
 
-use crate::cluster::{Cluster, ProcessCost};
-use crate::report::{Outcome, Row, bytes, spread};
+use crate::cluster::{Cluster, ProcessCost, connections_established, dht_bootstraps};
+use crate::report::{Outcome, Row, bytes, range, spread};
 use crate::stats::Summary;
 use crate::{SimError, SimParams};
 
@@ -76,21 +76,12 @@ impl Outcome for DhtResult {
                 "until every routing table is filled".into(),
                 format!("{:.1} s (joined: {})", self.join_secs, self.joined),
             ),
-            (
-                "routing table size min / median / max".into(),
-                format!(
-                    "{:.0} / {:.0} / {:.0}",
-                    self.routing_table.min, self.routing_table.p50, self.routing_table.max
-                ),
-            ),
-            (
-                "connections per node min / median / max".into(),
-                format!("{:.0} / {:.0} / {:.0}", self.connections.min, self.connections.p50, self.connections.max),
-            ),
+            ("routing table size min / median / max".into(), range(&self.routing_table)),
+            ("connections per node min / median / max".into(), range(&self.connections)),
             (
                 "connections per node after the idle wait min / median / max".into(),
                 match &self.connections_idle {
-                    Some((secs, c)) => format!("{:.0} / {:.0} / {:.0} (after {secs:.0} s)", c.min, c.p50, c.max),
+                    Some((secs, c)) => format!("{} (after {secs:.0} s)", range(c)),
                     None => "not measured".into(),
                 },
             ),
@@ -110,10 +101,7 @@ impl Outcome for DhtResult {
             ),
             (
                 "DHT bootstraps per node until routing tables filled (min / median / max)".into(),
-                format!(
-                    "{:.0} / {:.0} / {:.0}",
-                    self.bootstraps_joining.min, self.bootstraps_joining.p50, self.bootstraps_joining.max
-                ),
+                range(&self.bootstraps_joining),
             ),
             (
                 "bytes sent per node, whole run (median / max)".into(),
@@ -164,8 +152,10 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     info!(nodes = n, secs = cluster.start_time.as_secs_f64(), "all nodes started");
     let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
     info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
-    let opened: Vec<f64> = cluster.connections_opened().iter().map(|(_, c)| *c as f64).collect();
-    let bootstraps: Vec<f64> = cluster.dht_bootstraps().iter().map(|(_, c)| *c as f64).collect();
+    // Connections opened and bootstraps finished by each node, in one pass over its metrics.
+    let joining = cluster.per_node(|m| (connections_established(m) as f64, dht_bootstraps(m) as f64));
+    let opened: Vec<f64> = joining.iter().map(|(_, (c, _))| *c).collect();
+    let bootstraps: Vec<f64> = joining.iter().map(|(_, (_, b))| *b).collect();
     let records_stored = cluster.publish_node_records(params.concurrency).await;
     info!(records_stored, "node records put");
     tokio::time::sleep(params.settle).await;

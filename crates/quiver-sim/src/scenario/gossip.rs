@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::info;
 
 use crate::cluster::{Cluster, ProcessCost};
-use crate::report::{Outcome, Row, bytes, spread};
+use crate::report::{Outcome, Row, bytes, range, spread};
 use crate::scenario::dht::per_minute;
 use crate::stats::Summary;
 use crate::{SimError, SimParams};
@@ -64,14 +64,8 @@ impl Outcome for GossipResult {
                     bytes(self.bytes_sent_per_node_per_min.max)
                 ),
             ),
-            (
-                "mesh peers on quiver/1/nodes min / median / max".into(),
-                format!("{:.0} / {:.0} / {:.0}", self.mesh_peers.min, self.mesh_peers.p50, self.mesh_peers.max),
-            ),
-            (
-                "connections per node min / median / max".into(),
-                format!("{:.0} / {:.0} / {:.0}", self.connections.min, self.connections.p50, self.connections.max),
-            ),
+            ("mesh peers on quiver/1/nodes min / median / max".into(), range(&self.mesh_peers)),
+            ("connections per node min / median / max".into(), range(&self.connections)),
             (
                 "process CPU / peak RSS".into(),
                 format!("{:.1} s / {:.0} MiB", self.cost.cpu_secs, self.cost.peak_rss_mib),
