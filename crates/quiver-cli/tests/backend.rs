@@ -3,11 +3,10 @@
 //! provider on the network — so the request goes client → provider C (openai backend) →
 //! gateway G → provider A (llama.cpp) and back.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support;
 use serde_json::Value;
 use support::{NodeProc, eventually};
 
@@ -64,6 +63,7 @@ fn ask_json(bootstrap: &str, model: &str, prompt: &str) -> Value {
 
 #[test]
 fn a_provider_behind_an_openai_compatible_server_answers_through_the_network() {
+    let _machine = support::heavy();
     let models = support::model_dir();
     let models = models.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");

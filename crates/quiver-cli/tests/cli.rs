@@ -3,10 +3,9 @@
 //! starts from it, `--log-format json` logs JSON, every command's `--help` has examples, and
 //! `quiver completions` prints scripts for bash, zsh and fish.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
 use quiver_node::config::FileConfig;
 use serde_json::Value;
 use support::{NodeProc, run_bounded};
@@ -18,6 +17,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn init_writes_a_commented_config_that_loads() {
+    let _machine = support::light();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("etc/quiver.toml");
     let path_s = path.to_str().expect("utf-8 path");
@@ -94,6 +94,7 @@ fn init_writes_a_commented_config_that_loads() {
 
 #[test]
 fn every_command_has_examples_in_its_help() {
+    let _machine = support::light();
     let commands: &[(&str, &[&str])] = &[
         (QUIVER, &[]),
         (QUIVER, &["node"]),
@@ -132,6 +133,7 @@ fn every_command_has_examples_in_its_help() {
 
 #[test]
 fn completions_for_every_shell_and_binary() {
+    let _machine = support::light();
     for shell in ["bash", "zsh", "fish"] {
         let out =
             run_bounded(QUIVER, &["completions", shell], &[], LIMIT).expect_success(&format!("completions {shell}"));

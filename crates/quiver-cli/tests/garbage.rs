@@ -1,11 +1,10 @@
 //! Garbage and floods on a node's TCP and UDP ports: the node keeps running and keeps its peers.
 
-mod support;
-
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
+use crate::support;
 use support::{NodeProc, eventually, sees_all};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
@@ -24,6 +23,7 @@ fn junk(seed: &mut u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn garbage_and_floods_leave_the_node_serving() {
+    let _machine = support::heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut target = NodeProc::start(NODE, "target", &["--bootstrap-node", "--port", "0"], dir.path());
     let peer = NodeProc::start(NODE, "peer", &["--bootstrap", &target.tcp_addr, "--port", "0"], dir.path());

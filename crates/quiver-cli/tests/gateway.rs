@@ -7,13 +7,11 @@
 //!
 //! Needs the default model (scripts/fetch-model.sh), python3 with `openai`, and curl.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::support;
 use serde_json::{Value, json};
 use support::{NodeProc, eventually, http_post, metric, metrics_of, model_dir, repo_root, run_bounded, step};
 
@@ -26,13 +24,6 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(300);
 /// A prompt the model continues for as long as it may (it counts), so that a job is still
 /// generating when its client leaves.
 const LONG_PROMPT: &str = "1, 2, 3, 4, 5,";
-
-/// The two tests each run a provider on the machine's cores: one at a time.
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 struct Network {
     _dir: tempfile::TempDir,
@@ -86,7 +77,7 @@ fn curl(args: &[&str]) -> String {
 
 #[test]
 fn openai_python_client_and_curl_through_the_network() {
-    let _one_at_a_time = heavy();
+    let _machine = support::heavy();
     let t = Instant::now();
     let net = start_network(t);
     let gw = net.gateway_addr();
@@ -193,7 +184,7 @@ fn provider_jobs(provider: &NodeProc, outcome: &str) -> f64 {
 
 #[test]
 fn a_client_that_leaves_stops_generation_at_the_provider() {
-    let _one_at_a_time = heavy();
+    let _machine = support::heavy();
     let t = Instant::now();
     let net = start_network(t);
     let gw = net.gateway_addr();

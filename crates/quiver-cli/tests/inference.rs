@@ -5,13 +5,12 @@
 //!
 //! Needs the default model: run scripts/fetch-model.sh first.
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use crate::support;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::{
@@ -28,13 +27,6 @@ const ASK_LIMIT: Duration = Duration::from_secs(90);
 
 /// Output of the failover test's client before the serving provider is killed: a few tokens.
 const KILL_AFTER_BYTES: usize = 40;
-
-/// The two model-running tests share two cores: run them one at a time.
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Prints how far a test got (shown with `--nocapture`, and kept with a failure's output).
 
@@ -78,7 +70,7 @@ fn check_receipt(result: &Value) {
 fn greedy_answer_through_the_network_equals_the_bare_engine() {
     let models = model_dir();
     let models = models.to_str().expect("utf-8 path");
-    let _one_at_a_time = heavy();
+    let _machine = support::heavy();
     let t = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -183,7 +175,7 @@ impl Capture {
 fn killing_the_serving_provider_mid_stream_fails_over() {
     let models = model_dir();
     let models = models.to_str().expect("utf-8 path");
-    let _one_at_a_time = heavy();
+    let _machine = support::heavy();
     let t = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -332,6 +324,7 @@ fn killing_the_serving_provider_mid_stream_fails_over() {
 
 #[test]
 fn no_provider_exits_3() {
+    let _machine = support::light();
     let dir = tempfile::tempdir().expect("tempdir");
     let boot = NodeProc::start(NODE, "boot", &["--bootstrap-node", "--port", "0"], dir.path());
     let out = run_bounded(

@@ -2,10 +2,9 @@
 //! a bootstrap node and four nodes see each other; the bootstrap dies and the rest carry on;
 //! a newcomer joins through a surviving node and finds them all.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
 use support::{NodeProc, eventually, sees_all};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
@@ -13,6 +12,7 @@ const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
 
 #[test]
 fn no_single_point_of_failure() {
+    let _machine = support::light();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
 
@@ -76,6 +76,7 @@ fn no_single_point_of_failure() {
 
 #[test]
 fn restart_keeps_peer_id_and_key_is_private() {
+    let _machine = support::light();
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = NodeProc::start(NODE, "n", &["--port", "0"], dir.path());
@@ -103,6 +104,7 @@ fn restart_keeps_peer_id_and_key_is_private() {
 
 #[test]
 fn every_command_has_help() {
+    let _machine = support::light();
     let provider = env!("CARGO_BIN_EXE_quiver-provider");
     for (bin, args) in [
         (NODE, vec!["--help"]),
@@ -127,6 +129,7 @@ fn every_command_has_help() {
 
 #[test]
 fn bad_flags_exit_2_naming_the_flag() {
+    let _machine = support::light();
     for (args, flag) in [
         (vec!["--bootstrap", "not-an-address"], "--bootstrap"),
         (vec!["--bootstrap", "/ip4/1.2.3.4/tcp/notaport"], "--bootstrap"),
@@ -150,6 +153,7 @@ fn bad_flags_exit_2_naming_the_flag() {
 
 #[test]
 fn flags_win_over_environment_which_wins_over_the_config_file() {
+    let _machine = support::light();
     let dir = tempfile::tempdir().expect("tempdir");
     let boot = NodeProc::start(NODE, "boot", &["--bootstrap-node", "--port", "0"], dir.path());
     // The file names a peer nobody listens on and slow heartbeats; the environment names the

@@ -34,10 +34,9 @@
 //!
 //! Needs the default model: run scripts/fetch-model.sh first.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support;
 use serde_json::Value;
 use support::netns::{Host, Internet, Iptables, NatRouter, NsProc, Skip, Unsolicited, ask_args, wait_for};
 use support::{metric, model_dir, run_command_bounded, step, strings};
@@ -109,6 +108,7 @@ fn metric_or_zero(text: &str, series: &str) -> f64 {
 
 #[test]
 fn nated_provider_serves_a_nated_client_through_relay_and_hole_punch() {
+    let _machine = support::heavy();
     let t = Instant::now();
     let net = match build() {
         Ok(net) => net,

@@ -17,11 +17,10 @@
 //! with a loud `SKIP:` line where namespaces cannot be made (not root, no `ip`); with
 //! `QUIVER_REQUIRE_NETNS=1` that is a failure. Needs the default model: scripts/fetch-model.sh.
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use crate::support;
 use serde_json::Value;
 use support::netns::TestNet;
 use support::{
@@ -165,6 +164,7 @@ fn provider_of(result: &Value) -> &str {
 
 #[test]
 fn partition_and_heal() {
+    let _machine = support::heavy();
     let net = match TestNet::new(HOSTS) {
         Ok(net) => net,
         Err(skip) => return skip.report("partition_and_heal"),

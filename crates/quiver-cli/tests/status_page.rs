@@ -7,12 +7,11 @@
 //!
 //! Needs the default model (scripts/fetch-model.sh) and Chromium (scripts/install-deps.sh).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support;
 use serde_json::json;
 use support::{NodeProc, eventually, http_post, model_dir, repo_root, run_bounded, step};
 
@@ -77,6 +76,7 @@ fn status(addr: SocketAddr) -> serde_json::Value {
 
 #[test]
 fn status_page_in_headless_chromium_shows_the_live_network() {
+    let _machine = support::heavy();
     let models = model_dir();
     let models = models.to_str().expect("utf-8 path");
     let t = Instant::now();

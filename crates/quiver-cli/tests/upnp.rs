@@ -56,13 +56,12 @@
 //! (`QUIVER_REQUIRE_NETNS=1` makes that a failure). Install: scripts/install-deps.sh. Needs the
 //! default model: scripts/fetch-model.sh.
 
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support;
 use serde_json::Value;
 use support::netns::{
     Host, Internet, IpError, Iptables, NatRouter, NsProc, Skip, Unsolicited, ask_args, tail, wait_for,
@@ -239,6 +238,7 @@ fn tcp_port(addr: &str, ip: Ipv4Addr) -> Option<u16> {
 
 #[test]
 fn upnp_mapping_on_a_real_gateway_makes_a_provider_behind_nat_public() {
+    let _machine = support::heavy();
     let t = Instant::now();
     let net = match build() {
         Ok(net) => net,

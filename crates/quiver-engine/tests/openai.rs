@@ -3,11 +3,9 @@
 //! The fake only stands in for error cases and protocol framing (SSE split across reads, usage,
 //! finish reasons); the test against a real OpenAI-compatible server comes with the gateway.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{FakeServer, Piece, closed_port, response, sse_head};
+use crate::common::{FakeServer, Piece, closed_port, response, sse_head};
 use quiver_engine::openai::{OpenAiConfig, OpenAiEngine};
 use quiver_engine::{
     ChatMessage, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId,

@@ -3,9 +3,7 @@
 //! is within its limit, receipts verify only for their provider, and DHT node records only under
 //! their signer's key.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libp2p_identity::{Keypair, PeerId};
 use proptest::collection::vec;
 use proptest::prelude::*;

@@ -3,11 +3,9 @@
 //! length prefix's edge cases are refused with the right error, and no decoder or validator
 //! panics on any input.
 
-mod common;
-
 use std::fmt::Debug;
 
-use common::*;
+use crate::common::*;
 use futures::executor::block_on;
 use futures::io::Cursor;
 use proptest::collection::vec;

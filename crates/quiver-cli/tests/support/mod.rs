@@ -8,10 +8,25 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// The machine's two cores, shared by the tests of this binary (libtest runs two at once).
+static MACHINE: RwLock<()> = RwLock::new(());
+
+/// For a test that runs the model or many processes: runs alone. (A failed test's guard is
+/// taken over, not refused: the next test still runs.)
+pub fn heavy() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// For a test of a few short-lived processes: may run beside other such tests, never beside a
+/// heavy one.
+pub fn light() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A running node process; killed when dropped.
 pub struct NodeProc {
