@@ -4,8 +4,8 @@
 //! (by blocking `A` for a moment) and waits until it is gone. Prints the process CPU per
 //! connection, less what the two idle nodes use in the same time.
 //!
-//! `cargo run --release -p quiver-sim --example conn_cost -- 200 [noise]` (plaintext unless
-//! `noise` is given).
+//! `cargo run --release -p quiver-sim --example conn_cost -- 200 [noise|plaintext] [current]`
+//! (plaintext unless `noise` is given; a multi-threaded runtime unless `current` is given).
 
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,18 @@ fn config(transport: TransportKind) -> NodeConfig {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // `current`: both nodes on one single-threaded runtime, to see what cross-thread wake-ups
+    // add to a connection's cost.
+    let runtime = if std::env::args().nth(3).as_deref() == Some("current") {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let n: usize = match std::env::args().nth(1) {
         Some(s) => s.parse().context("the argument is the number of connections")?,
         None => 200,

@@ -10,7 +10,8 @@
 //! an IP address; in one process everyone can dial everyone). For the largest runs
 //! `--security plaintext` ([`cluster::Security`], [`quiver_net::TransportKind::MemoryPlaintext`])
 //! replaces Noise with libp2p's plaintext handshake: identities are still exchanged and checked,
-//! nothing is encrypted. The binary uses mimalloc as its allocator.
+//! nothing is encrypted. The binary uses mimalloc as its allocator, and the nodes are dealt
+//! over single-threaded runtimes, one per core ([`runtimes::NodeRuntimes`]).
 //!
 //! The one stand-in is the model: [`engine::PacedEngine`] is a real
 //! [`quiver_engine::Engine`] that emits deterministic tokens at a set rate. It is used where a
@@ -28,6 +29,7 @@
 pub mod cluster;
 pub mod engine;
 pub mod report;
+pub mod runtimes;
 pub mod scenario;
 pub mod stats;
 

@@ -46,6 +46,14 @@ struct Args {
     /// Nodes started per second.
     #[arg(long)]
     join_rate: Option<f64>,
+    /// Single-threaded runtimes the nodes are dealt over (default: one per core; 0: all on one
+    /// multi-threaded runtime).
+    #[arg(long)]
+    runtimes: Option<usize>,
+    /// Joins in flight at most: the next node starts only once fewer nodes than this are still
+    /// joining (0: no bound, only --join-rate).
+    #[arg(long)]
+    max_joining: Option<usize>,
     /// Heartbeat period in seconds (default: 3600 for dht and churn, nodes/10 but at least 5 for
     /// gossip, 5 for load).
     #[arg(long)]
@@ -90,6 +98,12 @@ impl Args {
         }
         if let Some(v) = self.join_rate {
             p.cluster.joins_per_sec = v;
+        }
+        if let Some(v) = self.runtimes {
+            p.cluster.runtimes = v;
+        }
+        if let Some(v) = self.max_joining {
+            p.cluster.max_joining = v;
         }
         if let Some(v) = self.heartbeat_secs {
             p.cluster.heartbeat_interval = Duration::from_secs_f64(v.max(0.1));
