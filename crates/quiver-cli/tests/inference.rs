@@ -28,8 +28,6 @@ const ASK_LIMIT: Duration = Duration::from_secs(90);
 /// Output of the failover test's client before the serving provider is killed: a few tokens.
 const KILL_AFTER_BYTES: usize = 40;
 
-/// Prints how far a test got (shown with `--nocapture`, and kept with a failure's output).
-
 fn parse_json(stdout: &str, what: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{what} did not print JSON ({e}): {stdout}"))
 }

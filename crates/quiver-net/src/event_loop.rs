@@ -774,20 +774,18 @@ impl EventLoop {
                     let _ = self.events.try_send(NetEvent::ExpiredListenAddr(full));
                 }
             }
-            SwarmEvent::ExternalAddrConfirmed { address } => {
-                // Relayed addresses arrive as listen addresses; this is a direct one (AutoNAT's
-                // dial-back or a UPnP mapping) that may differ from every listen address.
-                if !is_relayed(&address) {
-                    info!(%address, "external address confirmed");
-                    let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
-                    let _ = self.events.try_send(NetEvent::NewListenAddr(full));
-                }
+            // Relayed addresses arrive as listen addresses; this is a direct one (AutoNAT's
+            // dial-back or a UPnP mapping) that may differ from every listen address.
+            SwarmEvent::ExternalAddrConfirmed { address } if !is_relayed(&address) => {
+                info!(%address, "external address confirmed");
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                let _ = self.events.try_send(NetEvent::NewListenAddr(full));
             }
-            SwarmEvent::ExternalAddrExpired { address } => {
-                if !is_relayed(&address) && !self.swarm.listeners().any(|l| *l == address) {
-                    let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
-                    let _ = self.events.try_send(NetEvent::ExpiredListenAddr(full));
-                }
+            SwarmEvent::ExternalAddrExpired { address }
+                if !is_relayed(&address) && !self.swarm.listeners().any(|l| *l == address) =>
+            {
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                let _ = self.events.try_send(NetEvent::ExpiredListenAddr(full));
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 debug!(%peer_id, addr = %endpoint.get_remote_address(), relayed = endpoint.is_relayed(), "connected");
@@ -1158,7 +1156,7 @@ impl EventLoop {
             .collect();
         let meta = self.peers.entry(peer_id).or_default();
         meta.agent_version = Some(agent);
-        meta.relay = info.protocols.iter().any(|p| *p == relay::HOP_PROTOCOL_NAME);
+        meta.relay = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
         meta.listen_addrs = direct.clone();
         // Only peers that serve the DHT enter the routing table, and only with direct addresses:
         // a node in client mode (unreachable, or a short-lived client) does not announce the

@@ -38,13 +38,15 @@ fn routing_table_takes_only_direct_addresses() {
     // Dialable, but relayed: `on_identify` keeps such addresses out of the routing table.
     assert!(is_dialable(&circuit) && is_relayed(&circuit));
     let addr = |s: &str| s.parse::<Multiaddr>().unwrap();
-    let mut meta = PeerMeta::default();
-    meta.listen_addrs = vec![
-        circuit,
-        addr("/ip4/127.0.0.1/udp/4001/quic-v1"),
-        addr("/ip4/198.18.0.1/udp/4001/quic-v1"),
-        addr("/ip4/198.18.0.1/tcp/4001"),
-    ];
+    let mut meta = PeerMeta {
+        listen_addrs: vec![
+            circuit,
+            addr("/ip4/127.0.0.1/udp/4001/quic-v1"),
+            addr("/ip4/198.18.0.1/udp/4001/quic-v1"),
+            addr("/ip4/198.18.0.1/tcp/4001"),
+        ],
+        ..PeerMeta::default()
+    };
     meta.addresses.insert(addr("/ip4/0.0.0.0/tcp/1"));
     // Not connected: no announced address is known to route from here.
     assert!(meta.direct_addrs().is_empty());
