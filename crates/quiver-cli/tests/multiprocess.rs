@@ -76,8 +76,8 @@ fn no_single_point_of_failure() {
 
 #[test]
 fn restart_keeps_peer_id_and_key_is_private() {
-    let _machine = support::light();
     use std::os::unix::fs::PermissionsExt;
+    let _machine = support::light();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = NodeProc::start(NODE, "n", &["--port", "0"], dir.path());
     let first = a.peer_id.clone();

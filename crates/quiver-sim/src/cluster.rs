@@ -303,7 +303,6 @@ impl Cluster {
     }
 }
 
-/// Sums libp2p's established-connection counters in an OpenMetrics text.
 /// Waits until fewer than `max` of the `joining` nodes are still joining: a node has joined once
 /// it finished a Kademlia bootstrap (its own-key lookup, then libp2p-kad's refresh of the farther
 /// buckets), or once it has tried for [`JOIN_WAIT`].
@@ -317,6 +316,7 @@ async fn wait_for_joins(nodes: &[SimNode], joining: &mut VecDeque<(usize, Instan
     }
 }
 
+/// Sums libp2p's established-connection counters in an OpenMetrics text.
 pub fn connections_established(metrics: &str) -> u64 {
     metric_sum(metrics, "swarm_connections_established_total", "")
 }
