@@ -94,6 +94,8 @@ pub struct NetStatus {
     /// Hole punches (DCUtR) that gave a direct connection, and that failed.
     pub hole_punches_succeeded: u64,
     pub hole_punches_failed: u64,
+    /// Kademlia bootstraps finished (the own-key lookup and the refresh of the farther buckets).
+    pub dht_bootstraps: u64,
 }
 
 /// What a DHT record lookup found, and what it cost.
@@ -133,6 +135,8 @@ pub struct NetClient {
     pub(crate) tx: mpsc::Sender<Command>,
     pub(crate) peer_id: PeerId,
     pub(crate) streams: libp2p_stream::Control,
+    /// The event loop's counter of finished Kademlia bootstraps, read without a round trip.
+    pub(crate) dht_bootstraps: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for NetClient {
@@ -145,6 +149,12 @@ impl NetClient {
     /// This node's PeerId.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Kademlia bootstraps this node has finished so far: 0 while it is still joining the DHT.
+    /// A plain read of a counter, no round trip through the event loop.
+    pub fn dht_bootstraps(&self) -> u64 {
+        self.dht_bootstraps.get()
     }
 
     async fn send(&self, cmd: Command) -> Result<(), NetError> {

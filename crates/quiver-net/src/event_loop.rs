@@ -242,6 +242,7 @@ async fn start(
     let local = *swarm.local_peer_id();
     let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
     let net_metrics = NetMetrics::register(registry);
+    let dht_bootstraps = net_metrics.dht_bootstraps.clone();
 
     let (events_tx, events_rx) = mpsc::channel(cfg.channel_capacity);
     listen(&mut swarm, &cfg, &events_tx).await?;
@@ -288,7 +289,7 @@ async fn start(
     };
     event_loop.apply_reachability();
     let task = tokio::spawn(event_loop.run());
-    Ok((NetClient { tx, peer_id: local, streams }, events_rx, task))
+    Ok((NetClient { tx, peer_id: local, streams, dht_bootstraps }, events_rx, task))
 }
 
 /// Listens on every configured address. TCP first: a QUIC address asking for port 0 then gets
@@ -585,6 +586,7 @@ impl EventLoop {
             relay_service: self.relay_on,
             hole_punches_succeeded: self.hole_punches.0,
             hole_punches_failed: self.hole_punches.1,
+            dht_bootstraps: self.net_metrics.dht_bootstraps.get(),
         }
     }
 

@@ -167,6 +167,8 @@ pub struct NodeStatus {
     pub relay_service: bool,
     pub hole_punches_succeeded: u64,
     pub hole_punches_failed: u64,
+    /// Kademlia bootstraps finished: 0 while the node is still joining the DHT.
+    pub dht_bootstraps: u64,
     pub gossip_mesh: BTreeMap<String, usize>,
     pub known_nodes: Vec<KnownNode>,
     /// Present when this node serves models.
@@ -314,6 +316,11 @@ impl Node {
         self.inner.net.peer_id()
     }
 
+    /// Kademlia bootstraps this node has finished: 0 while it is still joining the DHT.
+    pub fn dht_bootstraps(&self) -> u64 {
+        self.inner.net.dht_bootstraps()
+    }
+
     /// The handle to the network layer, for roles built on top of the node.
     pub fn net(&self) -> &NetClient {
         &self.inner.net
@@ -384,6 +391,7 @@ impl Node {
             relay_service,
             hole_punches_succeeded,
             hole_punches_failed,
+            dht_bootstraps,
             ..
         } = self.inner.net.status().await?;
         let known_nodes = self.known_nodes();
@@ -405,6 +413,7 @@ impl Node {
             relay_service,
             hole_punches_succeeded,
             hole_punches_failed,
+            dht_bootstraps,
             gossip_mesh,
             known_nodes,
             provider: self.inner.provider.as_ref().map(|p| ProviderStatus {

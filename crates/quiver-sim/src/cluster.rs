@@ -308,7 +308,7 @@ impl Cluster {
 /// buckets), or once it has tried for [`JOIN_WAIT`].
 async fn wait_for_joins(nodes: &[SimNode], joining: &mut VecDeque<(usize, Instant)>, max: usize) {
     loop {
-        joining.retain(|(i, since)| since.elapsed() < JOIN_WAIT && dht_bootstraps(&nodes[*i].node.metrics_text()) == 0);
+        joining.retain(|(i, since)| since.elapsed() < JOIN_WAIT && nodes[*i].node.dht_bootstraps() == 0);
         if joining.len() < max {
             return;
         }
@@ -319,11 +319,6 @@ async fn wait_for_joins(nodes: &[SimNode], joining: &mut VecDeque<(usize, Instan
 /// Sums libp2p's established-connection counters in an OpenMetrics text.
 pub fn connections_established(metrics: &str) -> u64 {
     metric_sum(metrics, "swarm_connections_established_total", "")
-}
-
-/// Kademlia bootstraps finished, from a node's OpenMetrics text.
-pub fn dht_bootstraps(metrics: &str) -> u64 {
-    metric_sum(metrics, "quiver_dht_bootstraps_total", "")
 }
 
 /// Sums the outbound bandwidth counters in an OpenMetrics text.

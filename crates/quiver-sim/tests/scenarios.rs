@@ -51,6 +51,8 @@ async fn dht_every_lookup_resolves() {
     assert!(r.connections.p50 >= 20.0, "lookups connect widely: {:?}", r.connections);
     let (_, idle) = r.connections_idle.expect("measured after the idle wait");
     assert!(idle.max <= 24.0 && idle.p50 < 20.0, "idle connections were not closed: {idle:?}");
+    let idle_cpu = r.idle_cpu_ms_per_node_sec.expect("idle CPU measured");
+    assert!(idle_cpu.is_finite() && idle_cpu >= 0.0, "idle CPU per node is a figure: {idle_cpu}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

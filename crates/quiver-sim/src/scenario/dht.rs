@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tracing::info;
 
-use crate::cluster::{Cluster, ProcessCost, connections_established, dht_bootstraps};
+use crate::cluster::{Cluster, ProcessCost, connections_established};
 use crate::report::{Outcome, Row, bytes, range, spread};
 use crate::stats::Summary;
 use crate::{SimError, SimParams};
@@ -44,6 +44,9 @@ pub struct DhtResult {
     pub connections: Summary,
     /// Connections per node after `idle_check` without traffic, and that wait in seconds.
     pub connections_idle: Option<(f64, Summary)>,
+    /// Process CPU per node while every node idles (the second half of the idle wait, when the
+    /// lookups' connections have closed): milliseconds of CPU per node per second.
+    pub idle_cpu_ms_per_node_sec: Option<f64>,
     pub lookups: usize,
     pub resolved: usize,
     pub latency_ms: Summary,
@@ -82,6 +85,15 @@ impl Outcome for DhtResult {
                 "connections per node after the idle wait min / median / max".into(),
                 match &self.connections_idle {
                     Some((secs, c)) => format!("{} (after {secs:.0} s)", range(c)),
+                    None => "not measured".into(),
+                },
+            ),
+            (
+                "CPU per idle node (second half of the idle wait)".into(),
+                match self.idle_cpu_ms_per_node_sec {
+                    Some(ms) => {
+                        format!("{ms:.2} ms/s ({:.2} cores for all {})", ms * self.nodes as f64 / 1000.0, self.nodes)
+                    }
                     None => "not measured".into(),
                 },
             ),
@@ -152,10 +164,9 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     info!(nodes = n, secs = cluster.start_time.as_secs_f64(), "all nodes started");
     let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
     info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
-    // Connections opened and bootstraps finished by each node, in one pass over its metrics.
-    let joining = cluster.per_node(|m| (connections_established(m) as f64, dht_bootstraps(m) as f64));
-    let opened: Vec<f64> = joining.iter().map(|(_, (c, _))| *c).collect();
-    let bootstraps: Vec<f64> = joining.iter().map(|(_, (_, b))| *b).collect();
+    // Connections opened and bootstraps finished by each node while joining.
+    let opened: Vec<f64> = cluster.per_node(connections_established).into_iter().map(|(_, c)| c as f64).collect();
+    let bootstraps: Vec<f64> = cluster.alive().map(|n| n.node.dht_bootstraps() as f64).collect();
     let records_stored = cluster.publish_node_records(params.concurrency).await;
     info!(records_stored, "node records put");
     tokio::time::sleep(params.settle).await;
@@ -216,14 +227,19 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     let sent: Vec<f64> = after.iter().map(|(_, b)| *b as f64).collect();
     let per_min = per_minute(&before, &after, lookup_phase);
 
-    let connections_idle = match params.idle_check {
+    let (connections_idle, idle_cpu_ms_per_node_sec) = match params.idle_check {
         Some(wait) => {
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(wait / 2).await;
+            let (cpu_before, since) = (ProcessCost::now().cpu_secs, Instant::now());
+            tokio::time::sleep(wait - wait / 2).await;
+            let cpu = ProcessCost::now().cpu_secs - cpu_before;
+            let per_node =
+                1000.0 * cpu / since.elapsed().as_secs_f64().max(1e-3) / cluster.alive().count().max(1) as f64;
             let idle = cluster.statuses(params.concurrency).await;
             let counts: Vec<f64> = idle.iter().map(|(_, s)| s.connected_peers.len() as f64).collect();
-            Some((wait.as_secs_f64(), Summary::of(&counts)))
+            (Some((wait.as_secs_f64(), Summary::of(&counts))), Some(per_node))
         }
-        None => None,
+        None => (None, None),
     };
 
     let resolved: Vec<&(f64, u32, u32)> = outcomes.iter().flatten().collect();
@@ -236,6 +252,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
         routing_table: Summary::of(&table_sizes),
         connections: Summary::of(&connections),
         connections_idle,
+        idle_cpu_ms_per_node_sec,
         lookups: pairs.len(),
         resolved: resolved.len(),
         latency_ms: Summary::of(&resolved.iter().map(|r| r.0).collect::<Vec<_>>()),
