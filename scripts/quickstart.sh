@@ -9,7 +9,7 @@ prompt=${1:-"What is the capital of France? Answer in one sentence."}
 scripts/install-deps.sh
 echo "== building (release; the first build takes several minutes)" >&2
 cargo build --release --locked -p quiver-cli >&2
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 models=target/models
 "$bin/quiver" model fetch --models-dir "$models" >/dev/null
 work=$(mktemp -d)
