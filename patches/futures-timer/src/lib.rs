@@ -19,6 +19,9 @@
 //!   runtime of its own on one background thread, started on first need.
 //! * Runtimes that poll a `Delay` must have their time driver enabled (`enable_all` or
 //!   `enable_time`, which `#[tokio::main]` and `#[tokio::test]` do); tokio panics otherwise.
+//! * An armed `Delay` stays with the runtime it armed in: polled after that runtime has shut
+//!   down, tokio panics. Nothing in QUIVer moves libp2p's futures across runtimes (the simulator
+//!   drops its nodes before their runtimes).
 
 use std::fmt;
 use std::future::Future;
