@@ -249,6 +249,61 @@ pub(crate) fn nodes_topic_params(expected_per_sec: f64, activation: Duration) ->
     p
 }
 
+/// The heartbeat rate the delivery threshold is computed from. The node sets the network's rate
+/// from the nodes it knows ([`DeliveryRate::set`]); a lower rate applies at once, a higher one
+/// is approached second by second ([`DeliveryRate::tick`]) no faster than a mesh peer's delivery
+/// counter (decay [`DELIVERY_DECAY`] a second) can follow the extra traffic. Otherwise the
+/// threshold jumps whenever the node table grows at once (the eighth node turns scoring on, a
+/// healed partition doubles the table within a second) and honest mesh peers, whose counters
+/// still reflect the old traffic, are charged a deficit, pruned, and kept out by the prune
+/// backoff: after a heal the bootstrap node of the partition test spent 23 s with no mesh peer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DeliveryRate {
+    target: f64,
+    effective: f64,
+    activation: Duration,
+    /// The rate of the parameters last handed to GossipSub.
+    applied: f64,
+}
+
+impl DeliveryRate {
+    pub(crate) fn new() -> Self {
+        DeliveryRate { target: 0.0, effective: 0.0, activation: Duration::ZERO, applied: 0.0 }
+    }
+
+    /// The network's expected heartbeats per second and the mesh activation; the parameters to
+    /// apply now (a lower rate takes effect at once, a higher one through [`DeliveryRate::tick`]).
+    pub(crate) fn set(&mut self, expected_per_sec: f64, activation: Duration) -> TopicScoreParams {
+        self.target = if expected_per_sec.is_finite() { expected_per_sec.max(0.0) } else { 0.0 };
+        self.activation = activation;
+        if self.target < self.effective {
+            self.effective = self.target;
+        }
+        self.applied = self.effective;
+        nodes_topic_params(self.effective, activation)
+    }
+
+    /// Moves the rate `elapsed` closer to the target; the parameters to apply when it moved by
+    /// more than 2% of the target or reached it.
+    pub(crate) fn tick(&mut self, elapsed: Duration) -> Option<TopicScoreParams> {
+        if self.effective >= self.target {
+            return None;
+        }
+        let gap = (self.target - self.effective) * DELIVERY_DECAY.powf(elapsed.as_secs_f64());
+        self.effective = if gap <= 0.01 * self.target { self.target } else { self.target - gap };
+        if self.effective == self.target || self.effective - self.applied > 0.02 * self.target {
+            self.applied = self.effective;
+            return Some(nodes_topic_params(self.effective, self.activation));
+        }
+        None
+    }
+
+    /// The rate the threshold is computed from now.
+    pub(crate) fn effective(&self) -> f64 {
+        self.effective
+    }
+}
+
 #[cfg(test)]
 #[path = "tests/behaviour.rs"]
 mod tests;

@@ -131,6 +131,9 @@ pub(crate) struct EventLoop {
     relay_on: bool,
     net_metrics: NetMetrics,
     hole_punches: (u64, u64),
+    /// The heartbeat rate the delivery threshold follows, raised step by step on `last_tick`.
+    delivery_rate: crate::behaviour::DeliveryRate,
+    last_tick: Instant,
     /// Tell connected peers our protocols (after a DHT mode change) at the next tick. Identify
     /// pushes protocol changes by itself only on connections where the first exchange is done.
     push_identify: bool,
@@ -281,6 +284,8 @@ async fn start(
         relay_retry: HashMap::new(),
         net_metrics,
         hole_punches: (0, 0),
+        delivery_rate: crate::behaviour::DeliveryRate::new(),
+        last_tick: Instant::now(),
         push_identify: false,
         relay_reserved: HashMap::new(),
         quic_to_relay: HashSet::new(),
@@ -393,6 +398,11 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                 },
                 _ = tick.tick() => {
+                    let now = Instant::now();
+                    if let Some(params) = self.delivery_rate.tick(now - std::mem::replace(&mut self.last_tick, now)) {
+                        debug!(rate = self.delivery_rate.effective(), "heartbeat delivery threshold raised");
+                        self.set_nodes_topic_params(params);
+                    }
                     self.redial_bootstrap();
                     self.maintain_relays();
                     if std::mem::take(&mut self.push_identify) {
@@ -538,13 +548,17 @@ impl EventLoop {
                 self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
             }
             Command::NodesTopicTraffic { expected_per_sec, activation } => {
-                let params = crate::behaviour::nodes_topic_params(expected_per_sec, activation);
-                let topic = IdentTopic::new(crate::NODES_TOPIC);
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.set_topic_params(topic, params) {
-                    warn!(error = e, "cannot update gossip scoring");
-                }
+                let params = self.delivery_rate.set(expected_per_sec, activation);
+                self.set_nodes_topic_params(params);
             }
             Command::Shutdown => {}
+        }
+    }
+
+    fn set_nodes_topic_params(&mut self, params: gossipsub::TopicScoreParams) {
+        let topic = IdentTopic::new(crate::NODES_TOPIC);
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.set_topic_params(topic, params) {
+            warn!(error = e, "cannot update gossip scoring");
         }
     }
 
