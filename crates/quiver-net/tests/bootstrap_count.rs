@@ -4,32 +4,15 @@
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use quiver_net::{BootstrapAddr, KadMode, Keypair, NetConfig, NetEvent, default_listen_addrs, spawn};
+use quiver_net::{Keypair, spawn};
 
-fn config(bootstrap: Vec<BootstrapAddr>) -> NetConfig {
-    NetConfig {
-        kad_mode: if bootstrap.is_empty() { KadMode::Server } else { KadMode::Auto },
-        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, false),
-        bootstrap,
-        ..NetConfig::default()
-    }
-}
+use crate::{first_listen_addr, loopback_config as config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_counts_its_finished_bootstrap() {
     let (a, mut a_events, _a_task) =
         spawn(Keypair::generate_ed25519(), config(Vec::new()), &mut Registry::default()).await.expect("A starts");
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match a_events.recv().await {
-                Some(NetEvent::NewListenAddr(addr)) => return addr,
-                Some(_) => {}
-                None => panic!("A stopped"),
-            }
-        }
-    })
-    .await
-    .expect("A listens");
+    let addr = first_listen_addr(&mut a_events).await;
 
     let mut registry = Registry::default();
     let bootstrap = vec![addr.to_string().parse().expect("address parses")];

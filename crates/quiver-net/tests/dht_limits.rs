@@ -4,20 +4,14 @@
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use quiver_net::{BootstrapAddr, KadMode, Keypair, NetClient, NetConfig, NetEvent, default_listen_addrs, spawn};
+use quiver_net::{BootstrapAddr, Keypair, NetClient, NetConfig, NetEvent, spawn};
 use tokio::sync::mpsc;
 
-/// A node that others join through is a DHT server by definition (like `--bootstrap-node`);
-/// the others decide from reachability.
+use crate::{first_listen_addr, loopback_config};
+
+/// A loopback node with a small DHT request budget.
 fn config(bootstrap: Vec<BootstrapAddr>) -> NetConfig {
-    NetConfig {
-        kad_mode: if bootstrap.is_empty() { KadMode::Server } else { KadMode::Auto },
-        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, false),
-        bootstrap,
-        dht_requests_per_sec: 2,
-        dht_request_burst: 10,
-        ..NetConfig::default()
-    }
+    NetConfig { dht_requests_per_sec: 2, dht_request_burst: 10, ..loopback_config(bootstrap) }
 }
 
 async fn start(bootstrap: Vec<BootstrapAddr>) -> (NetClient, mpsc::Receiver<NetEvent>) {
@@ -39,15 +33,7 @@ async fn connected(net: &NetClient) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dht_flooder_is_refused_and_reported_while_others_are_answered() {
     let (a, mut a_events) = start(Vec::new()).await;
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(NetEvent::NewListenAddr(addr)) = a_events.recv().await {
-                return addr;
-            }
-        }
-    })
-    .await
-    .expect("listening");
+    let addr = first_listen_addr(&mut a_events).await;
     let key = [quiver_net::MODEL_KEY_PREFIX, b"name/demo"].concat();
     a.start_providing(key.clone()).await.expect("providing");
 

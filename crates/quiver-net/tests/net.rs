@@ -5,3 +5,35 @@ mod bootstrap_count;
 mod dht_limits;
 mod handshake_timeout;
 mod relay_limits;
+
+use std::time::Duration;
+
+use quiver_net::{BootstrapAddr, KadMode, Multiaddr, NetConfig, NetEvent, default_listen_addrs};
+use tokio::sync::mpsc;
+
+/// A node on 127.0.0.1 (ephemeral ports) joining through `bootstrap`. A node that others join
+/// through is a DHT server by definition (like `--bootstrap-node`); the others decide from
+/// reachability.
+fn loopback_config(bootstrap: Vec<BootstrapAddr>) -> NetConfig {
+    NetConfig {
+        kad_mode: if bootstrap.is_empty() { KadMode::Server } else { KadMode::Auto },
+        listen_addrs: default_listen_addrs([127, 0, 0, 1].into(), 0, false),
+        bootstrap,
+        ..NetConfig::default()
+    }
+}
+
+/// The first full address a node reports listening on (10 s at most).
+async fn first_listen_addr(events: &mut mpsc::Receiver<NetEvent>) -> Multiaddr {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(NetEvent::NewListenAddr(addr)) => return addr,
+                Some(_) => {}
+                None => panic!("the node stopped"),
+            }
+        }
+    })
+    .await
+    .expect("listening")
+}
