@@ -283,7 +283,10 @@ async fn busy_right_after_advertising_free_slots_is_a_lie() {
         b.expect("the second request succeeds elsewhere");
         pairs += 1;
     }
-    println!("lie noticed after {pairs} pairs: {:?}", net.bad_view().offence_counts);
+    let offences = net.bad_view().offence_counts;
+    println!("lie noticed after {pairs} pairs: {offences:?}");
+    // The lie seen is the refusal, not the speed claim (judged after three jobs).
+    assert!(offences.contains_key("busy"), "{offences:?}");
     net.stop().await;
 }
 

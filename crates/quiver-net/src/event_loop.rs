@@ -13,7 +13,7 @@ use libp2p::core::upgrade;
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, dcutr, identify, noise, ping, plaintext, relay, tls, upnp, yamux,
 };
@@ -118,8 +118,11 @@ pub(crate) struct EventLoop {
     record_queries: HashMap<kad::QueryId, RecordQuery>,
     /// Record puts whose caller waits for the outcome.
     put_queries: HashMap<kad::QueryId, oneshot::Sender<bool>>,
-    /// `connect` calls waiting for their dial.
-    connecting: HashMap<ConnectionId, (PeerId, oneshot::Sender<Result<(), NetError>>)>,
+    /// `connect` calls waiting for a dial to a peer: ours, or one already under way (Kademlia's,
+    /// another caller's). All of a peer's callers are answered by its next connection or its
+    /// next failed dial. At most [`MAX_CONNECT_WAITERS`] in all; given-up callers are swept on
+    /// the tick.
+    connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
     /// Reachability (AutoNAT's verdict, relay reservations) and what follows from it.
     reach: ReachabilityState,
     /// Our listeners on relays (reservations asked for or held).
@@ -167,6 +170,9 @@ const MAX_RECORD_QUERIES: usize = 256;
 
 /// How long a provider lookup that already found providers may keep looking for more.
 const PROVIDER_LOOKUP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Most `connect` callers waiting for dials at once; more are refused at once.
+const MAX_CONNECT_WAITERS: usize = 1024;
 
 /// Most providers returned by one lookup.
 const MAX_PROVIDERS: usize = 64;
@@ -411,6 +417,10 @@ impl EventLoop {
                     }
                     self.answer_slow_provider_queries();
                     self.end_slow_record_queries();
+                    self.connecting.retain(|_, waiting| {
+                        waiting.retain(|reply| !reply.is_closed());
+                        !waiting.is_empty()
+                    });
                 }
                 _ = random_walk.tick() => {
                     if self.swarm.behaviour_mut().kad.kbuckets().next().is_some() {
@@ -517,14 +527,19 @@ impl EventLoop {
                     let _ = reply.send(Ok(()));
                     return;
                 }
+                if self.connecting.values().map(Vec::len).sum::<usize>() >= MAX_CONNECT_WAITERS {
+                    let _ = reply.send(Err(NetError::Dial("too many connections being made".into())));
+                    return;
+                }
                 for a in &addrs {
                     self.swarm.add_peer_address(peer, a.clone());
                 }
                 let opts = DialOpts::peer_id(peer).addresses(addrs).extend_addresses_through_behaviour().build();
-                let id = opts.connection_id();
                 match self.swarm.dial(opts) {
-                    Ok(()) => {
-                        self.connecting.insert(id, (peer, reply));
+                    // A dial to it is already under way (another request to the same provider,
+                    // or Kademlia's): its outcome is this caller's too.
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                        self.connecting.entry(peer).or_default().push(reply);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(NetError::Dial(e.to_string())));
@@ -834,7 +849,7 @@ impl EventLoop {
                         self.swarm.behaviour_mut().kad.get_closest_peers(me);
                     }
                 }
-                if let Some((_, reply)) = self.connecting.remove(&connection_id) {
+                for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
                 if num_established.get() == 1 {
@@ -860,6 +875,13 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError { connection_id, error, peer_id } => {
+                if let Some(peer) = peer_id
+                    && !self.swarm.is_connected(&peer)
+                {
+                    for reply in self.connecting.remove(&peer).unwrap_or_default() {
+                        let _ = reply.send(Err(NetError::Dial(error.to_string())));
+                    }
+                }
                 if let Some(i) = self.bootstrap.iter().position(|b| b.dialing == Some(connection_id)) {
                     self.bootstrap_failed(i, &error.to_string());
                 } else {

@@ -2,6 +2,7 @@
 //! a module: one binary instantiates and links the network stack once instead of once per file.
 
 mod bootstrap_count;
+mod connect;
 mod dht_limits;
 mod handshake_timeout;
 mod relay_limits;
