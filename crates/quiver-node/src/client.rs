@@ -217,6 +217,24 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wait for the provider's first answer: an honest provider answers at once (Accepted, Queued
 /// or Busy), so silence this long is a fault.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refusal is looked for on a stream whose request could not be sent.
+const REFUSAL_WAIT: Duration = Duration::from_secs(2);
+/// Streams opened again, per attempt, after one was dropped unanswered (see `send_request`).
+const MAX_REOPENS: u32 = 3;
+
+/// A random pause before the `n`th reopening, growing with `n`, so a dropped burst does not
+/// arrive as a burst again.
+fn reopen_pause(n: u32) -> Duration {
+    Duration::from_millis((20 + rand::random::<u64>() % 81) * u64::from(n.min(MAX_REOPENS)))
+}
+
+/// Why a request could not be sent.
+enum Opening {
+    /// An outcome to count against the provider (or a refusal, which counts for nothing).
+    Failed(AttemptError),
+    /// The stream was closed before the request went through, with no word from the provider.
+    Dropped(String),
+}
 /// Longest silence while queued (a queued job hears `Queued` every 5 s).
 const QUEUED_SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait in a provider's queue before trying another.
@@ -904,6 +922,69 @@ impl Node {
         }
     }
 
+    /// Opens an inference stream to `peer` and sends `request`. A stream dropped unanswered is
+    /// opened again after a short random pause, `MAX_REOPENS` times at most per attempt
+    /// (`reopens` counts them): libp2p-stream hands a provider one new inbound stream at a time
+    /// and drops any that arrives while the previous one waits to be taken, so a burst of
+    /// requests from one client loses some of them on arrival, through no fault of the provider.
+    async fn send_request(
+        &self,
+        peer: PeerId,
+        request: &InferRequest,
+        reopens: &mut u32,
+    ) -> Result<quiver_net::Stream, AttemptError> {
+        if *reopens > 0 {
+            tokio::time::sleep(reopen_pause(*reopens)).await;
+        }
+        loop {
+            match self.open_request(peer, request).await {
+                Ok(stream) => return Ok(stream),
+                Err(Opening::Dropped(why)) if *reopens < MAX_REOPENS => {
+                    debug!(%peer, %why, "inference stream dropped unanswered; opening another");
+                    *reopens += 1;
+                    tokio::time::sleep(reopen_pause(*reopens)).await;
+                }
+                Err(Opening::Dropped(why)) => return Err(AttemptError::Retry(Offence::Stall, why)),
+                Err(Opening::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One try of [`Self::send_request`].
+    async fn open_request(&self, peer: PeerId, request: &InferRequest) -> Result<quiver_net::Stream, Opening> {
+        let retry = |offence: Offence, what: String| Opening::Failed(AttemptError::Retry(offence, what));
+        let opened = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            self.net().streams().open_stream(peer, StreamProtocol::new(INFER_PROTOCOL)),
+        )
+        .await;
+        let mut stream = match opened {
+            Ok(Ok(s)) => s,
+            // It does not speak the protocol it was chosen for.
+            Ok(Err(e @ quiver_net::OpenStreamError::UnsupportedProtocol(_))) => {
+                return Err(retry(Offence::ProtocolViolation, format!("cannot open stream: {e}")));
+            }
+            // The connection broke (or was closed) while the stream was negotiated.
+            Ok(Err(e)) => return Err(retry(Offence::Stall, format!("cannot open stream: {e}"))),
+            Err(_) => return Err(retry(Offence::Timeout, "opening the stream timed out".into())),
+        };
+        if let Err(e) = write_frame(&mut stream, request).await {
+            // A provider over its limits refuses before reading the request and closes the
+            // stream; over QUIC that fails this write. Its refusal is load, not a stall: read it.
+            let refusal =
+                tokio::time::timeout(REFUSAL_WAIT, read_frame::<_, InferResponse>(&mut stream, MAX_RESPONSE_BYTES))
+                    .await;
+            return Err(match refusal.ok().and_then(Result::ok).and_then(|f| f.kind) {
+                Some(Kind::Error(refused)) if refused.code == "rate_limited" => {
+                    retry(Offence::Busy, "rate limited".into())
+                }
+                Some(Kind::Busy(_)) => retry(Offence::Busy, "busy".into()),
+                _ => Opening::Dropped(format!("sending the request: {e}")),
+            });
+        }
+        Ok(stream)
+    }
+
     async fn attempt(
         &self,
         candidate: &Candidate,
@@ -918,20 +999,8 @@ impl Node {
             Ok(Err(e)) => return Err(AttemptError::Retry(Offence::Timeout, format!("unreachable: {e}"))),
             Err(_) => return Err(retry(Offence::Timeout, "connect timed out")),
         }
-        let mut control = self.net().streams();
-        let mut stream =
-            match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, StreamProtocol::new(INFER_PROTOCOL)))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(AttemptError::Retry(Offence::ProtocolViolation, format!("cannot open stream: {e}")));
-                }
-                Err(_) => return Err(retry(Offence::Timeout, "opening the stream timed out")),
-            };
-        write_frame(&mut stream, request)
-            .await
-            .map_err(|e| AttemptError::Retry(Offence::Stall, format!("sending the request: {e}")))?;
+        let mut reopens = 0;
+        let mut stream = self.send_request(peer, request, &mut reopens).await?;
 
         let mut accepted = None;
         let mut queued_since: Option<Instant> = None;
@@ -949,6 +1018,13 @@ impl Node {
                 match tokio::time::timeout(wait, read_frame::<_, InferResponse>(&mut stream, MAX_RESPONSE_BYTES)).await
                 {
                     Ok(Ok(f)) => f,
+                    Ok(Err(FrameError::Closed | FrameError::Io(_)))
+                        if accepted.is_none() && queued_since.is_none() && reopens < MAX_REOPENS =>
+                    {
+                        // Closed before a word: dropped on arrival, most likely (see `send_request`).
+                        stream = self.send_request(peer, request, &mut reopens).await?;
+                        continue;
+                    }
                     Ok(Err(e)) => {
                         let offence = match e {
                             FrameError::TooLarge { .. } | FrameError::BadLength | FrameError::Decode(_) => {

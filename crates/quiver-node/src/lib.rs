@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 #[cfg(feature = "adversary")]
 pub mod adversary;
 mod cache;

@@ -1,11 +1,12 @@
 //! The provider role: serves local engines to the network.
 //!
 //! Admission is bounded twice: `max_concurrent` jobs run, `queue` more wait; a provider with
-//! both full answers `Busy` at once. Requests arrive on `/quiver/infer/1`; job announcements on
+//! both full answers `Busy` at once, unless the request's client holds fewer jobs here than the
+//! heaviest one, whose newest queued job then gives up its place (`admission.rs`). Requests arrive on `/quiver/infer/1`; job announcements on
 //! `quiver/1/infer/<model>` are claimed over `/quiver/claim/1` when a slot is free.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{AsyncWriteExt, StreamExt};
@@ -15,12 +16,13 @@ use quiver_proto::infer::{
     CLAIM_PROTOCOL, INFER_PROTOCOL, MAX_ANNOUNCEMENT_BYTES, MAX_CLAIM_BYTES, MAX_REQUEST_BYTES, output_hash,
 };
 use quiver_proto::{
-    Accepted, Busy, Claim, ClaimAck, InferError, InferRequest, InferResponse, JobAnnouncement, ModelInfo, Queued,
-    Receipt, TokenChunk, infer_response::Kind, read_frame, write_frame,
+    self as proto, Accepted, Busy, Claim, ClaimAck, InferError, InferRequest, InferResponse, JobAnnouncement,
+    ModelInfo, Receipt, TokenChunk, infer_response::Kind, read_frame, write_frame,
 };
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Queued};
 use crate::discovery::now_ms;
 use crate::metrics::JobOutcome::{Cancelled, Served};
 use crate::metrics::NodeMetrics;
@@ -79,8 +81,8 @@ pub(crate) struct Provider {
     engines: Vec<Arc<dyn Engine>>,
     slots: Arc<Semaphore>,
     max_concurrent: usize,
-    queue_cap: usize,
-    queued: AtomicUsize,
+    /// Who holds the queue's places (and how many jobs each client has here).
+    admission: Admission,
     open_streams: Arc<Semaphore>,
     /// Measured generation speed (EWMA), tokens/s × 100.
     speed_centi: AtomicU32,
@@ -92,50 +94,11 @@ pub(crate) struct Provider {
     requests_per_sec: u32,
     /// Job announcements acted on per client.
     announcements: PeerLimiter,
-    /// Jobs each client has running or queued here.
-    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
     /// Deliberate misbehaviour (tests only), and the jobs seen so far.
     #[cfg(feature = "adversary")]
     adversary: Option<crate::adversary::Adversary>,
     #[cfg(feature = "adversary")]
     jobs_seen: AtomicU32,
-}
-
-/// Jobs one client may have running or queued at one provider, so a flood from one peer cannot
-/// fill the queue in front of everyone else.
-const MAX_JOBS_PER_PEER: usize = 2;
-
-/// Holds one of a peer's job places; gives it back when dropped.
-struct PeerJob {
-    peer: PeerId,
-    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
-}
-
-impl PeerJob {
-    fn take(
-        per_peer: &Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
-        peer: PeerId,
-    ) -> Option<PeerJob> {
-        let mut map = per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(peer).or_default();
-        if *n >= MAX_JOBS_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(PeerJob { peer, per_peer: per_peer.clone() })
-    }
-}
-
-impl Drop for PeerJob {
-    fn drop(&mut self) {
-        let mut map = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
-        }
-    }
 }
 
 /// Sustained inference requests per second one peer may send, and its burst (defaults).
@@ -149,8 +112,7 @@ impl Provider {
             engines: cfg.engines,
             slots: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
-            queue_cap: cfg.queue,
-            queued: AtomicUsize::new(0),
+            admission: Admission::new(cfg.queue),
             open_streams: Arc::new(Semaphore::new(MAX_OPEN_STREAMS)),
             speed_centi: AtomicU32::new(0),
             keypair,
@@ -158,7 +120,6 @@ impl Provider {
             metrics,
             requests: PeerLimiter::new(cfg.requests_per_sec, cfg.request_burst),
             requests_per_sec: cfg.requests_per_sec,
-            per_peer: Arc::default(),
             announcements: PeerLimiter::new(5, 20),
             #[cfg(feature = "adversary")]
             adversary: None,
@@ -198,7 +159,7 @@ impl Provider {
     }
 
     pub(crate) fn queue_depth(&self) -> u32 {
-        self.queued.load(Ordering::Relaxed) as u32
+        self.admission.queued() as u32
     }
 
     pub(crate) fn tokens_per_sec(&self) -> f32 {
@@ -318,25 +279,17 @@ impl Provider {
             )
             .await;
         };
-        // Admission: within the client's own share, a free slot, else a place in the queue,
-        // else Busy.
-        let Some(_peer_job) = PeerJob::take(&self.per_peer, peer) else {
-            return self.refuse_busy(stream).await;
-        };
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.queued.fetch_add(1, Ordering::SeqCst) >= self.queue_cap {
-                    self.queued.fetch_sub(1, Ordering::SeqCst);
-                    return self.refuse_busy(stream).await;
-                }
-                let waited = self.wait_in_queue(stream).await;
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                match waited? {
-                    Some(p) => p,
-                    None => return self.refuse_busy(stream).await,
-                }
-            }
+        // Admission: a free slot, else a place in the queue (perhaps one taken from the client
+        // with the most jobs here), else Busy.
+        let (_ticket, permit) = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => (self.admission.running(peer), p),
+            Err(_) => match self.admission.enqueue(peer) {
+                Queued::Refused => return self.refuse_busy(stream).await,
+                Queued::Place(mut ticket, evicted) => match self.wait_in_queue(stream, evicted).await? {
+                    Some(p) if ticket.start() => (ticket, p),
+                    _ => return self.refuse_busy(stream).await,
+                },
+            },
         };
         #[cfg(feature = "adversary")]
         let misbehaviour = self.misbehaviour();
@@ -457,25 +410,32 @@ impl Provider {
     }
 
     /// Waits for a slot, telling the client at once and then every few seconds that its job is
-    /// queued. `None` when the wait ends without a slot.
+    /// queued. `None` when the wait ends without a slot: too long, or its place was given to
+    /// another client's job (`evicted`).
     async fn wait_in_queue(
         &self,
         stream: &mut quiver_net::Stream,
+        mut evicted: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, quiver_proto::FrameError> {
         let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
         // One acquire future for the whole wait: dropping it would lose the place in line.
         let acquire = self.slots.clone().acquire_owned();
         tokio::pin!(acquire);
         loop {
-            let position = self.queued.load(Ordering::Relaxed).saturating_sub(1) as u32;
-            let queued = InferResponse { kind: Some(Kind::Queued(Queued { position })) };
+            let position = self.admission.queued().saturating_sub(1) as u32;
+            let queued = InferResponse { kind: Some(Kind::Queued(proto::Queued { position })) };
             write_frame(stream, &queued).await?;
             let notice = (tokio::time::Instant::now() + QUEUED_NOTICE_EVERY).min(deadline);
-            match tokio::time::timeout_at(notice, &mut acquire).await {
-                Ok(Ok(p)) => return Ok(Some(p)),
-                Ok(Err(_)) => return Ok(None),
-                Err(_) if tokio::time::Instant::now() >= deadline => return Ok(None),
-                Err(_) => {}
+            tokio::select! {
+                biased;
+                // Evicted (or the book is gone): the place is someone else's now.
+                _ = &mut evicted => return Ok(None),
+                acquired = tokio::time::timeout_at(notice, &mut acquire) => match acquired {
+                    Ok(Ok(p)) => return Ok(Some(p)),
+                    Ok(Err(_)) => return Ok(None),
+                    Err(_) if tokio::time::Instant::now() >= deadline => return Ok(None),
+                    Err(_) => {}
+                },
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use quiver_engine::llama::LlamaEngine;
 use quiver_engine::{Engine, GenEvent, GenerateRequest, Input, SamplingParams};
 
-use crate::common::{load_engine, loopback_config, tcp_addr};
+use crate::common::{listen_addr, load_engine, loopback_config, tcp_addr};
 use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, ProviderConfig, Route, StreamEvent};
 
 fn engine() -> Arc<LlamaEngine> {
@@ -24,8 +24,14 @@ async fn provider_and_client(max_concurrent: usize, queue: usize) -> (Node, Node
     })
     .await
     .expect("provider starts");
+    let client = client_of(&provider).await;
+    (provider, client)
+}
+
+/// A client (a DHT client only) that joins through `provider` and knows it as a provider.
+async fn client_of(provider: &Node) -> Node {
     let client = Node::start(NodeConfig {
-        bootstrap_peers: vec![tcp_addr(&provider).await],
+        bootstrap_peers: vec![tcp_addr(provider).await],
         dht_client_only: true,
         ..loopback_config()
     })
@@ -33,7 +39,13 @@ async fn provider_and_client(max_concurrent: usize, queue: usize) -> (Node, Node
     .expect("client starts");
     assert!(client.wait_for_peers(1, Duration::from_secs(10)).await);
     assert!(client.wait_for_provider("smollm2-135m", Duration::from_secs(30)).await);
-    (provider, client)
+    client
+}
+
+/// What `client` holds on `provider`.
+fn view_of(client: &Node, provider: &Node) -> quiver_reputation::PeerView {
+    let id = provider.peer_id().to_string();
+    client.reputation().into_iter().find(|v| v.peer == id).expect("a reputation record of the provider")
 }
 
 /// What the bare engine answers.
@@ -172,7 +184,7 @@ async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
             .expect("in time")
             .expect("answered");
     }
-    let view = client.reputation().into_iter().find(|v| v.peer == provider.peer_id().to_string()).expect("a record");
+    let view = view_of(&client, &provider);
     assert_eq!(view.successes, 2);
     assert_eq!(view.failures, 0);
     assert!(view.latency_ewma_ms.is_some_and(|l| l > 0.0));
@@ -193,14 +205,14 @@ async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
     req.use_cache = false;
     let err = tokio::time::timeout(Duration::from_secs(120), client.infer(req)).await.expect("in time");
     assert!(err.is_err());
-    let view = client.reputation().into_iter().find(|v| v.peer == provider.peer_id().to_string()).expect("a record");
+    let view = view_of(&client, &provider);
     assert_eq!(view.failures, 1);
     assert!(view.score < score_before);
     client.shutdown().await;
 
     // A restart with the same data directory remembers all of it.
     let again = Node::start(NodeConfig { bootstrap_peers: vec![boot], ..client_config() }).await.expect("restarts");
-    let view = again.reputation().into_iter().find(|v| v.peer == provider.peer_id().to_string()).expect("kept");
+    let view = view_of(&again, &provider);
     assert_eq!((view.successes, view.failures), (2, 1));
     again.shutdown().await;
 }
@@ -209,14 +221,7 @@ async fn outcomes_feed_the_clients_reputation_which_survives_a_restart() {
 async fn a_flooding_peer_is_refused_while_another_client_is_served() {
     let _shared = crate::common::light().await;
     let (provider, flooder) = provider_and_client(1, 4).await;
-    let other = Node::start(NodeConfig {
-        bootstrap_peers: vec![tcp_addr(&provider).await],
-        dht_client_only: true,
-        ..loopback_config()
-    })
-    .await
-    .expect("starts");
-    assert!(other.wait_for_provider("smollm2-135m", Duration::from_secs(30)).await);
+    let other = client_of(&provider).await;
     // Ten times the burst the provider allows one peer, all at once.
     let flood = futures::future::join_all((0..100).map(|_| {
         let mut r = InferenceRequest::chat("smollm2-135m", "Hi", 4);
@@ -235,8 +240,105 @@ async fn a_flooding_peer_is_refused_while_another_client_is_served() {
     assert!(refused >= 80, "only {refused} of 100 flooding requests were refused");
     let metrics = provider.metrics_text();
     assert!(metrics.contains("quiver_provider_jobs_total{outcome=\"rate_limited\"}"), "{metrics}");
+    // Refusals are load, not faults: the flooder holds none of them against the provider. Some
+    // of the burst's streams are dropped on arrival (libp2p-stream takes one at a time); they
+    // are opened again, and do not count as stalls either.
+    let view = view_of(&flooder, &provider);
+    assert!(view.offence_counts.keys().all(|k| k == "busy"), "{view:?}");
     other.shutdown().await;
     flooder.shutdown().await;
+    provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_over_quic_count_as_load_not_faults() {
+    let _shared = crate::common::light().await;
+    // QUIC only: a provider that refuses before reading the request closes the stream, and
+    // QUIC then fails the client's write of the request.
+    let quic = || NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
+        ..loopback_config()
+    };
+    let provider = Node::start(NodeConfig {
+        bootstrap_node: true,
+        provider: Some(ProviderConfig {
+            requests_per_sec: 1,
+            request_burst: 1,
+            ..ProviderConfig::new(vec![engine()], 1, 4)
+        }),
+        ..quic()
+    })
+    .await
+    .expect("provider starts");
+    let client = Node::start(NodeConfig {
+        bootstrap_peers: vec![listen_addr(&provider, "/quic-v1").await],
+        dht_client_only: true,
+        ..quic()
+    })
+    .await
+    .expect("client starts");
+    assert!(client.wait_for_provider("smollm2-135m", Duration::from_secs(30)).await);
+    let asks = (0..20).map(|i| {
+        let mut r = InferenceRequest::chat("smollm2-135m", &format!("Hi {i}"), 2);
+        r.broadcast = false;
+        r.max_attempts = 1;
+        client.infer(r)
+    });
+    let results =
+        tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(asks)).await.expect("settled in time");
+    let refused = results.iter().filter(|r| r.is_err()).count();
+    assert!(refused >= 15, "only {refused} of 20 were refused");
+    let view = view_of(&client, &provider);
+    assert!(view.offence_counts.keys().all(|k| k == "busy"), "{view:?}");
+    assert_eq!(view.failures, 0, "{view:?}");
+    client.shutdown().await;
+    provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_client_may_fill_the_queue_and_a_second_client_still_gets_a_place() {
+    let _shared = crate::common::light().await;
+    // One slot and four queue places.
+    let (provider, gateway) = provider_and_client(1, 4).await;
+    let ask = |node: &Node, i: usize, tokens: u32| {
+        let mut r = InferenceRequest::completion("smollm2-135m", &format!("Item {i}: a list of colours:"), tokens);
+        r.broadcast = false;
+        r.max_attempts = 1;
+        r.use_cache = false;
+        let node = node.clone();
+        async move { tokio::time::timeout(Duration::from_secs(180), node.infer(r)).await.expect("settled in time") }
+    };
+    // One client (a gateway, say) with five requests at once: one runs, four wait; none is
+    // refused while the provider has room.
+    let burst = futures::future::join_all((0..5).map(|i| ask(&gateway, i, 16))).await;
+    for (i, r) in burst.iter().enumerate() {
+        assert!(r.is_ok(), "request {i} of a lone client's burst failed: {r:?}");
+    }
+
+    // The same client fills the queue again, with long jobs; then another client asks.
+    let other = client_of(&provider).await;
+    let heavy = tokio::spawn(futures::future::join_all((10..15).map(|i| ask(&gateway, i, 300))));
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while provider.status().await.ok().and_then(|s| s.provider).is_none_or(|p| p.queue_depth < 4) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first client's jobs fill the queue");
+    // The queue is full, but the other client has no job here: the first client's newest
+    // queued job gives up its place.
+    let answered = ask(&other, 99, 8).await;
+    assert!(answered.is_ok(), "the second client was refused: {answered:?}");
+    let heavy = heavy.await.expect("joins");
+    let refused: Vec<_> = heavy.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 1, "exactly one place was given away: {refused:?}");
+    assert!(
+        matches!(refused[0], InferError::AllProvidersFailed { failures, .. } if failures.iter().all(|f| f.ends_with("busy")))
+    );
+    let metrics = provider.metrics_text();
+    assert!(metrics.contains("quiver_provider_jobs_total{outcome=\"busy\"} 1"), "{metrics}");
+    other.shutdown().await;
+    gateway.shutdown().await;
     provider.shutdown().await;
 }
 

@@ -23,17 +23,22 @@ pub fn loopback_config() -> NodeConfig {
 
 /// The TCP address (with `/p2p/`) a node listens on, once it is up.
 pub async fn tcp_addr(node: &Node) -> BootstrapAddr {
+    listen_addr(node, "/tcp/").await
+}
+
+/// The first address (with `/p2p/`) a node listens on whose text contains `part`, once it is up.
+pub async fn listen_addr(node: &Node, part: &str) -> BootstrapAddr {
     let mut rx = node.listen_addrs();
     let addr = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Some(a) = rx.borrow().iter().find(|a| a.to_string().contains("/tcp/")) {
+            if let Some(a) = rx.borrow().iter().find(|a| a.to_string().contains(part)) {
                 return a.clone();
             }
             rx.changed().await.expect("node stopped");
         }
     })
     .await
-    .expect("node reported no TCP address");
+    .unwrap_or_else(|_| panic!("node reported no address with {part}"));
     addr.to_string().parse().expect("own address parses")
 }
 
