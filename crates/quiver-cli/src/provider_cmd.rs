@@ -60,6 +60,13 @@ pub struct ProviderArgs {
     /// Jobs waiting for a slot; beyond this, requests are refused as busy.
     #[arg(long, default_value_t = 8, env = "QUIVER_QUEUE")]
     pub queue: usize,
+    /// Inference requests one peer may send per second, sustained; beyond it they are refused
+    /// as rate limited.
+    #[arg(long, value_name = "N", default_value_t = quiver_node::REQUESTS_PER_SEC, env = "QUIVER_PEER_REQUESTS_PER_SEC")]
+    pub peer_requests_per_sec: u32,
+    /// Inference requests one peer may send at once, beyond its sustained rate.
+    #[arg(long, value_name = "N", default_value_t = quiver_node::REQUEST_BURST, env = "QUIVER_PEER_REQUEST_BURST")]
+    pub peer_request_burst: u32,
     /// Where models are kept. [default: <data-dir>/models]
     #[arg(long, value_name = "DIR", env = "QUIVER_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
@@ -181,5 +188,9 @@ pub async fn build(p: &ProviderArgs, data_dir: &Path) -> anyhow::Result<Provider
         }
     }
     let capacity = engines.iter().map(|e| e.capacity()).min().unwrap_or(1);
-    Ok(ProviderConfig::new(engines, p.max_concurrent.unwrap_or(capacity).max(1), p.queue))
+    Ok(ProviderConfig {
+        requests_per_sec: p.peer_requests_per_sec.max(1),
+        request_burst: p.peer_request_burst.max(1),
+        ..ProviderConfig::new(engines, p.max_concurrent.unwrap_or(capacity).max(1), p.queue)
+    })
 }

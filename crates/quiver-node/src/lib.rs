@@ -33,7 +33,7 @@ pub use client::{
 pub use discovery::{KnownNode, NODES_TOPIC};
 pub use metrics::{JobCounters, JobRecord, JobRole, RECENT_JOBS};
 pub use node::{AGENT_VERSION, HeartbeatEvent, Node, NodeConfig, NodeError, NodeStatus, ProviderStatus};
-pub use provider::ProviderConfig;
+pub use provider::{ProviderConfig, REQUEST_BURST, REQUESTS_PER_SEC};
 pub use quiver_engine as engine;
 pub use quiver_net::{BootstrapAddr, Multiaddr, PeerId, PeerInfo, TransportKind};
 pub use quiver_reputation as reputation;

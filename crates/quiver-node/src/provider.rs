@@ -101,9 +101,12 @@ pub(crate) struct Provider {
     jobs_seen: AtomicU32,
 }
 
-/// Sustained inference requests per second one peer may send, and its burst (defaults).
-pub const REQUESTS_PER_SEC: u32 = 2;
-pub const REQUEST_BURST: u32 = 10;
+/// Sustained inference requests per second one peer may send, and its burst (defaults). A
+/// client may be a gateway in front of many users, so this is set above what a CPU provider
+/// serves (a short SmolLM2 job takes ~0.2 s per slot); admission bounds the work itself, and
+/// the rate only keeps a flood of requests from costing more than its refusals.
+pub const REQUESTS_PER_SEC: u32 = 10;
+pub const REQUEST_BURST: u32 = 40;
 
 impl Provider {
     pub(crate) fn new(cfg: ProviderConfig, keypair: quiver_net::Keypair, net: NetClient, metrics: NodeMetrics) -> Self {
