@@ -159,13 +159,73 @@ struct StreamOptions {
     include_usage: bool,
 }
 
+/// A chat message as OpenAI clients send it. `content` is a string, a list of content parts
+/// (frameworks and newer SDKs send `[{"type": "text", "text": ...}]`; only text parts can be
+/// served, and they are joined by newlines), or absent/null (an assistant turn that only called
+/// tools). `developer` is OpenAI's newer name for the system role.
+#[derive(Debug, Clone, Deserialize)]
+struct ApiMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<MessageContent>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// Roles a chat template is given (after `developer` became `system`).
+const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
+impl ApiMessage {
+    fn into_chat(self) -> Result<ChatMessage, ApiError> {
+        let role = if self.role == "developer" { "system".to_owned() } else { self.role };
+        if !ROLES.contains(&role.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown message role `{role}`: expected system, developer, user, assistant or tool"
+            )));
+        }
+        let content = match self.content {
+            None => String::new(),
+            Some(MessageContent::Text(text)) => text,
+            Some(MessageContent::Parts(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for part in parts {
+                    match (part.kind.as_str(), part.text) {
+                        ("text", Some(text)) => texts.push(text),
+                        ("text", None) => return Err(ApiError::bad_request("a text content part has no `text`")),
+                        (other, _) => {
+                            return Err(ApiError::bad_request(format!(
+                                "content parts of type `{other}` are not supported: the models served are text only"
+                            )));
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+        };
+        Ok(ChatMessage { role, content })
+    }
+}
+
 /// The fields of both request kinds that QUIVer honours; others are ignored as OpenAI does for
 /// fields a model does not support.
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     model: String,
     #[serde(default)]
-    messages: Option<Vec<ChatMessage>>,
+    messages: Option<Vec<ApiMessage>>,
     #[serde(default)]
     prompt: Option<Value>,
     max_tokens: Option<u32>,
@@ -292,6 +352,7 @@ pub async fn chat_completions(
         if messages.is_empty() {
             return Err(ApiError::bad_request("`messages` must not be empty"));
         }
+        let messages = messages.into_iter().map(ApiMessage::into_chat).collect::<Result<Vec<_>, _>>()?;
         let inference = req.to_inference(Input::Chat(messages))?;
         respond(&node, req, inference, Kind::Chat, place.map(|Extension(p)| p)).await
     };
@@ -461,3 +522,7 @@ pub async fn models(State(node): State<Node>) -> Json<Value> {
     node.record_gateway_request("models", 200);
     Json(json!({ "object": "list", "data": data }))
 }
+
+#[cfg(test)]
+#[path = "tests/openai.rs"]
+mod tests;

@@ -47,6 +47,11 @@ def main():
     check(quiver.get("receipt", {}).get("verified") is True, "receipt not verified")
     out["chat"] = {"text": text, "usage": chat.usage.model_dump(), "route": quiver.get("route")}
 
+    # The same question as a list of content parts (as frameworks send it): the same request.
+    parts = [{"role": "user", "content": [{"type": "text", "text": PROMPT[0]["content"]}]}]
+    again = client.chat.completions.create(model=MODEL, messages=parts, max_tokens=24, temperature=0)
+    check(again.choices[0].message.content == text, f"content parts answered {again.choices[0].message.content!r}")
+
     # Streamed chat, greedy, one token more: the same tokens first, as SSE chunks, then usage.
     stream = client.chat.completions.create(
         model=MODEL, messages=PROMPT, max_tokens=25, temperature=0, stream=True,
