@@ -85,6 +85,7 @@ pub fn gateway_router(node: Node, options: GatewayOptions) -> Router {
         .layer(axum::middleware::from_fn_with_state(limit, openai::limit_in_flight));
     let v1 = completions
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*model}", get(openai::model))
         .layer(DefaultBodyLimit::max(openai::MAX_BODY_BYTES))
         .with_state(node.clone());
     let v1 = if options.api_keys.is_empty() {

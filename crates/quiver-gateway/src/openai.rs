@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -512,15 +512,34 @@ fn async_stream(
 /// OpenAI's). Only providers a request can be routed to count: the node's own engines do not,
 /// since the client role asks other peers (a provider's gateway serves the rest of the network).
 pub async fn models(State(node): State<Node>) -> Json<Value> {
-    let data: Vec<Value> = crate::status::providers_by_model(&node)
+    let data = model_objects(&node).await;
+    node.record_gateway_request("models", 200);
+    Json(json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{model}`: one model of the list, or 404 `model_not_found`.
+pub async fn model(State(node): State<Node>, Path(id): Path<String>) -> Response {
+    let found = model_objects(&node).await.into_iter().find(|m| m["id"] == id.as_str());
+    let answer = found.map(|m| Json(m).into_response()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("The model `{id}` does not exist: no provider on the network serves it"),
+        )
+    });
+    counted(&node, "models", answer)
+}
+
+/// The models served on the network (by providers other than this node), as OpenAI model objects.
+async fn model_objects(node: &Node) -> Vec<Value> {
+    crate::status::providers_by_model(node)
         .await
         .into_iter()
         .map(|(id, providers)| (id, providers.iter().filter(|p| !p.local).count()))
         .filter(|(_, n)| *n > 0)
         .map(|(id, n)| json!({ "id": id, "object": "model", "created": 0, "owned_by": "quiver", "providers": n }))
-        .collect();
-    node.record_gateway_request("models", 200);
-    Json(json!({ "object": "list", "data": data }))
+        .collect()
 }
 
 #[cfg(test)]

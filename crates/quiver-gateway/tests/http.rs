@@ -88,6 +88,12 @@ async fn errors_have_openai_shapes_and_status_codes() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(error_code(&body), "model_not_found");
     assert_eq!(body["error"]["type"], "invalid_request_error");
+    for id in ["no-such-model", "org/no-such-model"] {
+        let resp = gw.get(&format!("/v1/models/{id}")).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{id}");
+        let body: Value = resp.json().await.expect("JSON");
+        assert_eq!(error_code(&body), "model_not_found", "{id}: {body}");
+    }
 
     // The catalogue's model with no provider in reach: 503 no_provider, retry later.
     let (status, headers, body) =
@@ -103,6 +109,7 @@ async fn errors_have_openai_shapes_and_status_codes() {
         json!({ "model": "m", "messages": [] }).to_string(),
         json!({ "model": "m", "messages": [{ "role": "user", "content": "x" }], "n": 2 }).to_string(),
         json!({ "messages": [{ "role": "user", "content": "x" }] }).to_string(),
+        json!({ "model": "m", "messages": [{ "role": "user", "content": [{ "type": "image_url" }] }] }).to_string(),
     ] {
         let (status, _, body) = gw.post("/v1/chat/completions", bad.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
@@ -130,7 +137,8 @@ async fn errors_have_openai_shapes_and_status_codes() {
     for line in [
         "quiver_gateway_requests_total{endpoint=\"chat_completions\",status=\"404\"} 1",
         "quiver_gateway_requests_total{endpoint=\"completions\",status=\"503\"} 1",
-        "quiver_gateway_requests_total{endpoint=\"chat_completions\",status=\"400\"} 5",
+        "quiver_gateway_requests_total{endpoint=\"chat_completions\",status=\"400\"} 6",
+        "quiver_gateway_requests_total{endpoint=\"models\",status=\"404\"} 2",
         "quiver_gateway_requests_total{endpoint=\"completions\",status=\"413\"} 1",
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?}:\n{metrics}");

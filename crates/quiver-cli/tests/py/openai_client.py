@@ -33,6 +33,13 @@ def main():
     entry = next(m for m in models.data if m.id == MODEL)
     out["models"] = ids
     out["providers"] = (entry.model_extra or {}).get("providers")
+    one = client.models.retrieve(MODEL)
+    check(one.id == MODEL and (one.model_extra or {}).get("providers") == out["providers"], f"retrieve: {one}")
+    try:
+        client.models.retrieve("no-such-model")
+        raise AssertionError("an unknown model was retrieved")
+    except openai.NotFoundError as e:
+        check(e.code == "model_not_found", f"code {e.code}")
 
     # Non-streamed chat, greedy.
     chat = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=24, temperature=0)
