@@ -100,7 +100,17 @@ fn openai_python_client_and_curl_through_the_network() {
     assert_eq!(seen["unknown_model"]["code"], "model_not_found");
     assert_eq!(seen["bad_request"]["status"], 400);
     assert!(seen["stream"]["pieces"].as_u64().is_some_and(|n| n > 1), "{seen}");
-    step(t, "openai client: models, chat, streamed chat, completions, 404, 400");
+    assert_eq!(seen["burst"], 8, "{seen}");
+    // Nothing of it counts against the provider: no failure, no offence but refusals (none here).
+    let peers = support::http_get_json(net.gateway.api, "/api/v1/peers").expect("the gateway's peers");
+    let record = peers
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["peer_id"] == net.provider.peer_id.as_str()))
+        .map(|p| p["reputation"].clone())
+        .expect("the gateway keeps a record of the provider");
+    assert_eq!(record["failures"], 0, "{record}");
+    assert!(record["offence_counts"].as_object().is_some_and(|o| o.keys().all(|k| k == "busy")), "{record}");
+    step(t, "openai client: models, chat, streamed chat, completions, a burst of 8, 404, 400");
 
     // curl: the README's examples.
     let models: Value = serde_json::from_str(&curl(&[&format!("{base}/models")])).expect("models JSON");

@@ -5,6 +5,7 @@ the expected provider's PeerId in QUIVER_PROVIDER. Prints one JSON object with w
 its last line; any failed check raises (non-zero exit) with the reason.
 """
 
+import asyncio
 import json
 import os
 import sys
@@ -18,6 +19,20 @@ PROMPT = [{"role": "user", "content": "Name three colours of the rainbow."}]
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
+
+
+async def burst(n):
+    client = openai.AsyncOpenAI(base_url=os.environ["OPENAI_BASE_URL"], api_key="unused", timeout=120, max_retries=0)
+
+    async def one(i):
+        chat = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Give me word number {i}."}], max_tokens=8,
+            temperature=0)
+        return chat.usage.completion_tokens
+
+    tokens = await asyncio.gather(*[one(i) for i in range(n)])
+    check(all(t > 0 for t in tokens), f"burst answers {tokens}")
+    return len(tokens)
 
 
 def main():
@@ -89,6 +104,10 @@ def main():
         model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True) if c.choices]
     check("".join(pieces).strip(), "empty completion stream")
     out["completion"] = "".join(pieces)
+
+    # A burst from one client: eight requests at once, no retries. The gateway is one peer to
+    # the provider, which queues what its slots cannot take; none may be refused.
+    out["burst"] = asyncio.run(burst(8))
 
     # An unknown model: 404 in OpenAI's shape, raised as NotFoundError.
     try:
