@@ -6,6 +6,7 @@
 //! elsewhere), the recent-jobs ring of the node, the SSE channel of a streamed answer.
 
 pub mod openai;
+pub mod serve;
 pub mod status;
 
 use std::future::Future;
@@ -31,8 +32,6 @@ const MAX_API_BODY_BYTES: usize = 16 * 1024;
 pub enum GatewayError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// Requests the gateway answers at once by default; beyond them it answers 429.
@@ -172,10 +171,8 @@ pub async fn serve_gateway(
     options: GatewayOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    axum::serve(listener, gateway_router(node, options))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(GatewayError::Serve)
+    serve::serve(listener, gateway_router(node, options), shutdown).await;
+    Ok(())
 }
 
 /// Binds the control API; the returned listener's `local_addr` is the address actually used.
@@ -189,7 +186,8 @@ pub async fn serve_api(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    axum::serve(listener, api_router(node)).with_graceful_shutdown(shutdown).await.map_err(GatewayError::Serve)
+    serve::serve(listener, api_router(node), shutdown).await;
+    Ok(())
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -369,3 +369,34 @@ async fn requests_beyond_the_in_flight_limit_get_429() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    // Slowloris: headers begun and never ended, on a few connections.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+        c.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("send part of the headers");
+        slow.push(c);
+    }
+    // Others are served meanwhile.
+    assert_eq!(gw.get("/v1/models").await.status(), StatusCode::OK);
+    // Each slow connection is closed once the header timeout passes (whatever it says first).
+    let limit = quiver_gateway::serve::HEADER_READ_TIMEOUT * 6;
+    for mut c in slow {
+        let closed = tokio::time::timeout(limit, async {
+            let mut buf = [0u8; 512];
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a connection with unfinished headers was still open after {limit:?}");
+    }
+    gw.stop().await;
+}
