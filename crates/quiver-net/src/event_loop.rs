@@ -118,11 +118,12 @@ pub(crate) struct EventLoop {
     record_queries: HashMap<kad::QueryId, RecordQuery>,
     /// Record puts whose caller waits for the outcome.
     put_queries: HashMap<kad::QueryId, oneshot::Sender<bool>>,
-    /// `connect` calls waiting for a dial to a peer: ours, or one already under way (Kademlia's,
-    /// another caller's). All of a peer's callers are answered by its next connection or its
-    /// next failed dial. At most [`MAX_CONNECT_WAITERS`] in all; given-up callers are swept on
+    /// `connect` calls waiting for a dial to a peer: ours (its connection id), or one already
+    /// under way (Kademlia's, another caller's: `None`). All of a peer's callers are answered by
+    /// its next connection, or by the failure of the dial they wait on (ours; any, when they
+    /// joined another's). At most [`MAX_CONNECT_WAITERS`] in all; given-up callers are swept on
     /// the tick.
-    connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
+    connecting: HashMap<PeerId, (Option<ConnectionId>, Vec<oneshot::Sender<Result<(), NetError>>>)>,
     /// Reachability (AutoNAT's verdict, relay reservations) and what follows from it.
     reach: ReachabilityState,
     /// Our listeners on relays (reservations asked for or held).
@@ -417,7 +418,7 @@ impl EventLoop {
                     }
                     self.answer_slow_provider_queries();
                     self.end_slow_record_queries();
-                    self.connecting.retain(|_, waiting| {
+                    self.connecting.retain(|_, (_, waiting)| {
                         waiting.retain(|reply| !reply.is_closed());
                         !waiting.is_empty()
                     });
@@ -527,7 +528,7 @@ impl EventLoop {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                if self.connecting.values().map(Vec::len).sum::<usize>() >= MAX_CONNECT_WAITERS {
+                if self.connecting.values().map(|(_, w)| w.len()).sum::<usize>() >= MAX_CONNECT_WAITERS {
                     let _ = reply.send(Err(NetError::Dial("too many connections being made".into())));
                     return;
                 }
@@ -535,11 +536,17 @@ impl EventLoop {
                     self.swarm.add_peer_address(peer, a.clone());
                 }
                 let opts = DialOpts::peer_id(peer).addresses(addrs).extend_addresses_through_behaviour().build();
+                let id = opts.connection_id();
                 match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        let (ours, waiting) = self.connecting.entry(peer).or_default();
+                        *ours = Some(id);
+                        waiting.push(reply);
+                    }
                     // A dial to it is already under way (another request to the same provider,
                     // or Kademlia's): its outcome is this caller's too.
-                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
-                        self.connecting.entry(peer).or_default().push(reply);
+                    Err(DialError::DialPeerConditionFalse(_)) => {
+                        self.connecting.entry(peer).or_default().1.push(reply);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(NetError::Dial(e.to_string())));
@@ -849,7 +856,7 @@ impl EventLoop {
                         self.swarm.behaviour_mut().kad.get_closest_peers(me);
                     }
                 }
-                for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
+                for reply in self.connecting.remove(&peer_id).unwrap_or_default().1 {
                     let _ = reply.send(Ok(()));
                 }
                 if num_established.get() == 1 {
@@ -875,10 +882,12 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError { connection_id, error, peer_id } => {
+                // The dial its callers wait on failed: ours, or any when we have none of our own.
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)
+                    && self.connecting.get(&peer).is_some_and(|(ours, _)| ours.is_none_or(|id| id == connection_id))
                 {
-                    for reply in self.connecting.remove(&peer).unwrap_or_default() {
+                    for reply in self.connecting.remove(&peer).unwrap_or_default().1 {
                         let _ = reply.send(Err(NetError::Dial(error.to_string())));
                     }
                 }

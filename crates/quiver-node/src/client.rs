@@ -1257,9 +1257,6 @@ impl Node {
                     let score = view.as_ref().map_or_else(|| r.score(c.peer, now), |v| v.score);
                     let measured = view.as_ref().and_then(|v| v.tokens_per_sec);
                     let expected = expected_completion(c.load, measured, rtts.get(&c.peer).copied(), max_tokens);
-                    // Good standing (score ≥ 0.6) weighs fully, so established providers compete
-                    // on speed and load alone; lower scores make a provider look slower.
-                    let weight = ((score + 1.0) / 1.6).clamp(0.05, 1.0);
                     let class = if score < 0.0 {
                         Class::Failing
                     } else if r.is_newcomer(c.peer) {
@@ -1267,6 +1264,12 @@ impl Node {
                     } else {
                         Class::Established
                     };
+                    // Good standing (score ≥ 0.6) weighs fully, so established providers compete
+                    // on speed and load alone; lower scores make a provider look slower. Not a
+                    // newcomer's low prior: the share cap governs its traffic, and weighed by it
+                    // (cost ×1.3) a newcomer lost every pairing with an established provider, so
+                    // one that arrived after two others were established never got a job.
+                    let weight = if class == Class::Newcomer { 1.0 } else { ((score + 1.0) / 1.6).clamp(0.05, 1.0) };
                     (c, expected / weight, class)
                 })
                 .collect();

@@ -82,7 +82,7 @@ async fn requests_spread_across_equal_providers() {
     // runs on 2026-12-02 (it got 5 of 140 once, under the 20% newcomer share); the bound only
     // asserts that every provider gets established at all.
     while !established() {
-        assert!(asked < 400, "providers still newcomers after {asked} requests: {ramp:?}");
+        assert!(asked < 400, "providers still newcomers after {asked} requests: {ramp:?} {:#?}", client.reputation());
         *ramp.entry(ask(asked).await).or_default() += 1;
         asked += 1;
     }
