@@ -933,16 +933,15 @@ impl Node {
         request: &InferRequest,
         reopens: &mut u32,
     ) -> Result<quiver_net::Stream, AttemptError> {
-        if *reopens > 0 {
-            tokio::time::sleep(reopen_pause(*reopens)).await;
-        }
         loop {
+            if *reopens > 0 {
+                tokio::time::sleep(reopen_pause(*reopens)).await;
+            }
             match self.open_request(peer, request).await {
                 Ok(stream) => return Ok(stream),
                 Err(Opening::Dropped(why)) if *reopens < MAX_REOPENS => {
                     debug!(%peer, %why, "inference stream dropped unanswered; opening another");
                     *reopens += 1;
-                    tokio::time::sleep(reopen_pause(*reopens)).await;
                 }
                 Err(Opening::Dropped(why)) => return Err(AttemptError::Retry(Offence::Stall, why)),
                 Err(Opening::Failed(e)) => return Err(e),
@@ -1022,6 +1021,7 @@ impl Node {
                         if accepted.is_none() && queued_since.is_none() && reopens < MAX_REOPENS =>
                     {
                         // Closed before a word: dropped on arrival, most likely (see `send_request`).
+                        reopens += 1;
                         stream = self.send_request(peer, request, &mut reopens).await?;
                         continue;
                     }
