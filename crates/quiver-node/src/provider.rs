@@ -2,8 +2,9 @@
 //!
 //! Admission is bounded twice: `max_concurrent` jobs run, `queue` more wait; a provider with
 //! both full answers `Busy` at once, unless the request's client holds fewer jobs here than the
-//! heaviest one, whose newest queued job then gives up its place (`admission.rs`). Requests arrive on `/quiver/infer/1`; job announcements on
-//! `quiver/1/infer/<model>` are claimed over `/quiver/claim/1` when a slot is free.
+//! heaviest one, whose newest queued job then gives up its place (`admission.rs`). Requests
+//! arrive on `/quiver/infer/1`; job announcements on `quiver/1/infer/<model>` are claimed over
+//! `/quiver/claim/1` when a slot is free.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
