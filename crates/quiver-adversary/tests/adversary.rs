@@ -163,6 +163,15 @@ async fn a_slow_loris_is_cut_off_and_the_answer_completed_elsewhere() {
     caught_on_first_request(Misbehaviour::SlowLoris, "stall").await;
 }
 
+/// A provider that reads each request and closes the stream unanswered looks, stream by stream,
+/// like one whose inbound streams were dropped on arrival, which the client opens again. It
+/// must do so a bounded number of times, then count a stall and go elsewhere: the request is
+/// answered in time (an unbounded reopen would never end), with one failed job and a `stall`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_every_stream_unanswered_is_a_stall_after_bounded_reopens() {
+    caught_on_first_request(Misbehaviour::CloseUnanswered, "stall").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_mid_stream_fails_over_without_losing_or_repeating_text() {
     let net = Net::start(1, Adversary::new(Misbehaviour::DropMidStream)).await;

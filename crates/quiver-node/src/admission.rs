@@ -123,6 +123,14 @@ impl Admission {
 }
 
 impl Ticket {
+    /// Queued jobs ahead of this one (booked before it and still waiting): its place in line,
+    /// since the slots go to waiters in the order they queued. 0 once it runs.
+    pub(crate) fn position(&self) -> usize {
+        let Place::Queued(id) = self.place else { return 0 };
+        let state = self.book.lock();
+        state.peers.values().flat_map(|jobs| jobs.queued.iter()).filter(|(q, _)| *q < id).count()
+    }
+
     /// The queued job got its slot: it leaves the queue (and can no longer be evicted). False
     /// when it had been evicted meanwhile; it must not run then.
     pub(crate) fn start(&mut self) -> bool {

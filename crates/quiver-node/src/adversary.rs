@@ -22,6 +22,9 @@ pub enum Misbehaviour {
     SlowLoris,
     /// Accepts, streams a few tokens, then closes the stream.
     DropMidStream,
+    /// Reads every request, then closes the stream without a word: what a stream dropped on
+    /// arrival looks like to the client, which opens it again a bounded number of times.
+    CloseUnanswered,
     /// Claims every announced job (whatever its load) and never answers the request.
     ClaimNeverServe,
     /// Serves honestly but advertises a speed and free slots it does not have.
@@ -31,13 +34,14 @@ pub enum Misbehaviour {
 }
 
 impl Misbehaviour {
-    pub const ALL: [Misbehaviour; 9] = [
+    pub const ALL: [Misbehaviour; 10] = [
         Misbehaviour::GarbageFrames,
         Misbehaviour::WrongOutput,
         Misbehaviour::BadSignature,
         Misbehaviour::WrongModel,
         Misbehaviour::SlowLoris,
         Misbehaviour::DropMidStream,
+        Misbehaviour::CloseUnanswered,
         Misbehaviour::ClaimNeverServe,
         Misbehaviour::LyingHeartbeats,
         Misbehaviour::NonForwarder,
@@ -51,6 +55,7 @@ impl Misbehaviour {
             Misbehaviour::WrongModel => "wrong-model",
             Misbehaviour::SlowLoris => "slow-loris",
             Misbehaviour::DropMidStream => "drop-mid-stream",
+            Misbehaviour::CloseUnanswered => "close-unanswered",
             Misbehaviour::ClaimNeverServe => "claim-never-serve",
             Misbehaviour::LyingHeartbeats => "lying-heartbeats",
             Misbehaviour::NonForwarder => "non-forwarder",
@@ -66,7 +71,7 @@ impl fmt::Display for Misbehaviour {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown misbehaviour {0:?}; one of: garbage-frames, wrong-output, bad-signature, wrong-model, slow-loris, drop-mid-stream, claim-never-serve, lying-heartbeats, non-forwarder"
+    "unknown misbehaviour {0:?}; one of: garbage-frames, wrong-output, bad-signature, wrong-model, slow-loris, drop-mid-stream, close-unanswered, claim-never-serve, lying-heartbeats, non-forwarder"
 )]
 pub struct UnknownMisbehaviour(String);
 

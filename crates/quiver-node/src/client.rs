@@ -29,6 +29,7 @@ use tracing::{debug, info};
 
 use crate::cache::ResultCache;
 use crate::discovery::{hex, now_ms};
+use crate::dispatch::with_unseen;
 use crate::node::Node;
 use crate::wire;
 
@@ -327,6 +328,9 @@ struct Candidate {
     route: Route,
     /// From its heartbeat: free slots, queue depth, CPU load, measured tokens/s.
     load: Option<(u32, u32, f32, f32)>,
+    /// When `load` was observed (its heartbeat or claim arrived): our attempts started since
+    /// are not in it (see `dispatch.rs`).
+    load_seen: Option<Instant>,
     /// The model file it advertised for this model (heartbeat or a DHT record by hash): it must
     /// serve that one.
     advertised_sha256: Option<Vec<u8>>,
@@ -751,6 +755,7 @@ impl Node {
                 addrs: n.listen_addrs,
                 route: Route::Direct,
                 load: Some((n.free_slots, n.queue_depth, n.cpu_load, n.tokens_per_sec)),
+                load_seen: Instant::now().checked_sub(Duration::from_secs_f64(n.last_seen_secs.max(0.0))),
             })
             .collect();
         let key = match &request.model_sha256 {
@@ -764,7 +769,14 @@ impl Node {
             for (peer, addrs) in found {
                 if peer != me && !out.iter().any(|c| c.peer == peer) {
                     let advertised_sha256 = request.model_sha256.map(|s| s.to_vec());
-                    out.push(Candidate { peer, addrs, route: Route::Direct, load: None, advertised_sha256 });
+                    out.push(Candidate {
+                        peer,
+                        addrs,
+                        route: Route::Direct,
+                        load: None,
+                        load_seen: None,
+                        advertised_sha256,
+                    });
                 }
             }
         }
@@ -827,7 +839,7 @@ impl Node {
             let mut claims = Vec::new();
             while let Some((peer, claim, ack)) = claims_rx.recv().await {
                 if acceptable(peer, &claim) {
-                    claims.push((peer, claim, ack));
+                    claims.push((peer, claim, ack, Instant::now()));
                     break;
                 }
                 let _ = ack.send(false);
@@ -838,7 +850,7 @@ impl Node {
                 while claims.len() < MAX_CLAIMS_CONSIDERED {
                     let Some((peer, claim, ack)) = claims_rx.recv().await else { break };
                     if acceptable(peer, &claim) {
-                        claims.push((peer, claim, ack));
+                        claims.push((peer, claim, ack, Instant::now()));
                     } else {
                         let _ = ack.send(false);
                     }
@@ -852,13 +864,14 @@ impl Node {
         self.claim_board().lock().remove(&job_id);
         let candidates: Vec<Candidate> = claimed
             .iter()
-            .map(|(peer, claim, _)| {
+            .map(|(peer, claim, _, arrived)| {
                 let known = known.iter().find(|c| c.peer == *peer);
                 Candidate {
                     peer: *peer,
                     addrs: known.map(|c| c.addrs.clone()).unwrap_or_default(),
                     route: Route::Claim,
                     load: Some((claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec)),
+                    load_seen: Some(*arrived),
                     // What it claimed with, unless it advertised something else before.
                     advertised_sha256: Some(
                         known.and_then(|c| c.advertised_sha256.clone()).unwrap_or_else(|| claim.model_sha256.clone()),
@@ -867,7 +880,7 @@ impl Node {
             })
             .collect();
         let chosen = self.rank(candidates, request.params.max_tokens).await.into_iter().next();
-        for (peer, _, ack) in claimed {
+        for (peer, _, ack, _) in claimed {
             let _ = ack.send(chosen.as_ref().is_some_and(|c| c.peer == peer));
         }
         if let Some(c) = &chosen {
@@ -992,6 +1005,8 @@ impl Node {
         attempts: u32,
     ) -> Result<InferenceResult, AttemptError> {
         let peer = candidate.peer;
+        // Booked before the first await: a request of the same burst ranked next sees it.
+        let _in_flight = self.dispatched().start(peer);
         let retry = |offence: Offence, what: &str| AttemptError::Retry(offence, what.to_owned());
         match tokio::time::timeout(CONNECT_TIMEOUT, self.net().connect(peer, candidate.addrs.clone())).await {
             Ok(Ok(())) => {}
@@ -1235,7 +1250,8 @@ impl Node {
     }
 
     /// Orders candidates for a job of `max_tokens`: banned peers out; the others by expected
-    /// completion time (queue, free slots, CPU load, measured speed, round-trip time) divided by
+    /// completion time (queue, free slots, CPU load, measured speed, round-trip time; the load as
+    /// last observed plus our own jobs sent there since) divided by
     /// a weight from their reputation; the first pick is the better of two drawn from the best
     /// three (power of two choices, so equal providers share the load); newcomers go last once
     /// they have had their capped share of this client's jobs.
@@ -1248,6 +1264,7 @@ impl Node {
                 .collect(),
             _ => HashMap::new(),
         };
+        let dispatched = self.dispatched();
         let (mut scored, quota) = self.with_reputation(|r, now| {
             let scored: Vec<(Candidate, f64, Class)> = candidates
                 .into_iter()
@@ -1256,7 +1273,9 @@ impl Node {
                     let view = r.snapshot(c.peer, now);
                     let score = view.as_ref().map_or_else(|| r.score(c.peer, now), |v| v.score);
                     let measured = view.as_ref().and_then(|v| v.tokens_per_sec);
-                    let expected = expected_completion(c.load, measured, rtts.get(&c.peer).copied(), max_tokens);
+                    // Our own jobs sent there since its load was observed take its free slots.
+                    let load = with_unseen(c.load, dispatched.unseen(c.peer, c.load_seen));
+                    let expected = expected_completion(load, measured, rtts.get(&c.peer).copied(), max_tokens);
                     let class = if score < 0.0 {
                         Class::Failing
                     } else if r.is_newcomer(c.peer) {

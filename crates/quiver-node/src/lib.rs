@@ -21,6 +21,7 @@ mod cache;
 mod client;
 pub mod config;
 pub mod discovery;
+mod dispatch;
 pub mod identity;
 mod metrics;
 mod node;

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::cache::ResultCache;
 use crate::client::ClaimBoard;
 use crate::discovery::{self, HeartbeatVerdict, KnownNode, NODES_TOPIC, NodeTable};
+use crate::dispatch::Dispatched;
 use crate::identity::{self, IdentityError};
 use crate::metrics::{NodeMetrics, OutcomeLabel};
 use crate::provider::{Provider, ProviderConfig};
@@ -196,6 +197,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     provider: Option<Arc<Provider>>,
     claims: ClaimBoard,
+    /// This node's inference attempts in flight, per provider (for ranking).
+    dispatched: Dispatched,
     reputation: Mutex<Reputation>,
     results: ResultCache,
     /// Peers on the block list, with the end of their ban.
@@ -288,6 +291,7 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             provider: provider.clone(),
             claims: ClaimBoard::default(),
+            dispatched: Dispatched::default(),
             reputation: Mutex::new(reputation),
             results: ResultCache::new(256, Duration::from_secs(600)),
             blocked: Mutex::new(HashMap::new()),
@@ -444,6 +448,10 @@ impl Node {
 
     pub(crate) fn claim_board(&self) -> &ClaimBoard {
         &self.inner.claims
+    }
+
+    pub(crate) fn dispatched(&self) -> &Dispatched {
+        &self.inner.dispatched
     }
 
     /// Waits until this node knows whether others can reach it (and, behind a NAT, until a

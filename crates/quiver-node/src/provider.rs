@@ -23,7 +23,7 @@ use quiver_proto::{
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, Queued};
+use crate::admission::{Admission, Queued, Ticket};
 use crate::discovery::now_ms;
 use crate::metrics::JobOutcome::{Cancelled, Served};
 use crate::metrics::NodeMetrics;
@@ -289,7 +289,7 @@ impl Provider {
             Ok(p) => (self.admission.running(peer), p),
             Err(_) => match self.admission.enqueue(peer) {
                 Queued::Refused => return self.refuse_busy(stream).await,
-                Queued::Place(mut ticket, evicted) => match self.wait_in_queue(stream, evicted).await? {
+                Queued::Place(mut ticket, evicted) => match self.wait_in_queue(stream, &ticket, evicted).await? {
                     Some(p) if ticket.start() => (ticket, p),
                     _ => return self.refuse_busy(stream).await,
                 },
@@ -301,6 +301,8 @@ impl Provider {
         {
             use crate::adversary::Misbehaviour;
             match misbehaviour {
+                // The caller closes the stream: not a word of an answer.
+                Some(Misbehaviour::CloseUnanswered) => return Ok(()),
                 Some(Misbehaviour::ClaimNeverServe) => {
                     // Holds the stream open and says nothing.
                     tokio::time::sleep(QUEUE_TIMEOUT).await;
@@ -419,6 +421,7 @@ impl Provider {
     async fn wait_in_queue(
         &self,
         stream: &mut quiver_net::Stream,
+        ticket: &Ticket,
         mut evicted: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, quiver_proto::FrameError> {
         let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
@@ -426,7 +429,7 @@ impl Provider {
         let acquire = self.slots.clone().acquire_owned();
         tokio::pin!(acquire);
         loop {
-            let position = self.admission.queued().saturating_sub(1) as u32;
+            let position = u32::try_from(ticket.position()).unwrap_or(u32::MAX);
             let queued = InferResponse { kind: Some(Kind::Queued(proto::Queued { position })) };
             write_frame(stream, &queued).await?;
             let notice = (tokio::time::Instant::now() + QUEUED_NOTICE_EVERY).min(deadline);

@@ -105,3 +105,66 @@ async fn requests_spread_across_equal_providers() {
         n.shutdown().await;
     }
 }
+
+/// A burst from one client (a gateway's users asking at once) spreads over equal providers. The
+/// client already holds a connection to the first provider, so on the providers' load snapshots
+/// alone that one ranks cheaper (its round trip is measured, the other's assumed) and every
+/// request of the burst went to it until its queue refused them; counting its own jobs sent
+/// since each snapshot, the client sends the next request elsewhere once a provider's slot and
+/// queue fill with its own work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_one_client_spreads_over_equal_providers() {
+    let _alone = crate::common::heavy().await;
+    const BURST: usize = 12;
+    let engine = load_engine(1, 512);
+    let boot = Node::start(NodeConfig { bootstrap_node: true, ..loopback_config() }).await.expect("boot starts");
+    let addr = tcp_addr(&boot).await;
+    let mut providers = Vec::new();
+    for _ in 0..2 {
+        let provider = Some(ProviderConfig {
+            requests_per_sec: 1000,
+            request_burst: 1000,
+            ..ProviderConfig::new(vec![engine.clone()], 1, BURST)
+        });
+        let cfg = NodeConfig { bootstrap_peers: vec![addr.clone()], provider, ..loopback_config() };
+        providers.push(Node::start(cfg).await.expect("provider starts"));
+    }
+    let client = Node::start(NodeConfig { bootstrap_peers: vec![addr.clone()], ..loopback_config() })
+        .await
+        .expect("client starts");
+    eventually(Duration::from_secs(60), "the client hears both providers", async || {
+        client.known_nodes().iter().filter(|n| !n.models.is_empty()).count() == 2
+    })
+    .await;
+    let first = providers[0].peer_id();
+    let first_addrs = client.known_nodes().into_iter().find(|n| n.peer_id == first).expect("known").listen_addrs;
+    tokio::time::timeout(Duration::from_secs(10), client.net().connect(first, first_addrs))
+        .await
+        .expect("connected in time")
+        .expect("the client connects to the first provider");
+    eventually(Duration::from_secs(30), "the first provider's round trip is measured", async || {
+        client.net().peers().await.is_ok_and(|peers| peers.iter().any(|p| p.peer_id == first && p.rtt_ms.is_some()))
+    })
+    .await;
+
+    let asks = (0..BURST).map(|i| {
+        let mut r = InferenceRequest::completion("smollm2-135m", &format!("Burst item {i}:"), 8);
+        r.broadcast = false;
+        r.use_cache = false;
+        let client = client.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(120), client.infer(r))
+                .await
+                .expect("answered in time")
+                .expect("the request succeeds")
+                .provider
+        }
+    });
+    let served = futures::future::join_all(asks).await;
+    let counts: Vec<usize> = providers.iter().map(|p| served.iter().filter(|s| **s == p.peer_id()).count()).collect();
+    println!("a burst of {BURST} from one client over 2 equal providers: {counts:?}");
+    assert!(counts.iter().all(|c| *c >= BURST / 3), "the burst piled onto one provider: {counts:?}");
+    for n in providers.iter().chain([&boot, &client]) {
+        n.shutdown().await;
+    }
+}

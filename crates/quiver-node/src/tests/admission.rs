@@ -88,3 +88,21 @@ fn an_evicted_waiter_dropped_without_starting_leaves_the_books_straight() {
     assert_eq!(book.queued(), 0);
     assert!(totals(&book).iter().all(|t| t.0 != light));
 }
+
+#[test]
+fn a_queued_job_learns_how_many_are_ahead_of_it() {
+    let book = Admission::new(4);
+    let (a, b) = (PeerId::random(), PeerId::random());
+    let running = book.running(a);
+    let (first, _) = place(book.enqueue(a));
+    let (second, _) = place(book.enqueue(b));
+    let (mut third, _) = place(book.enqueue(a));
+    assert_eq!([first.position(), second.position(), third.position()], [0, 1, 2]);
+    assert_eq!(running.position(), 0, "a running job waits for nobody");
+    // The first leaves the queue (it runs, or its client gave up): everyone moves up.
+    drop(first);
+    assert_eq!([second.position(), third.position()], [0, 1]);
+    assert!(third.start());
+    assert_eq!(third.position(), 0);
+    assert_eq!(second.position(), 0);
+}

@@ -1,0 +1,98 @@
+//! This client's own jobs in flight at each provider: the part of a provider's load that its
+//! last heartbeat (or claim) cannot show yet.
+//!
+//! A provider's load reaches a client in its heartbeat (every few seconds) or in a claim (at the
+//! moment it claimed). A client that sends a burst (a gateway in front of many users) ranks every
+//! request of the burst on that same snapshot, so all of them looked equally cheap at the
+//! provider that was cheapest a moment ago, and they herded onto it: 13 of a fresh gateway's
+//! first 16 requests went to one of two equal providers. The client knows better than any
+//! snapshot what it sent since: [`Dispatched`] books each attempt while it runs, and the ranking
+//! takes the jobs started after a provider's snapshot as taking its free slots, then queueing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use quiver_net::PeerId;
+
+/// Attempts booked at most (all providers together); beyond it new ones go unbooked. A client
+/// runs far fewer at once: the gateway's in-flight limit is 256.
+const MAX_BOOKED: usize = 4096;
+
+#[derive(Default)]
+struct Book {
+    /// Per provider: each attempt in flight, with its id and when it started.
+    jobs: HashMap<PeerId, Vec<(u64, Instant)>>,
+    booked: usize,
+    next_id: u64,
+}
+
+/// The attempts this node has in flight, per provider.
+#[derive(Clone, Default)]
+pub(crate) struct Dispatched {
+    book: Arc<Mutex<Book>>,
+}
+
+/// One attempt in flight; dropping it takes it off the book.
+pub(crate) struct InFlight {
+    entry: Option<(PeerId, u64)>,
+    book: Arc<Mutex<Book>>,
+}
+
+impl Dispatched {
+    fn lock(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Books an attempt at `peer` starting now.
+    pub(crate) fn start(&self, peer: PeerId) -> InFlight {
+        let mut book = self.lock();
+        if book.booked >= MAX_BOOKED {
+            return InFlight { entry: None, book: self.book.clone() };
+        }
+        let id = book.next_id;
+        book.next_id += 1;
+        book.booked += 1;
+        book.jobs.entry(peer).or_default().push((id, Instant::now()));
+        InFlight { entry: Some((peer, id)), book: self.book.clone() }
+    }
+
+    /// Attempts in flight at `peer` that started at or after `seen` (all of them without a
+    /// snapshot time): the ones a load observed at `seen` does not include.
+    pub(crate) fn unseen(&self, peer: PeerId, seen: Option<Instant>) -> u32 {
+        let book = self.lock();
+        let Some(jobs) = book.jobs.get(&peer) else { return 0 };
+        let n = jobs.iter().filter(|(_, started)| seen.is_none_or(|s| *started >= s)).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some((peer, id)) = self.entry else { return };
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(jobs) = book.jobs.get_mut(&peer) else { return };
+        let Some(i) = jobs.iter().position(|(j, _)| *j == id) else { return };
+        jobs.swap_remove(i);
+        if jobs.is_empty() {
+            book.jobs.remove(&peer);
+        }
+        book.booked -= 1;
+    }
+}
+
+/// A provider's load snapshot (free slots, queue depth, CPU load, tokens/s) with `unseen` more
+/// jobs of ours on top: they take its free slots first, then wait in its queue. Without a
+/// snapshot the provider already counts as busy; our jobs there lengthen its queue.
+pub(crate) fn with_unseen(load: Option<(u32, u32, f32, f32)>, unseen: u32) -> Option<(u32, u32, f32, f32)> {
+    if unseen == 0 {
+        return load;
+    }
+    let (free, queue, cpu, speed) = load.unwrap_or((0, 1, 0.0, 0.0));
+    let taken = free.min(unseen);
+    Some((free - taken, queue.saturating_add(unseen - taken), cpu, speed))
+}
+
+#[cfg(test)]
+#[path = "tests/dispatch.rs"]
+mod tests;
