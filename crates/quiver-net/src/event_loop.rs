@@ -118,12 +118,10 @@ pub(crate) struct EventLoop {
     record_queries: HashMap<kad::QueryId, RecordQuery>,
     /// Record puts whose caller waits for the outcome.
     put_queries: HashMap<kad::QueryId, oneshot::Sender<bool>>,
-    /// `connect` calls waiting for a dial to a peer: ours (its connection id), or one already
-    /// under way (Kademlia's, another caller's: `None`). All of a peer's callers are answered by
-    /// its next connection, or by the failure of the dial they wait on (ours; any, when they
-    /// joined another's). At most [`MAX_CONNECT_WAITERS`] in all; given-up callers are swept on
-    /// the tick.
-    connecting: HashMap<PeerId, (Option<ConnectionId>, Vec<oneshot::Sender<Result<(), NetError>>>)>,
+    /// `connect` calls waiting for a dial to a peer. All of a peer's callers are answered by its
+    /// next connection, or once the dial they wait on failed with none of their addresses left
+    /// untried. At most [`MAX_CONNECT_WAITERS`] in all; given-up callers are swept on the tick.
+    connecting: HashMap<PeerId, Connecting>,
     /// Reachability (AutoNAT's verdict, relay reservations) and what follows from it.
     reach: ReachabilityState,
     /// Our listeners on relays (reservations asked for or held).
@@ -174,6 +172,33 @@ const PROVIDER_LOOKUP_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Most `connect` callers waiting for dials at once; more are refused at once.
 const MAX_CONNECT_WAITERS: usize = 1024;
+
+/// `connect` callers waiting for one peer (see `EventLoop::connecting`).
+#[derive(Default)]
+struct Connecting {
+    /// The dial they wait on when it is ours; `None`: one already under way (Kademlia's, or a
+    /// caller's that failed over to another's), started with addresses of its own.
+    ours: Option<ConnectionId>,
+    waiting: Vec<oneshot::Sender<Result<(), NetError>>>,
+    /// Addresses our dial was started with.
+    tried: Vec<Multiaddr>,
+    /// Addresses callers gave that the dial they wait on was not started with: tried in a dial
+    /// of our own when that one fails (at most [`MAX_UNTRIED_ADDRS`]).
+    untried: Vec<Multiaddr>,
+}
+
+/// Addresses kept per peer for that second dial (a caller gives a provider's few addresses).
+const MAX_UNTRIED_ADDRS: usize = 16;
+
+impl Connecting {
+    fn add_untried(&mut self, addrs: Vec<Multiaddr>) {
+        for a in addrs {
+            if self.untried.len() < MAX_UNTRIED_ADDRS && !self.untried.contains(&a) && !self.tried.contains(&a) {
+                self.untried.push(a);
+            }
+        }
+    }
+}
 
 /// Most providers returned by one lookup.
 const MAX_PROVIDERS: usize = 64;
@@ -418,9 +443,9 @@ impl EventLoop {
                     }
                     self.answer_slow_provider_queries();
                     self.end_slow_record_queries();
-                    self.connecting.retain(|_, (_, waiting)| {
-                        waiting.retain(|reply| !reply.is_closed());
-                        !waiting.is_empty()
+                    self.connecting.retain(|_, c| {
+                        c.waiting.retain(|reply| !reply.is_closed());
+                        !c.waiting.is_empty()
                     });
                 }
                 _ = random_walk.tick() => {
@@ -528,25 +553,28 @@ impl EventLoop {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                if self.connecting.values().map(|(_, w)| w.len()).sum::<usize>() >= MAX_CONNECT_WAITERS {
+                if self.connecting.values().map(|c| c.waiting.len()).sum::<usize>() >= MAX_CONNECT_WAITERS {
                     let _ = reply.send(Err(NetError::Dial("too many connections being made".into())));
                     return;
                 }
                 for a in &addrs {
                     self.swarm.add_peer_address(peer, a.clone());
                 }
-                let opts = DialOpts::peer_id(peer).addresses(addrs).extend_addresses_through_behaviour().build();
-                let id = opts.connection_id();
-                match self.swarm.dial(opts) {
-                    Ok(()) => {
-                        let (ours, waiting) = self.connecting.entry(peer).or_default();
-                        *ours = Some(id);
-                        waiting.push(reply);
+                match self.dial_for_callers(peer, addrs.clone()) {
+                    Ok(id) => {
+                        let c = self.connecting.entry(peer).or_default();
+                        c.ours = Some(id);
+                        c.tried = addrs.into_iter().take(MAX_UNTRIED_ADDRS).collect();
+                        c.untried.retain(|a| !c.tried.contains(a));
+                        c.waiting.push(reply);
                     }
                     // A dial to it is already under way (another request to the same provider,
-                    // or Kademlia's): its outcome is this caller's too.
+                    // or Kademlia's), perhaps with other addresses: this caller waits for it, and
+                    // its addresses get a dial of their own if that one fails.
                     Err(DialError::DialPeerConditionFalse(_)) => {
-                        self.connecting.entry(peer).or_default().1.push(reply);
+                        let c = self.connecting.entry(peer).or_default();
+                        c.waiting.push(reply);
+                        c.add_untried(addrs);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(NetError::Dial(e.to_string())));
@@ -765,6 +793,43 @@ impl EventLoop {
         }
     }
 
+    /// Dials `peer` for `connect` callers: at `addrs` and whatever else the swarm knows of it.
+    fn dial_for_callers(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<ConnectionId, DialError> {
+        let opts = DialOpts::peer_id(peer).addresses(addrs).extend_addresses_through_behaviour().build();
+        let id = opts.connection_id();
+        self.swarm.dial(opts).map(|()| id)
+    }
+
+    /// The dial `peer`'s callers waited on failed. Addresses they gave that it was not started
+    /// with get a dial of our own (a caller with a provider's fresh address must not fail on
+    /// Kademlia's dial of a stale one); with none left, every caller gets the error.
+    fn dial_failed_for_callers(&mut self, peer: PeerId, error: &DialError) {
+        let Some(mut c) = self.connecting.remove(&peer) else { return };
+        let untried = std::mem::take(&mut c.untried);
+        if !untried.is_empty() {
+            match self.dial_for_callers(peer, untried.clone()) {
+                Ok(id) => {
+                    debug!(%peer, addrs = untried.len(), "dial failed; trying the callers' other addresses");
+                    c.ours = Some(id);
+                    c.tried = untried;
+                    self.connecting.insert(peer, c);
+                    return;
+                }
+                // Yet another dial is under way: they wait for it, their addresses kept.
+                Err(DialError::DialPeerConditionFalse(_)) => {
+                    c.ours = None;
+                    c.untried = untried;
+                    self.connecting.insert(peer, c);
+                    return;
+                }
+                Err(e) => debug!(%peer, error = %e, "second dial not started"),
+            }
+        }
+        for reply in c.waiting {
+            let _ = reply.send(Err(NetError::Dial(error.to_string())));
+        }
+    }
+
     fn bootstrap_failed(&mut self, i: usize, error: &str) {
         let b = &mut self.bootstrap[i];
         b.dialing = None;
@@ -856,7 +921,7 @@ impl EventLoop {
                         self.swarm.behaviour_mut().kad.get_closest_peers(me);
                     }
                 }
-                for reply in self.connecting.remove(&peer_id).unwrap_or_default().1 {
+                for reply in self.connecting.remove(&peer_id).unwrap_or_default().waiting {
                     let _ = reply.send(Ok(()));
                 }
                 if num_established.get() == 1 {
@@ -885,11 +950,9 @@ impl EventLoop {
                 // The dial its callers wait on failed: ours, or any when we have none of our own.
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)
-                    && self.connecting.get(&peer).is_some_and(|(ours, _)| ours.is_none_or(|id| id == connection_id))
+                    && self.connecting.get(&peer).is_some_and(|c| c.ours.is_none_or(|id| id == connection_id))
                 {
-                    for reply in self.connecting.remove(&peer).unwrap_or_default().1 {
-                        let _ = reply.send(Err(NetError::Dial(error.to_string())));
-                    }
+                    self.dial_failed_for_callers(peer, &error);
                 }
                 if let Some(i) = self.bootstrap.iter().position(|b| b.dialing == Some(connection_id)) {
                     self.bootstrap_failed(i, &error.to_string());

@@ -1,5 +1,6 @@
 //! `NetClient::connect` answers every caller: several at once for the same peer share one dial,
-//! and a dial that fails says so instead of leaving its caller waiting.
+//! a dial that fails says so instead of leaving its caller waiting, and a caller whose addresses
+//! that dial did not try gets a dial of its own.
 
 use std::time::Duration;
 
@@ -52,4 +53,42 @@ async fn a_failed_dial_answers_every_caller() {
     // Nothing stays behind: a later connect dials afresh and fails the same way.
     let again = tokio::time::timeout(Duration::from_secs(30), b.connect(ghost, vec![nowhere])).await;
     assert!(matches!(again, Ok(Err(_))), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_a_good_address_is_not_failed_by_a_dial_to_a_stale_one() {
+    let (a, mut a_events, _a_task) =
+        spawn(Keypair::generate_ed25519(), config(Vec::new()), &mut Registry::default()).await.expect("A starts");
+    let (addr, _) = split_peer_id(first_listen_addr(&mut a_events).await);
+    // Where A is not (any more): something that takes TCP connections and never answers, so a
+    // dial there is still under way when the second caller asks, and fails only on the upgrade
+    // timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let stale: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("address parses");
+    let (b, _b_events, _b_task) =
+        spawn(Keypair::generate_ed25519(), config(Vec::new()), &mut Registry::default()).await.expect("B starts");
+
+    // The first caller's dial (to a stale address, as a DHT entry from before a restart would
+    // be) is under way when the second caller, with A's real address, asks: the second waits for
+    // that dial, and when it fails its own address is dialed. Before, both failed with the first.
+    let (stale_caller, fresh_caller) = tokio::time::timeout(
+        quiver_net::TCP_UPGRADE_TIMEOUT + Duration::from_secs(30),
+        futures::future::join(b.connect(a.peer_id(), vec![stale]), async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            b.connect(a.peer_id(), vec![addr]).await
+        }),
+    )
+    .await
+    .expect("both callers are answered");
+    assert!(fresh_caller.is_ok(), "the caller with A's address failed: {fresh_caller:?}");
+    assert!(stale_caller.is_ok(), "A is connected, so the first caller's connect succeeds too: {stale_caller:?}");
+    let status = b.status().await.expect("B answers");
+    assert!(status.connected_peers.contains(&a.peer_id()), "B is connected to A: {status:?}");
 }
