@@ -1251,10 +1251,10 @@ impl Node {
 
     /// Orders candidates for a job of `max_tokens`: banned peers out; the others by expected
     /// completion time (queue, free slots, CPU load, measured speed, round-trip time; the load as
-    /// last observed plus our own jobs sent there since) divided by
-    /// a weight from their reputation; the first pick is the better of two drawn from the best
-    /// three (power of two choices, so equal providers share the load); newcomers go last once
-    /// they have had their capped share of this client's jobs.
+    /// last observed plus our own jobs sent there since) divided by a weight from their
+    /// reputation; the first pick is the better of two drawn from the best three (power of two
+    /// choices, so equal providers share the load); newcomers go last once they have had their
+    /// capped share of this client's jobs.
     async fn rank(&self, candidates: Vec<Candidate>, max_tokens: u32) -> Vec<Candidate> {
         // Round trips measured by Ping, for the providers this node is connected to.
         let rtts: HashMap<PeerId, Duration> = match tokio::time::timeout(PEERS_WAIT, self.net().peers()).await {

@@ -321,6 +321,12 @@ pub fn connections_established(metrics: &str) -> u64 {
     metric_sum(metrics, "swarm_connections_established_total", "")
 }
 
+/// Kademlia requests a node's own lookups sent (every query type: its join's own-key lookup and
+/// libp2p-kad's bootstrap walk among them), from an OpenMetrics text.
+pub fn kad_requests_sent(metrics: &str) -> u64 {
+    metric_sum(metrics, "kad_query_result_num_requests_sum", "")
+}
+
 /// Sums the outbound bandwidth counters in an OpenMetrics text.
 pub fn outbound_bytes(metrics: &str) -> u64 {
     metric_sum(metrics, "libp2p_bandwidth_bytes_total", "direction=\"Outbound\"")

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tracing::info;
 
-use crate::cluster::{Cluster, ProcessCost, connections_established};
+use crate::cluster::{Cluster, ProcessCost, connections_established, kad_requests_sent};
 use crate::report::{Outcome, Row, bytes, range, spread};
 use crate::stats::Summary;
 use crate::{SimError, SimParams};
@@ -59,6 +59,10 @@ pub struct DhtResult {
     /// Connections each node opened (inbound and outbound) until every routing table was
     /// filled: the joins' cost in handshakes.
     pub connections_opened_joining: Summary,
+    /// Kademlia requests each node's own lookups sent until every routing table was filled (its
+    /// join walk: the own-key lookup and libp2p-kad's bootstrap), the reason for those
+    /// connections.
+    pub kad_requests_joining: Summary,
     /// Kademlia bootstraps each node finished until every routing table was filled (a join
     /// should cost one).
     pub bootstraps_joining: Summary,
@@ -110,6 +114,10 @@ impl Outcome for DhtResult {
             (
                 "connections opened per node until routing tables filled (median / max)".into(),
                 format!("{:.0} / {:.0}", self.connections_opened_joining.p50, self.connections_opened_joining.max),
+            ),
+            (
+                "Kademlia requests sent per node until routing tables filled (median / max)".into(),
+                format!("{:.0} / {:.0}", self.kad_requests_joining.p50, self.kad_requests_joining.max),
             ),
             (
                 "DHT bootstraps per node until routing tables filled (min / median / max)".into(),
@@ -164,8 +172,12 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     info!(nodes = n, secs = cluster.start_time.as_secs_f64(), "all nodes started");
     let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
     info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
-    // Connections opened and bootstraps finished by each node while joining.
-    let opened: Vec<f64> = cluster.per_node(connections_established).into_iter().map(|(_, c)| c as f64).collect();
+    // Connections opened, Kademlia requests sent and bootstraps finished by each node while joining.
+    let (opened, kad_requests): (Vec<f64>, Vec<f64>) = cluster
+        .per_node(|m| (connections_established(m) as f64, kad_requests_sent(m) as f64))
+        .into_iter()
+        .map(|(_, c)| c)
+        .unzip();
     let bootstraps: Vec<f64> = cluster.alive().map(|n| n.node.dht_bootstraps() as f64).collect();
     let records_stored = cluster.publish_node_records(params.concurrency).await;
     info!(records_stored, "node records put");
@@ -262,6 +274,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
         greedy_arrived,
         lookup_phase_secs: lookup_phase.as_secs_f64(),
         connections_opened_joining: Summary::of(&opened),
+        kad_requests_joining: Summary::of(&kad_requests),
         bootstraps_joining: Summary::of(&bootstraps),
         bytes_sent_per_node: Summary::of(&sent),
         lookup_bytes_per_node_per_min: Summary::of(&per_min),
