@@ -165,8 +165,9 @@ async fn a_slow_loris_is_cut_off_and_the_answer_completed_elsewhere() {
 
 /// A provider that reads each request and closes the stream unanswered looks, stream by stream,
 /// like one whose inbound streams were dropped on arrival, which the client opens again. It
-/// must do so a bounded number of times, then count a stall and go elsewhere: the request is
-/// answered in time (an unbounded reopen would never end), with one failed job and a `stall`.
+/// must do so a bounded number of times, then count a stall and go elsewhere: one failed job and
+/// a `stall`. (Reopening without a bound went on until the adversary's rate limit refused it, a
+/// refusal is load, and the adversary was charged nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_every_stream_unanswered_is_a_stall_after_bounded_reopens() {
     caught_on_first_request(Misbehaviour::CloseUnanswered, "stall").await;

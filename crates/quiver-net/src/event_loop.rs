@@ -565,7 +565,6 @@ impl EventLoop {
                         let c = self.connecting.entry(peer).or_default();
                         c.ours = Some(id);
                         c.tried = addrs.into_iter().take(MAX_UNTRIED_ADDRS).collect();
-                        c.untried.retain(|a| !c.tried.contains(a));
                         c.waiting.push(reply);
                     }
                     // A dial to it is already under way (another request to the same provider,

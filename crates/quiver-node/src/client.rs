@@ -751,11 +751,11 @@ impl Node {
             .into_iter()
             .map(|n| Candidate {
                 advertised_sha256: advertised_sha(&n, &request.model),
+                load_seen: Some(n.heard_at()),
                 peer: n.peer_id,
                 addrs: n.listen_addrs,
                 route: Route::Direct,
                 load: Some((n.free_slots, n.queue_depth, n.cpu_load, n.tokens_per_sec)),
-                load_seen: Instant::now().checked_sub(Duration::from_secs_f64(n.last_seen_secs.max(0.0))),
             })
             .collect();
         let key = match &request.model_sha256 {

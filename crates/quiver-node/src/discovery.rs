@@ -35,6 +35,13 @@ pub struct KnownNode {
     seq: u64,
 }
 
+impl KnownNode {
+    /// When its last heartbeat was received.
+    pub(crate) fn heard_at(&self) -> Instant {
+        self.last_seen
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct KnownModel {
     pub name: String,

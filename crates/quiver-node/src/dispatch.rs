@@ -36,7 +36,7 @@ pub(crate) struct Dispatched {
 /// One attempt in flight; dropping it takes it off the book.
 pub(crate) struct InFlight {
     entry: Option<(PeerId, u64)>,
-    book: Arc<Mutex<Book>>,
+    book: Dispatched,
 }
 
 impl Dispatched {
@@ -48,13 +48,13 @@ impl Dispatched {
     pub(crate) fn start(&self, peer: PeerId) -> InFlight {
         let mut book = self.lock();
         if book.booked >= MAX_BOOKED {
-            return InFlight { entry: None, book: self.book.clone() };
+            return InFlight { entry: None, book: self.clone() };
         }
         let id = book.next_id;
         book.next_id += 1;
         book.booked += 1;
         book.jobs.entry(peer).or_default().push((id, Instant::now()));
-        InFlight { entry: Some((peer, id)), book: self.book.clone() }
+        InFlight { entry: Some((peer, id)), book: self.clone() }
     }
 
     /// Attempts in flight at `peer` that started at or after `seen` (all of them without a
@@ -70,7 +70,7 @@ impl Dispatched {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let Some((peer, id)) = self.entry else { return };
-        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let mut book = self.book.lock();
         let Some(jobs) = book.jobs.get_mut(&peer) else { return };
         let Some(i) = jobs.iter().position(|(j, _)| *j == id) else { return };
         jobs.swap_remove(i);

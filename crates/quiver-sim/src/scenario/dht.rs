@@ -172,7 +172,8 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     info!(nodes = n, secs = cluster.start_time.as_secs_f64(), "all nodes started");
     let (join_time, joined) = cluster.wait_joined(params.min_routing_table, params.join_limit).await;
     info!(secs = join_time.as_secs_f64(), joined, "routing tables filled");
-    // Connections opened, Kademlia requests sent and bootstraps finished by each node while joining.
+    // Connections opened, Kademlia requests sent and bootstraps finished by each node while
+    // joining.
     let (opened, kad_requests): (Vec<f64>, Vec<f64>) = cluster
         .per_node(|m| (connections_established(m) as f64, kad_requests_sent(m) as f64))
         .into_iter()
