@@ -77,7 +77,8 @@ impl Behaviour {
         kad_cfg
             .disjoint_query_paths(true)
             .set_query_timeout(Duration::from_secs(30))
-            .set_periodic_bootstrap_interval(Some(cfg.kad_bootstrap_interval))
+            // The event loop refreshes the routing table itself, on this period (`refresh`).
+            .set_periodic_bootstrap_interval(None)
             // Records are validated by the event loop before they are stored.
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_max_packet_size(16 * 1024)

@@ -94,7 +94,7 @@ pub struct NetStatus {
     /// Hole punches (DCUtR) that gave a direct connection, and that failed.
     pub hole_punches_succeeded: u64,
     pub hole_punches_failed: u64,
-    /// Kademlia bootstraps finished (the own-key lookup and the refresh of the farther buckets).
+    /// Routing-table refreshes finished (the own-key lookup, then the farther buckets short of peers).
     pub dht_bootstraps: u64,
 }
 
@@ -151,7 +151,7 @@ impl NetClient {
         self.peer_id
     }
 
-    /// Kademlia bootstraps this node has finished so far: 0 while it is still joining the DHT.
+    /// Routing-table refreshes this node has finished so far: 0 while it is still joining the DHT.
     /// A plain read of a counter, no round trip through the event loop.
     pub fn dht_bootstraps(&self) -> u64 {
         self.dht_bootstraps.get()

@@ -174,7 +174,8 @@ pub struct NetConfig {
     /// Peers to join through.
     pub bootstrap: Vec<BootstrapAddr>,
     pub kad_mode: KadMode,
-    /// Period of the full Kademlia bootstrap (routing-table refresh).
+    /// Period of the routing-table refresh (own-key lookup, then the farther buckets short of
+    /// peers), and the longest wait between refreshes of a table short of K peers.
     pub kad_bootstrap_interval: Duration,
     /// Period of random walks (lookups of random keys) that keep the routing table full.
     pub random_walk_interval: Duration,

@@ -20,13 +20,14 @@ use libp2p::{
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, timeout};
 use tracing::{debug, info, trace, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, RecordLookup, Validation};
 use crate::metrics::{NetMetrics, RefusedLabel, ResultLabel};
 use crate::reachability::{ReachabilityState, circuit_listen_addr, is_relayed};
+use crate::refresh::{self, Refresh};
 use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, TransportKind, split_peer_id};
 
 pub use quiver_proto::dht::{MODEL_KEY_PREFIX, NODE_RECORD_PREFIX, node_record_key};
@@ -143,6 +144,8 @@ pub(crate) struct EventLoop {
     /// connection of a peer as `ReservationClosed` whether or not it held the reservation, so a
     /// peer's count is dropped when it has no connection left.
     relay_reserved: HashMap<PeerId, u32>,
+    /// The routing-table refresh in progress (our join walk, in place of libp2p-kad's).
+    refresh: Refresh,
     /// Relays we opened a QUIC connection to (besides the one we reserve on), so that the
     /// address they observe gives a hole punch a QUIC candidate.
     quic_to_relay: HashSet<PeerId>,
@@ -320,6 +323,7 @@ async fn start(
         last_tick: Instant::now(),
         push_identify: false,
         relay_reserved: HashMap::new(),
+        refresh: Refresh::new(local, cfg.kad_bootstrap_interval),
         quic_to_relay: HashSet::new(),
         autonat_servers: HashSet::new(),
         cfg,
@@ -422,9 +426,16 @@ impl EventLoop {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut random_walk = interval(self.cfg.random_walk_interval);
         random_walk.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The periodic refresh; the first one is the join's (started on reaching a bootstrap peer).
+        let period = self.cfg.kad_bootstrap_interval;
+        let mut refresh = interval_at(Instant::now() + period, period);
+        refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.on_swarm_event(event);
+                    self.refresh.cut_foreign(&mut self.swarm.behaviour_mut().kad);
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown) | None => break,
                     Some(command) => self.on_command(command),
@@ -436,6 +447,9 @@ impl EventLoop {
                         self.set_nodes_topic_params(params);
                     }
                     self.redial_bootstrap();
+                    if self.refresh.retry_due(now) && !self.refresh.start(&mut self.swarm.behaviour_mut().kad) {
+                        self.refresh.retry_later(now);
+                    }
                     self.maintain_relays();
                     if std::mem::take(&mut self.push_identify) {
                         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -447,6 +461,9 @@ impl EventLoop {
                         c.waiting.retain(|reply| !reply.is_closed());
                         !c.waiting.is_empty()
                     });
+                }
+                _ = refresh.tick() => {
+                    self.refresh.start(&mut self.swarm.behaviour_mut().kad);
                 }
                 _ = random_walk.tick() => {
                     if self.swarm.behaviour_mut().kad.kbuckets().next().is_some() {
@@ -732,6 +749,14 @@ impl EventLoop {
         addrs
     }
 
+    /// A refresh of the routing table has finished: count it, and schedule the next one while
+    /// the table is short of peers.
+    fn refresh_finished(&mut self) {
+        self.net_metrics.dht_bootstraps.inc();
+        let table = self.known_dht_peers();
+        self.refresh.finished(table, Instant::now());
+    }
+
     /// Peers in the Kademlia routing table.
     fn known_dht_peers(&mut self) -> usize {
         self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum()
@@ -905,19 +930,13 @@ impl EventLoop {
                     info!(bootstrap = %b.target, %peer_id, "joined through bootstrap peer");
                     let addr = b.target.addr.clone();
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    // Join (or rejoin while the routing table is small) with a lookup of our
-                    // own key: it fills the closest buckets and tells our neighbours about us.
-                    // The farther buckets are refreshed by libp2p-kad's own bootstrap, which it
-                    // starts 500 ms after a peer enters a table of fewer than K peers (here: the
-                    // bootstrap peer just added). Calling `bootstrap()` here as well made every
-                    // join walk the network twice: peers entered the small table while ours ran,
-                    // so libp2p-kad ran its own after it (quiver-sim counted 199 bootstraps for
-                    // 100 joins). Only while the table is small: the connection to a bootstrap
+                    // Join (or rejoin while the routing table is small) with a refresh: a
+                    // lookup of our own key, then of the farther buckets still short of peers
+                    // (`refresh`). Only while the table is small: the connection to a bootstrap
                     // peer closes when idle and is redialed, and walking at every reconnect made
                     // every node connect to every other.
                     if self.known_dht_peers() < REBOOTSTRAP_BELOW {
-                        let me = *self.swarm.local_peer_id();
-                        self.swarm.behaviour_mut().kad.get_closest_peers(me);
+                        self.refresh.start(&mut self.swarm.behaviour_mut().kad);
                     }
                 }
                 for reply in self.connecting.remove(&peer_id).unwrap_or_default().waiting {
@@ -1165,9 +1184,7 @@ impl EventLoop {
             self.push_identify = true;
             if server && self.swarm.behaviour_mut().kad.kbuckets().next().is_some() {
                 // Tell the closest peers about us now rather than at the next refresh.
-                if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-                    debug!(error = %e, "kademlia bootstrap not started");
-                }
+                self.refresh.start(&mut self.swarm.behaviour_mut().kad);
             }
         }
         let relay_on = self.reach.offers_relay();
@@ -1383,10 +1400,16 @@ impl EventLoop {
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
                 debug!(%peer, "added to routing table");
             }
-            kad::Event::OutboundQueryProgressed { result: kad::QueryResult::Bootstrap(_), step, .. } => {
+            kad::Event::OutboundQueryProgressed { id, result: kad::QueryResult::Bootstrap(_), step, .. } => {
                 trace!(step = step.count, last = step.last, "kademlia bootstrap step");
-                if step.last {
-                    self.net_metrics.dht_bootstraps.inc();
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                if self.refresh.on_bootstrap_step(kad, id, &step) == refresh::Progress::Finished {
+                    self.refresh_finished();
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result: kad::QueryResult::GetClosestPeers(_), step, .. } => {
+                if self.refresh.on_closest_peers(id, &step) == refresh::Progress::Finished {
+                    self.refresh_finished();
                 }
             }
             _ => {}

@@ -15,6 +15,7 @@ mod kad_limit;
 mod limits;
 mod metrics;
 mod reachability;
+mod refresh;
 mod transport;
 
 pub use behaviour::NODES_TOPIC;

@@ -38,8 +38,9 @@ pub(crate) struct NetMetrics {
     pub hole_punches: Family<ResultLabel, Counter>,
     /// Our AutoNAT probes by answer (public, private, error).
     pub autonat_probes: Family<ResultLabel, Counter>,
-    /// Kademlia bootstraps (a lookup of our own key, then a refresh of each farther bucket)
-    /// this node finished, whoever started them.
+    /// Routing-table refreshes this node finished: a lookup of our own key, then of each
+    /// farther bucket short of peers (`refresh`); the join's first, then the retries of a table
+    /// short of K peers and the periodic ones.
     pub dht_bootstraps: Counter,
 }
 

@@ -5,6 +5,7 @@ mod bootstrap_count;
 mod connect;
 mod dht_limits;
 mod handshake_timeout;
+mod join_refresh;
 mod relay_limits;
 
 use std::time::Duration;

@@ -32,7 +32,7 @@ pub struct ClusterConfig {
     pub gossip_heartbeat: Duration,
     /// Kademlia random walk period (production: 60 s).
     pub random_walk_interval: Duration,
-    /// Kademlia full bootstrap period (production: 300 s).
+    /// Routing-table refresh period (production: 300 s).
     pub kad_bootstrap_interval: Duration,
     /// Idle connections are closed after this long (production: 60 s).
     pub idle_connection_timeout: Duration,
@@ -41,7 +41,7 @@ pub struct ClusterConfig {
     /// Nodes started per second (staggered joins).
     pub joins_per_sec: f64,
     /// Joins in flight at most: a node is started only while fewer than this many of the
-    /// nodes before it are still joining (have finished no Kademlia bootstrap yet, for at most
+    /// nodes before it are still joining (have finished no routing-table refresh yet, for at most
     /// [`JOIN_WAIT`]). 0: no bound, only `joins_per_sec`.
     pub max_joining: usize,
     /// Bootstrap peers each new node is given, drawn from the nodes already started.
@@ -304,8 +304,8 @@ impl Cluster {
 }
 
 /// Waits until fewer than `max` of the `joining` nodes are still joining: a node has joined once
-/// it finished a Kademlia bootstrap (its own-key lookup, then libp2p-kad's refresh of the farther
-/// buckets), or once it has tried for [`JOIN_WAIT`].
+/// it finished a routing-table refresh (its own-key lookup, then the farther buckets short of
+/// peers), or once it has tried for [`JOIN_WAIT`].
 async fn wait_for_joins(nodes: &[SimNode], joining: &mut VecDeque<(usize, Instant)>, max: usize) {
     loop {
         joining.retain(|(i, since)| since.elapsed() < JOIN_WAIT && nodes[*i].node.dht_bootstraps() == 0);
@@ -322,7 +322,7 @@ pub fn connections_established(metrics: &str) -> u64 {
 }
 
 /// Kademlia requests a node's own lookups sent (every query type: its join's own-key lookup and
-/// libp2p-kad's bootstrap walk among them), from an OpenMetrics text.
+/// bucket lookups among them), from an OpenMetrics text.
 pub fn kad_requests_sent(metrics: &str) -> u64 {
     metric_sum(metrics, "kad_query_result_num_requests_sum", "")
 }

@@ -60,11 +60,11 @@ pub struct DhtResult {
     /// filled: the joins' cost in handshakes.
     pub connections_opened_joining: Summary,
     /// Kademlia requests each node's own lookups sent until every routing table was filled (its
-    /// join walk: the own-key lookup and libp2p-kad's bootstrap), the reason for those
+    /// join: the own-key lookup and the lookups of the farther buckets), the reason for those
     /// connections.
     pub kad_requests_joining: Summary,
-    /// Kademlia bootstraps each node finished until every routing table was filled (a join
-    /// should cost one).
+    /// Routing-table refreshes each node finished until every routing table was filled (a join
+    /// costs one, and one more per retry of a table still short of K peers).
     pub bootstraps_joining: Summary,
     /// Bytes each node sent over the whole run (joins, record puts, lookups, pings).
     pub bytes_sent_per_node: Summary,
