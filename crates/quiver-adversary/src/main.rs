@@ -20,7 +20,9 @@ use quiver_node::{BootstrapAddr, Node, NodeConfig, ProviderConfig};
 #[command(version, about = "A QUIVer provider that misbehaves on purpose (for tests only)")]
 struct Args {
     /// garbage-frames, wrong-output, bad-signature, wrong-model, slow-loris, drop-mid-stream,
-    /// close-unanswered, claim-never-serve, lying-heartbeats or non-forwarder.
+    /// close-unanswered, claim-never-serve, lying-heartbeats, non-forwarder,
+    /// refuse-after-streaming, inflated-tokens, unique-build, receipt-mismatch or idle-streams
+    /// (a client that holds streams open to providers without writing).
     #[arg(long)]
     mode: Misbehaviour,
     /// Serve this many jobs honestly first.

@@ -13,7 +13,9 @@ use quiver_net::{BootstrapAddr, Multiaddr, default_listen_addrs};
 use quiver_node::{InferError, InferenceRequest, Node, NodeConfig, StreamEvent, Timing};
 use serde_json::json;
 
-use crate::{EXIT_ALL_FAILED, EXIT_NO_PROVIDER, EXIT_REJECTED, LogFormat, QUIET_LOG, init_logging, usage_error};
+use crate::{
+    EXIT_ALL_FAILED, EXIT_NO_PROVIDER, EXIT_REJECTED, EXIT_UNVERIFIED, LogFormat, QUIET_LOG, init_logging, usage_error,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct AskArgs {
@@ -59,10 +61,15 @@ pub struct AskArgs {
     /// No QUIC (TCP only): neither listen nor dial over UDP.
     #[arg(long)]
     pub no_quic: bool,
-    /// Re-run the (greedy) request on a second provider of the same engine build and compare;
-    /// a mismatch brings in a third, and the outvoted provider is penalised.
+    /// Print only an answer a second, independent provider reproduced (same model file, engine
+    /// build and threads); on a mismatch more providers decide and the outvoted one is
+    /// penalised. A sampled request is run with the same seed on both (drawn when --seed is not
+    /// given). When nobody can confirm, nothing is printed and the exit code is 6.
     #[arg(long)]
     pub verify: bool,
+    /// Fraction of the other reproducible requests (greedy, or with --seed) verified anyway.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub verify_rate: f64,
     /// Do not answer from the cache of identical earlier greedy requests.
     #[arg(long)]
     pub no_cache: bool,
@@ -129,6 +136,10 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         quic,
         bootstrap_peers: bootstrap,
         dht_client_only: true,
+        verify_rate: args.verify_rate,
+        // With --data-dir, what this client learns of providers (a liar outvoted, a ban) is kept
+        // for the next ask, in a folder of its own beside a node's.
+        data_dir: args.data_dir.as_ref().map(|d| d.join("ask")),
         ..NodeConfig::default()
     })
     .await?;
@@ -144,6 +155,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
                 | InferError::Diverged
                 | InferError::Net(_)
                 | InferError::VerificationFailed { .. } => EXIT_ALL_FAILED,
+                InferError::Unverified { .. } => EXIT_UNVERIFIED,
                 InferError::Rejected { .. } | InferError::Invalid(_) => EXIT_REJECTED,
             });
         }
@@ -271,4 +283,12 @@ async fn run_local(args: AskArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("the engine ended without a result")
+}
+
+/// A fraction in [0, 1].
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
 }

@@ -34,6 +34,8 @@ pub const QUIET_LOG: &str = "warn,llama-cpp-2=warn,libp2p_kad=error,libp2p_gossi
 pub const EXIT_NO_PROVIDER: i32 = 3;
 pub const EXIT_ALL_FAILED: i32 = 4;
 pub const EXIT_REJECTED: i32 = 5;
+/// `--verify` was asked and no second provider confirmed the answer (none is printed).
+pub const EXIT_UNVERIFIED: i32 = 6;
 
 /// Logs go to stderr so stdout stays for what users copy (addresses, answers). `RUST_LOG`
 /// overrides `default_filter`.

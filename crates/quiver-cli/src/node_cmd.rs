@@ -113,6 +113,11 @@ pub struct NodeArgs {
     #[arg(long, value_name = "N", default_value_t = quiver_gateway::DEFAULT_MAX_IN_FLIGHT, env = "QUIVER_GATEWAY_MAX_REQUESTS")]
     pub gateway_max_requests: usize,
 
+    /// The gateway returns only answers a second, independent provider reproduced (502
+    /// `could_not_verify` when none can); a request's `X-Quiver-Verify: false` opts out.
+    #[arg(long, env = "QUIVER_GATEWAY_VERIFY")]
+    pub gateway_verify: bool,
+
     /// TOML config file.
     #[arg(long, value_name = "FILE", env = "QUIVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -303,6 +308,8 @@ pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::Prov
         api_keys: args.gateway_api_keys.clone(),
         cors_origins: args.gateway_cors_origins.clone(),
         max_in_flight: args.gateway_max_requests,
+        verify: args.gateway_verify,
+        ..quiver_gateway::GatewayOptions::default()
     };
     let mut s = settings(args);
     init_logging(s.log_format, SERVICE_LOG);

@@ -15,4 +15,5 @@ mod multiprocess;
 mod nat;
 mod partition;
 mod status_page;
+mod trust;
 mod upnp;

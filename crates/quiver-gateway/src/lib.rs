@@ -47,11 +47,24 @@ pub struct GatewayOptions {
     pub cors_origins: Vec<String>,
     /// Completion requests answered at once (a stream counts until it ends); more get 429.
     pub max_in_flight: usize,
+    /// Verify every answer (`quiver gateway --verify`): only an answer a second, independent
+    /// provider reproduced is returned. A request's `X-Quiver-Verify: true|false` header
+    /// overrides this default.
+    pub verify: bool,
+    /// Longest time a completion request's body may take to arrive once its headers have
+    /// (then 408): a slow upload holds an in-flight place only so long.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for GatewayOptions {
     fn default() -> Self {
-        GatewayOptions { api_keys: Vec::new(), cors_origins: Vec::new(), max_in_flight: DEFAULT_MAX_IN_FLIGHT }
+        GatewayOptions {
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            verify: false,
+            body_timeout: openai::BODY_READ_TIMEOUT,
+        }
     }
 }
 
@@ -80,8 +93,14 @@ pub fn gateway_router(node: Node, options: GatewayOptions) -> Router {
     let completions = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        // The body must arrive in time: a slow upload holds an in-flight place only so long.
+        .layer(axum::middleware::from_fn_with_state(
+            openai::BodyDeadline { node: node.clone(), limit: options.body_timeout },
+            openai::read_body_in_time,
+        ))
         // Taken before the body is read, so slow uploads count too.
-        .layer(axum::middleware::from_fn_with_state(limit, openai::limit_in_flight));
+        .layer(axum::middleware::from_fn_with_state(limit, openai::limit_in_flight))
+        .layer(axum::Extension(openai::VerifyByDefault(options.verify)));
     let v1 = completions
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{*model}", get(openai::model))
@@ -150,7 +169,10 @@ async fn cors(State(origins): State<Arc<Vec<String>>>, req: Request, next: Next)
         if allowed.is_some() {
             let h = r.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type, x-quiver-verify"),
+            );
             h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
         }
         r

@@ -3,13 +3,13 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -94,6 +94,9 @@ impl From<InferError> for ApiError {
             {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "overloaded", msg)
             }
+            InferError::Unverified { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "could_not_verify", msg)
+            }
             InferError::AllProvidersFailed { .. }
             | InferError::Diverged
             | InferError::Net(_)
@@ -108,16 +111,7 @@ impl From<InferError> for ApiError {
 /// Any content type is taken, so `curl -d '{...}'` works without a header.
 fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<CompletionRequest, ApiError> {
     let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        } else {
-            ApiError::bad_request(e.body_text())
-        }
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { ApiError::bad_request(e.body_text()) }
     })?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
@@ -275,7 +269,69 @@ fn usage(r: &InferenceResult) -> Value {
 
 /// QUIVer's own fields beside the OpenAI ones: who served the answer, and its verified receipt.
 fn quiver_info(r: &InferenceResult) -> Value {
-    json!({ "provider": r.provider.to_string(), "route": r.route, "attempts": r.attempts, "receipt": r.receipt })
+    let verified_by: Vec<String> = r.verified_by.iter().map(ToString::to_string).collect();
+    json!({ "provider": r.provider.to_string(), "route": r.route, "attempts": r.attempts, "receipt": r.receipt,
+            "verified": !verified_by.is_empty(), "verified_by": verified_by, "cached": r.cached })
+}
+
+/// Whether the gateway verifies answers unless a request says otherwise (`--verify`).
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyByDefault(pub bool);
+
+/// Header with which a request asks for verification (`true`) or declines it (`false`).
+pub const VERIFY_HEADER: &str = "x-quiver-verify";
+
+/// Whether to verify a request: its `X-Quiver-Verify` header, else the gateway's default. A
+/// header that is neither `true` nor `false` (nor 1/0) is a 400, not silently ignored.
+fn wants_verify(headers: &HeaderMap, default: bool) -> Result<bool, ApiError> {
+    let Some(v) = headers.get(VERIFY_HEADER) else { return Ok(default) };
+    match v.to_str().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        Ok("true" | "1") => Ok(true),
+        Ok("false" | "0") => Ok(false),
+        _ => Err(ApiError::bad_request("X-Quiver-Verify must be true or false")),
+    }
+}
+
+/// Longest time a request body may take to arrive, once its headers have (the default of
+/// `GatewayOptions::body_timeout`).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What [`read_body_in_time`] needs: the node (to count refusals) and the time a body may take.
+#[derive(Clone)]
+pub struct BodyDeadline {
+    pub node: Node,
+    pub limit: Duration,
+}
+
+/// Reads a completion request's body within its deadline (and [`MAX_BODY_BYTES`]): a client
+/// that sends its body a byte at a time gets a 408 instead of holding an in-flight place.
+pub async fn read_body_in_time(State(deadline): State<BodyDeadline>, req: Request, next: Next) -> Response {
+    let endpoint = if req.uri().path().ends_with("/chat/completions") { "chat_completions" } else { "completions" };
+    let (parts, body) = req.into_parts();
+    // One byte over the limit is enough to tell a body that is too large.
+    let read = tokio::time::timeout(deadline.limit, axum::body::to_bytes(body, MAX_BODY_BYTES + 1)).await;
+    let refusal = match read {
+        Ok(Ok(b)) if b.len() <= MAX_BODY_BYTES => {
+            return next.run(Request::from_parts(parts, axum::body::Body::from(b))).await;
+        }
+        Ok(_) => too_large(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!("the request body did not arrive within {} s", deadline.limit.as_secs_f64()),
+        ),
+    };
+    counted(&deadline.node, endpoint, Err(refusal))
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "request_too_large",
+        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -344,16 +400,19 @@ pub async fn limit_in_flight(State(limit): State<InFlightLimit>, mut req: Reques
 pub async fn chat_completions(
     State(node): State<Node>,
     place: Option<Extension<InFlight>>,
+    verify: Option<Extension<VerifyByDefault>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let answer = async {
+        let verify = wants_verify(&headers, verify.is_some_and(|Extension(v)| v.0))?;
         let req = parse_body(body)?;
         let messages = req.messages.clone().ok_or_else(|| ApiError::bad_request("`messages` is required"))?;
         if messages.is_empty() {
             return Err(ApiError::bad_request("`messages` must not be empty"));
         }
         let messages = messages.into_iter().map(ApiMessage::into_chat).collect::<Result<Vec<_>, _>>()?;
-        let inference = req.to_inference(Input::Chat(messages))?;
+        let inference = InferenceRequest { verify, ..req.to_inference(Input::Chat(messages))? };
         respond(&node, req, inference, Kind::Chat, place.map(|Extension(p)| p)).await
     };
     counted(&node, "chat_completions", answer.await)
@@ -362,16 +421,19 @@ pub async fn chat_completions(
 pub async fn completions(
     State(node): State<Node>,
     place: Option<Extension<InFlight>>,
+    verify: Option<Extension<VerifyByDefault>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let answer = async {
+        let verify = wants_verify(&headers, verify.is_some_and(|Extension(v)| v.0))?;
         let req = parse_body(body)?;
         let prompt = match &req.prompt {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
             _ => return Err(ApiError::bad_request("`prompt` must be a string")),
         };
-        let inference = req.to_inference(Input::Prompt(prompt))?;
+        let inference = InferenceRequest { verify, ..req.to_inference(Input::Prompt(prompt))? };
         respond(&node, req, inference, Kind::Completion, place.map(|Extension(p)| p)).await
     };
     counted(&node, "completions", answer.await)

@@ -175,6 +175,59 @@ impl Drop for Ticket {
     }
 }
 
+/// Inference streams open per peer, bounded: one peer cannot take every stream place of a
+/// provider (by opening streams and never writing a request, say) and leave honest clients
+/// refused.
+pub(crate) struct StreamBook {
+    open: Mutex<HashMap<PeerId, usize>>,
+    per_peer: usize,
+}
+
+/// One open stream, counted until dropped.
+pub(crate) struct OpenStream {
+    book: Arc<StreamBook>,
+    peer: PeerId,
+}
+
+impl StreamBook {
+    pub(crate) fn new(per_peer: usize) -> Arc<Self> {
+        Arc::new(StreamBook { open: Mutex::new(HashMap::new()), per_peer: per_peer.max(1) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new stream of `peer`, or `None` when it already has `per_peer` open.
+    pub(crate) fn open(self: &Arc<Self>, peer: PeerId) -> Option<OpenStream> {
+        let mut open = self.lock();
+        let n = open.entry(peer).or_insert(0);
+        if *n >= self.per_peer {
+            return None;
+        }
+        *n += 1;
+        Some(OpenStream { book: self.clone(), peer })
+    }
+
+    /// Streams of `peer` open now.
+    #[cfg(test)]
+    pub(crate) fn count(&self, peer: &PeerId) -> usize {
+        self.lock().get(peer).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut open = self.book.lock();
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "tests/admission.rs"]
 mod tests;

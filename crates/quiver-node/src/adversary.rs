@@ -31,10 +31,23 @@ pub enum Misbehaviour {
     LyingHeartbeats,
     /// Receives gossip but never forwards any of it.
     NonForwarder,
+    /// Streams a few real tokens, then refuses the job it accepted (`invalid_request`): a free
+    /// way to fail a request, unless a refusal after `Accepted` costs something.
+    RefuseAfterStreaming,
+    /// Serves the real text but claims far more tokens in each chunk than it sent.
+    InflatedTokens,
+    /// Streams text the model did not produce under an engine build string nobody else has, so
+    /// no provider of its build can refute it.
+    UniqueBuild,
+    /// Serves honestly, then signs a receipt that does not match the stream (one token more).
+    ReceiptMismatch,
+    /// A client, not a provider: opens inference streams to every provider it knows and never
+    /// writes a request on them.
+    IdleStreams,
 }
 
 impl Misbehaviour {
-    pub const ALL: [Misbehaviour; 10] = [
+    pub const ALL: [Misbehaviour; 15] = [
         Misbehaviour::GarbageFrames,
         Misbehaviour::WrongOutput,
         Misbehaviour::BadSignature,
@@ -45,6 +58,11 @@ impl Misbehaviour {
         Misbehaviour::ClaimNeverServe,
         Misbehaviour::LyingHeartbeats,
         Misbehaviour::NonForwarder,
+        Misbehaviour::RefuseAfterStreaming,
+        Misbehaviour::InflatedTokens,
+        Misbehaviour::UniqueBuild,
+        Misbehaviour::ReceiptMismatch,
+        Misbehaviour::IdleStreams,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +77,11 @@ impl Misbehaviour {
             Misbehaviour::ClaimNeverServe => "claim-never-serve",
             Misbehaviour::LyingHeartbeats => "lying-heartbeats",
             Misbehaviour::NonForwarder => "non-forwarder",
+            Misbehaviour::RefuseAfterStreaming => "refuse-after-streaming",
+            Misbehaviour::InflatedTokens => "inflated-tokens",
+            Misbehaviour::UniqueBuild => "unique-build",
+            Misbehaviour::ReceiptMismatch => "receipt-mismatch",
+            Misbehaviour::IdleStreams => "idle-streams",
         }
     }
 }
@@ -70,9 +93,7 @@ impl fmt::Display for Misbehaviour {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown misbehaviour {0:?}; one of: garbage-frames, wrong-output, bad-signature, wrong-model, slow-loris, drop-mid-stream, close-unanswered, claim-never-serve, lying-heartbeats, non-forwarder"
-)]
+#[error("unknown misbehaviour {given:?}; one of: {}", Misbehaviour::ALL.map(Misbehaviour::as_str).join(", "), given = .0)]
 pub struct UnknownMisbehaviour(String);
 
 impl FromStr for Misbehaviour {
@@ -107,10 +128,55 @@ impl Adversary {
 pub(crate) const DROP_AFTER_CHUNKS: usize = 3;
 /// Pause before each token of a slow-loris provider.
 pub(crate) const SLOW_LORIS_PAUSE: std::time::Duration = std::time::Duration::from_secs(4);
+/// Tokens an inflated-tokens provider claims for each chunk.
+pub(crate) const INFLATED_TOKENS: u32 = 1000;
+/// Streams an idle-streams client holds open to each provider (more than any per-peer bound).
+pub(crate) const IDLE_STREAMS_PER_PROVIDER: usize = 80;
 /// Speed advertised by a lying provider.
 pub(crate) const LIED_TOKENS_PER_SEC: f32 = 5000.0;
 
 /// The text a wrong-output provider sends instead of `real`: same length class, other bytes.
 pub(crate) fn falsify(real: &str) -> String {
     real.chars().rev().collect::<String>() + "~"
+}
+
+/// How long an idle-streams client keeps a stream before opening another in its place (the
+/// provider gives up on it after its request timeout).
+const IDLE_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(11);
+/// Providers an idle-streams client targets at once.
+const IDLE_STREAM_TARGETS: usize = 8;
+
+impl crate::Node {
+    /// [`Misbehaviour::IdleStreams`]: keeps [`IDLE_STREAMS_PER_PROVIDER`] inference streams open
+    /// to each provider it knows, writing nothing on them, until the node stops.
+    pub(crate) async fn hold_idle_streams(self) {
+        let protocol = quiver_net::StreamProtocol::new(quiver_proto::infer::INFER_PROTOCOL);
+        let mut held: Vec<(std::time::Instant, quiver_net::PeerId, quiver_net::Stream)> = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            held.retain(|(opened, ..)| opened.elapsed() < IDLE_STREAM_LIFETIME);
+            let providers: Vec<_> = self
+                .known_nodes()
+                .into_iter()
+                .filter(|n| !n.models.is_empty() && n.peer_id != self.peer_id())
+                .take(IDLE_STREAM_TARGETS)
+                .collect();
+            for node in providers {
+                let peer = node.peer_id;
+                let wait = std::time::Duration::from_secs(2);
+                if !matches!(tokio::time::timeout(wait, self.net().connect(peer, node.listen_addrs)).await, Ok(Ok(())))
+                {
+                    continue;
+                }
+                let mut control = self.net().streams();
+                while held.iter().filter(|(_, p, _)| *p == peer).count() < IDLE_STREAMS_PER_PROVIDER {
+                    match tokio::time::timeout(wait, control.open_stream(peer, protocol.clone())).await {
+                        Ok(Ok(stream)) => held.push((std::time::Instant::now(), peer, stream)),
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
 }

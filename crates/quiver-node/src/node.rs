@@ -268,9 +268,12 @@ impl Node {
         net.subscribe(REPUTATION_TOPIC).await?;
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
         let reputation = open_reputation(config.data_dir.as_deref());
+        // Clients' offences the provider sees (bounded; recorded by `record_client_offences`).
+        let (offences_tx, offences_rx) = tokio::sync::mpsc::channel(256);
         let provider = match &config.provider {
             Some(p) if !p.engines.is_empty() => {
-                let provider = Provider::new(p.clone(), keypair.clone(), net.clone(), metrics.clone());
+                let provider =
+                    Provider::new(p.clone(), keypair.clone(), net.clone(), metrics.clone()).with_offences(offences_tx);
                 #[cfg(feature = "adversary")]
                 let provider = provider.with_adversary(config.adversary);
                 let provider = Arc::new(provider);
@@ -310,6 +313,11 @@ impl Node {
         if let Some(p) = provider {
             tasks.push(tokio::spawn(node.clone().republish_when_joined(p.clone())));
             tasks.push(tokio::spawn(p.serve()));
+            tasks.push(tokio::spawn(node.clone().record_client_offences(offences_rx)));
+        }
+        #[cfg(feature = "adversary")]
+        if node.misbehaves(crate::adversary::Misbehaviour::IdleStreams) {
+            tasks.push(tokio::spawn(node.clone().hold_idle_streams()));
         }
         *lock(&node.inner.tasks) = tasks;
         info!(peer_id = %node.peer_id(), "node started");
@@ -544,6 +552,14 @@ impl Node {
             warn!(%peer, offence = offence.as_str(), until = ?ban.until, bans = ban.ban_count, "banning a peer");
             lock(&self.inner.blocked).insert(peer, ban.until);
             let _ = self.inner.net.block(peer).await;
+        }
+    }
+
+    /// Records the offences of clients that this node's provider saw (a stream held and never
+    /// written, an unreadable request): penalties, so a client that keeps doing it is banned.
+    async fn record_client_offences(self, mut offences: tokio::sync::mpsc::Receiver<(PeerId, Offence)>) {
+        while let Some((peer, offence)) = offences.recv().await {
+            self.record_offence(peer, offence, false).await;
         }
     }
 

@@ -23,7 +23,7 @@ use quiver_proto::{
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, Queued, Ticket};
+use crate::admission::{Admission, Queued, StreamBook, Ticket};
 use crate::discovery::now_ms;
 use crate::metrics::JobOutcome::{Cancelled, Served};
 use crate::metrics::NodeMetrics;
@@ -70,6 +70,11 @@ impl std::fmt::Debug for ProviderConfig {
 
 /// Most inference streams being read or served at once (beyond admission, which bounds jobs).
 const MAX_OPEN_STREAMS: usize = 64;
+/// Streams one peer may hold open beyond the provider's slots and queue places (which a lone
+/// client, a gateway, may fill): the rest are refused as busy.
+const EXTRA_STREAMS_PER_PEER: usize = 4;
+/// Refusals being written at once; beyond this a stream is dropped unanswered.
+const MAX_REFUSALS: usize = 64;
 /// Time a client has to send its request after opening the stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait in the queue before the job is refused.
@@ -85,6 +90,13 @@ pub(crate) struct Provider {
     /// Who holds the queue's places (and how many jobs each client has here).
     admission: Admission,
     open_streams: Arc<Semaphore>,
+    /// Open streams per peer, bounded.
+    streams: Arc<StreamBook>,
+    /// Refusals being written (busy, rate limited), bounded.
+    refusals: Arc<Semaphore>,
+    /// Clients' offences seen here (a stream opened and never written, an unreadable request),
+    /// for the node to record in its reputation.
+    offences: Option<tokio::sync::mpsc::Sender<(PeerId, quiver_reputation::Offence)>>,
     /// Measured generation speed (EWMA), tokens/s × 100.
     speed_centi: AtomicU32,
     keypair: quiver_net::Keypair,
@@ -118,6 +130,9 @@ impl Provider {
             max_concurrent,
             admission: Admission::new(cfg.queue),
             open_streams: Arc::new(Semaphore::new(MAX_OPEN_STREAMS)),
+            streams: StreamBook::new(max_concurrent + cfg.queue + EXTRA_STREAMS_PER_PEER),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+            offences: None,
             speed_centi: AtomicU32::new(0),
             keypair,
             net,
@@ -130,6 +145,38 @@ impl Provider {
             #[cfg(feature = "adversary")]
             jobs_seen: AtomicU32::new(0),
         }
+    }
+
+    /// Where clients' offences seen by this provider go (the node records them).
+    pub(crate) fn with_offences(
+        mut self,
+        offences: tokio::sync::mpsc::Sender<(PeerId, quiver_reputation::Offence)>,
+    ) -> Self {
+        self.offences = Some(offences);
+        self
+    }
+
+    fn charge(&self, peer: PeerId, offence: quiver_reputation::Offence) {
+        if let Some(tx) = &self.offences {
+            // Bounded: when the node is behind, the offence is lost, not queued without end.
+            let _ = tx.try_send((peer, offence));
+        }
+    }
+
+    /// Answers `stream` with `refusal` and closes it, in a task of its own (bounded: beyond
+    /// `MAX_REFUSALS` being written, the stream is dropped unanswered).
+    fn refuse(&self, mut stream: quiver_net::Stream, refusal: InferResponse) {
+        let Ok(permit) = self.refusals.clone().try_acquire_owned() else { return };
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut stream, &refusal)).await;
+            let _ = stream.close().await;
+            drop(permit);
+        });
+    }
+
+    fn busy(&self) -> InferResponse {
+        self.metrics.job(crate::metrics::JobOutcome::Busy);
+        InferResponse { kind: Some(Kind::Busy(Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 })) }
     }
 
     #[cfg(feature = "adversary")]
@@ -212,32 +259,32 @@ impl Provider {
                 return;
             }
         };
-        while let Some((peer, mut stream)) = incoming.next().await {
+        while let Some((peer, stream)) = incoming.next().await {
             if !self.requests.allow(&peer) {
                 // Over its rate: refused at once, without reading the request or touching the
                 // engine, so one flooding peer cannot slow the others.
                 self.metrics.job(crate::metrics::JobOutcome::RateLimited);
-                let rate = self.requests_per_sec;
-                tokio::spawn(async move {
-                    let refusal = InferResponse {
-                        kind: Some(Kind::Error(InferError {
-                            code: "rate_limited".into(),
-                            message: format!("at most {rate} requests per second"),
-                        })),
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut stream, &refusal)).await;
-                    let _ = stream.close().await;
-                });
+                let message = format!("at most {} requests per second", self.requests_per_sec);
+                let code = "rate_limited".into();
+                self.refuse(stream, InferResponse { kind: Some(Kind::Error(InferError { code, message })) });
                 continue;
             }
+            // A peer over its share of stream places, or every place taken: busy, said, not a
+            // stream dropped unanswered (which a client must count as a stall).
+            let Some(open) = self.streams.open(peer) else {
+                debug!(%peer, "too many open inference streams from one peer; refusing");
+                self.refuse(stream, self.busy());
+                continue;
+            };
             let Ok(permit) = self.open_streams.clone().try_acquire_owned() else {
-                debug!(%peer, "too many open inference streams; dropping one");
+                debug!(%peer, "too many open inference streams; refusing");
+                self.refuse(stream, self.busy());
                 continue;
             };
             let this = self.clone();
             tokio::spawn(async move {
                 this.handle_stream(peer, stream).await;
-                drop(permit);
+                drop((open, permit));
             });
         }
     }
@@ -248,12 +295,29 @@ impl Provider {
                 .await
             {
                 Ok(Ok(r)) => r,
+                Ok(Err(e @ quiver_proto::FrameError::TooLarge { .. })) => {
+                    // Said, so the client knows it was the request, not this provider.
+                    debug!(%peer, error = %e, "inference request too large");
+                    self.metrics.job(crate::metrics::JobOutcome::Invalid);
+                    let code = "request_too_large".into();
+                    let message = format!("requests are limited to {MAX_REQUEST_BYTES} bytes");
+                    let refusal = InferResponse { kind: Some(Kind::Error(InferError { code, message })) };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut stream, &refusal)).await;
+                    let _ = stream.close().await;
+                    return;
+                }
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "unreadable inference request");
+                    if !matches!(e, quiver_proto::FrameError::Closed | quiver_proto::FrameError::Io(_)) {
+                        self.charge(peer, quiver_reputation::Offence::GarbageFrame);
+                    }
                     return;
                 }
                 Err(_) => {
+                    // It held one of this provider's stream places and never wrote: its fault,
+                    // not that of the clients it kept waiting.
                     debug!(%peer, "no inference request within the timeout");
+                    self.charge(peer, quiver_reputation::Offence::Timeout);
                     return;
                 }
             };
@@ -328,11 +392,14 @@ impl Provider {
         let input = request.input.clone().unwrap_or_default();
         let prompt_hash = input.hash();
         let params = request.params.clone().unwrap_or_default();
-        let accepted = Accepted {
-            model_sha256: model.sha256.to_vec(),
-            engine_build: engine.build_id(),
-            threads: engine.threads(),
-        };
+        #[allow(unused_mut)]
+        let mut build = engine.build_id();
+        #[cfg(feature = "adversary")]
+        if misbehaviour == Some(crate::adversary::Misbehaviour::UniqueBuild) {
+            build = format!("{build}+{}", self.net.peer_id());
+        }
+        let accepted =
+            Accepted { model_sha256: model.sha256.to_vec(), engine_build: build.clone(), threads: engine.threads() };
         write_frame(stream, &reply(Kind::Accepted(accepted))).await?;
 
         let started = Instant::now();
@@ -357,7 +424,11 @@ impl Provider {
                     let t = {
                         use crate::adversary::{self, Misbehaviour};
                         match misbehaviour {
-                            Some(Misbehaviour::WrongOutput) => adversary::falsify(&t),
+                            Some(Misbehaviour::WrongOutput | Misbehaviour::UniqueBuild) => adversary::falsify(&t),
+                            Some(Misbehaviour::RefuseAfterStreaming) if chunks >= adversary::DROP_AFTER_CHUNKS => {
+                                let refusal = error("invalid_request", "changed its mind".into());
+                                return write_frame(stream, &refusal).await;
+                            }
                             Some(Misbehaviour::SlowLoris) => {
                                 tokio::time::sleep(adversary::SLOW_LORIS_PAUSE).await;
                                 t
@@ -372,6 +443,12 @@ impl Provider {
                     text.push_str(&t);
                     self.metrics.tokens_generated.inc_by(u64::from(tokens));
                     // A write error means the client went away: dropping `generation` stops it.
+                    #[cfg(feature = "adversary")]
+                    let tokens = if misbehaviour == Some(crate::adversary::Misbehaviour::InflatedTokens) {
+                        crate::adversary::INFLATED_TOKENS
+                    } else {
+                        tokens
+                    };
                     write_frame(stream, &reply(Kind::Chunk(TokenChunk { text: t, tokens }))).await.inspect_err(
                         |_| self.metrics.provider_job(&model.name, peer, Cancelled, first_token, started.elapsed(), 0),
                     )?;
@@ -389,13 +466,19 @@ impl Provider {
                         prompt_tokens: usage.prompt_tokens,
                         completion_tokens: usage.completion_tokens,
                         params: Some(params),
-                        engine_build: engine.build_id(),
+                        engine_build: build.clone(),
                         threads: engine.threads(),
                         finish_reason: finish_reason.to_string(),
                         timestamp_ms: now_ms(),
                     };
                     debug!(%peer, tokens = usage.completion_tokens, chunks, ?elapsed, "job served");
                     drop(permit);
+                    #[cfg(feature = "adversary")]
+                    let receipt = if misbehaviour == Some(crate::adversary::Misbehaviour::ReceiptMismatch) {
+                        Receipt { completion_tokens: receipt.completion_tokens + 1, ..receipt }
+                    } else {
+                        receipt
+                    };
                     #[cfg(feature = "adversary")]
                     if misbehaviour == Some(crate::adversary::Misbehaviour::BadSignature) {
                         let forger = quiver_net::Keypair::generate_ed25519();
@@ -449,9 +532,7 @@ impl Provider {
 
     /// Answers `Busy` (and counts it): the provider has no room for this job.
     async fn refuse_busy(&self, stream: &mut quiver_net::Stream) -> Result<(), quiver_proto::FrameError> {
-        self.metrics.job(crate::metrics::JobOutcome::Busy);
-        let busy = Busy { queue_depth: self.queue_depth(), retry_after_ms: 1000 };
-        write_frame(stream, &InferResponse { kind: Some(Kind::Busy(busy)) }).await
+        write_frame(stream, &self.busy()).await
     }
 
     fn record_speed(&self, tokens: u32, decode_time: Duration) {

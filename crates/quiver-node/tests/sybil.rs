@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::common::{load_engine, loopback_config, tcp_addr};
 use quiver_engine::llama::LlamaEngine;
-use quiver_node::{InferenceRequest, Node, NodeConfig, ProviderConfig};
+use quiver_node::{InferenceRequest, Node, NodeConfig, ProviderConfig, Route};
 
 fn provider(engine: &Arc<LlamaEngine>) -> Option<ProviderConfig> {
     // A generous rate limit: this test is about who gets the jobs, not about floods.
@@ -20,11 +20,18 @@ fn provider(engine: &Arc<LlamaEngine>) -> Option<ProviderConfig> {
 }
 
 async fn ask(client: &Node, i: usize, broadcast: bool) -> quiver_node::PeerId {
+    ask_route(client, i, broadcast).await.0
+}
+
+/// The provider that served, and how it was found.
+async fn ask_route(client: &Node, i: usize, broadcast: bool) -> (quiver_node::PeerId, Route) {
     let mut r = InferenceRequest::completion("smollm2-135m", &format!("Item {i}:"), 2);
     r.broadcast = broadcast;
     r.use_cache = false;
     r.claim_window = Duration::from_millis(500);
-    tokio::time::timeout(Duration::from_secs(120), client.infer(r)).await.expect("in time").expect("answered").provider
+    let result =
+        tokio::time::timeout(Duration::from_secs(120), client.infer(r)).await.expect("in time").expect("answered");
+    (result.provider, result.route)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,10 +69,17 @@ async fn twenty_fresh_identities_get_no_more_than_the_newcomer_share() {
     let share = quiver_node::reputation::ReputationConfig::default().newcomer_share;
     let jobs = 40;
     let mut served: HashMap<quiver_node::PeerId, usize> = HashMap::new();
+    let mut claimed = 0;
     for i in 0..jobs {
         // Half the jobs asked directly (ranking), half through gossip claims.
-        *served.entry(ask(&client, 100 + i, i % 2 == 0).await).or_default() += 1;
+        let (provider, route) = ask_route(&client, 100 + i, i % 2 == 0).await;
+        *served.entry(provider).or_default() += 1;
+        claimed += usize::from(route == Route::Claim);
     }
+    // The cap must hold on the claim route itself: a claim round that failed would fall back to
+    // the direct route and show nothing about claims.
+    println!("jobs served through a claim: {claimed} of {} announced", jobs / 2);
+    assert!(claimed * 4 >= (jobs / 2) * 3, "only {claimed} of {} announced jobs went by a claim", jobs / 2);
     let to_sybils: usize = served.iter().filter(|(p, _)| **p != established.peer_id()).map(|(_, n)| n).sum();
     println!("jobs: {jobs}, to the established provider: {}, to the 20 newcomers: {to_sybils}", jobs - to_sybils);
     // The cap is a share of all jobs this client routed (the first six included), plus one.

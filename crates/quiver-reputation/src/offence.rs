@@ -20,7 +20,9 @@ pub enum Offence {
     /// The model hash differs from the one asked for or announced. Default weight 0.7: serving a
     /// cheaper model than promised.
     WrongModel,
-    /// The output differs from the cross-check majority. Default weight 1.0: a lie about the work.
+    /// The output differs from the cross-check majority. Default weight 1.5: a lie about the work,
+    /// which bans at once a peer whose quality is below 0.5 (a newcomer, a fresh identity), while
+    /// an established provider outvoted once is shut out for a while, not banned.
     FailedVerification,
     /// No answer in time (connect, accept, first token). Default weight 0.1: often the network.
     Timeout,
@@ -34,13 +36,18 @@ pub enum Offence {
     /// Refused with "busy". Weight 0: honest back-pressure is not an offence. It is counted per
     /// kind (see `PeerView::offence_counts`) but is neither a posterior failure nor a penalty.
     Busy,
-    /// Frames out of order, missing fields, a message of the wrong kind. Default weight 0.3.
+    /// Frames out of order, missing fields, a message of the wrong kind, token counts the text
+    /// cannot hold. Default weight 0.3.
     ProtocolViolation,
+    /// Accepted a job and then broke the promise: refused it after `Accepted`, or streamed text
+    /// and ended without a receipt. Default weight 0.5: the client's time and the text already
+    /// delivered are lost, and a failover may no longer match it.
+    Reneged,
 }
 
 impl Offence {
     /// Every kind, in declaration order.
-    pub const ALL: [Offence; 10] = [
+    pub const ALL: [Offence; 11] = [
         Offence::GarbageFrame,
         Offence::BadSignature,
         Offence::WrongModel,
@@ -51,6 +58,7 @@ impl Offence {
         Offence::HeartbeatLie,
         Offence::Busy,
         Offence::ProtocolViolation,
+        Offence::Reneged,
     ];
 
     /// Stable snake_case name (logs, metrics labels).
@@ -66,6 +74,7 @@ impl Offence {
             Offence::HeartbeatLie => "heartbeat_lie",
             Offence::Busy => "busy",
             Offence::ProtocolViolation => "protocol_violation",
+            Offence::Reneged => "reneged",
         }
     }
 
@@ -96,6 +105,7 @@ pub struct OffenceWeights {
     pub heartbeat_lie: f64,
     pub busy: f64,
     pub protocol_violation: f64,
+    pub reneged: f64,
 }
 
 impl Default for OffenceWeights {
@@ -104,13 +114,14 @@ impl Default for OffenceWeights {
             garbage_frame: 0.5,
             bad_signature: 1.0,
             wrong_model: 0.7,
-            failed_verification: 1.0,
+            failed_verification: 1.5,
             timeout: 0.1,
             stall: 0.2,
             claim_not_served: 0.3,
             heartbeat_lie: 0.3,
             busy: 0.0,
             protocol_violation: 0.3,
+            reneged: 0.5,
         }
     }
 }
@@ -129,6 +140,7 @@ impl OffenceWeights {
             Offence::HeartbeatLie => self.heartbeat_lie,
             Offence::Busy => self.busy,
             Offence::ProtocolViolation => self.protocol_violation,
+            Offence::Reneged => self.reneged,
         };
         if w.is_finite() && w > 0.0 { w } else { 0.0 }
     }

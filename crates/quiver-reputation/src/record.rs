@@ -240,6 +240,14 @@ impl PeerRecord {
             let f = cfg.evidence_window / total;
             self.evidence_success *= f;
             self.evidence_failure *= f;
+            // Hearsay ages as own observations do: each new one makes older opinions weigh less,
+            // and the weight a source used shrinks with them, so it may speak again about what
+            // the peer does now instead of holding its old verdict for ever.
+            self.hearsay.positive *= f;
+            self.hearsay.negative *= f;
+            for used in self.hearsay.sources.values_mut() {
+                *used *= f;
+            }
         }
     }
 

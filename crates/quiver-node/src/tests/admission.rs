@@ -106,3 +106,20 @@ fn a_queued_job_learns_how_many_are_ahead_of_it() {
     assert_eq!(third.position(), 0);
     assert_eq!(second.position(), 0);
 }
+
+#[test]
+fn a_peer_holds_at_most_its_share_of_streams() {
+    let book = StreamBook::new(2);
+    let (a, b) = (PeerId::random(), PeerId::random());
+    let first = book.open(a).expect("room");
+    let second = book.open(a).expect("room");
+    assert!(book.open(a).is_none(), "a third stream of the same peer is refused");
+    // Another peer's share is its own.
+    let other = book.open(b).expect("room for another peer");
+    assert_eq!((book.count(&a), book.count(&b)), (2, 1));
+    drop(first);
+    assert_eq!(book.count(&a), 1, "a closed stream frees its place");
+    let again = book.open(a).expect("room again");
+    drop((second, again, other));
+    assert_eq!((book.count(&a), book.count(&b)), (0, 0));
+}

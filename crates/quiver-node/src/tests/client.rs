@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use super::{DEFAULT_TOKENS_PER_SEC, expected_completion};
+use super::DEFAULT_TOKENS_PER_SEC;
+use super::route::expected_completion;
 
 const IDLE: Option<(u32, u32, f32, f32)> = Some((1, 0, 0.0, 100.0));
 
@@ -54,4 +55,124 @@ fn nonsense_figures_from_a_peer_do_not_poison_the_cost() {
         assert!(cost.is_finite() && cost > 0.0, "{load:?}: {cost}");
     }
     assert!(expected_completion(IDLE, None, None, 0) > 0.0);
+}
+
+mod receipts {
+    use quiver_proto::infer::output_hash;
+    use quiver_proto::{Accepted, InferRequest, PromptInput, Receipt, SamplingParams};
+
+    use crate::client::attempt::{check_counts, check_receipt};
+
+    const TEXT: &str = "The sea is wide.";
+
+    fn params() -> SamplingParams {
+        SamplingParams { max_tokens: 16, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] }
+    }
+
+    fn request() -> InferRequest {
+        InferRequest {
+            request_id: vec![7; 16],
+            model: "smollm2-135m".into(),
+            model_sha256: vec![],
+            input: Some(PromptInput { prompt: "Hello".into(), ..PromptInput::default() }),
+            params: Some(params()),
+        }
+    }
+
+    fn accepted() -> Accepted {
+        Accepted { model_sha256: vec![1; 32], engine_build: "b1".into(), threads: 2 }
+    }
+
+    /// The receipt an honest provider signs for `request()` answered with `TEXT` in 5 tokens.
+    fn honest() -> Receipt {
+        let r = request();
+        Receipt {
+            request_id: r.request_id.clone(),
+            provider: vec![],
+            model_sha256: vec![1; 32],
+            prompt_hash: r.input.as_ref().map(|i| i.hash().to_vec()).unwrap_or_default(),
+            output_hash: output_hash(TEXT).to_vec(),
+            prompt_tokens: 3,
+            completion_tokens: 5,
+            params: Some(params()),
+            engine_build: "b1".into(),
+            threads: 2,
+            finish_reason: "stop".into(),
+            timestamp_ms: 1,
+        }
+    }
+
+    fn check(receipt: &Receipt) -> Result<(), &'static str> {
+        check_receipt(receipt, &request(), &accepted(), TEXT, 5)
+    }
+
+    #[test]
+    fn an_honest_receipt_passes() {
+        assert_eq!(check(&honest()), Ok(()));
+    }
+
+    #[test]
+    fn another_requests_id_is_refused() {
+        assert_eq!(check(&Receipt { request_id: vec![8; 16], ..honest() }), Err("request id"));
+    }
+
+    #[test]
+    fn another_model_file_than_accepted_is_refused() {
+        assert_eq!(check(&Receipt { model_sha256: vec![2; 32], ..honest() }), Err("model hash"));
+    }
+
+    #[test]
+    fn another_prompt_is_refused() {
+        assert_eq!(check(&Receipt { prompt_hash: vec![0; 32], ..honest() }), Err("prompt hash"));
+    }
+
+    #[test]
+    fn another_output_than_streamed_is_refused() {
+        let other = output_hash("The sea is narrow.").to_vec();
+        assert_eq!(check(&Receipt { output_hash: other, ..honest() }), Err("output hash"));
+    }
+
+    #[test]
+    fn another_token_count_than_streamed_is_refused() {
+        assert_eq!(check(&Receipt { completion_tokens: 6, ..honest() }), Err("token count"));
+    }
+
+    #[test]
+    fn other_sampling_parameters_are_refused() {
+        let hotter = SamplingParams { temperature: 0.7, ..params() };
+        assert_eq!(check(&Receipt { params: Some(hotter), ..honest() }), Err("sampling parameters"));
+    }
+
+    #[test]
+    fn another_engine_build_or_thread_count_than_accepted_is_refused() {
+        assert_eq!(check(&Receipt { engine_build: "b2".into(), ..honest() }), Err("engine build"));
+        assert_eq!(check(&Receipt { threads: 4, ..honest() }), Err("engine build"));
+    }
+
+    #[test]
+    fn a_receipt_signed_by_another_key_is_refused() {
+        let provider = quiver_net::Keypair::generate_ed25519();
+        let forger = quiver_net::Keypair::generate_ed25519();
+        let id = provider.public().to_peer_id();
+        let receipt = Receipt { provider: id.to_bytes(), ..honest() };
+        assert!(Receipt::verify(receipt.sign(&provider), &id).is_ok());
+        assert!(Receipt::verify(receipt.sign(&forger), &id).is_err(), "a forged signature verified");
+    }
+
+    #[test]
+    fn token_counts_are_bounded_by_max_tokens_and_the_text() {
+        let p = params();
+        assert_eq!(check_counts(TEXT, 5, &p), Ok(()));
+        assert!(check_counts(TEXT, 17, &p).is_err(), "more than max_tokens");
+        // Tokens that render as nothing are allowed within the slack, not without bound.
+        let long = SamplingParams { max_tokens: 1000, ..p.clone() };
+        assert_eq!(check_counts("", 64, &long), Ok(()));
+        assert!(check_counts("", 65, &long).is_err(), "more tokens than bytes beyond the slack");
+        // A stop string's tokens are counted and not sent: its length widens the slack.
+        let stops = SamplingParams { stop: vec!["x".repeat(40)], ..long.clone() };
+        assert_eq!(check_counts("", 104, &stops), Ok(()));
+        // Text beyond what max_tokens tokens can stand for.
+        assert!(check_counts(&"a".repeat(16 * 256 + 1), 16, &p).is_err());
+        assert_eq!(check_counts(&"a".repeat(16 * 256), 16, &p), Ok(()));
+    }
 }

@@ -225,7 +225,7 @@ fn hearsay_weighs_little_and_only_from_good_sources() {
     let stranger = PeerId::random();
     established(&mut r, good, 30, 0);
     established(&mut r, bad, 30, 0);
-    r.penalize(bad, Offence::FailedVerification, t(100)); // score ≈ 0.95 − 1 < 0.5
+    r.penalize(bad, Offence::FailedVerification, t(100)); // score ≈ 0.95 − 1.5 < 0.5
     r.record_success(newcomer, job(), t(100));
     r.heartbeat(subject, t(100));
     let now = t(100);

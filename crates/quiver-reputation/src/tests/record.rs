@@ -66,6 +66,27 @@ fn evidence_window_keeps_recent_behaviour_visible() {
 }
 
 #[test]
+fn hearsay_ages_with_own_observations() {
+    let c = cfg();
+    let mut r = PeerRecord::default();
+    // Others said it was good, up to the cap; then it fails us again and again.
+    r.hearsay.positive = c.hearsay_max_total;
+    r.hearsay.sources.insert("source".into(), c.hearsay_per_source);
+    for _ in 0..(4 * c.evidence_window as usize) {
+        r.add_evidence(false, &c);
+    }
+    // The old praise shrank as the window moved on, as old own observations did.
+    assert!(r.hearsay.positive < c.hearsay_max_total / 2.0, "{}", r.hearsay.positive);
+    let used = r.hearsay.sources["source"];
+    assert!(used < c.hearsay_per_source / 2.0, "the source may speak again: {used}");
+    // Before the window is full nothing ages.
+    let mut young = PeerRecord::default();
+    young.hearsay.negative = 1.0;
+    young.add_evidence(true, &c);
+    assert_eq!(young.hearsay.negative, 1.0);
+}
+
+#[test]
 fn decay_halves_per_half_life() {
     let hl = Duration::from_secs(600);
     assert_eq!(decay(8.0, 0, 0, hl), 8.0);
