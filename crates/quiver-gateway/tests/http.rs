@@ -1,79 +1,22 @@
 //! The gateway's HTTP behaviour with a real node on 127.0.0.1 (ephemeral ports) that has no
 //! provider in reach: OpenAI-shaped errors and status codes, size limits, bearer keys, CORS off
-//! by default, the status page and its JSON, and metrics that parse.
+//! by default, the status page and its JSON, and metrics that parse. `provider_errors`: the
+//! answers when a provider is in reach but cannot serve.
 
-use std::net::SocketAddr;
+mod common;
+// A module of this test binary rather than one of its own: each test binary links the whole
+// node stack again.
+#[path = "http/limits.rs"]
+mod limits;
+#[path = "http/provider_errors.rs"]
+mod provider_errors;
+
 use std::time::Duration;
 
+use common::{Gateway, error_code};
 use quiver_gateway::{GatewayOptions, METRICS_CONTENT_TYPE};
-use quiver_node::{Node, NodeConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// Bound on one HTTP exchange (a request for an unknown model searches the network first).
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Gateway {
-    node: Node,
-    addr: SocketAddr,
-    http: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Gateway {
-    async fn start(options: GatewayOptions) -> Gateway {
-        let node = Node::start(NodeConfig {
-            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
-            ..NodeConfig::default()
-        })
-        .await
-        .expect("node starts");
-        let listener = quiver_gateway::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(quiver_gateway::serve_gateway(node.clone(), listener, options, async move {
-            let _ = stopped.await;
-        }));
-        let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().expect("client");
-        Gateway { node, addr, http, stop: Some(stop) }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let resp = self.http.post(self.url(path)).body(body).send().await.expect("request answered");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("body");
-        (status, headers, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).send().await.expect("request answered")
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.node.shutdown().await;
-    }
-}
-
-/// Asserts OpenAI's error shape and returns its `code`.
-fn error_code(body: &Value) -> &str {
-    let e = &body["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "error.message: {body}");
-    assert!(e["type"].is_string(), "error.type: {body}");
-    assert!(e.as_object().is_some_and(|o| o.contains_key("param")), "error.param: {body}");
-    e["code"].as_str().unwrap_or_else(|| panic!("error.code: {body}"))
-}
 
 fn chat(model: &str) -> String {
     json!({ "model": model, "messages": [{ "role": "user", "content": "Hi" }], "max_tokens": 4 }).to_string()

@@ -25,7 +25,7 @@ use tracing::{debug, info, trace, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, RecordLookup, Validation};
-use crate::metrics::{NetMetrics, RefusedLabel, ResultLabel};
+use crate::metrics::{NetMetrics, ReasonLabel, RefusedLabel, ResultLabel, circuit_close_reason};
 use crate::reachability::{ReachabilityState, circuit_listen_addr, is_relayed};
 use crate::refresh::{self, Refresh};
 use crate::{BootstrapAddr, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError, TransportKind, split_peer_id};
@@ -217,8 +217,9 @@ pub async fn spawn(
     cfg: NetConfig,
     registry: &mut Registry,
 ) -> Result<(NetClient, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
-    let swarm = build_swarm(keypair, &cfg, registry)?;
-    start(swarm, cfg, registry).await
+    let net_metrics = NetMetrics::register(registry);
+    let swarm = build_swarm(keypair, &cfg, registry, &net_metrics)?;
+    start(swarm, cfg, registry, net_metrics).await
 }
 
 /// The swarm with every QUIVer behaviour, over the operating system's network (TCP, QUIC, DNS
@@ -229,6 +230,7 @@ fn build_swarm(
     keypair: libp2p::identity::Keypair,
     cfg: &NetConfig,
     registry: &mut Registry,
+    net_metrics: &NetMetrics,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let boxed = |e: NetError| Box::new(e) as Box<dyn std::error::Error + Send + Sync>;
@@ -238,7 +240,9 @@ fn build_swarm(
         TransportKind::Os => builder
             // QUIC (unless turned off) and TCP + TLS/Noise + yamux, with dead connections
             // dropped (see `transport.rs`).
-            .with_other_transport(|key| crate::transport::os_transport(key, cfg.quic).map_err(boxed))
+            .with_other_transport(|key| {
+                crate::transport::os_transport(key, cfg.quic, net_metrics.tcp_upgrade_timeouts.clone()).map_err(boxed)
+            })
             .map_err(|e| transport_err(&e))?
             .with_dns()
             .map_err(|e| transport_err(&e))?
@@ -276,10 +280,10 @@ async fn start(
     mut swarm: Swarm<Behaviour>,
     cfg: NetConfig,
     registry: &mut Registry,
+    net_metrics: NetMetrics,
 ) -> Result<(NetClient, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
     let local = *swarm.local_peer_id();
     let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
-    let net_metrics = NetMetrics::register(registry);
     let dht_bootstraps = net_metrics.dht_bootstraps.clone();
 
     let (events_tx, events_rx) = mpsc::channel(cfg.channel_capacity);
@@ -1163,6 +1167,8 @@ impl EventLoop {
             }
             relay::Event::CircuitClosed { src_peer_id, dst_peer_id, error } => {
                 debug!(src = %src_peer_id, dst = %dst_peer_id, ?error, "relay: circuit closed");
+                let reason = circuit_close_reason(error.as_ref());
+                self.net_metrics.relay_service_circuits_closed.get_or_create(&ReasonLabel { reason }).inc();
                 if self.net_metrics.relay_service_circuits.get() > 0 {
                     self.net_metrics.relay_service_circuits.dec();
                 }

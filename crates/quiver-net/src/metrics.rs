@@ -23,6 +23,24 @@ pub(crate) struct RefusedLabel {
     pub what: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Why the relay service closed a circuit, from the error libp2p's relay reports: the
+/// circuit's time limit (`duration_limit`), its byte limit (`byte_limit`), both ends done
+/// (`ended`), or anything else (`error`).
+pub(crate) fn circuit_close_reason(error: Option<&std::io::Error>) -> &'static str {
+    match error {
+        None => "ended",
+        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => "duration_limit",
+        // libp2p-relay's copy loop has no error kind of its own for this one.
+        Some(e) if e.to_string().contains("Max circuit bytes") => "byte_limit",
+        Some(_) => "error",
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub(crate) struct NetMetrics {
     /// 1 for the current state, 0 for the others.
@@ -34,6 +52,10 @@ pub(crate) struct NetMetrics {
     pub relay_service_circuits: Gauge,
     /// Reservation and circuit requests the relay service refused (over a limit, or not a relay now).
     pub relay_service_refused: Family<RefusedLabel, Counter>,
+    /// Circuits the relay service closed, by [`circuit_close_reason`].
+    pub relay_service_circuits_closed: Family<ReasonLabel, Counter>,
+    /// TCP connections dropped for not finishing their handshake within `TCP_UPGRADE_TIMEOUT`.
+    pub tcp_upgrade_timeouts: Counter,
     /// Hole punches (DCUtR) by result.
     pub hole_punches: Family<ResultLabel, Counter>,
     /// Our AutoNAT probes by answer (public, private, error).
@@ -68,6 +90,16 @@ impl NetMetrics {
             "relay_service_refused",
             "Reservation and circuit requests this node's relay service refused",
             m.relay_service_refused.clone(),
+        );
+        q.register(
+            "relay_service_circuits_closed",
+            "Circuits this node's relay service closed, by reason (duration_limit, byte_limit, ended, error)",
+            m.relay_service_circuits_closed.clone(),
+        );
+        q.register(
+            "tcp_upgrade_timeouts",
+            "TCP connections dropped for not finishing TLS/Noise and yamux within the upgrade timeout",
+            m.tcp_upgrade_timeouts.clone(),
         );
         q.register("hole_punches", "Hole punches (DCUtR) by result", m.hole_punches.clone());
         q.register("autonat_probes", "This node's reachability probes by answer", m.autonat_probes.clone());

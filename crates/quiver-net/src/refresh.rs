@@ -179,10 +179,8 @@ impl Refresh {
     }
 
     fn start_bucket_lookups(&mut self, kad: &mut Kad) {
-        let fill: Vec<(u32, usize)> = kad
-            .kbuckets()
-            .filter_map(|b| b.range().0.ilog2().map(|i| (i, b.num_entries())))
-            .collect();
+        let fill: Vec<(u32, usize)> =
+            kad.kbuckets().filter_map(|b| b.range().0.ilog2().map(|i| (i, b.num_entries()))).collect();
         let wanted = buckets_to_refresh(&fill);
         let Some(n) = NonZeroUsize::new(BUCKET_RESULTS) else { return };
         for (_, key) in keys_in_buckets(&self.local, &wanted, &mut rand::thread_rng()) {

@@ -20,9 +20,11 @@ use futures::{AsyncRead, AsyncWrite, FutureExt, TryFutureExt};
 use libp2p::core::Transport;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
+use libp2p::core::transport::timeout::TransportTimeoutError;
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, SelectUpgrade, UpgradeInfo, Version};
 use libp2p::identity::Keypair;
 use libp2p::{PeerId, noise, quic, tcp, tls, yamux};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::NetError;
 
@@ -42,8 +44,12 @@ pub const TCP_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
 
 /// TCP, and QUIC-v1 beside it when `quic` is set, as one transport.
-pub(crate) fn os_transport(key: &Keypair, quic: bool) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
-    let tcp = tcp_transport(key)?;
+pub(crate) fn os_transport(
+    key: &Keypair,
+    quic: bool,
+    upgrade_timeouts: Counter,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
+    let tcp = tcp_transport(key, upgrade_timeouts)?;
     if !quic {
         return Ok(tcp);
     }
@@ -60,8 +66,11 @@ pub(crate) fn os_transport(key: &Keypair, quic: bool) -> Result<Boxed<(PeerId, S
 }
 
 /// TCP + TLS/Noise + yamux, each socket with [`TCP_USER_TIMEOUT`], each connection up within
-/// [`TCP_UPGRADE_TIMEOUT`] or dropped.
-pub(crate) fn tcp_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
+/// [`TCP_UPGRADE_TIMEOUT`] or dropped (and counted in `upgrade_timeouts`).
+pub(crate) fn tcp_transport(
+    key: &Keypair,
+    upgrade_timeouts: Counter,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
     let security = TlsOrNoise(SelectUpgrade::new(
         tls::Config::new(key).map_err(|e| NetError::Transport(e.to_string()))?,
         noise::Config::new(key).map_err(|e| NetError::Transport(e.to_string()))?,
@@ -75,6 +84,12 @@ pub(crate) fn tcp_transport(key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerB
         .authenticate(security)
         .multiplex(yamux::Config::default())
         .timeout(TCP_UPGRADE_TIMEOUT)
+        .map_err(move |e| {
+            if matches!(e, TransportTimeoutError::Timeout) {
+                upgrade_timeouts.inc();
+            }
+            e
+        })
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .boxed())
 }

@@ -39,3 +39,13 @@ async fn first_listen_addr(events: &mut mpsc::Receiver<NetEvent>) -> Multiaddr {
     .await
     .expect("listening")
 }
+
+/// The samples of metric `name` in `registry`, as Prometheus text lines (`name{labels} value`).
+fn metric_lines(registry: &prometheus_client::registry::Registry, name: &str) -> Vec<String> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("metrics encode");
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .map(str::to_owned)
+        .collect()
+}

@@ -66,11 +66,11 @@ async fn requests_spread_across_equal_providers() {
         r.broadcast = i.is_multiple_of(2);
         r.use_cache = false;
         r.claim_window = Duration::from_millis(500);
-        tokio::time::timeout(Duration::from_secs(120), client.infer(r))
+        let result = tokio::time::timeout(Duration::from_secs(120), client.infer(r))
             .await
             .expect("answered in time")
-            .expect("the request succeeds")
-            .provider
+            .expect("the request succeeds");
+        (result.provider, result.route)
     };
     let established = || {
         let views = client.reputation();
@@ -83,16 +83,23 @@ async fn requests_spread_across_equal_providers() {
     // asserts that every provider gets established at all.
     while !established() {
         assert!(asked < 400, "providers still newcomers after {asked} requests: {ramp:?} {:#?}", client.reputation());
-        *ramp.entry(ask(asked).await).or_default() += 1;
+        *ramp.entry(ask(asked).await.0).or_default() += 1;
         asked += 1;
     }
     let ramp: Vec<usize> = providers.iter().map(|p| ramp.get(&p.peer_id()).copied().unwrap_or(0)).collect();
     println!("ramp-up: {asked} requests until all {PROVIDERS} providers were established: {ramp:?}");
 
     let mut served: HashMap<PeerId, usize> = HashMap::new();
+    let mut claimed = 0;
     for i in 0..REQUESTS {
-        *served.entry(ask(1000 + i).await).or_default() += 1;
+        let (provider, route) = ask(1000 + i).await;
+        *served.entry(provider).or_default() += 1;
+        claimed += usize::from(route == quiver_node::Route::Claim);
     }
+    // Half the requests were announced: the spread must hold on the claim route itself, not on
+    // a claim round that failed and fell back to the direct route.
+    println!("served through a claim: {claimed} of {} announced", REQUESTS / 2);
+    assert!(claimed * 4 >= (REQUESTS / 2) * 3, "only {claimed} of {} announced requests went by a claim", REQUESTS / 2);
     let counts: Vec<usize> = providers.iter().map(|p| served.get(&p.peer_id()).copied().unwrap_or(0)).collect();
     let g = gini(&counts);
     println!(

@@ -178,10 +178,33 @@ proptest! {
         prop_assert!(matches!(got, Err(ProtoError::WrongDomain { .. })), "{:?}", got);
     }
 
+    /// A record of arbitrary bytes is refused for every domain: for the wrong domain with
+    /// `WrongDomain` naming the expected one and at most 64 bytes of the found one (cut on a
+    /// character boundary), for the right domain by its key or its signature.
     #[test]
-    fn any_domain_is_refused_without_panic(rec in signed_record()) {
-        let _ = rec.clone().verify(RECEIPT_DOMAIN);
-        let _ = rec.verify(HEARTBEAT_DOMAIN);
+    fn any_domain_is_refused_without_panic(rec in signed_record(), right_domain in prop::bool::weighted(0.3)) {
+        for expected in [RECEIPT_DOMAIN, HEARTBEAT_DOMAIN] {
+            let mut rec = rec.clone();
+            if right_domain {
+                rec.domain = expected.to_owned();
+            }
+            let sent = rec.domain.clone();
+            let got = rec.verify(expected);
+            if sent == expected {
+                prop_assert!(matches!(got, Err(ProtoError::BadKey | ProtoError::BadSignature)), "{:?}", got);
+                continue;
+            }
+            match got {
+                Err(ProtoError::WrongDomain { expected: named, found }) => {
+                    prop_assert_eq!(named, expected);
+                    prop_assert!(sent.starts_with(&found), "{:?} is not a prefix of {:?}", found, sent);
+                    prop_assert!(found.len() <= 64, "{} bytes of domain kept", found.len());
+                    // Cut at the last character boundary at or before 64 bytes: at most 3 short.
+                    prop_assert!(found.len() + 3 >= sent.len().min(64), "{:?} cut to {:?}", sent, found);
+                }
+                other => prop_assert!(false, "domain {:?} checked for {:?}: {:?}", sent, expected, other),
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! failover) is the real code.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use quiver_engine::{
@@ -38,6 +39,24 @@ impl Default for PacedConfig {
 pub struct PacedEngine {
     model: ModelId,
     config: PacedConfig,
+    /// Generation tasks not yet finished.
+    running: Arc<AtomicUsize>,
+}
+
+/// Counts a generation task in [`PacedEngine::running_generations`] until it ends or is dropped.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn new(count: &Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::SeqCst);
+        Running(Arc::clone(count))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl PacedEngine {
@@ -46,7 +65,14 @@ impl PacedEngine {
         Arc::new(PacedEngine {
             model: ModelId { name: SIM_MODEL.to_owned(), gguf_name: "quiver-sim paced engine".to_owned(), sha256 },
             config,
+            running: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Generation tasks still running: a dropped [`Generation`] leaves this count at its next
+    /// token, when its task finds the consumer gone.
+    pub fn running_generations(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
     }
 }
 
@@ -116,7 +142,9 @@ impl quiver_engine::Engine for PacedEngine {
         };
         let seed = if request.params.temperature > 0.0 { request.params.seed } else { 0 };
         let (tx, rx) = mpsc::channel(Generation::CHANNEL);
+        let running = Running::new(&self.running);
         tokio::spawn(async move {
+            let _running = running;
             let mut stops = StopFilter::new(request.params.stop.clone());
             let mut tick = tokio::time::interval(pace.max(Duration::from_micros(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

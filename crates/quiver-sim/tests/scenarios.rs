@@ -96,25 +96,33 @@ async fn churn_survivors_records_resolve() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_serves_every_request() {
+async fn load_serves_every_request_and_spreads_it() {
     let _one = exclusive();
     let mut p = small(Scenario::Load, 12, 10);
+    // Six clients asking at once fill the three providers' six slots (2 each, and 8 queue
+    // places, so one provider could hold every request: nothing but the ranking spreads them).
     p.providers = 3;
-    p.clients = 3;
-    p.requests = 24;
+    p.clients = 6;
+    p.requests = 60;
     p.tokens_per_sec = 200.0;
     p.max_tokens = 16;
     p.cluster.heartbeat_interval = Duration::from_secs(1);
     let r = tokio::time::timeout(RUN_LIMIT, scenario::load::run(&p)).await.expect("in time").expect("runs");
     println!("{r:#?}");
-    assert_eq!(r.served, 24, "every request is served");
+    assert_eq!(r.served, 60, "every request is served");
     assert_eq!(r.failed, 0);
     assert_eq!(r.outputs_correct, r.served, "every answer is the engine's text");
     assert_eq!(r.per_provider.len(), 3);
     assert_eq!(r.per_provider.iter().map(|p| p.served).sum::<usize>(), r.served);
-    let g = r.gini_all.expect("Gini over the providers");
-    assert!((0.0..=2.0 / 3.0).contains(&g), "Gini {g}");
-    let served_by = r.per_provider.iter().filter(|p| p.served > 0).count();
-    assert!(r.gini_served.is_some() && served_by >= 1);
     assert_eq!(r.claim_route + r.direct_route, r.served);
+    // Ranking by expected completion (the load a provider showed, plus each client's own
+    // requests in flight there) spreads the requests: every provider serves a real part of an
+    // equal share, and the Gini coefficient stays far from the 2/3 of all requests herding onto
+    // one provider. (Over seeds 1-12: at least 10 of 60 each, Gini at most 0.27.)
+    let served: Vec<usize> = r.per_provider.iter().map(|p| p.served).collect();
+    let equal = r.served / served.len();
+    assert!(served.iter().all(|&s| s * 4 >= equal), "a provider served under a quarter of an equal share: {served:?}");
+    let g = r.gini_all.expect("Gini over the providers");
+    assert!(g <= 0.4, "Gini {g} over {served:?}");
+    assert_eq!(r.gini_served, Some(g), "every provider served");
 }

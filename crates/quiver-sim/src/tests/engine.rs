@@ -69,12 +69,55 @@ async fn prompt_beyond_the_context_is_refused() {
     assert!(fast().generate(request("x", 0)).is_err());
 }
 
-#[tokio::test]
+/// Under tokio's paused clock, which moves only to the next timer: token `i` of a 100 tokens/s
+/// generation arrives exactly `i` × 10 ms after the start.
+#[tokio::test(start_paused = true)]
 async fn tokens_come_at_the_set_pace() {
-    // 20 tokens at 100/s take at least 190 ms (the first comes at once).
     let e = PacedEngine::new(PacedConfig { tokens_per_sec: 100.0, capacity: 1, context_size: 4096 });
     let start = tokio::time::Instant::now();
-    let (_, _, usage) = run(&e, request("pace", 20)).await;
-    assert_eq!(usage.completion_tokens, 20);
-    assert!(start.elapsed() >= Duration::from_millis(190), "{:?}", start.elapsed());
+    let mut generation = e.generate(request("pace", 20)).expect("generation starts");
+    let mut arrived = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), generation.next()).await.expect("an event in time") {
+            Some(Ok(GenEvent::Token { .. })) => arrived.push(start.elapsed()),
+            Some(Ok(GenEvent::Done { usage, .. })) => {
+                assert_eq!(usage.completion_tokens, 20);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected: Vec<Duration> = (0..20).map(|i| Duration::from_millis(10 * i)).collect();
+    assert_eq!(arrived, expected);
+}
+
+/// Dropping the generation ends its task at its next token (one pace later), long before the
+/// answer's natural end (at least 16 tokens, 1.5 s at 10 tokens/s). The paused clock makes the
+/// bound exact rather than a guess about the machine's speed.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_generation_ends_its_task() {
+    let e = PacedEngine::new(PacedConfig { tokens_per_sec: 10.0, capacity: 2, context_size: 4096 });
+    assert_eq!(e.running_generations(), 0);
+    let mut generation = e.generate(request("a long answer", 1000)).expect("generation starts");
+    let other = e.generate(request("another answer", 1000)).expect("generation starts");
+    assert_eq!(e.running_generations(), 2);
+    let first = tokio::time::timeout(Duration::from_secs(1), generation.next()).await.expect("a token in time");
+    assert!(matches!(first, Some(Ok(GenEvent::Token { .. }))), "{first:?}");
+    drop(generation);
+    running_falls_to(&e, 1).await;
+    // The other generation is untouched; dropped unread, it ends too.
+    assert_eq!(e.running_generations(), 1);
+    drop(other);
+    running_falls_to(&e, 0).await;
+}
+
+/// Waits until at most `n` generation tasks of `e` run, for less than two paces of 10 tokens/s.
+async fn running_falls_to(e: &PacedEngine, n: usize) {
+    tokio::time::timeout(Duration::from_millis(150), async {
+        while e.running_generations() > n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} generation tasks still run a pace after the drop", e.running_generations()));
 }
