@@ -566,13 +566,17 @@ async fn a_peer_holding_streams_without_writing_is_charged_not_the_provider() {
         })
         .await;
     }
-    // The provider gives up on the idle streams after its request timeout and charges the idler.
-    let idler_id = idler.peer_id().to_string();
-    eventually(Duration::from_secs(60), "the provider charges the idler", async || {
-        honest.reputation().iter().any(|v| v.peer == idler_id && v.offence_counts.contains_key("timeout"))
-    })
-    .await;
-    // Meanwhile the idler keeps reopening its streams: honest requests are served at once.
+    // The idler is over its share once the provider refuses its streams as busy: honest
+    // requests made now, while it holds its places (before the provider's request timeout), are
+    // served at once. (Without a bound per peer it held all 64 places and they were refused.)
+    let refused = || {
+        let text = honest.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("quiver_provider_jobs_total{outcome=\"busy\"} ")?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(Duration::from_secs(60), "the provider refuses the idler's extra streams", async || refused() >= 20.0)
+        .await;
     for i in 0..4 {
         let r = tokio::time::timeout(Duration::from_secs(120), client.infer(direct(i, 8)))
             .await
@@ -581,6 +585,13 @@ async fn a_peer_holding_streams_without_writing_is_charged_not_the_provider() {
         assert_eq!(r.provider, honest.peer_id());
         assert_eq!(r.attempts, 1, "request {i} needed {} attempts", r.attempts);
     }
+    // Then the provider gives up on the idle streams after its request timeout and charges the
+    // idler for them.
+    let idler_id = idler.peer_id().to_string();
+    eventually(Duration::from_secs(60), "the provider charges the idler", async || {
+        honest.reputation().iter().any(|v| v.peer == idler_id && v.offence_counts.contains_key("timeout"))
+    })
+    .await;
     let view = client.reputation().into_iter().find(|v| v.peer == honest.peer_id().to_string()).expect("known");
     assert!(view.offence_counts.is_empty(), "the client holds offences against the provider: {view:?}");
     assert_eq!(view.failures, 0);

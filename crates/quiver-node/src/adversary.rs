@@ -131,7 +131,7 @@ pub(crate) const SLOW_LORIS_PAUSE: std::time::Duration = std::time::Duration::fr
 /// Tokens an inflated-tokens provider claims for each chunk.
 pub(crate) const INFLATED_TOKENS: u32 = 1000;
 /// Streams an idle-streams client holds open to each provider (more than any per-peer bound).
-pub(crate) const IDLE_STREAMS_PER_PROVIDER: usize = 80;
+pub(crate) const IDLE_STREAMS_PER_PROVIDER: usize = 200;
 /// Speed advertised by a lying provider.
 pub(crate) const LIED_TOKENS_PER_SEC: f32 = 5000.0;
 
@@ -145,6 +145,10 @@ pub(crate) fn falsify(real: &str) -> String {
 const IDLE_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(11);
 /// Providers an idle-streams client targets at once.
 const IDLE_STREAM_TARGETS: usize = 8;
+/// Streams an idle-streams client opens to each provider per tick (every 500 ms): a steady
+/// stream of new ones, so that however the provider times them out, it holds about
+/// 8/s × its request timeout of them at every moment.
+const IDLE_STREAMS_PER_TICK: usize = 4;
 
 impl crate::Node {
     /// [`Misbehaviour::IdleStreams`]: keeps [`IDLE_STREAMS_PER_PROVIDER`] inference streams open
@@ -170,9 +174,18 @@ impl crate::Node {
                     continue;
                 }
                 let mut control = self.net().streams();
-                while held.iter().filter(|(_, p, _)| *p == peer).count() < IDLE_STREAMS_PER_PROVIDER {
+                let mut opened = 0;
+                while opened < IDLE_STREAMS_PER_TICK
+                    && held.iter().filter(|(_, p, _)| *p == peer).count() < IDLE_STREAMS_PER_PROVIDER
+                {
+                    opened += 1;
                     match tokio::time::timeout(wait, control.open_stream(peer, protocol.clone())).await {
-                        Ok(Ok(stream)) => held.push((std::time::Instant::now(), peer, stream)),
+                        Ok(Ok(stream)) => {
+                            held.push((std::time::Instant::now(), peer, stream));
+                            // One at a time: libp2p-stream drops an inbound stream that arrives
+                            // while the provider's accept loop has not taken the previous one.
+                            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                        }
                         _ => break,
                     }
                 }
