@@ -154,21 +154,34 @@ async fn a_circuit_is_cut_after_its_byte_limit() {
     let limits = RelayLimits { max_circuit_bytes: LIMIT, ..RelayLimits::default() };
     let Relayed { relay, source, target, mut out, mut inbound } = Relayed::start(limits).await;
 
-    // Read everything the target gets until the circuit ends.
+    // Read everything the target gets until the circuit ends, telling the writer what arrived.
+    let (arrived_tx, mut arrived) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
         let mut total = 0usize;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match inbound.read(&mut buf).await {
                 Ok(0) | Err(_) => return total,
-                Ok(n) => total += n,
+                Ok(n) => {
+                    total += n;
+                    let _ = arrived_tx.send(total);
+                }
             }
         }
     });
-    // Send 16 times the limit; the writes fail once the relay cuts the circuit.
+    // Send 16 times the limit; the writes fail once the relay cuts the circuit. The first chunk
+    // is read at the target before the rest is sent: data the target had not read yet when the
+    // circuit was cut is lost with the connection, so on a busy machine a burst could be cut
+    // with nothing read at all.
     let chunk = vec![7u8; 8 * 1024];
+    out.write_all(&chunk).await.expect("the first chunk is written");
+    out.flush().await.expect("the first chunk is flushed");
+    tokio::time::timeout(WAIT, arrived.wait_for(|n| *n > 0))
+        .await
+        .expect("the first chunk arrives in time")
+        .expect("the reader is running");
     let written = tokio::time::timeout(WAIT, async {
-        let mut written = 0usize;
+        let mut written = chunk.len();
         while written < SENT {
             if out.write_all(&chunk).await.is_err() || out.flush().await.is_err() {
                 break;
