@@ -107,12 +107,12 @@ impl From<InferError> for ApiError {
     }
 }
 
-/// The body as JSON, or an OpenAI-shaped 400 (unparsable) or 413 (over [`MAX_BODY_BYTES`]).
+/// The body as JSON, or an OpenAI-shaped 400 (unparsable); its size limit (413) and deadline
+/// (408) are [`read_body_in_time`]'s.
 /// Any content type is taken, so `curl -d '{...}'` works without a header.
 fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<CompletionRequest, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { ApiError::bad_request(e.body_text()) }
-    })?;
+    // Its size and arrival time were checked as it was read (`read_body_in_time`).
+    let bytes = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 

@@ -265,8 +265,7 @@ impl Provider {
                 // engine, so one flooding peer cannot slow the others.
                 self.metrics.job(crate::metrics::JobOutcome::RateLimited);
                 let message = format!("at most {} requests per second", self.requests_per_sec);
-                let code = "rate_limited".into();
-                self.refuse(stream, InferResponse { kind: Some(Kind::Error(InferError { code, message })) });
+                self.refuse(stream, error_reply("rate_limited", message));
                 continue;
             }
             // A peer over its share of stream places, or every place taken: busy, said, not a
@@ -299,11 +298,8 @@ impl Provider {
                     // Said, so the client knows it was the request, not this provider.
                     debug!(%peer, error = %e, "inference request too large");
                     self.metrics.job(crate::metrics::JobOutcome::Invalid);
-                    let code = "request_too_large".into();
                     let message = format!("requests are limited to {MAX_REQUEST_BYTES} bytes");
-                    let refusal = InferResponse { kind: Some(Kind::Error(InferError { code, message })) };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut stream, &refusal)).await;
-                    let _ = stream.close().await;
+                    self.refuse(stream, error_reply("request_too_large", message));
                     return;
                 }
                 Ok(Err(e)) => {
@@ -334,16 +330,15 @@ impl Provider {
         stream: &mut quiver_net::Stream,
     ) -> Result<(), quiver_proto::FrameError> {
         let reply = |kind| InferResponse { kind: Some(kind) };
-        let error = |code: &str, message: String| reply(Kind::Error(InferError { code: code.into(), message }));
         if let Err(e) = request.validate() {
             self.metrics.job(crate::metrics::JobOutcome::Invalid);
-            return write_frame(stream, &error("invalid_request", e.to_string())).await;
+            return write_frame(stream, &error_reply("invalid_request", e.to_string())).await;
         }
         let Some(engine) = self.engine_for(&request.model, &request.model_sha256).cloned() else {
             self.metrics.job(crate::metrics::JobOutcome::Invalid);
             return write_frame(
                 stream,
-                &error("unknown_model", format!("this provider does not serve {}", request.model)),
+                &error_reply("unknown_model", format!("this provider does not serve {}", request.model)),
             )
             .await;
         };
@@ -410,7 +405,7 @@ impl Provider {
             Ok(g) => g,
             Err(e) => {
                 self.metrics.job(crate::metrics::JobOutcome::Failed);
-                return write_frame(stream, &error(error_code(&e), e.to_string())).await;
+                return write_frame(stream, &error_reply(error_code(&e), e.to_string())).await;
             }
         };
         let mut text = String::new();
@@ -426,7 +421,7 @@ impl Provider {
                         match misbehaviour {
                             Some(Misbehaviour::WrongOutput | Misbehaviour::UniqueBuild) => adversary::falsify(&t),
                             Some(Misbehaviour::RefuseAfterStreaming) if chunks >= adversary::DROP_AFTER_CHUNKS => {
-                                let refusal = error("invalid_request", "changed its mind".into());
+                                let refusal = error_reply("invalid_request", "changed its mind".into());
                                 return write_frame(stream, &refusal).await;
                             }
                             Some(Misbehaviour::SlowLoris) => {
@@ -488,11 +483,12 @@ impl Provider {
                 }
                 Some(Err(e)) => {
                     self.metrics.job(crate::metrics::JobOutcome::Failed);
-                    return write_frame(stream, &error(error_code(&e), e.to_string())).await;
+                    return write_frame(stream, &error_reply(error_code(&e), e.to_string())).await;
                 }
                 None => {
                     self.metrics.job(crate::metrics::JobOutcome::Failed);
-                    return write_frame(stream, &error("engine", "generation ended without a result".into())).await;
+                    return write_frame(stream, &error_reply("engine", "generation ended without a result".into()))
+                        .await;
                 }
             }
         }
@@ -609,6 +605,11 @@ impl Provider {
         let _ = stream.close().await;
         Ok(ack.chosen)
     }
+}
+
+/// An `Error` answer with `code` and `message`.
+fn error_reply(code: &str, message: String) -> InferResponse {
+    InferResponse { kind: Some(Kind::Error(InferError { code: code.into(), message })) }
 }
 
 fn error_code(e: &EngineError) -> &'static str {

@@ -99,7 +99,8 @@ impl Node {
             Ok(Err(e)) => return Err(AttemptError::Retry(Offence::Timeout, format!("unreachable: {e}"))),
             Err(_) => return Err(retry(Offence::Timeout, "connect timed out")),
         }
-        let params = request.params.as_ref().ok_or(AttemptError::Fatal(InferError::Invalid("no parameters".into())))?;
+        let params =
+            request.params.as_ref().ok_or_else(|| AttemptError::Fatal(InferError::Invalid("no parameters".into())))?;
         let mut reopens = 0;
         let mut stream = self.send_request(peer, request, &mut reopens).await?;
 

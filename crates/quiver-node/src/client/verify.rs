@@ -166,14 +166,13 @@ impl Node {
             info!(provider = %v.provider, "outvoted in verification");
             self.record_offence(v.provider, Offence::FailedVerification, true).await;
         }
-        let mut by: Vec<PeerId> = votes
+        let by: Vec<PeerId> = votes
             .iter()
             .filter(|v| {
                 v.class == confirmed.class && v.output == confirmed.output && v.provider != votes[winner].provider
             })
             .map(|v| v.provider)
             .collect();
-        by.dedup();
         if winner == 0 {
             return Verdict::Agreed(by);
         }
