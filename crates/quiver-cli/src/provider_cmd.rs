@@ -47,14 +47,15 @@ pub struct ProviderArgs {
     /// Bearer key for the backend server.
     #[arg(long, value_name = "KEY", env = "QUIVER_BACKEND_API_KEY", hide_env_values = true)]
     pub backend_api_key: Option<String>,
-    /// CPU threads per generation (llama backend). [default: all cores]
+    /// CPU threads of the engine, shared by the requests it decodes together (llama backend).
+    /// [default: all cores]
     #[arg(long, env = "QUIVER_THREADS")]
     pub threads: Option<u32>,
     /// Context size in tokens (llama backend).
     #[arg(long, default_value_t = 2048, env = "QUIVER_CONTEXT_SIZE")]
     pub context_size: u32,
-    /// Jobs run at once. [default: what the engine can run without slowing down: cores ÷ threads
-    /// for llama.cpp]
+    /// Jobs run at once; with the llama backend, the sequences decoded together in one batch
+    /// (each gets --context-size tokens of KV cache). [default: 4 for llama.cpp]
     #[arg(long, env = "QUIVER_MAX_CONCURRENT")]
     pub max_concurrent: Option<usize>,
     /// Jobs waiting for a slot; beyond this, requests are refused as busy.
@@ -161,7 +162,11 @@ pub async fn build(p: &ProviderArgs, data_dir: &Path) -> anyhow::Result<Provider
             let names = if p.model.is_empty() { vec![models::DEFAULT_MODEL.to_owned()] } else { p.model.clone() };
             for name in names {
                 let model = local_model(&name, &models_dir, !p.no_fetch).await?;
-                let config = LlamaConfig { threads: p.threads.unwrap_or(0), context_size: p.context_size };
+                let config = LlamaConfig {
+                    threads: p.threads.unwrap_or(0),
+                    context_size: p.context_size,
+                    slots: p.max_concurrent.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+                };
                 engines.push(Arc::new(load_llama(model, config).await?));
             }
         }

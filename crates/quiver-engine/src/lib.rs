@@ -111,6 +111,9 @@ impl fmt::Display for FinishReason {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens whose KV came from the engine's prompt cache (included in `prompt_tokens`).
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 /// What a running generation yields.
@@ -195,6 +198,8 @@ pub enum EngineError {
     BackendProtocol(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("the engine is busy: {0}")]
+    Busy(String),
 }
 
 /// An error and its sources, joined with ": " (reqwest and io errors hide the useful part in

@@ -369,12 +369,27 @@ struct WireUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<WirePromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct WirePromptDetails {
+    #[serde(default)]
+    cached_tokens: u64,
 }
 
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Usage {
         let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        Usage { prompt_tokens: clamp(u.prompt_tokens), completion_tokens: clamp(u.completion_tokens) }
+        let prompt_tokens = clamp(u.prompt_tokens);
+        let cached = u.prompt_tokens_details.map_or(0, |d| clamp(d.cached_tokens));
+        Usage {
+            prompt_tokens,
+            completion_tokens: clamp(u.completion_tokens),
+            // A server's word, kept within what it says the prompt had.
+            cached_tokens: cached.min(prompt_tokens),
+        }
     }
 }
 
@@ -431,7 +446,8 @@ fn parse_whole(body: &[u8], chat: bool) -> Result<(String, FinishReason, Usage),
         .ok_or_else(|| EngineError::BackendProtocol("the answer has no choices".into()))?;
     let text = if chat { choice.message.and_then(|m| m.content) } else { choice.text };
     let reason = choice.finish_reason.as_deref().map_or(FinishReason::Stop, finish_reason);
-    let usage = answer.usage.map(Usage::from).unwrap_or(Usage { prompt_tokens: 0, completion_tokens: 1 });
+    let usage =
+        answer.usage.map(Usage::from).unwrap_or(Usage { prompt_tokens: 0, completion_tokens: 1, cached_tokens: 0 });
     Ok((text.unwrap_or_default(), reason, usage))
 }
 
@@ -482,7 +498,7 @@ impl StreamState {
         if !self.done && self.finish.is_none() {
             return Err(EngineError::BackendProtocol("the stream ended before [DONE]".into()));
         }
-        let usage = self.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: self.chunks });
+        let usage = self.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: self.chunks, cached_tokens: 0 });
         Ok((self.finish.unwrap_or(FinishReason::Stop), usage))
     }
 }

@@ -28,7 +28,14 @@ fn model_path() -> PathBuf {
 }
 
 fn config(context_size: u32) -> LlamaConfig {
-    LlamaConfig { threads: 2, context_size }
+    LlamaConfig { threads: 2, context_size, slots: 0 }
+}
+
+/// An engine of its own with `slots` slots, so that other tests' requests do not touch its slots
+/// or its prompt cache.
+fn own_engine(slots: u32) -> LlamaEngine {
+    let entry = models::find(DEFAULT_MODEL).unwrap();
+    LlamaEngine::load(&model_path(), DEFAULT_MODEL, Some(entry.sha256), LlamaConfig { slots, ..config(2048) }).unwrap()
 }
 
 /// One engine shared by the tests of this file.
@@ -117,7 +124,7 @@ fn greedy_chat_is_deterministic() {
     }
     let b = generate(e, chat("What is the capital of France?", greedy(32)));
     assert_eq!(a.text, b.text);
-    assert_eq!(a.usage, b.usage);
+    assert_eq!((a.usage.prompt_tokens, a.usage.completion_tokens), (b.usage.prompt_tokens, b.usage.completion_tokens));
 
     let started = std::time::Instant::now();
     let long = generate(e, chat("Tell me a long story about a dragon.", greedy(32)));
@@ -270,4 +277,94 @@ fn loading_garbage_is_an_error() {
     assert!(matches!(err, EngineError::Load { .. }), "{err}");
     let err = LlamaEngine::load(&dir.path().join("absent.gguf"), "x", None, config(256)).unwrap_err();
     assert!(matches!(err, EngineError::Load { .. }), "{err}");
+}
+
+const QUESTIONS: [&str; 8] = [
+    "What is the capital of France?",
+    "Name three colours of the rainbow.",
+    "Write a haiku about the sea.",
+    "What is 12 times 12?",
+    "Why is the sky blue?",
+    "Give me a name for a pet cat.",
+    "What do bees make?",
+    "Tell me a long story about a dragon.",
+];
+
+/// Eight greedy requests at once on a 4-slot engine (four decoded together, four queued) all
+/// complete, and each answer equals the one a fresh engine gives the same request alone: batching
+/// and queueing change nothing in the output.
+#[test]
+fn batched_greedy_equals_solo() {
+    let request = |q: &str| chat(q, greedy(40));
+    // Alone: a fresh engine per request, so no prompt cache and no other sequence is involved.
+    let solo: Vec<String> = QUESTIONS.iter().map(|q| generate(&own_engine(1), request(q)).text).collect();
+    let e = own_engine(4);
+    let generations: Vec<Generation> = QUESTIONS.iter().map(|q| e.generate(request(q)).unwrap()).collect();
+    assert_eq!(e.running_generations(), 8);
+    let batched: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = generations.into_iter().map(|g| s.spawn(|| run(g))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((q, alone), together) in QUESTIONS.iter().zip(&solo).zip(&batched) {
+        assert!(!alone.trim().is_empty());
+        assert_eq!(&together.text, alone, "{q:?}: batched answer differs from the answer alone");
+        assert_eq!(together.usage.completion_tokens, together.tokens);
+    }
+    all_generations_end(&e);
+}
+
+/// A request that repeats a prompt, or continues a chat, reuses the KV of the slot that read it:
+/// `cached_tokens` says how much, and the answer is the one an engine without that cache gives.
+#[test]
+fn prompt_cache_hit_gives_the_same_answer() {
+    let e = own_engine(2);
+    let first = generate(&e, chat("What is the capital of France?", greedy(24)));
+    assert_eq!(first.usage.cached_tokens, 0, "a fresh engine has nothing cached");
+    let again = generate(&e, chat("What is the capital of France?", greedy(24)));
+    assert_eq!(again.text, first.text);
+    // All of the prompt but its last token, whose logits start the answer.
+    assert_eq!(again.usage.cached_tokens, again.usage.prompt_tokens - 1);
+
+    // The next turn of the chat: the history is the cached prompt and answer.
+    let turn = |answer: &str| {
+        let m = |role: &str, content: &str| ChatMessage { role: role.into(), content: content.into() };
+        GenerateRequest {
+            input: Input::Chat(vec![
+                m("user", "What is the capital of France?"),
+                m("assistant", answer),
+                m("user", "And what is its population?"),
+            ]),
+            params: greedy(24),
+        }
+    };
+    let next = generate(&e, turn(&first.text));
+    assert!(next.usage.cached_tokens > first.usage.prompt_tokens / 2, "{:?}", next.usage);
+    let uncached = generate(&own_engine(1), turn(&first.text));
+    assert_eq!(uncached.usage.cached_tokens, 0);
+    assert_eq!(next.text, uncached.text, "a cache hit changed the answer");
+    let (cached, decoded) = e.prompt_tokens_cached_and_decoded();
+    assert_eq!(cached, u64::from(again.usage.cached_tokens + next.usage.cached_tokens));
+    assert!(decoded > 0);
+}
+
+/// With every slot taken, a request waits; dropping a running generation gives its slot to the
+/// waiting one at once, well before the dropped one would have ended.
+#[test]
+fn a_cancelled_stream_frees_its_slot() {
+    let e = own_engine(1);
+    let mut long = e.generate(chat("Tell me a long story about a dragon.", greedy(1000))).unwrap();
+    block_on(async {
+        assert!(matches!(long.next().await, Some(Ok(GenEvent::Token { .. }))));
+    });
+    let waiting = e.generate(chat("What is the capital of France?", greedy(8))).unwrap();
+    assert_eq!(e.running_generations(), 2);
+    let sampled_before = e.tokens_sampled();
+    drop(long);
+    let out = run(waiting);
+    assert!(out.usage.completion_tokens > 0);
+    // The story was cut: what was sampled meanwhile is the channel's worth at most, plus the answer.
+    let sampled = e.tokens_sampled() - sampled_before;
+    let bound = Generation::CHANNEL as u64 + 1 + u64::from(out.usage.completion_tokens);
+    assert!(sampled <= bound, "{sampled} tokens sampled (at most {bound})");
+    all_generations_end(&e);
 }

@@ -82,7 +82,7 @@ async fn streaming_chat() {
     let e = engine(server.url("/v1/"), true, Duration::from_secs(10));
     let (texts, done) = collect(e.generate(chat("capital of France?")).unwrap()).await;
     assert_eq!(texts, ["Paris", " is", " nice é"]);
-    assert_eq!(done, Ok((FinishReason::Length, Usage { prompt_tokens: 12, completion_tokens: 3 })));
+    assert_eq!(done, Ok((FinishReason::Length, Usage { prompt_tokens: 12, completion_tokens: 3, cached_tokens: 0 })));
 
     let requests = server.requests();
     assert_eq!(requests.len(), 1);
@@ -111,7 +111,7 @@ async fn streaming_completion_without_usage() {
     let request = GenerateRequest { input: Input::Prompt("count:".into()), params: Default::default() };
     let (texts, done) = collect(e.generate(request).unwrap()).await;
     assert_eq!(texts, ["one", " two"]);
-    assert_eq!(done, Ok((FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2 })));
+    assert_eq!(done, Ok((FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2, cached_tokens: 0 })));
     let r = &server.requests()[0];
     assert!(r.head.starts_with("POST /v1/completions "), "{}", r.head);
     assert_eq!(r.json()["prompt"], "count:");
@@ -128,7 +128,7 @@ async fn non_streaming_chat() {
         g.next().await,
         Some(Ok(GenEvent::Done {
             finish_reason: FinishReason::Stop,
-            usage: Usage { prompt_tokens: 9, completion_tokens: 3 }
+            usage: Usage { prompt_tokens: 9, completion_tokens: 3, cached_tokens: 0 }
         }))
     );
     assert_eq!(g.next().await, None);

@@ -465,6 +465,7 @@ impl Provider {
                         threads: engine.threads(),
                         finish_reason: finish_reason.to_string(),
                         timestamp_ms: now_ms(),
+                        cached_tokens: usage.cached_tokens,
                     };
                     debug!(%peer, tokens = usage.completion_tokens, chunks, ?elapsed, "job served");
                     drop(permit);

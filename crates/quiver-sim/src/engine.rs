@@ -168,7 +168,7 @@ impl quiver_engine::Engine for PacedEngine {
             if !rest.is_empty() && tx.send(Ok(GenEvent::Token { text: rest, tokens: 0 })).await.is_err() {
                 return;
             }
-            let usage = Usage { prompt_tokens, completion_tokens: emitted };
+            let usage = Usage { prompt_tokens, completion_tokens: emitted, cached_tokens: 0 };
             let _ = tx.send(Ok(GenEvent::Done { finish_reason: finish, usage })).await;
         });
         Ok(Generation::new(rx))

@@ -46,7 +46,7 @@ fn stream_of_chat_chunks() {
     assert!(s.done);
     let (reason, usage) = s.end().unwrap();
     assert_eq!(reason, FinishReason::Length);
-    assert_eq!(usage, Usage { prompt_tokens: 7, completion_tokens: 2 });
+    assert_eq!(usage, Usage { prompt_tokens: 7, completion_tokens: 2, cached_tokens: 0 });
 }
 
 #[test]
@@ -55,7 +55,10 @@ fn stream_without_usage_counts_chunks() {
     for l in [r#"data: {"choices":[{"text":"a"}]}"#, r#"data: {"choices":[{"text":"b","finish_reason":"stop"}]}"#] {
         s.line(l).unwrap();
     }
-    assert_eq!(s.end().unwrap(), (FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2 }));
+    assert_eq!(
+        s.end().unwrap(),
+        (FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2, cached_tokens: 0 })
+    );
     assert!(StreamState::new(true).end().is_err());
 }
 
@@ -84,7 +87,7 @@ fn whole_answers() {
     let chat = br#"{"choices":[{"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
     assert_eq!(
         parse_whole(chat, true).unwrap(),
-        ("Paris.".into(), FinishReason::Stop, Usage { prompt_tokens: 9, completion_tokens: 3 })
+        ("Paris.".into(), FinishReason::Stop, Usage { prompt_tokens: 9, completion_tokens: 3, cached_tokens: 0 })
     );
     let completion = br#"{"choices":[{"text":"abc","finish_reason":"length"}]}"#;
     assert_eq!(parse_whole(completion, false).unwrap().1, FinishReason::Length);

@@ -95,7 +95,7 @@ impl Engine for ScriptedEngine {
                         return;
                     }
                 }
-                let usage = Usage { prompt_tokens, completion_tokens: completion as u32 };
+                let usage = Usage { prompt_tokens, completion_tokens: completion as u32, cached_tokens: 0 };
                 let _ = tx.send(Ok(GenEvent::Done { finish_reason: FinishReason::Length, usage })).await;
             });
         }

@@ -256,6 +256,7 @@ impl Node {
                         usage: Usage {
                             prompt_tokens: receipt.prompt_tokens,
                             completion_tokens: receipt.completion_tokens,
+                            cached_tokens: receipt.cached_tokens.min(receipt.prompt_tokens),
                         },
                         finish_reason,
                         provider: peer,

@@ -99,6 +99,7 @@ mod receipts {
             threads: 2,
             finish_reason: "stop".into(),
             timestamp_ms: 1,
+            cached_tokens: 0,
         }
     }
 

@@ -181,13 +181,13 @@ pub fn receipt() -> impl Strategy<Value = Receipt> {
     (
         (id(), bytes(40), sha(), sha(), sha()),
         (any::<u32>(), any::<u32>(), proptest::option::of(sampling_params_with(float()))),
-        (text(40), any::<u32>(), text(10), any::<u64>()),
+        (text(40), any::<u32>(), text(10), any::<u64>(), any::<u32>()),
     )
         .prop_map(
             |(
                 (request_id, provider, model_sha256, prompt_hash, output_hash),
                 (prompt_tokens, completion_tokens, params),
-                (engine_build, threads, finish_reason, timestamp_ms),
+                (engine_build, threads, finish_reason, timestamp_ms, cached_tokens),
             )| Receipt {
                 request_id,
                 provider,
@@ -201,6 +201,7 @@ pub fn receipt() -> impl Strategy<Value = Receipt> {
                 threads,
                 finish_reason,
                 timestamp_ms,
+                cached_tokens,
             },
         )
 }

@@ -1,34 +1,32 @@
 //! The llama.cpp engine: GGUF models on the CPU through `llama-cpp-2`.
 //!
-//! The model is loaded once and shared; every generation gets its own context (KV cache) and
-//! runs on its own thread, so generations may run in parallel.
+//! The model is loaded once, with one llama.cpp context holding up to `slots` sequences in a
+//! unified KV cache, made at load time. One scheduler thread ([`scheduler`]) owns that context
+//! and decodes all running generations together, one batch per step (continuous batching): the
+//! next chunk of every prompt being read and one token for every sequence that is generating.
+//! Each slot keeps the KV of its last prompt and answer, and a new request goes to the free slot
+//! sharing the longest token prefix with it (prompt cache).
 //!
 //! llama.cpp's own logs go to `tracing` with target `llama-cpp-2` (model loading logs a lot at
 //! info level; filter it with e.g. `llama-cpp-2=warn`).
 
+mod scheduler;
+
 use std::borrow::Cow;
 use std::fmt;
-use std::num::NonZeroU32;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LogOptions, send_logs_to_tracing};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::{
-    Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId, SamplingParams,
-    StopFilter, Usage, Utf8Assembler, models,
-};
+use crate::{Engine, EngineError, GenerateRequest, Generation, Input, ModelId, models};
 
 /// The `llama-cpp-2` version this crate pins; part of [`Engine::build_id`].
 const LLAMA_CPP_2_VERSION: &str = "0.1.160";
@@ -36,24 +34,33 @@ const LLAMA_CPP_2_VERSION: &str = "0.1.160";
 const MAX_INPUT_BYTES: usize = 4 << 20;
 /// Most chat messages accepted in one request.
 const MAX_MESSAGES: usize = 4096;
-/// Largest decode batch.
+/// Largest decode batch (tokens of all sequences in one step).
 const MAX_BATCH: u32 = 512;
-/// Stack of a generation thread.
+/// Stack of the scheduler thread.
 const THREAD_STACK: usize = 8 << 20;
+/// Sequences decoded together when the configuration does not say (llama.cpp's server uses 4).
+pub const DEFAULT_SLOTS: u32 = 4;
+/// Most slots one engine runs.
+pub const MAX_SLOTS: u32 = 64;
+/// Requests waiting for a slot inside the engine, beyond which `generate` refuses as busy.
+const MAX_WAITING: usize = 256;
 
 /// Settings of a [`LlamaEngine`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlamaConfig {
-    /// CPU threads per generation; 0 = all cores.
+    /// CPU threads of the engine (all its sequences are decoded together); 0 = all cores.
     pub threads: u32,
-    /// Context size in tokens (prompt plus completion); 0 = the model's training context.
-    /// Capped at the model's training context.
+    /// Context size in tokens (prompt plus completion) of one request; 0 = the model's training
+    /// context. Capped at the model's training context.
     pub context_size: u32,
+    /// Sequences decoded together (the KV cache holds `slots × context_size` cells); 0 =
+    /// [`DEFAULT_SLOTS`]. Capped at [`MAX_SLOTS`].
+    pub slots: u32,
 }
 
 impl Default for LlamaConfig {
     fn default() -> Self {
-        LlamaConfig { threads: 0, context_size: 2048 }
+        LlamaConfig { threads: 0, context_size: 2048, slots: 0 }
     }
 }
 
@@ -72,6 +79,8 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
 /// A GGUF model served by llama.cpp on the CPU.
 pub struct LlamaEngine {
     inner: Arc<Inner>,
+    /// To the scheduler thread; dropping the engine ends it once its generations are done.
+    jobs: std_mpsc::SyncSender<scheduler::Job>,
 }
 
 struct Inner {
@@ -80,17 +89,19 @@ struct Inner {
     id: ModelId,
     threads: u32,
     context_size: u32,
-    batch: u32,
-    /// Creating contexts from one model in parallel is unsound in llama.cpp.
-    new_context: Mutex<()>,
-    /// Generation threads not yet finished.
+    slots: u32,
+    /// Generations accepted and not yet ended (waiting or running).
     running: AtomicUsize,
     /// Completion tokens sampled, by every generation so far.
     sampled: AtomicU64,
+    /// Prompt tokens taken from the prompt cache instead of being decoded, over all requests.
+    cached: AtomicU64,
+    /// Prompt tokens decoded, over all requests.
+    prompt_decoded: AtomicU64,
 }
 
-/// Counts a generation thread in [`Inner::running`] from before its spawn until it ends (or its
-/// spawn fails and the closure holding it is dropped).
+/// Counts a generation in [`Inner::running`] from its acceptance until its job is dropped
+/// (finished, failed or cancelled).
 struct Running(Arc<Inner>);
 
 impl Running {
@@ -112,6 +123,7 @@ impl fmt::Debug for LlamaEngine {
             .field("model", &self.inner.id)
             .field("threads", &self.inner.threads)
             .field("context_size", &self.inner.context_size)
+            .field("slots", &self.inner.slots)
             .finish_non_exhaustive()
     }
 }
@@ -164,28 +176,43 @@ impl LlamaEngine {
         if context_size < 8 {
             return Err(load_err(format!("context size {context_size} is too small")));
         }
+        let slots = match config.slots {
+            0 => DEFAULT_SLOTS,
+            n => n.min(MAX_SLOTS),
+        };
         let id = ModelId { name: name.to_string(), gguf_name, sha256 };
-        info!(model = name, gguf_name = %id.gguf_name, sha256 = %id.sha256_hex(), threads,
-            context_size, "model loaded");
-        Ok(LlamaEngine {
-            inner: Arc::new(Inner {
-                model,
-                template,
-                id,
-                threads,
-                context_size,
-                batch: context_size.min(MAX_BATCH),
-                new_context: Mutex::new(()),
-                running: AtomicUsize::new(0),
-                sampled: AtomicU64::new(0),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            model,
+            template,
+            id,
+            threads,
+            context_size,
+            slots,
+            running: AtomicUsize::new(0),
+            sampled: AtomicU64::new(0),
+            cached: AtomicU64::new(0),
+            prompt_decoded: AtomicU64::new(0),
+        });
+        let jobs = scheduler::start(&inner).map_err(load_err)?;
+        info!(model = name, gguf_name = %inner.id.gguf_name, sha256 = %inner.id.sha256_hex(), threads,
+            context_size, slots, "model loaded");
+        Ok(LlamaEngine { inner, jobs })
     }
 
-    /// Generation threads still running: a dropped [`Generation`] leaves this count once its
-    /// thread has seen the cancellation.
+    /// Generations accepted and not yet ended: a dropped [`Generation`] leaves this count once
+    /// the scheduler has seen the cancellation (within one decoding step).
     pub fn running_generations(&self) -> usize {
         self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// Sequences decoded together.
+    pub fn slots(&self) -> u32 {
+        self.inner.slots
+    }
+
+    /// Prompt tokens served from the prompt cache so far, and prompt tokens decoded.
+    pub fn prompt_tokens_cached_and_decoded(&self) -> (u64, u64) {
+        (self.inner.cached.load(Ordering::Relaxed), self.inner.prompt_decoded.load(Ordering::Relaxed))
     }
 
     /// Completion tokens sampled so far by all generations of this engine (sent or not).
@@ -212,8 +239,7 @@ impl Engine for LlamaEngine {
     }
 
     fn capacity(&self) -> usize {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        (cores / (self.inner.threads.max(1) as usize)).max(1)
+        self.inner.slots as usize
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
@@ -229,37 +255,17 @@ impl Engine for LlamaEngine {
         }
         let max_new = request.params.max_tokens.min(context - prompt_tokens);
         let (tx, rx) = mpsc::channel(Generation::CHANNEL);
-        let running = Running::new(&self.inner);
-        let job = Job { tokens, params: request.params, max_new };
-        std::thread::Builder::new()
-            .name("quiver-llama".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || running.0.run(job, tx))
-            .map_err(|e| EngineError::Inference(format!("cannot start a thread: {e}")))?;
+        let job = scheduler::Job::new(tokens, request.params, max_new, tx, Running::new(&self.inner));
+        self.jobs.try_send(job).map_err(|e| match e {
+            std_mpsc::TrySendError::Full(_) => {
+                EngineError::Busy(format!("{MAX_WAITING} requests already wait for this engine"))
+            }
+            std_mpsc::TrySendError::Disconnected(_) => {
+                EngineError::Inference("the engine's scheduler has stopped".into())
+            }
+        })?;
         Ok(Generation::new(rx))
     }
-}
-
-/// One generation's work.
-struct Job {
-    tokens: Vec<LlamaToken>,
-    params: SamplingParams,
-    /// Completion tokens allowed (`max_tokens` clamped to the room left in the context).
-    max_new: u32,
-}
-
-type Events = mpsc::Sender<Result<GenEvent, EngineError>>;
-
-/// Why a generation ended early.
-enum Halt {
-    /// The consumer dropped the [`Generation`].
-    Cancelled,
-    Failed(EngineError),
-}
-
-/// Maps a llama.cpp error to [`Halt::Failed`].
-fn failed<E: fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Halt {
-    move |e| Halt::Failed(EngineError::Inference(format!("{what}: {e}")))
 }
 
 impl Inner {
@@ -304,117 +310,5 @@ impl Inner {
             return Err(too_long(text.len()));
         }
         Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
-    }
-
-    /// Runs a generation on the current thread, reporting to `tx`.
-    fn run(&self, job: Job, tx: Events) {
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&job, &tx)));
-        let error = match outcome {
-            Ok(Ok(())) | Ok(Err(Halt::Cancelled)) => return,
-            Ok(Err(Halt::Failed(e))) => e,
-            Err(_) => EngineError::Inference("llama.cpp generation panicked".into()),
-        };
-        warn!(error = %error, "generation failed");
-        let _ = tx.blocking_send(Err(error));
-    }
-
-    fn generate(&self, job: &Job, tx: &Events) -> Result<(), Halt> {
-        let send = |event: GenEvent| tx.blocking_send(Ok(event)).map_err(|_| Halt::Cancelled);
-        let cancelled = || if tx.is_closed() { Err(Halt::Cancelled) } else { Ok(()) };
-
-        let threads = i32::try_from(self.threads).unwrap_or(1);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.context_size))
-            .with_n_batch(self.batch)
-            .with_n_ubatch(self.batch)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let backend = backend().map_err(Halt::Failed)?;
-        let mut ctx = {
-            let _serialised = self.new_context.lock().unwrap_or_else(PoisonError::into_inner);
-            self.model.new_context(backend, params).map_err(failed("cannot create a context"))?
-        };
-        let prompt_len = job.tokens.len();
-        let needed = prompt_len as u64 + u64::from(job.max_new);
-        if u64::from(ctx.n_ctx()) < needed {
-            return Err(Halt::Failed(EngineError::Inference(format!(
-                "llama.cpp made a context of {} tokens, {needed} needed",
-                ctx.n_ctx()
-            ))));
-        }
-
-        // The prompt, in batches; logits only for its last token.
-        let mut batch = LlamaBatch::new(self.batch as usize, 1);
-        let mut pos: i32 = 0;
-        for chunk in job.tokens.chunks(self.batch as usize) {
-            cancelled()?;
-            batch.clear();
-            for &token in chunk {
-                let last = pos as usize + 1 == prompt_len;
-                batch.add(token, pos, &[0], last).map_err(failed("batch"))?;
-                pos += 1;
-            }
-            ctx.decode(&mut batch).map_err(failed("decoding the prompt failed"))?;
-        }
-        debug!(prompt_tokens = prompt_len, "prompt decoded");
-
-        let p = &job.params;
-        let mut sampler = if p.temperature <= 0.0 {
-            LlamaSampler::greedy()
-        } else {
-            // llama.cpp takes u32::MAX as "pick a random seed".
-            let seed = (p.seed as u32).min(u32::MAX - 1);
-            LlamaSampler::chain_simple([
-                LlamaSampler::top_p(p.top_p, 1),
-                LlamaSampler::temp(p.temperature),
-                LlamaSampler::dist(seed),
-            ])
-        };
-        let vocab = self.model.vocab();
-        let mut utf8 = Utf8Assembler::new();
-        let mut stop = StopFilter::new(p.stop.clone());
-        let mut logits_at = batch.n_tokens() - 1;
-        let mut completion = 0u32;
-        let finish_reason = loop {
-            let token = sampler.sample(&ctx, logits_at);
-            self.sampled.fetch_add(1, Ordering::Relaxed);
-            if vocab.is_eog(token) {
-                // Release what was held back, as a last event for no new token.
-                let (mut text, stopped) = stop.push(&utf8.finish());
-                if !stopped {
-                    text.push_str(&stop.finish());
-                }
-                if !text.is_empty() {
-                    send(GenEvent::Token { text, tokens: 0 })?;
-                }
-                break FinishReason::Stop;
-            }
-            completion += 1;
-            let last = completion >= job.max_new;
-            let mut piece = utf8.push(&vocab.token_to_piece(token, false, None));
-            if last {
-                piece.push_str(&utf8.finish());
-            }
-            let (mut text, stopped) = stop.push(&piece);
-            if last && !stopped {
-                text.push_str(&stop.finish());
-            }
-            send(GenEvent::Token { text, tokens: 1 })?;
-            if stopped {
-                break FinishReason::Stop;
-            }
-            if last {
-                break FinishReason::Length;
-            }
-            batch.clear();
-            batch.add(token, pos, &[0], true).map_err(failed("batch"))?;
-            pos += 1;
-            ctx.decode(&mut batch).map_err(failed("decoding failed"))?;
-            logits_at = 0;
-        };
-        let usage =
-            Usage { prompt_tokens: u32::try_from(prompt_len).unwrap_or(u32::MAX), completion_tokens: completion };
-        debug!(%finish_reason, completion_tokens = completion, "generation done");
-        send(GenEvent::Done { finish_reason, usage })
     }
 }
