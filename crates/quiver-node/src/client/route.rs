@@ -27,6 +27,27 @@ pub(super) fn expected_completion(
     (waiting + 1.0) * job * (1.0 + cpu * 0.25) + network
 }
 
+/// Whether the claims in hand already hold the best choice, so that gathering more cannot improve
+/// it: every known provider of the model has claimed, or one claim has a free slot and costs no
+/// more than any known provider that has not claimed (their cost from heartbeats).
+pub(super) fn gathered_enough<A, B>(
+    claims: &[(PeerId, Claim, A, B)],
+    known_costs: &[(PeerId, f64)],
+    max_tokens: u32,
+    measured: &HashMap<PeerId, f64>,
+) -> bool {
+    let claimed = |peer: &PeerId| claims.iter().any(|(p, ..)| p == peer);
+    let unclaimed = || known_costs.iter().filter(|(p, _)| !claimed(p));
+    if unclaimed().next().is_none() {
+        return true;
+    }
+    let others = unclaimed().map(|(_, cost)| *cost).fold(f64::INFINITY, f64::min);
+    claims.iter().any(|(peer, claim, ..)| {
+        let load = Some((claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec));
+        claim.free_slots > 0 && expected_completion(load, measured.get(peer).copied(), None, max_tokens) <= others
+    })
+}
+
 impl ClaimBoard {
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, ClaimSender>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
@@ -137,6 +158,19 @@ impl Node {
         };
         let topic = infer_topic(&request.model);
         let data = prost::Message::encode_to_vec(&announcement);
+        // What the known providers are expected to cost, from their heartbeats and our own
+        // measurements, to judge when the claims in hand are good enough.
+        let dispatched = self.dispatched();
+        let measured: HashMap<PeerId, f64> = self.with_reputation(|r, now| {
+            known.iter().filter_map(|c| Some((c.peer, r.snapshot(c.peer, now)?.tokens_per_sec?))).collect()
+        });
+        let known_costs: Vec<(PeerId, f64)> = known
+            .iter()
+            .map(|c| {
+                let load = with_unseen(c.load, dispatched.unseen(c.peer, c.load_seen));
+                (c.peer, expected_completion(load, measured.get(&c.peer).copied(), None, request.params.max_tokens))
+            })
+            .collect();
         let claimed = tokio::time::timeout(request.claim_window, async {
             // Subscriptions of freshly connected peers arrive within moments; retry briefly.
             for _ in 0..10 {
@@ -170,18 +204,24 @@ impl Node {
                 let _ = ack.send(false);
             }
             // The first claim opens a short gathering window: claims carry each provider's
-            // current load, so the choice among them is load-aware instead of a race.
-            let _ = tokio::time::timeout(CLAIM_GATHER, async {
-                while claims.len() < MAX_CLAIMS_CONSIDERED {
-                    let Some((peer, claim, ack)) = claims_rx.recv().await else { break };
-                    if acceptable(peer, &claim) {
-                        claims.push((peer, claim, ack, Instant::now()));
-                    } else {
-                        let _ = ack.send(false);
+            // current load, so the choice among them is load-aware instead of a race. The window
+            // closes as soon as waiting cannot improve the choice.
+            if !gathered_enough(&claims, &known_costs, request.params.max_tokens, &measured) {
+                let _ = tokio::time::timeout(CLAIM_GATHER, async {
+                    while claims.len() < MAX_CLAIMS_CONSIDERED {
+                        let Some((peer, claim, ack)) = claims_rx.recv().await else { break };
+                        if acceptable(peer, &claim) {
+                            claims.push((peer, claim, ack, Instant::now()));
+                            if gathered_enough(&claims, &known_costs, request.params.max_tokens, &measured) {
+                                break;
+                            }
+                        } else {
+                            let _ = ack.send(false);
+                        }
                     }
-                }
-            })
-            .await;
+                })
+                .await;
+            }
             claims
         })
         .await

@@ -57,6 +57,61 @@ fn nonsense_figures_from_a_peer_do_not_poison_the_cost() {
     assert!(expected_completion(IDLE, None, None, 0) > 0.0);
 }
 
+mod claim_gathering {
+    use std::collections::HashMap;
+
+    use quiver_net::PeerId;
+    use quiver_proto::Claim;
+
+    use super::super::route::{expected_completion, gathered_enough};
+
+    fn claim(free_slots: u32, queue_depth: u32, tokens_per_sec: f32) -> Claim {
+        Claim { job_id: vec![1; 16], model_sha256: vec![2; 32], free_slots, queue_depth, tokens_per_sec }
+    }
+
+    fn cost(load: (u32, u32, f32, f32)) -> f64 {
+        expected_completion(Some(load), None, None, 100)
+    }
+
+    #[test]
+    fn every_known_provider_claimed_ends_the_window() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let known = [(a, cost((0, 3, 0.0, 10.0))), (b, cost((0, 3, 0.0, 10.0)))];
+        // Both busy: only claims from both end the wait.
+        let one = [(a, claim(0, 3, 10.0), (), ())];
+        assert!(!gathered_enough(&one, &known, 100, &HashMap::new()));
+        let both = [(a, claim(0, 3, 10.0), (), ()), (b, claim(0, 2, 10.0), (), ())];
+        assert!(gathered_enough(&both, &known, 100, &HashMap::new()));
+    }
+
+    #[test]
+    fn a_free_claim_as_good_as_any_other_known_provider_ends_the_window() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let known = [(a, cost((1, 0, 0.0, 50.0))), (b, cost((1, 0, 0.0, 50.0)))];
+        assert!(gathered_enough(&[(a, claim(1, 0, 50.0), (), ())], &known, 100, &HashMap::new()));
+        // No free slot: another provider may still claim with one.
+        assert!(!gathered_enough(&[(a, claim(0, 0, 50.0), (), ())], &known, 100, &HashMap::new()));
+        // Free, but a known provider that has not claimed yet is faster: worth waiting for.
+        let fast_b = [(a, cost((1, 0, 0.0, 50.0))), (b, cost((1, 0, 0.0, 500.0)))];
+        assert!(!gathered_enough(&[(a, claim(1, 0, 50.0), (), ())], &fast_b, 100, &HashMap::new()));
+        // Unless our own measurement of the claimant says it is at least as fast.
+        let measured = HashMap::from([(a, 500.0)]);
+        assert!(gathered_enough(&[(a, claim(1, 0, 50.0), (), ())], &fast_b, 100, &measured));
+    }
+
+    #[test]
+    fn the_only_provider_claiming_ends_the_window() {
+        let a = PeerId::random();
+        assert!(gathered_enough(
+            &[(a, claim(0, 5, 1.0), (), ())],
+            &[(a, cost((0, 5, 0.0, 1.0)))],
+            100,
+            &HashMap::new()
+        ));
+        assert!(gathered_enough(&[(a, claim(0, 5, 1.0), (), ())], &[], 100, &HashMap::new()));
+    }
+}
+
 mod receipts {
     use quiver_proto::infer::output_hash;
     use quiver_proto::{Accepted, InferRequest, PromptInput, Receipt, SamplingParams};
