@@ -25,15 +25,15 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(300);
 /// generating when its client leaves.
 const LONG_PROMPT: &str = "1, 2, 3, 4, 5,";
 
-struct Network {
+pub(crate) struct Network {
     _dir: tempfile::TempDir,
-    _boot: NodeProc,
-    provider: NodeProc,
-    gateway: NodeProc,
+    pub(crate) boot: NodeProc,
+    pub(crate) provider: NodeProc,
+    pub(crate) gateway: NodeProc,
 }
 
 impl Network {
-    fn gateway_addr(&self) -> SocketAddr {
+    pub(crate) fn gateway_addr(&self) -> SocketAddr {
         self.gateway.gateway.expect("the gateway printed its address")
     }
 }
@@ -41,18 +41,20 @@ impl Network {
 /// Bootstrap node, provider (joined by host:port) and gateway (joined by multiaddr); returns once
 /// the gateway lists the provider's model.
 fn start_network(t: Instant) -> Network {
+    start_network_with(t, &[])
+}
+
+/// [`start_network`] with `provider_flags` added to the provider's command line.
+pub(crate) fn start_network_with(t: Instant, provider_flags: &[&str]) -> Network {
     let models = model_dir();
     let models = models.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let boot = NodeProc::start(NODE, "boot", &["--bootstrap-node", "--port", "0"], d);
     let hostport = format!("127.0.0.1:{}", boot.tcp_port);
-    let provider = NodeProc::start(
-        PROVIDER,
-        "provider",
-        &["--bootstrap", &hostport, "--port", "0", "--threads", "2", "--models-dir", models],
-        d,
-    );
+    let mut flags = vec!["--bootstrap", &hostport, "--port", "0", "--threads", "2", "--models-dir", models];
+    flags.extend_from_slice(provider_flags);
+    let provider = NodeProc::start(PROVIDER, "provider", &flags, d);
     let gateway = NodeProc::start(
         QUIVER,
         "gateway",
@@ -66,7 +68,7 @@ fn start_network(t: Instant) -> Network {
         })
     });
     step(t, "network up: the gateway knows the provider");
-    Network { _dir: dir, _boot: boot, provider, gateway }
+    Network { _dir: dir, boot, provider, gateway }
 }
 
 fn curl(args: &[&str]) -> String {
@@ -162,7 +164,7 @@ fn openai_python_client_and_curl_through_the_network() {
 
 /// Sends a streamed completion over raw HTTP and returns the open connection after `events`
 /// SSE data lines have arrived.
-fn stream_some(gw: SocketAddr, max_tokens: u32, events: usize) -> TcpStream {
+pub(crate) fn stream_some(gw: SocketAddr, max_tokens: u32, events: usize) -> TcpStream {
     let body = json!({ "model": MODEL, "prompt": LONG_PROMPT, "max_tokens": max_tokens, "temperature": 0,
                        "stream": true })
     .to_string();

@@ -112,12 +112,19 @@ fn greedy_answer_through_the_network_equals_the_bare_engine() {
     };
 
     // Through the gossip announcement (claimed) and asked directly: the same answer, the same
-    // usage, and receipts that verify.
+    // usage, and receipts that verify. The second time the provider's prompt cache holds the
+    // prompt: all of it but the last token is reused, and the answer is the same.
     for (flags, route) in [(&["--json"][..], "claim"), (&["--json", "--direct"][..], "direct")] {
         let result = parse_json(&ask(flags).stdout, "quiver ask --json");
         assert_eq!(result["route"], route, "route of {flags:?}: {result}");
         assert_eq!(result["text"].as_str(), Some(reference.as_str()), "answer through the network ({route})");
-        assert_eq!(result["usage"], local["usage"], "usage through the network ({route})");
+        let (usage, expected) = (&result["usage"], &local["usage"]);
+        for key in ["prompt_tokens", "completion_tokens"] {
+            assert_eq!(usage[key], expected[key], "{key} through the network ({route})");
+        }
+        let prompt_tokens = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+        let cached = if route == "claim" { 0 } else { prompt_tokens - 1 };
+        assert_eq!(usage["cached_tokens"], cached, "cached prompt tokens ({route}): {usage}");
         assert_eq!(result["finish_reason"], local["finish_reason"]);
         assert_eq!(result["provider"], provider.peer_id.as_str());
         assert_eq!(result["attempts"], 1);

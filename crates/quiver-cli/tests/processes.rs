@@ -7,6 +7,7 @@
 mod support;
 
 mod backend;
+mod batching;
 mod cli;
 mod garbage;
 mod gateway;

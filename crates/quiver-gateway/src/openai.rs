@@ -264,7 +264,8 @@ fn now_secs() -> u64 {
 fn usage(r: &InferenceResult) -> Value {
     let u = r.usage;
     json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens })
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens_details": { "cached_tokens": u.cached_tokens } })
 }
 
 /// QUIVer's own fields beside the OpenAI ones: who served the answer, and its verified receipt.

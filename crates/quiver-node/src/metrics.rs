@@ -134,6 +134,9 @@ pub(crate) struct NodeMetrics {
     /// Jobs this node served as a provider, by outcome.
     pub jobs: Family<JobLabel, Counter>,
     pub tokens_generated: Counter,
+    /// Prompt tokens of served jobs, and those of them the engine took from its prompt cache.
+    prompt_tokens: Counter,
+    prompt_tokens_cached: Counter,
     /// Requests this node made as a client, by outcome.
     pub requests: Family<RequestLabel, Counter>,
     pub known_nodes: Gauge,
@@ -167,6 +170,8 @@ impl NodeMetrics {
         let m = NodeMetrics {
             jobs: Family::default(),
             tokens_generated: Counter::default(),
+            prompt_tokens: Counter::default(),
+            prompt_tokens_cached: Counter::default(),
             requests: Family::default(),
             known_nodes: Gauge::default(),
             connected_peers: Gauge::default(),
@@ -205,6 +210,12 @@ impl NodeMetrics {
         );
         q.register("provider_jobs", "Inference jobs handled as a provider, by outcome", m.jobs.clone());
         q.register("tokens_generated", "Tokens generated for the network", m.tokens_generated.clone());
+        q.register("provider_prompt_tokens", "Prompt tokens of jobs served as a provider", m.prompt_tokens.clone());
+        q.register(
+            "provider_prompt_tokens_cached",
+            "Prompt tokens of served jobs that the engine's prompt cache held (not decoded again)",
+            m.prompt_tokens_cached.clone(),
+        );
         q.register("provider_queue_depth", "Jobs waiting for a slot at this provider", m.queue_depth.clone());
         q.register("provider_free_slots", "Job slots free at this provider", m.free_slots.clone());
         q.register(
@@ -273,6 +284,12 @@ impl NodeMetrics {
 
     /// Counts a job this provider finished serving, or that ended early with `outcome` (then
     /// `tokens` is 0), and keeps it in the recent-jobs ring.
+    /// The prompt of a served job: its tokens, and how many the engine had cached.
+    pub fn provider_prompt(&self, usage: &quiver_engine::Usage) {
+        self.prompt_tokens.inc_by(u64::from(usage.prompt_tokens));
+        self.prompt_tokens_cached.inc_by(u64::from(usage.cached_tokens.min(usage.prompt_tokens)));
+    }
+
     pub fn provider_job(
         &self,
         model: &str,

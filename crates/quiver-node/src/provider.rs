@@ -452,6 +452,7 @@ impl Provider {
                     let elapsed = started.elapsed();
                     self.record_speed(usage.completion_tokens, elapsed.saturating_sub(first_token.unwrap_or_default()));
                     self.metrics.provider_job(&model.name, peer, Served, first_token, elapsed, usage.completion_tokens);
+                    self.metrics.provider_prompt(&usage);
                     let receipt = Receipt {
                         request_id: request.request_id.clone(),
                         provider: self.net.peer_id().to_bytes(),
