@@ -69,6 +69,7 @@ fn one_provider_batches_requests_without_changing_answers() {
     let slots = SLOTS.to_string();
     let net = crate::gateway::start_network_with(t, &["--max-concurrent", &slots]);
     let (boot, provider, gw) = (&net.boot, &net.provider, net.gateway_addr());
+    let gateway_api = net.gateway.api;
 
     // Each prompt alone, one after the other.
     let solo: Vec<String> = PROMPTS.iter().map(|p| text(&completion(gw, p, 24)).to_owned()).collect();
@@ -129,6 +130,20 @@ fn one_provider_batches_requests_without_changing_answers() {
     step(t, "the dropped stream's slot served the waiting request while 3 streams went on");
     drop(streams);
     eventually(Duration::from_secs(60), "the other streams end", || provider_jobs(provider, "cancelled") >= 4.0);
+    // Its throughput with all jobs together is measured and travels in its heartbeats.
+    let batch_speed = |status: Option<Value>| {
+        status.and_then(|s| {
+            s["known_nodes"].as_array()?.iter().find(|n| n["peer_id"] == provider.peer_id.as_str())?
+                ["batch_tokens_per_sec"]
+                .as_f64()
+        })
+    };
+    let own = support::http_get_json(provider.api, "/api/v1/status").expect("status");
+    assert!(own["provider"]["batch_tokens_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{own}");
+    eventually(Duration::from_secs(30), "the gateway hears the provider's batch throughput", || {
+        batch_speed(support::http_get_json(gateway_api, "/api/v1/status")).is_some_and(|v| v > 0.0)
+    });
+    step(t, "the provider's batch throughput is in its heartbeats");
 
     // A prompt longer than the context is refused before any work: 400 at the gateway, exit 5
     // from `quiver ask`.

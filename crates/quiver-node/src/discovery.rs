@@ -25,6 +25,9 @@ pub struct KnownNode {
     pub uptime_secs: u64,
     /// Generation speed the node measured on its recent jobs (0 = unknown).
     pub tokens_per_sec: f32,
+    /// Tokens per second of busy time with all its jobs together (0 = unknown).
+    #[serde(default)]
+    pub batch_tokens_per_sec: f32,
     /// Seconds since the last heartbeat was received.
     pub last_seen_secs: f64,
     #[serde(skip)]
@@ -135,6 +138,11 @@ impl NodeTable {
                 queue_depth: hb.queue_depth,
                 uptime_secs: hb.uptime_secs,
                 tokens_per_sec: if hb.tokens_per_sec.is_finite() { hb.tokens_per_sec.max(0.0) } else { 0.0 },
+                batch_tokens_per_sec: if hb.batch_tokens_per_sec.is_finite() {
+                    hb.batch_tokens_per_sec.max(0.0)
+                } else {
+                    0.0
+                },
                 last_seen_secs: 0.0,
                 last_seen: Instant::now(),
                 timestamp_ms: hb.timestamp_ms,

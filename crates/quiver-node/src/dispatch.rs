@@ -81,16 +81,37 @@ impl Drop for InFlight {
     }
 }
 
-/// A provider's load snapshot (free slots, queue depth, CPU load, tokens/s) with `unseen` more
-/// jobs of ours on top: they take its free slots first, then wait in its queue. Without a
-/// snapshot the provider already counts as busy; our jobs there lengthen its queue.
-pub(crate) fn with_unseen(load: Option<(u32, u32, f32, f32)>, unseen: u32) -> Option<(u32, u32, f32, f32)> {
+/// A provider's load as last observed (its heartbeat or its claim).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Load {
+    pub free_slots: u32,
+    pub queue_depth: u32,
+    /// Load average ÷ cores.
+    pub cpu_load: f32,
+    /// One job's speed, tokens/s (0 = unknown).
+    pub tokens_per_sec: f32,
+}
+
+impl Load {
+    pub(crate) const fn new(free_slots: u32, queue_depth: u32, cpu_load: f32, tokens_per_sec: f32) -> Load {
+        Load { free_slots, queue_depth, cpu_load, tokens_per_sec }
+    }
+}
+
+/// A provider's load snapshot with `unseen` more jobs of ours on top: they take its free slots
+/// first, then wait in its queue. Without a snapshot the provider already counts as busy; our
+/// jobs there lengthen its queue.
+pub(crate) fn with_unseen(load: Option<Load>, unseen: u32) -> Option<Load> {
     if unseen == 0 {
         return load;
     }
-    let (free, queue, cpu, speed) = load.unwrap_or((0, 1, 0.0, 0.0));
-    let taken = free.min(unseen);
-    Some((free - taken, queue.saturating_add(unseen - taken), cpu, speed))
+    let load = load.unwrap_or(Load::new(0, 1, 0.0, 0.0));
+    let taken = load.free_slots.min(unseen);
+    Some(Load {
+        free_slots: load.free_slots - taken,
+        queue_depth: load.queue_depth.saturating_add(unseen - taken),
+        ..load
+    })
 }
 
 #[cfg(test)]

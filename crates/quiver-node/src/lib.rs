@@ -26,6 +26,7 @@ pub mod identity;
 mod metrics;
 mod node;
 mod provider;
+mod throughput;
 pub mod wire;
 
 pub use client::{

@@ -183,6 +183,8 @@ pub struct ProviderStatus {
     pub free_slots: u32,
     pub queue_depth: u32,
     pub tokens_per_sec: f32,
+    /// Tokens per second of busy time with all jobs together (0 = not measured yet).
+    pub batch_tokens_per_sec: f32,
 }
 
 struct Inner {
@@ -438,6 +440,7 @@ impl Node {
                 free_slots: p.free_slots(),
                 queue_depth: p.queue_depth(),
                 tokens_per_sec: p.tokens_per_sec(),
+                batch_tokens_per_sec: p.batch_tokens_per_sec(),
             }),
         })
     }
@@ -839,10 +842,12 @@ impl Node {
             seq,
             queue_depth: self.inner.provider.as_ref().map_or(0, |p| p.queue_depth()),
             tokens_per_sec: self.inner.provider.as_ref().map_or(0.0, |p| p.tokens_per_sec()),
+            batch_tokens_per_sec: self.inner.provider.as_ref().map_or(0.0, |p| p.batch_tokens_per_sec()),
         };
         #[cfg(feature = "adversary")]
         if self.inner.config.adversary.is_some_and(|a| a.lies_in_heartbeats()) {
             heartbeat.tokens_per_sec = crate::adversary::LIED_TOKENS_PER_SEC;
+            heartbeat.batch_tokens_per_sec = crate::adversary::LIED_TOKENS_PER_SEC;
             heartbeat.free_slots = heartbeat.free_slots.max(8);
             heartbeat.queue_depth = 0;
             heartbeat.cpu_load = 0.0;

@@ -27,6 +27,7 @@ use crate::admission::{Admission, Queued, StreamBook, Ticket};
 use crate::discovery::now_ms;
 use crate::metrics::JobOutcome::{Cancelled, Served};
 use crate::metrics::NodeMetrics;
+use crate::throughput::BusyMeter;
 use crate::wire;
 use quiver_net::PeerLimiter;
 
@@ -99,6 +100,8 @@ pub(crate) struct Provider {
     offences: Option<tokio::sync::mpsc::Sender<(PeerId, quiver_reputation::Offence)>>,
     /// Measured generation speed (EWMA), tokens/s × 100.
     speed_centi: AtomicU32,
+    /// Measured tokens/s of all jobs together.
+    busy: BusyMeter,
     keypair: quiver_net::Keypair,
     net: NetClient,
     metrics: NodeMetrics,
@@ -134,6 +137,7 @@ impl Provider {
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             offences: None,
             speed_centi: AtomicU32::new(0),
+            busy: BusyMeter::new(Instant::now()),
             keypair,
             net,
             metrics,
@@ -215,6 +219,11 @@ impl Provider {
 
     pub(crate) fn tokens_per_sec(&self) -> f32 {
         self.speed_centi.load(Ordering::Relaxed) as f32 / 100.0
+    }
+
+    /// Tokens per second of busy time with all jobs together (0 = not measured yet).
+    pub(crate) fn batch_tokens_per_sec(&self) -> f32 {
+        self.busy.tokens_per_sec()
     }
 
     pub(crate) fn max_concurrent(&self) -> usize {
@@ -398,6 +407,7 @@ impl Provider {
         write_frame(stream, &reply(Kind::Accepted(accepted))).await?;
 
         let started = Instant::now();
+        let _running = self.busy.running();
         let mut generation = match engine.generate(GenerateRequest {
             input: wire::input_from_wire(input),
             params: wire::params_from_wire(params.clone()),
@@ -437,6 +447,7 @@ impl Provider {
                     chunks += 1;
                     text.push_str(&t);
                     self.metrics.tokens_generated.inc_by(u64::from(tokens));
+                    self.busy.tokens(Instant::now(), tokens);
                     // A write error means the client went away: dropping `generation` stops it.
                     #[cfg(feature = "adversary")]
                     let tokens = if misbehaviour == Some(crate::adversary::Misbehaviour::InflatedTokens) {
@@ -581,12 +592,14 @@ impl Provider {
                 free_slots: this.free_slots(),
                 queue_depth: this.queue_depth(),
                 tokens_per_sec: this.tokens_per_sec(),
+                batch_tokens_per_sec: this.batch_tokens_per_sec(),
             };
             #[cfg(feature = "adversary")]
             if this.adversary.is_some_and(|a| a.lies_in_heartbeats()) {
                 claim.free_slots = claim.free_slots.max(8);
                 claim.queue_depth = 0;
                 claim.tokens_per_sec = crate::adversary::LIED_TOKENS_PER_SEC;
+                claim.batch_tokens_per_sec = crate::adversary::LIED_TOKENS_PER_SEC;
             }
             match tokio::time::timeout(CLAIM_TIMEOUT, this.send_claim(client, addrs, claim)).await {
                 Ok(Ok(chosen)) => debug!(%client, chosen, "claim answered"),

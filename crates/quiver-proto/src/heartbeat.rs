@@ -53,6 +53,10 @@ impl Heartbeat {
         if !self.tokens_per_sec.is_finite() || self.tokens_per_sec < 0.0 || self.tokens_per_sec > 1e6 {
             return invalid("tokens_per_sec", "not a finite speed in 0..=1e6");
         }
+        let batch = self.batch_tokens_per_sec;
+        if !batch.is_finite() || !(0.0..=1e6).contains(&batch) {
+            return invalid("batch_tokens_per_sec", "not a finite speed in 0..=1e6");
+        }
         if self.timestamp_ms == 0 {
             return invalid("timestamp_ms", "missing");
         }

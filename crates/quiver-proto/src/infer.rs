@@ -138,6 +138,9 @@ impl Claim {
         if !self.tokens_per_sec.is_finite() || self.tokens_per_sec < 0.0 {
             return Err(invalid("tokens_per_sec", "not a finite speed"));
         }
+        if !self.batch_tokens_per_sec.is_finite() || self.batch_tokens_per_sec < 0.0 {
+            return Err(invalid("batch_tokens_per_sec", "not a finite speed"));
+        }
         Ok(())
     }
 }

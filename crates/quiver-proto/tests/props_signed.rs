@@ -33,6 +33,8 @@ fn within_limits(hb: &Heartbeat) -> bool {
         && (0.0..=1024.0).contains(&hb.cpu_load)
         && hb.tokens_per_sec.is_finite()
         && (0.0..=1e6).contains(&hb.tokens_per_sec)
+        && hb.batch_tokens_per_sec.is_finite()
+        && (0.0..=1e6).contains(&hb.batch_tokens_per_sec)
         && hb.timestamp_ms != 0
 }
 
@@ -49,14 +51,23 @@ fn bounded_heartbeat() -> impl Strategy<Value = Heartbeat> {
             0..=8,
         ),
         vec(("[a-z0-9.-]{1,128}", vec(any::<u8>(), 32)).prop_map(|(name, sha256)| ModelInfo { name, sha256 }), 0..=6),
-        (0.0f32..=1024.0, 0.0f32..=1e6, 1u64.., any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>()),
+        (0.0f32..=1024.0, 0.0f32..=1e6, 1u64.., any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), 0.0f32..=1e6),
     )
         .prop_map(
             |(
                 agent_version,
                 listen_addrs,
                 models,
-                (cpu_load, tokens_per_sec, timestamp_ms, seq, free_slots, queue_depth, uptime_secs),
+                (
+                    cpu_load,
+                    tokens_per_sec,
+                    timestamp_ms,
+                    seq,
+                    free_slots,
+                    queue_depth,
+                    uptime_secs,
+                    batch_tokens_per_sec,
+                ),
             )| Heartbeat {
                 peer_id: Vec::new(),
                 agent_version,
@@ -69,6 +80,7 @@ fn bounded_heartbeat() -> impl Strategy<Value = Heartbeat> {
                 seq,
                 queue_depth,
                 tokens_per_sec,
+                batch_tokens_per_sec,
             },
         )
 }
@@ -86,6 +98,7 @@ enum OutOfLimit {
     ShortSha,
     CpuLoad(f32),
     TokensPerSec(f32),
+    BatchTokensPerSec(f32),
     NoTimestamp,
 }
 
@@ -104,6 +117,7 @@ fn out_of_limit() -> impl Strategy<Value = OutOfLimit> {
         Just(ShortSha),
         bad_float(1024.0).prop_map(CpuLoad),
         bad_float(1e6).prop_map(TokensPerSec),
+        bad_float(1e6).prop_map(BatchTokensPerSec),
         Just(NoTimestamp),
     ]
 }
@@ -122,6 +136,7 @@ fn apply(hb: &mut Heartbeat, change: &OutOfLimit) {
         ShortSha => hb.models.push(ModelInfo { sha256: vec![1; 31], ..model() }),
         CpuLoad(f) => hb.cpu_load = *f,
         TokensPerSec(f) => hb.tokens_per_sec = *f,
+        BatchTokensPerSec(f) => hb.batch_tokens_per_sec = *f,
         NoTimestamp => hb.timestamp_ms = 0,
     }
 }

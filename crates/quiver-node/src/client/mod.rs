@@ -30,7 +30,7 @@ use tracing::{debug, info};
 
 use crate::cache::ResultCache;
 use crate::discovery::{hex, now_ms};
-use crate::dispatch::with_unseen;
+use crate::dispatch::{Load, with_unseen};
 use crate::node::Node;
 use crate::wire;
 
@@ -288,8 +288,8 @@ struct Candidate {
     peer: PeerId,
     addrs: Vec<Multiaddr>,
     route: Route,
-    /// From its heartbeat: free slots, queue depth, CPU load, measured tokens/s.
-    load: Option<(u32, u32, f32, f32)>,
+    /// From its heartbeat or claim.
+    load: Option<Load>,
     /// When `load` was observed (its heartbeat or claim arrived): our attempts started since
     /// are not in it (see `dispatch.rs`).
     load_seen: Option<Instant>,

@@ -4,25 +4,24 @@ use super::*;
 
 /// Expected seconds until a job of `max_tokens` is done at a provider: its queue (and a wait for
 /// a slot when none is free) times the job's length at the provider's speed, slowed by its CPU
-/// load, plus the round trips to reach it. `load` is (free slots, queue depth, CPU load,
-/// advertised tokens/s); without it (a DHT record only, no fresh heartbeat) the provider may be
-/// gone and counts as busy. `measured` is this node's own measurement of its speed, which wins
-/// over the advertised one. `rtt` is the Ping round trip of a connected provider, `None` when not
-/// connected (then [`UNKNOWN_RTT`]).
+/// load, plus the round trips to reach it. Without `load` (a DHT record only, no fresh heartbeat)
+/// the provider may be gone and counts as busy. `measured` is this node's own measurement of its
+/// speed, which wins over the advertised one. `rtt` is the Ping round trip of a connected
+/// provider, `None` when not connected (then [`UNKNOWN_RTT`]).
 pub(super) fn expected_completion(
-    load: Option<(u32, u32, f32, f32)>,
+    load: Option<Load>,
     measured: Option<f64>,
     rtt: Option<Duration>,
     max_tokens: u32,
 ) -> f64 {
-    let (free, queue, cpu, advertised) = load.unwrap_or((0, 1, 0.0, 0.0));
-    let speed = [measured.unwrap_or(0.0), f64::from(advertised)]
+    let load = load.unwrap_or(Load::new(0, 1, 0.0, 0.0));
+    let speed = [measured.unwrap_or(0.0), f64::from(load.tokens_per_sec)]
         .into_iter()
         .find(|s| s.is_finite() && *s > 0.0)
         .unwrap_or(DEFAULT_TOKENS_PER_SEC);
     let job = f64::from(max_tokens.max(1)) / speed;
-    let waiting = f64::from(queue) + if free == 0 { 1.0 } else { 0.0 };
-    let cpu = if cpu.is_finite() { f64::from(cpu.clamp(0.0, 4.0)) } else { 0.0 };
+    let waiting = f64::from(load.queue_depth) + if load.free_slots == 0 { 1.0 } else { 0.0 };
+    let cpu = if load.cpu_load.is_finite() { f64::from(load.cpu_load.clamp(0.0, 4.0)) } else { 0.0 };
     let network = rtt.unwrap_or(UNKNOWN_RTT).as_secs_f64() * REQUEST_ROUND_TRIPS;
     (waiting + 1.0) * job * (1.0 + cpu * 0.25) + network
 }
@@ -43,7 +42,7 @@ pub(super) fn gathered_enough<A, B>(
     }
     let others = unclaimed().map(|(_, cost)| *cost).fold(f64::INFINITY, f64::min);
     claims.iter().any(|(peer, claim, ..)| {
-        let load = Some((claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec));
+        let load = Some(Load::new(claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec));
         claim.free_slots > 0 && expected_completion(load, measured.get(peer).copied(), None, max_tokens) <= others
     })
 }
@@ -97,7 +96,7 @@ impl Node {
                 peer: n.peer_id,
                 addrs: n.listen_addrs,
                 route: Route::Direct,
-                load: Some((n.free_slots, n.queue_depth, n.cpu_load, n.tokens_per_sec)),
+                load: Some(Load::new(n.free_slots, n.queue_depth, n.cpu_load, n.tokens_per_sec)),
             })
             .collect();
         let key = match &request.model_sha256 {
@@ -235,7 +234,7 @@ impl Node {
                     peer: *peer,
                     addrs: known.map(|c| c.addrs.clone()).unwrap_or_default(),
                     route: Route::Claim,
-                    load: Some((claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec)),
+                    load: Some(Load::new(claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec)),
                     load_seen: Some(*arrived),
                     // What it claimed with, unless it advertised something else before.
                     advertised_sha256: Some(

@@ -1,9 +1,9 @@
 use std::time::Duration;
 
-use super::DEFAULT_TOKENS_PER_SEC;
 use super::route::expected_completion;
+use super::{DEFAULT_TOKENS_PER_SEC, Load};
 
-const IDLE: Option<(u32, u32, f32, f32)> = Some((1, 0, 0.0, 100.0));
+const IDLE: Option<Load> = Some(Load::new(1, 0, 0.0, 100.0));
 
 #[test]
 fn an_idle_provider_costs_its_job_and_one_round_trip() {
@@ -29,15 +29,15 @@ fn a_provider_not_connected_counts_at_a_typical_round_trip() {
 fn queue_missing_slots_and_cpu_load_lengthen_the_wait() {
     let rtt = Some(Duration::ZERO);
     let idle = expected_completion(IDLE, None, rtt, 100);
-    assert!((expected_completion(Some((1, 2, 0.0, 100.0)), None, rtt, 100) - 3.0 * idle).abs() < 1e-9);
-    assert!((expected_completion(Some((0, 0, 0.0, 100.0)), None, rtt, 100) - 2.0 * idle).abs() < 1e-9);
-    assert!((expected_completion(Some((1, 0, 2.0, 100.0)), None, rtt, 100) - 1.5 * idle).abs() < 1e-9);
+    assert!((expected_completion(Some(Load::new(1, 2, 0.0, 100.0)), None, rtt, 100) - 3.0 * idle).abs() < 1e-9);
+    assert!((expected_completion(Some(Load::new(0, 0, 0.0, 100.0)), None, rtt, 100) - 2.0 * idle).abs() < 1e-9);
+    assert!((expected_completion(Some(Load::new(1, 0, 2.0, 100.0)), None, rtt, 100) - 1.5 * idle).abs() < 1e-9);
 }
 
 #[test]
 fn own_measurement_wins_over_the_advertised_speed() {
     let rtt = Some(Duration::ZERO);
-    let claimed_fast = expected_completion(Some((1, 0, 0.0, 1000.0)), Some(10.0), rtt, 100);
+    let claimed_fast = expected_completion(Some(Load::new(1, 0, 0.0, 1000.0)), Some(10.0), rtt, 100);
     assert!((claimed_fast - 10.0).abs() < 1e-9, "measured 10 tok/s: {claimed_fast}");
 }
 
@@ -50,7 +50,11 @@ fn without_a_heartbeat_a_provider_counts_as_busy_at_the_default_speed() {
 
 #[test]
 fn nonsense_figures_from_a_peer_do_not_poison_the_cost() {
-    for load in [(1, 0, f32::NAN, f32::NAN), (1, 0, f32::INFINITY, f32::INFINITY), (1, 0, -5.0, -1.0)] {
+    for load in [
+        Load::new(1, 0, f32::NAN, f32::NAN),
+        Load::new(0, 0, f32::INFINITY, f32::INFINITY),
+        Load::new(0, 3, -5.0, -1.0),
+    ] {
         let cost = expected_completion(Some(load), Some(f64::NAN), None, u32::MAX);
         assert!(cost.is_finite() && cost > 0.0, "{load:?}: {cost}");
     }
@@ -66,11 +70,18 @@ mod claim_gathering {
     use super::super::route::{expected_completion, gathered_enough};
 
     fn claim(free_slots: u32, queue_depth: u32, tokens_per_sec: f32) -> Claim {
-        Claim { job_id: vec![1; 16], model_sha256: vec![2; 32], free_slots, queue_depth, tokens_per_sec }
+        Claim {
+            job_id: vec![1; 16],
+            model_sha256: vec![2; 32],
+            free_slots,
+            queue_depth,
+            tokens_per_sec,
+            batch_tokens_per_sec: 0.0,
+        }
     }
 
-    fn cost(load: (u32, u32, f32, f32)) -> f64 {
-        expected_completion(Some(load), None, None, 100)
+    fn cost((free, queue, cpu, speed): (u32, u32, f32, f32)) -> f64 {
+        expected_completion(Some(super::Load::new(free, queue, cpu, speed)), None, None, 100)
     }
 
     #[test]

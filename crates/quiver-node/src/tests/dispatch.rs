@@ -35,9 +35,9 @@ fn the_book_is_bounded() {
 
 #[test]
 fn unseen_jobs_take_free_slots_then_queue() {
-    assert_eq!(with_unseen(Some((2, 0, 0.5, 90.0)), 0), Some((2, 0, 0.5, 90.0)));
-    assert_eq!(with_unseen(Some((2, 0, 0.5, 90.0)), 1), Some((1, 0, 0.5, 90.0)));
-    assert_eq!(with_unseen(Some((2, 1, 0.5, 90.0)), 5), Some((0, 4, 0.5, 90.0)));
+    assert_eq!(with_unseen(Some(Load::new(2, 0, 0.5, 90.0)), 0), Some(Load::new(2, 0, 0.5, 90.0)));
+    assert_eq!(with_unseen(Some(Load::new(2, 0, 0.5, 90.0)), 1), Some(Load::new(1, 0, 0.5, 90.0)));
+    assert_eq!(with_unseen(Some(Load::new(2, 1, 0.5, 90.0)), 5), Some(Load::new(0, 4, 0.5, 90.0)));
     assert_eq!(with_unseen(None, 0), None);
-    assert_eq!(with_unseen(None, 2), Some((0, 3, 0.0, 0.0)), "no snapshot: busy, and our jobs queue");
+    assert_eq!(with_unseen(None, 2), Some(Load::new(0, 3, 0.0, 0.0)), "no snapshot: busy, and our jobs queue");
 }

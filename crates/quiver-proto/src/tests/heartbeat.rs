@@ -16,6 +16,7 @@ fn sample(kp: &Keypair) -> Heartbeat {
         seq: 3,
         queue_depth: 0,
         tokens_per_sec: 150.0,
+        batch_tokens_per_sec: 400.0,
     }
 }
 

@@ -63,6 +63,7 @@ pub fn heartbeat_with(floats: impl Strategy<Value = f32> + Clone) -> impl Strate
         prop_oneof![Just(0u64), any::<u64>()],
         any::<u64>(),
         any::<u32>(),
+        floats.clone(),
         floats,
     )
         .prop_map(
@@ -78,6 +79,7 @@ pub fn heartbeat_with(floats: impl Strategy<Value = f32> + Clone) -> impl Strate
                 seq,
                 queue_depth,
                 tokens_per_sec,
+                batch_tokens_per_sec,
             )| Heartbeat {
                 peer_id,
                 agent_version,
@@ -90,6 +92,7 @@ pub fn heartbeat_with(floats: impl Strategy<Value = f32> + Clone) -> impl Strate
                 seq,
                 queue_depth,
                 tokens_per_sec,
+                batch_tokens_per_sec,
             },
         )
 }
@@ -166,13 +169,14 @@ pub fn job_announcement() -> impl Strategy<Value = JobAnnouncement> {
 }
 
 pub fn claim() -> impl Strategy<Value = Claim> {
-    (id(), sha(), any::<u32>(), any::<u32>(), float()).prop_map(
-        |(job_id, model_sha256, free_slots, queue_depth, tokens_per_sec)| Claim {
+    (id(), sha(), any::<u32>(), any::<u32>(), float(), float()).prop_map(
+        |(job_id, model_sha256, free_slots, queue_depth, tokens_per_sec, batch_tokens_per_sec)| Claim {
             job_id,
             model_sha256,
             free_slots,
             queue_depth,
             tokens_per_sec,
+            batch_tokens_per_sec,
         },
     )
 }
