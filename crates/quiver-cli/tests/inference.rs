@@ -108,7 +108,11 @@ fn greedy_answer_through_the_network_equals_the_bare_engine() {
             vec!["ask", "--bootstrap", &boot.tcp_addr, "--listen-ip", "127.0.0.1", "--max-tokens", max_tokens];
         args.extend_from_slice(extra);
         args.push(prompt);
-        run_bounded(QUIVER, &args, &[], ASK_LIMIT).expect_success(&format!("quiver ask {}", extra.join(" ")))
+        let asked =
+            run_bounded(QUIVER, &args, &[], ASK_LIMIT).expect_success(&format!("quiver ask {}", extra.join(" ")));
+        // A normal run says nothing on stderr: no warning about peers it is connecting to anyway.
+        assert!(!asked.stderr.contains("WARN"), "quiver ask {extra:?} warned:\n{}", asked.stderr);
+        asked
     };
 
     // Through the gossip announcement (claimed) and asked directly: the same answer, the same

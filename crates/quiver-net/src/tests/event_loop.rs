@@ -1,4 +1,4 @@
-//! Unit tests of `event_loop.rs`.
+//! Unit tests of `event_loop/`.
 
 use super::*;
 
