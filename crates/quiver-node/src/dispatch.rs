@@ -93,6 +93,10 @@ pub(crate) struct Load {
 }
 
 impl Load {
+    /// What is assumed of a provider whose load was never seen (a DHT record only): no free slot
+    /// and a job ahead, since it may be gone.
+    pub(crate) const UNSEEN: Load = Load::new(0, 1, 0.0, 0.0);
+
     pub(crate) const fn new(free_slots: u32, queue_depth: u32, cpu_load: f32, tokens_per_sec: f32) -> Load {
         Load { free_slots, queue_depth, cpu_load, tokens_per_sec }
     }
@@ -105,7 +109,7 @@ pub(crate) fn with_unseen(load: Option<Load>, unseen: u32) -> Option<Load> {
     if unseen == 0 {
         return load;
     }
-    let load = load.unwrap_or(Load::new(0, 1, 0.0, 0.0));
+    let load = load.unwrap_or(Load::UNSEEN);
     let taken = load.free_slots.min(unseen);
     Some(Load {
         free_slots: load.free_slots - taken,

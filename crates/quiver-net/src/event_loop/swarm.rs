@@ -143,7 +143,7 @@ pub(super) async fn listen(
     let (quic, others): (Vec<_>, Vec<_>) = cfg.listen_addrs.iter().partition(|a| is_quic(a));
     for addr in others {
         let listener = swarm.listen_on(addr.clone()).map_err(|e| listen_err(addr, e.to_string()))?;
-        let Some((ip, 0)) = ip_and_tcp_port(addr) else {
+        let Some((ip, 0)) = ip_and_port(addr, PortKind::Tcp) else {
             continue;
         };
         // Learn the port the OS chose.
@@ -151,7 +151,7 @@ pub(super) async fn listen(
             loop {
                 match swarm.select_next_some().await {
                     SwarmEvent::NewListenAddr { listener_id, address } if listener_id == listener => {
-                        let port = ip_and_tcp_port(&address).map(|(_, p)| p);
+                        let port = ip_and_port(&address, PortKind::Tcp).map(|(_, p)| p);
                         let full = address.with_p2p(local).unwrap_or_else(|a| a);
                         let _ = events.try_send(NetEvent::NewListenAddr(full));
                         return port;
@@ -170,7 +170,7 @@ pub(super) async fn listen(
         tcp_ports.insert(ip, learned);
     }
     for addr in quic {
-        let same_port = match ip_and_udp_port(addr) {
+        let same_port = match ip_and_port(addr, PortKind::Udp) {
             Some((ip, 0)) => tcp_ports.get(&ip).map(|p| ip.with(Protocol::Udp(*p)).with(Protocol::QuicV1)),
             _ => None,
         };
@@ -192,27 +192,22 @@ pub(super) fn is_quic(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::QuicV1))
 }
 
-/// `(/ip4|ip6/<ip>, port)` of a TCP address.
-pub(super) fn ip_and_tcp_port(addr: &Multiaddr) -> Option<(Multiaddr, u16)> {
-    let mut it = addr.iter();
-    let ip = match it.next()? {
-        p @ (Protocol::Ip4(_) | Protocol::Ip6(_)) => Multiaddr::empty().with(p),
-        _ => return None,
-    };
-    match it.next()? {
-        Protocol::Tcp(port) => Some((ip, port)),
-        _ => None,
-    }
+/// Which transport port [`ip_and_port`] reads.
+#[derive(Clone, Copy)]
+pub(super) enum PortKind {
+    Tcp,
+    Udp,
 }
 
-pub(super) fn ip_and_udp_port(addr: &Multiaddr) -> Option<(Multiaddr, u16)> {
+/// `(/ip4|ip6/<ip>, port)` of a TCP or UDP address.
+pub(super) fn ip_and_port(addr: &Multiaddr, kind: PortKind) -> Option<(Multiaddr, u16)> {
     let mut it = addr.iter();
     let ip = match it.next()? {
         p @ (Protocol::Ip4(_) | Protocol::Ip6(_)) => Multiaddr::empty().with(p),
         _ => return None,
     };
-    match it.next()? {
-        Protocol::Udp(port) => Some((ip, port)),
+    match (it.next()?, kind) {
+        (Protocol::Tcp(port), PortKind::Tcp) | (Protocol::Udp(port), PortKind::Udp) => Some((ip, port)),
         _ => None,
     }
 }

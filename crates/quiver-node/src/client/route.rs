@@ -1,6 +1,7 @@
 //! Route choice: the providers known for a model, the claim round on gossip, and their ranking.
 
 use super::*;
+use crate::dispatch::Dispatched;
 
 /// Expected seconds until a job of `max_tokens` is done at a provider: its queue (and a wait for
 /// a slot when none is free) times the job's length at the provider's speed, slowed by its CPU
@@ -14,7 +15,7 @@ pub(super) fn expected_completion(
     rtt: Option<Duration>,
     max_tokens: u32,
 ) -> f64 {
-    let load = load.unwrap_or(Load::new(0, 1, 0.0, 0.0));
+    let load = load.unwrap_or(Load::UNSEEN);
     let speed = [measured.unwrap_or(0.0), f64::from(load.tokens_per_sec)]
         .into_iter()
         .find(|s| s.is_finite() && *s > 0.0)
@@ -45,6 +46,15 @@ pub(super) fn gathered_enough<A, B>(
         let load = Some(Load::new(claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec));
         claim.free_slots > 0 && expected_completion(load, measured.get(peer).copied(), None, max_tokens) <= others
     })
+}
+
+impl Candidate {
+    /// Its [`expected_completion`], with our own jobs sent there since its load was observed on
+    /// top (they take its free slots first).
+    fn expected(&self, dispatched: &Dispatched, measured: Option<f64>, rtt: Option<Duration>, max_tokens: u32) -> f64 {
+        let load = with_unseen(self.load, dispatched.unseen(self.peer, self.load_seen));
+        expected_completion(load, measured, rtt, max_tokens)
+    }
 }
 
 impl ClaimBoard {
@@ -165,10 +175,7 @@ impl Node {
         });
         let known_costs: Vec<(PeerId, f64)> = known
             .iter()
-            .map(|c| {
-                let load = with_unseen(c.load, dispatched.unseen(c.peer, c.load_seen));
-                (c.peer, expected_completion(load, measured.get(&c.peer).copied(), None, request.params.max_tokens))
-            })
+            .map(|c| (c.peer, c.expected(dispatched, measured.get(&c.peer).copied(), None, request.params.max_tokens)))
             .collect();
         let claimed = tokio::time::timeout(request.claim_window, async {
             // Subscriptions of freshly connected peers arrive within moments; retry briefly.
@@ -323,9 +330,7 @@ impl Node {
                     let view = r.snapshot(c.peer, now);
                     let score = view.as_ref().map_or_else(|| r.score(c.peer, now), |v| v.score);
                     let measured = view.as_ref().and_then(|v| v.tokens_per_sec);
-                    // Our own jobs sent there since its load was observed take its free slots.
-                    let load = with_unseen(c.load, dispatched.unseen(c.peer, c.load_seen));
-                    let expected = expected_completion(load, measured, rtts.get(&c.peer).copied(), max_tokens);
+                    let expected = c.expected(dispatched, measured, rtts.get(&c.peer).copied(), max_tokens);
                     let class = if score < 0.0 {
                         Class::Failing
                     } else if r.is_newcomer(c.peer) {
