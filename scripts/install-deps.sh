@@ -16,7 +16,8 @@
 #                              miniupnpd-iptables has no maintainer scripts and no service, so
 #                              installing it starts nothing. (iptables, not nftables, build: the
 #                              test writes its router's rules with iptables-legacy.)
-#   openai (PyPI)            - the gateway test drives it with the official Python client
+#   openai, ollama (PyPI)    - the gateway tests drive it with the official Python clients
+#   jsonschema (PyPI)        - validates structured output and tool arguments in those tests
 set -euo pipefail
 
 need=()
@@ -49,10 +50,15 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# The official OpenAI Python client, for the gateway's compatibility test.
-if ! python3 -c 'import openai' >/dev/null 2>&1; then
-  echo "installing the openai Python package ..." >&2
-  pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore openai)
+# The real Python clients the API-surface tests drive (openai, ollama) and the schema checker
+# they validate structured output with (jsonschema).
+missing=()
+for module in openai ollama jsonschema; do
+  python3 -c "import $module" >/dev/null 2>&1 || missing+=("$module")
+done
+if ((${#missing[@]})); then
+  echo "installing the Python packages ${missing[*]} ..." >&2
+  pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${missing[@]}")
   # Debian's own Python refuses system-wide pip installs (PEP 668) unless told otherwise.
   "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
 fi

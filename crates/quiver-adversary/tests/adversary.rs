@@ -261,7 +261,11 @@ async fn engine_text(request: &InferenceRequest) -> String {
     use quiver_engine::{Engine, GenEvent, GenerateRequest};
     let engine = load_engine(1, 1024);
     let mut generation = engine
-        .generate(GenerateRequest { input: request.input.clone(), params: request.params.clone() })
+        .generate(GenerateRequest {
+            input: request.input.clone(),
+            params: request.params.clone(),
+            tools: Default::default(),
+        })
         .expect("generation starts");
     let mut text = String::new();
     while let Some(event) = generation.next().await {

@@ -101,7 +101,7 @@ impl AskArgs {
         if self.raw {
             Input::Prompt(self.prompt.clone())
         } else {
-            Input::Chat(vec![ChatMessage { role: "user".into(), content: self.prompt.clone() }])
+            Input::Chat(vec![ChatMessage { role: "user".into(), content: self.prompt.clone(), ..Default::default() }])
         }
     }
 
@@ -113,6 +113,7 @@ impl AskArgs {
             top_p: self.top_p,
             seed,
             stop: self.stop.clone(),
+            ..SamplingParams::default()
         }
     }
 }
@@ -253,7 +254,8 @@ async fn run_local(args: AskArgs) -> anyhow::Result<()> {
     let engine = crate::provider_cmd::load_llama(model, config).await?;
     let started = std::time::Instant::now();
     let mut first_token = None;
-    let mut generation = engine.generate(GenerateRequest { input: args.input(), params: args.params() })?;
+    let mut generation =
+        engine.generate(GenerateRequest { input: args.input(), params: args.params(), tools: Default::default() })?;
     let mut text = String::new();
     let mut out = std::io::stdout().lock();
     while let Some(event) = generation.next().await {

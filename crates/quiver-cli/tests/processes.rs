@@ -16,5 +16,6 @@ mod multiprocess;
 mod nat;
 mod partition;
 mod status_page;
+mod surface;
 mod trust;
 mod upnp;

@@ -8,6 +8,7 @@
 //!
 //! This crate knows nothing of networking.
 
+pub mod chat;
 pub mod llama;
 pub mod models;
 pub mod openai;
@@ -18,13 +19,33 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub use chat::{ResponseFormat, Tool, ToolCall, ToolChoice, Tools};
 pub use stream::{StopFilter, Utf8Assembler};
 
 /// One chat message; the engine applies the model's chat template.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// Tools an assistant message called (its `content` may then be empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message of `role` with text `content`, no tool calls.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            ..Default::default()
+        }
+    }
 }
 
 /// What to generate from.
@@ -46,11 +67,29 @@ pub struct SamplingParams {
     pub seed: u64,
     /// Generation ends before the first occurrence of any of these; they are not emitted.
     pub stop: Vec<String>,
+    /// Constrains the output to JSON (any object, or one a schema describes).
+    pub response_format: ResponseFormat,
+    /// Lowers the odds of tokens already generated, once each (OpenAI's `presence_penalty`, -2..=2).
+    pub presence_penalty: f32,
+    /// Lowers the odds of tokens already generated, by how often (`frequency_penalty`, -2..=2).
+    pub frequency_penalty: f32,
+    /// Added to the logits of these token ids (OpenAI's `logit_bias`, -100..=100 each).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { max_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+        SamplingParams {
+            max_tokens: 128,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            response_format: ResponseFormat::Text,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+        }
     }
 }
 
@@ -59,6 +98,8 @@ impl SamplingParams {
     pub const MAX_STOPS: usize = 16;
     /// Longest stop string accepted, in bytes.
     pub const MAX_STOP_BYTES: usize = 1024;
+    /// Most token ids with a logit bias.
+    pub const MAX_LOGIT_BIAS: usize = 1024;
 
     /// Refuses values no engine can honour: `max_tokens == 0`, a negative or non-finite
     /// temperature, `top_p` outside (0, 1], too many or too long stop strings.
@@ -79,7 +120,18 @@ impl SamplingParams {
         if self.stop.iter().any(|s| s.len() > Self::MAX_STOP_BYTES) {
             return bad(format!("a stop string is longer than {} bytes", Self::MAX_STOP_BYTES));
         }
-        Ok(())
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} {v} is not in -2..=2"));
+            }
+        }
+        if self.logit_bias.len() > Self::MAX_LOGIT_BIAS {
+            return bad(format!("{} logit biases (most: {})", self.logit_bias.len(), Self::MAX_LOGIT_BIAS));
+        }
+        if self.logit_bias.iter().any(|&(_, b)| !b.is_finite() || !(-100.0..=100.0).contains(&b)) {
+            return bad("a logit bias is not in -100..=100".into());
+        }
+        self.response_format.validate()
     }
 }
 
@@ -87,15 +139,26 @@ impl SamplingParams {
 pub struct GenerateRequest {
     pub input: Input,
     pub params: SamplingParams,
+    /// Tools the model may call (chat only).
+    pub tools: Tools,
+}
+
+impl GenerateRequest {
+    /// A request with no tools.
+    pub fn new(input: Input, params: SamplingParams) -> Self {
+        GenerateRequest { input, params, tools: Tools::default() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// The model ended its turn or a stop string was met.
     Stop,
     /// `max_tokens` (or the context size) was reached.
     Length,
+    /// The model called tools (set where its output is read as tool calls, not by engines).
+    ToolCalls,
 }
 
 impl fmt::Display for FinishReason {
@@ -103,6 +166,7 @@ impl fmt::Display for FinishReason {
         f.write_str(match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         })
     }
 }

@@ -13,7 +13,10 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tracing::debug;
 
-use crate::{Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId, Usage};
+use crate::{
+    ChatMessage, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId,
+    ResponseFormat, ToolCall, ToolChoice, Usage, chat,
+};
 
 /// Longest server-sent-events line accepted.
 const MAX_LINE: usize = 1 << 20;
@@ -128,6 +131,7 @@ impl Engine for OpenAiEngine {
     /// Must be called within a tokio runtime (the request runs on a task of it).
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
         request.params.validate()?;
+        request.tools.validate()?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| EngineError::InvalidRequest("the OpenAI-compatible engine needs a tokio runtime".into()))?;
         let p = &request.params;
@@ -142,6 +146,7 @@ impl Engine for OpenAiEngine {
         if !p.stop.is_empty() {
             body["stop"] = json!(p.stop);
         }
+        add_sampling_extras(&mut body, &request);
         if self.config.stream {
             body["stream_options"] = json!({ "include_usage": true });
         }
@@ -150,7 +155,7 @@ impl Engine for OpenAiEngine {
                 if messages.is_empty() {
                     return Err(EngineError::InvalidRequest("no messages".into()));
                 }
-                body["messages"] = json!(messages);
+                body["messages"] = Value::Array(messages.iter().map(openai_message).collect());
                 (format!("{}/chat/completions", self.base), true)
             }
             Input::Prompt(prompt) => {
@@ -181,6 +186,69 @@ impl Engine for OpenAiEngine {
         });
         Ok(Generation::new(rx))
     }
+}
+
+/// Penalties, logit biases, the response format and tools, in the server's API.
+fn add_sampling_extras(body: &mut Value, request: &GenerateRequest) {
+    let p = &request.params;
+    if p.presence_penalty != 0.0 {
+        body["presence_penalty"] = json!(p.presence_penalty);
+    }
+    if p.frequency_penalty != 0.0 {
+        body["frequency_penalty"] = json!(p.frequency_penalty);
+    }
+    if !p.logit_bias.is_empty() {
+        let biases: serde_json::Map<String, Value> =
+            p.logit_bias.iter().map(|(token, bias)| (token.to_string(), json!(bias))).collect();
+        body["logit_bias"] = Value::Object(biases);
+    }
+    match &p.response_format {
+        ResponseFormat::Text => {}
+        ResponseFormat::JsonObject => body["response_format"] = json!({ "type": "json_object" }),
+        ResponseFormat::JsonSchema(schema) => {
+            let schema: Value = serde_json::from_str(schema).unwrap_or_else(|_| json!({}));
+            body["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "response", "schema": schema, "strict": true } });
+        }
+    }
+    let tools = &request.tools;
+    if !tools.list.is_empty() {
+        body["tools"] = Value::Array(tools.list.iter().map(chat::tools::openai_tool).collect());
+        body["tool_choice"] = match &tools.choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Function(name) => json!({ "type": "function", "function": { "name": name } }),
+        };
+        body["parallel_tool_calls"] = json!(tools.parallel);
+    }
+}
+
+/// A message in OpenAI's shape (tool calls nested under `function`, arguments as JSON text).
+fn openai_message(m: &ChatMessage) -> Value {
+    let mut v = json!({ "role": m.role, "content": m.content });
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(
+                |c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }),
+            )
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    v
+}
+
+/// Tool calls a server returned as structured data, written as the text QUIVer carries them in
+/// (`<tool_call>` blocks), which the gateway reads back into `tool_calls`.
+fn calls_text(calls: &[(String, String)]) -> String {
+    let calls: Vec<ToolCall> = calls
+        .iter()
+        .map(|(name, arguments)| ToolCall { id: String::new(), name: name.clone(), arguments: arguments.clone() })
+        .collect();
+    chat::tools::calls_as_text(&calls, chat::tools::ToolFormat::Hermes)
 }
 
 type Events = mpsc::Sender<Result<GenEvent, EngineError>>;
@@ -259,6 +327,11 @@ impl Call {
                     break 'read;
                 }
             }
+        }
+        if let Some(text) = stream.calls_text()
+            && tx.send(Ok(GenEvent::Token { text, tokens: 0 })).await.is_err()
+        {
+            return Ok(());
         }
         let (finish_reason, usage) = stream.end()?;
         let _ = tx.send(Ok(GenEvent::Done { finish_reason, usage })).await;
@@ -396,7 +469,26 @@ impl From<WireUsage> for Usage {
 #[derive(Deserialize)]
 struct WireText {
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
 }
+
+/// A tool call, whole or (streamed) a fragment of one: `index` says which.
+#[derive(Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    index: usize,
+    function: Option<WireFunction>,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+/// Most tool calls taken from one answer.
+const MAX_CALLS: usize = 64;
 
 #[derive(Deserialize)]
 struct WireChoice {
@@ -444,7 +536,19 @@ fn parse_whole(body: &[u8], chat: bool) -> Result<(String, FinishReason, Usage),
         .into_iter()
         .next()
         .ok_or_else(|| EngineError::BackendProtocol("the answer has no choices".into()))?;
-    let text = if chat { choice.message.and_then(|m| m.content) } else { choice.text };
+    let text = if chat {
+        choice.message.map(|m| {
+            let mut calls = Vec::new();
+            for call in m.tool_calls.into_iter().take(MAX_CALLS) {
+                let f = call.function.unwrap_or(WireFunction { name: None, arguments: None });
+                calls.push((f.name.unwrap_or_default(), f.arguments.unwrap_or_default()));
+            }
+            let content = m.content.unwrap_or_default();
+            if calls.is_empty() { content } else { format!("{content}{}", calls_text(&calls)) }
+        })
+    } else {
+        choice.text
+    };
     let reason = choice.finish_reason.as_deref().map_or(FinishReason::Stop, finish_reason);
     let usage =
         answer.usage.map(Usage::from).unwrap_or(Usage { prompt_tokens: 0, completion_tokens: 1, cached_tokens: 0 });
@@ -458,11 +562,40 @@ struct StreamState {
     chunks: u32,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
+    /// Streamed tool calls: name and arguments, by index.
+    calls: Vec<(String, String)>,
 }
 
 impl StreamState {
     fn new(chat: bool) -> Self {
-        StreamState { chat, done: false, chunks: 0, finish: None, usage: None }
+        StreamState { chat, done: false, chunks: 0, finish: None, usage: None, calls: Vec::new() }
+    }
+
+    /// Adds fragments of streamed tool calls.
+    fn tool_calls(&mut self, fragments: Vec<WireToolCall>) -> Result<(), EngineError> {
+        for f in fragments {
+            if f.index >= MAX_CALLS {
+                return Err(EngineError::BackendProtocol(format!("a tool call index of {}", f.index)));
+            }
+            if self.calls.len() <= f.index {
+                self.calls.resize(f.index + 1, (String::new(), String::new()));
+            }
+            if let Some(function) = f.function {
+                let (name, arguments) = &mut self.calls[f.index];
+                name.push_str(&function.name.unwrap_or_default());
+                arguments.push_str(&function.arguments.unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    /// The streamed tool calls as text, once (at the end of the stream).
+    fn calls_text(&mut self) -> Option<String> {
+        if self.calls.is_empty() {
+            return None;
+        }
+        self.chunks += 1;
+        Some(calls_text(&std::mem::take(&mut self.calls)))
     }
 
     /// Handles one line; returns new text, if any.
@@ -483,7 +616,12 @@ impl StreamState {
         if let Some(reason) = choice.finish_reason.as_deref() {
             self.finish = Some(finish_reason(reason));
         }
-        let text = if self.chat { choice.delta.and_then(|d| d.content) } else { choice.text };
+        let text = if self.chat {
+            choice.delta.and_then(|d| self.tool_calls(d.tool_calls).map(|()| d.content).transpose())
+        } else {
+            choice.text.map(Ok)
+        }
+        .transpose()?;
         match text {
             Some(text) if !text.is_empty() => {
                 self.chunks += 1;

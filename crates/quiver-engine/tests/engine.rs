@@ -6,3 +6,4 @@ mod common;
 mod llama;
 mod models;
 mod openai;
+mod structured;

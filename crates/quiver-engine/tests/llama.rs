@@ -33,13 +33,13 @@ fn config(context_size: u32) -> LlamaConfig {
 
 /// An engine of its own with `slots` slots, so that other tests' requests do not touch its slots
 /// or its prompt cache.
-fn own_engine(slots: u32) -> LlamaEngine {
+pub(crate) fn own_engine(slots: u32) -> LlamaEngine {
     let entry = models::find(DEFAULT_MODEL).unwrap();
     LlamaEngine::load(&model_path(), DEFAULT_MODEL, Some(entry.sha256), LlamaConfig { slots, ..config(2048) }).unwrap()
 }
 
 /// One engine shared by the tests of this file.
-fn engine() -> &'static LlamaEngine {
+pub(crate) fn engine() -> &'static LlamaEngine {
     static ENGINE: OnceLock<LlamaEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let entry = models::find(DEFAULT_MODEL).unwrap();
@@ -47,25 +47,25 @@ fn engine() -> &'static LlamaEngine {
     })
 }
 
-fn chat(text: &str, params: SamplingParams) -> GenerateRequest {
-    GenerateRequest { input: Input::Chat(vec![ChatMessage { role: "user".into(), content: text.into() }]), params }
+pub(crate) fn chat(text: &str, params: SamplingParams) -> GenerateRequest {
+    GenerateRequest::new(Input::Chat(vec![ChatMessage::new("user", text)]), params)
 }
 
-fn greedy(max_tokens: u32) -> SamplingParams {
+pub(crate) fn greedy(max_tokens: u32) -> SamplingParams {
     SamplingParams { max_tokens, ..Default::default() }
 }
 
-struct Output {
-    text: String,
+pub(crate) struct Output {
+    pub(crate) text: String,
     /// Token events (each with `tokens == 1`).
-    token_events: u32,
+    pub(crate) token_events: u32,
     /// Sum of `tokens` over the events.
-    tokens: u32,
-    finish_reason: FinishReason,
-    usage: Usage,
+    pub(crate) tokens: u32,
+    pub(crate) finish_reason: FinishReason,
+    pub(crate) usage: Usage,
 }
 
-fn run(g: Generation) -> Output {
+pub(crate) fn run(g: Generation) -> Output {
     block_on(async move {
         let mut g = g;
         let (mut text, mut token_events, mut tokens) = (String::new(), 0, 0);
@@ -86,7 +86,7 @@ fn run(g: Generation) -> Output {
     })
 }
 
-fn generate(e: &LlamaEngine, request: GenerateRequest) -> Output {
+pub(crate) fn generate(e: &LlamaEngine, request: GenerateRequest) -> Output {
     run(e.generate(request).unwrap())
 }
 
@@ -170,7 +170,11 @@ fn max_tokens_is_honoured() {
     assert_eq!(out.token_events, 5);
 
     // A raw prompt, continued as is.
-    let request = GenerateRequest { input: Input::Prompt("The capital of France is".into()), params: greedy(4) };
+    let request = GenerateRequest {
+        input: Input::Prompt("The capital of France is".into()),
+        params: greedy(4),
+        tools: Default::default(),
+    };
     let out = generate(e, request);
     assert_eq!(out.usage.completion_tokens, 4);
     assert!(out.usage.prompt_tokens >= 5);
@@ -190,7 +194,8 @@ fn context_overflow_is_an_error() {
     }
     // A prompt that fits but leaves little room: completion clamped to the context.
     let medium = "word ".repeat(200);
-    let out = generate(&e, GenerateRequest { input: Input::Prompt(medium), params: greedy(500) });
+    let out =
+        generate(&e, GenerateRequest { input: Input::Prompt(medium), params: greedy(500), tools: Default::default() });
     assert!(out.usage.prompt_tokens + out.usage.completion_tokens <= 256);
     if out.usage.prompt_tokens + out.usage.completion_tokens == 256 {
         assert_eq!(out.finish_reason, FinishReason::Length);
@@ -209,7 +214,7 @@ fn invalid_requests_are_refused() {
     assert!(bad(SamplingParams { stop: vec!["x".repeat(5000)], ..greedy(4) }));
     let nul = chat("a\0b", greedy(4));
     assert!(matches!(e.generate(nul), Err(EngineError::InvalidRequest(_))));
-    let empty = GenerateRequest { input: Input::Chat(vec![]), params: greedy(4) };
+    let empty = GenerateRequest { input: Input::Chat(vec![]), params: greedy(4), tools: Default::default() };
     assert!(matches!(e.generate(empty), Err(EngineError::InvalidRequest(_))));
 }
 
@@ -327,7 +332,7 @@ fn prompt_cache_hit_gives_the_same_answer() {
 
     // The next turn of the chat: the history is the cached prompt and answer.
     let turn = |answer: &str| {
-        let m = |role: &str, content: &str| ChatMessage { role: role.into(), content: content.into() };
+        let m = |role: &str, content: &str| ChatMessage::new(role, content);
         GenerateRequest {
             input: Input::Chat(vec![
                 m("user", "What is the capital of France?"),
@@ -335,6 +340,7 @@ fn prompt_cache_hit_gives_the_same_answer() {
                 m("user", "And what is its population?"),
             ]),
             params: greedy(24),
+            tools: Default::default(),
         }
     };
     let next = generate(&e, turn(&first.text));

@@ -27,8 +27,9 @@ fn engine(base_url: String, stream: bool, idle: Duration) -> OpenAiEngine {
 
 fn chat(text: &str) -> GenerateRequest {
     GenerateRequest {
-        input: Input::Chat(vec![ChatMessage { role: "user".into(), content: text.into() }]),
+        input: Input::Chat(vec![ChatMessage::new("user", text)]),
         params: SamplingParams { max_tokens: 16, stop: vec!["\n\n".into()], ..Default::default() },
+        tools: Default::default(),
     }
 }
 
@@ -108,7 +109,11 @@ async fn streaming_completion_without_usage() {
     ]);
     let server = FakeServer::start(move |_| vec![sse_head(), Piece::Bytes(body.clone())]).await;
     let e = engine(server.url("/v1"), true, Duration::from_secs(10));
-    let request = GenerateRequest { input: Input::Prompt("count:".into()), params: Default::default() };
+    let request = GenerateRequest {
+        input: Input::Prompt("count:".into()),
+        params: Default::default(),
+        tools: Default::default(),
+    };
     let (texts, done) = collect(e.generate(request).unwrap()).await;
     assert_eq!(texts, ["one", " two"]);
     assert_eq!(done, Ok((FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2, cached_tokens: 0 })));
@@ -233,7 +238,7 @@ async fn bad_configs_and_requests_are_refused() {
     let mut bad = chat("hi");
     bad.params.max_tokens = 0;
     assert!(matches!(e.generate(bad), Err(EngineError::InvalidRequest(_))));
-    let empty = GenerateRequest { input: Input::Chat(vec![]), params: Default::default() };
+    let empty = GenerateRequest { input: Input::Chat(vec![]), params: Default::default(), tools: Default::default() };
     assert!(matches!(e.generate(empty), Err(EngineError::InvalidRequest(_))));
 }
 

@@ -408,16 +408,15 @@ impl Provider {
 
         let started = Instant::now();
         let _running = self.busy.running();
-        let mut generation = match engine.generate(GenerateRequest {
-            input: wire::input_from_wire(input),
-            params: wire::params_from_wire(params.clone()),
-        }) {
-            Ok(g) => g,
-            Err(e) => {
-                self.metrics.job(crate::metrics::JobOutcome::Failed);
-                return write_frame(stream, &error_reply(error_code(&e), e.to_string())).await;
-            }
-        };
+        let (input, tools) = wire::input_from_wire(input);
+        let mut generation =
+            match engine.generate(GenerateRequest { input, params: wire::params_from_wire(params.clone()), tools }) {
+                Ok(g) => g,
+                Err(e) => {
+                    self.metrics.job(crate::metrics::JobOutcome::Failed);
+                    return write_frame(stream, &error_reply(error_code(&e), e.to_string())).await;
+                }
+            };
         let mut text = String::new();
         let mut first_token: Option<Duration> = None;
         let mut chunks = 0usize;

@@ -50,7 +50,7 @@ fn view_of(client: &Node, provider: &Node) -> quiver_reputation::PeerView {
 
 /// What the bare engine answers.
 async fn bare(input: Input, params: SamplingParams) -> String {
-    let mut g = engine().generate(GenerateRequest { input, params }).expect("generates");
+    let mut g = engine().generate(GenerateRequest::new(input, params)).expect("generates");
     let mut text = String::new();
     while let Some(ev) = g.next().await {
         match ev.expect("no error") {

@@ -31,6 +31,14 @@ pub const MAX_MESSAGES: usize = 256;
 pub const MAX_STOP_STRINGS: usize = 8;
 pub const MAX_STOP_LEN: usize = 64;
 pub const MAX_MODEL_NAME: usize = 128;
+/// Most tools in a request.
+pub const MAX_TOOLS: usize = 64;
+/// Longest JSON schema (a response format's, a tool's parameters), in bytes.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Most tool calls in one message.
+pub const MAX_TOOL_CALLS: usize = 64;
+/// Most token ids with a logit bias.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 pub const JOB_ID_LEN: usize = 16;
 
 fn invalid(field: &'static str, reason: &'static str) -> ProtoError {
@@ -67,6 +75,26 @@ impl SamplingParams {
         if self.stop.len() > MAX_STOP_STRINGS || self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
             return Err(invalid("stop", "at most 8 non-empty strings of at most 64 bytes"));
         }
+        match self.response_format.as_str() {
+            "" | "json_object" if self.json_schema.is_empty() => {}
+            "json_schema" if !self.json_schema.is_empty() && self.json_schema.len() <= MAX_SCHEMA_BYTES => {}
+            _ => {
+                return Err(invalid(
+                    "response_format",
+                    "\"\", json_object, or json_schema with a schema of at most 64 KiB",
+                ));
+            }
+        }
+        for v in [self.presence_penalty, self.frequency_penalty] {
+            if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
+                return Err(invalid("penalty", "presence and frequency penalties must be -2..=2"));
+            }
+        }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS
+            || self.logit_bias.iter().any(|b| !b.bias.is_finite() || !(-100.0..=100.0).contains(&b.bias))
+        {
+            return Err(invalid("logit_bias", "at most 1024 biases of -100..=100"));
+        }
         Ok(())
     }
 }
@@ -86,6 +114,22 @@ impl PromptInput {
             if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool" | "developer") {
                 return Err(invalid("messages.role", "not system, user, assistant, tool or developer"));
             }
+            if m.tool_calls.len() > MAX_TOOL_CALLS {
+                return Err(invalid("messages.tool_calls", "too many"));
+            }
+        }
+        if self.tools.len() > MAX_TOOLS {
+            return Err(invalid("tools", "too many"));
+        }
+        if !self.tools.is_empty() && self.messages.is_empty() {
+            return Err(invalid("tools", "only with chat messages"));
+        }
+        if self.tools.iter().any(|t| t.name.is_empty() || t.name.len() > 64 || t.parameters.len() > MAX_SCHEMA_BYTES) {
+            return Err(invalid("tools", "a name of 1..=64 bytes and parameters of at most 64 KiB"));
+        }
+        let choice = self.tool_choice.as_str();
+        if !matches!(choice, "" | "auto" | "none" | "required") && !choice.starts_with("function:") {
+            return Err(invalid("tool_choice", "not auto, none, required or function:NAME"));
         }
         Ok(())
     }

@@ -20,8 +20,8 @@ pub use frame::{FrameError, read_frame, write_frame};
 pub use heartbeat::{HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES, SignedHeartbeat};
 pub use pb::{
     Accepted, Busy, ChatMessage, Claim, ClaimAck, Heartbeat, InferError, InferRequest, InferResponse, JobAnnouncement,
-    ModelInfo, Observation, PromptInput, Queued, Receipt, ReputationReport, SamplingParams, SignedRecord, TokenChunk,
-    infer_response,
+    LogitBias, ModelInfo, Observation, PromptInput, Queued, Receipt, ReputationReport, SamplingParams, SignedRecord,
+    TokenChunk, ToolCall, ToolDef, infer_response,
 };
 pub use signed::{SignedPayload, sign};
 

@@ -21,12 +21,16 @@ use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LogOptions, send_logs_to_tracing};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::{Engine, EngineError, GenerateRequest, Generation, Input, ModelId, models};
+use crate::chat::grammar::{self, Constraint};
+use crate::chat::template::ChatTemplate;
+use crate::chat::tools::{self, ToolFormat};
+use crate::{ChatMessage, Engine, EngineError, GenerateRequest, Generation, Input, ModelId, Tools, models};
 
 /// The `llama-cpp-2` version this crate pins; part of [`Engine::build_id`].
 const LLAMA_CPP_2_VERSION: &str = "0.1.160";
@@ -85,6 +89,9 @@ pub struct LlamaEngine {
 
 struct Inner {
     model: LlamaModel,
+    /// The GGUF's own Jinja template, when it has one that parses.
+    jinja: Option<ChatTemplate>,
+    /// llama.cpp's built-in template for the model (used when there is no Jinja one).
     template: Option<LlamaChatTemplate>,
     id: ModelId,
     threads: u32,
@@ -162,6 +169,7 @@ impl LlamaEngine {
                 None
             }
         };
+        let jinja = jinja_template(&model, name);
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             n => n,
@@ -183,6 +191,7 @@ impl LlamaEngine {
         let id = ModelId { name: name.to_string(), gguf_name, sha256 };
         let inner = Arc::new(Inner {
             model,
+            jinja,
             template,
             id,
             threads,
@@ -215,6 +224,31 @@ impl LlamaEngine {
         (self.inner.cached.load(Ordering::Relaxed), self.inner.prompt_decoded.load(Ordering::Relaxed))
     }
 
+    /// The token ids of `text` as the model reads it (no BOS), e.g. for `logit_bias`.
+    pub fn tokenize_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        if text.len() > MAX_INPUT_BYTES {
+            return Err(EngineError::InvalidRequest(format!("the text has {} bytes", text.len())));
+        }
+        let tokens = self.inner.model.vocab().tokenize(text.as_bytes(), false, false);
+        Ok(tokens.into_iter().filter_map(|t| u32::try_from(t.0).ok()).collect())
+    }
+
+    /// The text of token ids; an id outside the vocabulary is an invalid request.
+    pub fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        let vocab = self.inner.model.vocab();
+        let mut text = crate::Utf8Assembler::new();
+        let mut out = String::new();
+        for &t in tokens {
+            let token = i32::try_from(t)
+                .ok()
+                .filter(|&t| t < vocab.n_tokens())
+                .ok_or_else(|| EngineError::InvalidRequest(format!("token {t} is not in the vocabulary")))?;
+            out.push_str(&text.push(&vocab.token_to_piece(LlamaToken(token), false, None)));
+        }
+        out.push_str(&text.finish());
+        Ok(out)
+    }
+
     /// Completion tokens sampled so far by all generations of this engine (sent or not).
     pub fn tokens_sampled(&self) -> u64 {
         self.inner.sampled.load(Ordering::SeqCst)
@@ -244,7 +278,16 @@ impl Engine for LlamaEngine {
 
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
         request.params.validate()?;
-        let tokens = self.inner.tokenize(&request.input)?;
+        request.tools.validate()?;
+        if request.tools.active() && !matches!(request.input, Input::Chat(_)) {
+            return Err(EngineError::InvalidRequest("tools need chat messages, not a prompt".into()));
+        }
+        let tokens = self.inner.tokenize(&request.input, &request.tools)?;
+        let constraint = grammar::constraint(&request.params, &request.tools, self.inner.tool_format())?;
+        if let Some(c) = &constraint {
+            // Built here too so that a grammar llama.cpp refuses is a refusal before any work.
+            sampler_for(&self.inner.model, c)?;
+        }
         let context = self.inner.context_size;
         let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
         if prompt_tokens == 0 {
@@ -255,7 +298,7 @@ impl Engine for LlamaEngine {
         }
         let max_new = request.params.max_tokens.min(context - prompt_tokens);
         let (tx, rx) = mpsc::channel(Generation::CHANNEL);
-        let job = scheduler::Job::new(tokens, request.params, max_new, tx, Running::new(&self.inner));
+        let job = scheduler::Job::new(tokens, request.params, constraint, max_new, tx, Running::new(&self.inner));
         self.jobs.try_send(job).map_err(|e| match e {
             std_mpsc::TrySendError::Full(_) => {
                 EngineError::Busy(format!("{MAX_WAITING} requests already wait for this engine"))
@@ -268,10 +311,45 @@ impl Engine for LlamaEngine {
     }
 }
 
+/// The GGUF's `tokenizer.chat_template` parsed as Jinja, or `None` (logged) when it has none or
+/// it does not parse.
+fn jinja_template(model: &LlamaModel, name: &str) -> Option<ChatTemplate> {
+    let source = model.meta_val_str("tokenizer.chat_template").ok()?;
+    let vocab = model.vocab();
+    let text = |token: LlamaToken| {
+        (token.0 >= 0 && token.0 < vocab.n_tokens())
+            .then(|| vocab.text(token).map(|t| t.to_string_lossy().into_owned()))
+            .flatten()
+            .unwrap_or_default()
+    };
+    match ChatTemplate::new(&source, &text(vocab.bos()), &text(vocab.eos())) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(model = name, error = %e, "the model's Jinja chat template cannot be used; llama.cpp's built-in one is");
+            None
+        }
+    }
+}
+
+/// The grammar sampler of a constraint (lazy when it has triggers).
+pub(crate) fn sampler_for(model: &LlamaModel, c: &Constraint) -> Result<LlamaSampler, EngineError> {
+    let made = if c.triggers.is_empty() {
+        LlamaSampler::grammar(model, &c.grammar, &c.root)
+    } else {
+        LlamaSampler::grammar_lazy(model, &c.grammar, &c.root, &c.triggers, &[])
+    };
+    made.map_err(|e| EngineError::InvalidRequest(format!("llama.cpp refuses the grammar: {e}")))
+}
+
 impl Inner {
+    /// How the model calls tools.
+    fn tool_format(&self) -> ToolFormat {
+        self.jinja.as_ref().map_or(ToolFormat::Generic, ChatTemplate::tool_format)
+    }
+
     /// The prompt's tokens: the chat template applied to messages, or the raw prompt (with BOS
     /// if the vocabulary wants one).
-    fn tokenize(&self, input: &Input) -> Result<Vec<LlamaToken>, EngineError> {
+    fn tokenize(&self, input: &Input, tools: &Tools) -> Result<Vec<LlamaToken>, EngineError> {
         let too_long =
             |n: usize| EngineError::InvalidRequest(format!("the input has {n} bytes (most: {MAX_INPUT_BYTES})"));
         let text = match input {
@@ -286,29 +364,79 @@ impl Inner {
                         messages.len()
                     )));
                 }
-                let bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+                let bytes: usize = messages
+                    .iter()
+                    .map(|m| {
+                        m.role.len()
+                            + m.content.len()
+                            + m.tool_calls.iter().map(|c| c.name.len() + c.arguments.len() + c.id.len()).sum::<usize>()
+                    })
+                    .sum();
                 if bytes > MAX_INPUT_BYTES {
                     return Err(too_long(bytes));
                 }
-                let template = self
-                    .template
-                    .as_ref()
-                    .ok_or_else(|| EngineError::InvalidRequest("the model has no chat template".into()))?;
-                let messages = messages
-                    .iter()
-                    .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| EngineError::InvalidRequest("a message contains a NUL".into()))?;
-                let text = self
-                    .model
-                    .apply_chat_template(template, &messages, true)
-                    .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))?;
-                Cow::Owned(text)
+                if messages.iter().any(|m| m.role.contains('\0') || m.content.contains('\0')) {
+                    return Err(EngineError::InvalidRequest("a message contains a NUL".into()));
+                }
+                Cow::Owned(match &self.jinja {
+                    Some(jinja) => self.strip_bos(
+                        jinja
+                            .render(messages, tools)
+                            .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))?,
+                    ),
+                    None => self.builtin_template(messages, tools)?,
+                })
             }
         };
         if text.len() > MAX_INPUT_BYTES {
             return Err(too_long(text.len()));
         }
         Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+    }
+
+    /// Without the BOS text a template wrote first when tokenizing adds BOS anyway (as llama.cpp
+    /// does), so the prompt does not start with two.
+    fn strip_bos(&self, text: String) -> String {
+        let vocab = self.model.vocab();
+        let bos = vocab.bos();
+        if !vocab.should_add_bos() || bos.0 < 0 || bos.0 >= vocab.n_tokens() {
+            return text;
+        }
+        match vocab.text(bos).map(|t| t.to_string_lossy().into_owned()) {
+            Some(b) if !b.is_empty() && text.starts_with(&b) => text[b.len()..].to_owned(),
+            _ => text,
+        }
+    }
+
+    /// llama.cpp's built-in template; tools are shown in a system message, calls and results as
+    /// text.
+    fn builtin_template(&self, messages: &[ChatMessage], tools: &Tools) -> Result<String, EngineError> {
+        let template = self
+            .template
+            .as_ref()
+            .ok_or_else(|| EngineError::InvalidRequest("the model has no chat template".into()))?;
+        let mut plain: Vec<(String, String)> = Vec::with_capacity(messages.len() + 1);
+        if tools.active() {
+            plain.push(("system".into(), tools::system_prompt(tools, ToolFormat::Generic)));
+        }
+        for m in messages {
+            let mut content = m.content.clone();
+            if !m.tool_calls.is_empty() {
+                let calls = tools::calls_as_text(&m.tool_calls, ToolFormat::Generic);
+                content = if content.is_empty() { calls } else { format!("{content}\n{calls}") };
+            }
+            if m.role == "tool" {
+                content = format!("<tool_response>\n{content}\n</tool_response>");
+            }
+            plain.push((m.role.clone(), content));
+        }
+        let messages = plain
+            .into_iter()
+            .map(|(role, content)| LlamaChatMessage::new(role, content))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| EngineError::InvalidRequest("a message contains a NUL".into()))?;
+        self.model
+            .apply_chat_template(template, &messages, true)
+            .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))
     }
 }

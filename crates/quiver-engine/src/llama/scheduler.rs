@@ -38,12 +38,15 @@ use std::time::Duration;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
-use super::{Inner, MAX_BATCH, MAX_WAITING, Running, THREAD_STACK, backend};
+use super::{Inner, MAX_BATCH, MAX_WAITING, Running, THREAD_STACK, backend, sampler_for};
+use crate::chat::grammar::Constraint;
 use crate::{EngineError, FinishReason, GenEvent, SamplingParams, StopFilter, Usage, Utf8Assembler};
 
 type Events = tokio::sync::mpsc::Sender<Result<GenEvent, EngineError>>;
@@ -55,6 +58,8 @@ const STALLED_WAIT: Duration = Duration::from_millis(2);
 pub(super) struct Job {
     tokens: Vec<LlamaToken>,
     params: SamplingParams,
+    /// The grammar the output must follow, if any.
+    constraint: Option<Constraint>,
     /// Completion tokens allowed (`max_tokens` clamped to the room left in the context).
     max_new: u32,
     tx: Events,
@@ -66,11 +71,12 @@ impl Job {
     pub(super) fn new(
         tokens: Vec<LlamaToken>,
         params: SamplingParams,
+        constraint: Option<Constraint>,
         max_new: u32,
         tx: Events,
         running: Running,
     ) -> Job {
-        Job { tokens, params, max_new, tx, _running: running }
+        Job { tokens, params, constraint, max_new, tx, _running: running }
     }
 }
 
@@ -154,21 +160,44 @@ struct Active {
     in_batch: usize,
 }
 
+/// The sampler chain of a request: its grammar, logit biases and penalties, then greedy or
+/// top-p/temperature/seeded sampling.
+fn sampler(model: &LlamaModel, job: &Job) -> Result<LlamaSampler, EngineError> {
+    let p = &job.params;
+    let mut chain = Vec::with_capacity(6);
+    if let Some(c) = &job.constraint {
+        chain.push(sampler_for(model, c)?);
+    }
+    if !p.logit_bias.is_empty() {
+        let n_vocab = model.n_vocab();
+        let biases: Vec<LlamaLogitBias> = p
+            .logit_bias
+            .iter()
+            .filter(|&&(token, _)| i32::try_from(token).is_ok_and(|t| t < n_vocab))
+            .map(|&(token, bias)| LlamaLogitBias::new(LlamaToken(token as i32), bias))
+            .collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
+    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        // Over the whole answer, as OpenAI's penalties are.
+        let window = i32::try_from(job.max_new).unwrap_or(i32::MAX);
+        chain.push(LlamaSampler::penalties(model.n_vocab(), window, 1.0, p.frequency_penalty, p.presence_penalty));
+    }
+    if p.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        // llama.cpp takes u32::MAX as "pick a random seed".
+        let seed = (p.seed as u32).min(u32::MAX - 1);
+        chain.push(LlamaSampler::top_p(p.top_p, 1));
+        chain.push(LlamaSampler::temp(p.temperature));
+        chain.push(LlamaSampler::dist(seed));
+    }
+    Ok(if chain.len() == 1 { chain.remove(0) } else { LlamaSampler::chain_simple(chain) })
+}
+
 impl Active {
-    fn new(job: Job, next_prompt: usize) -> Active {
-        let p = &job.params;
-        let sampler = if p.temperature <= 0.0 {
-            LlamaSampler::greedy()
-        } else {
-            // llama.cpp takes u32::MAX as "pick a random seed".
-            let seed = (p.seed as u32).min(u32::MAX - 1);
-            LlamaSampler::chain_simple([
-                LlamaSampler::top_p(p.top_p, 1),
-                LlamaSampler::temp(p.temperature),
-                LlamaSampler::dist(seed),
-            ])
-        };
-        let stop = StopFilter::new(p.stop.clone());
+    fn new(job: Job, next_prompt: usize, sampler: LlamaSampler) -> Active {
+        let stop = StopFilter::new(job.params.stop.clone());
         Active {
             cached_tokens: u32::try_from(next_prompt).unwrap_or(u32::MAX),
             job,
@@ -295,7 +324,12 @@ impl<'a> Scheduler<'a> {
             let keep = self.truncate_seq(index, keep);
             self.inner.cached.fetch_add(keep as u64, Ordering::Relaxed);
             debug!(seq = self.slots[index].seq, prompt_tokens = job.tokens.len(), cached = keep, "request admitted");
-            self.slots[index].active = Some(Active::new(job, keep));
+            match sampler(&self.inner.model, &job) {
+                Ok(sampler) => self.slots[index].active = Some(Active::new(job, keep, sampler)),
+                Err(e) => {
+                    let _ = job.tx.try_send(Err(e));
+                }
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::AsyncWriteExt;
-use quiver_engine::{FinishReason, Input, SamplingParams, Usage};
+use quiver_engine::{FinishReason, Input, SamplingParams, Tools, Usage};
 use quiver_net::{Multiaddr, NetError, PeerId, StreamProtocol};
 use quiver_proto::FrameError;
 use quiver_proto::infer::{
@@ -43,6 +43,9 @@ pub struct InferenceRequest {
     pub model_sha256: Option<[u8; 32]>,
     pub input: Input,
     pub params: SamplingParams,
+    /// Tools the model may call (chat only); the provider renders them with its model's template
+    /// and, for a forced call, constrains the output with a grammar.
+    pub tools: Tools,
     /// Announce the job on gossip and wait `claim_window` for claims before asking directly.
     pub broadcast: bool,
     pub claim_window: Duration,
@@ -61,11 +64,7 @@ pub struct InferenceRequest {
 impl InferenceRequest {
     /// A chat request with one user message (the model's chat template is applied).
     pub fn chat(model: &str, prompt: &str, max_tokens: u32) -> Self {
-        Self::new(
-            model,
-            Input::Chat(vec![quiver_engine::ChatMessage { role: "user".into(), content: prompt.into() }]),
-            max_tokens,
-        )
+        Self::new(model, Input::Chat(vec![quiver_engine::ChatMessage::new("user", prompt)]), max_tokens)
     }
 
     /// A raw completion request (the prompt is continued as is).
@@ -79,6 +78,7 @@ impl InferenceRequest {
             model_sha256: None,
             input,
             params: SamplingParams { max_tokens, ..SamplingParams::default() },
+            tools: Tools::default(),
             broadcast: true,
             claim_window: Duration::from_secs(2),
             max_attempts: 4,
@@ -352,7 +352,7 @@ impl Node {
             request_id: random_id(),
             model: request.model.clone(),
             model_sha256: request.model_sha256.map(|s| s.to_vec()).unwrap_or_default(),
-            input: Some(wire::input_to_wire(&request.input)),
+            input: Some(wire::input_to_wire(&request.input, &request.tools)),
             params: Some(wire::params_to_wire(&request.params)),
         };
         wire_request.validate().map_err(|e| InferError::Invalid(e.to_string()))?;

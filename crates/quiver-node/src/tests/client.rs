@@ -132,7 +132,7 @@ mod receipts {
     const TEXT: &str = "The sea is wide.";
 
     fn params() -> SamplingParams {
-        SamplingParams { max_tokens: 16, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] }
+        SamplingParams { max_tokens: 16, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![], ..Default::default() }
     }
 
     fn request() -> InferRequest {

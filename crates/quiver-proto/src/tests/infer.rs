@@ -4,7 +4,7 @@ use super::*;
 use crate::ChatMessage;
 
 fn params() -> SamplingParams {
-    SamplingParams { max_tokens: 10, temperature: 0.0, top_p: 1.0, seed: 1, stop: vec![] }
+    SamplingParams { max_tokens: 10, temperature: 0.0, top_p: 1.0, seed: 1, stop: vec![], ..Default::default() }
 }
 
 #[test]
@@ -15,7 +15,8 @@ fn requests_are_validated() {
         model_sha256: vec![],
         input: Some(PromptInput {
             prompt: String::new(),
-            messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+            messages: vec![ChatMessage { role: "user".into(), content: "hi".into(), ..Default::default() }],
+            ..Default::default()
         }),
         params: Some(params()),
     };
@@ -32,13 +33,15 @@ fn requests_are_validated() {
     let mut bad = ok.clone();
     bad.input = Some(PromptInput {
         prompt: "x".into(),
-        messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+        messages: vec![ChatMessage { role: "user".into(), content: "hi".into(), ..Default::default() }],
+        ..Default::default()
     });
     assert!(bad.validate().is_err());
     let mut bad = ok;
     bad.input = Some(PromptInput {
         prompt: String::new(),
-        messages: vec![ChatMessage { role: "root".into(), content: "x".into() }],
+        messages: vec![ChatMessage { role: "root".into(), content: "x".into(), ..Default::default() }],
+        ..Default::default()
     });
     assert!(bad.validate().is_err());
 }

@@ -103,7 +103,14 @@ pub fn heartbeat() -> impl Strategy<Value = Heartbeat> {
 
 pub fn sampling_params_with(floats: impl Strategy<Value = f32> + Clone) -> impl Strategy<Value = SamplingParams> {
     (prop_oneof![0u32..20_000, any::<u32>()], floats.clone(), floats, any::<u64>(), vec(text(70), 0..10)).prop_map(
-        |(max_tokens, temperature, top_p, seed, stop)| SamplingParams { max_tokens, temperature, top_p, seed, stop },
+        |(max_tokens, temperature, top_p, seed, stop)| SamplingParams {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            ..Default::default()
+        },
     )
 }
 
@@ -116,11 +123,15 @@ pub fn chat_message() -> impl Strategy<Value = ChatMessage> {
         Just("developer".to_owned()),
         text(12),
     ];
-    (role, text(200)).prop_map(|(role, content)| ChatMessage { role, content })
+    (role, text(200)).prop_map(|(role, content)| ChatMessage { role, content, ..Default::default() })
 }
 
 pub fn prompt_input() -> impl Strategy<Value = PromptInput> {
-    (text(300), vec(chat_message(), 0..8)).prop_map(|(prompt, messages)| PromptInput { prompt, messages })
+    (text(300), vec(chat_message(), 0..8)).prop_map(|(prompt, messages)| PromptInput {
+        prompt,
+        messages,
+        ..Default::default()
+    })
 }
 
 pub fn model_name() -> impl Strategy<Value = String> {

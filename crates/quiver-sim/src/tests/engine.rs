@@ -5,10 +5,7 @@ use super::*;
 use quiver_engine::{Engine, SamplingParams};
 
 fn request(prompt: &str, max_tokens: u32) -> GenerateRequest {
-    GenerateRequest {
-        input: Input::Prompt(prompt.into()),
-        params: SamplingParams { max_tokens, ..SamplingParams::default() },
-    }
+    GenerateRequest::new(Input::Prompt(prompt.into()), SamplingParams { max_tokens, ..SamplingParams::default() })
 }
 
 async fn run(engine: &PacedEngine, req: GenerateRequest) -> (String, FinishReason, Usage) {
