@@ -1,7 +1,8 @@
 //! The API surface tools use, seen from outside: the release binaries as separate processes on
 //! 127.0.0.1 (a bootstrap node, a provider serving the real default model, `quiver gateway`),
 //! driven by the real Python clients: the `openai` package for tools, structured output and the
-//! sampling fields (checked with the `jsonschema` package).
+//! sampling fields (checked with the `jsonschema` package), and the `ollama` package for Ollama's
+//! API.
 //!
 //! Needs the default model (scripts/fetch-model.sh) and the Python packages
 //! (scripts/install-deps.sh).
@@ -38,4 +39,19 @@ fn openai_tools_structured_output_and_sampling_fields() {
     assert_eq!(seen["n"], 3, "{seen}");
     assert_eq!(seen["invalid_schema"], "invalid_request", "{seen}");
     step(t, "openai client: forced, follow-up and streamed tool calls, json_schema, json_object, usage, n, 400s");
+}
+
+#[test]
+fn ollama_python_client_through_the_network() {
+    let _machine = support::heavy();
+    let t = Instant::now();
+    let net = crate::gateway::start_network_with(t, &[]);
+    let host = format!("http://{}", net.gateway_addr());
+    let seen = python("ollama_client.py", &[("OLLAMA_HOST", host.as_str())]);
+    println!("ollama client saw: {seen}");
+    assert_eq!(seen["list"], serde_json::json!(["smollm2-135m:latest"]), "{seen}");
+    assert!(seen["chat"].as_str().is_some_and(|c| !c.is_empty()), "{seen}");
+    assert!(seen["format"]["city"].is_string(), "{seen}");
+    assert_eq!(seen["unknown"], 404, "{seen}");
+    step(t, "ollama client: list, show, ps, chat and generate (whole, streamed, raw), format, tools, 404");
 }

@@ -64,6 +64,8 @@ pub struct SamplingParams {
     pub max_tokens: u32,
     pub temperature: f32,
     pub top_p: f32,
+    /// Sample among the `top_k` most likely tokens only (0 = all); ignored when greedy.
+    pub top_k: u32,
     pub seed: u64,
     /// Generation ends before the first occurrence of any of these; they are not emitted.
     pub stop: Vec<String>,
@@ -83,6 +85,7 @@ impl Default for SamplingParams {
             max_tokens: 128,
             temperature: 0.0,
             top_p: 1.0,
+            top_k: 0,
             seed: 0,
             stop: Vec::new(),
             response_format: ResponseFormat::Text,
@@ -124,6 +127,9 @@ impl SamplingParams {
             if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
                 return bad(format!("{name} {v} is not in -2..=2"));
             }
+        }
+        if self.top_k > 100_000 {
+            return bad(format!("top_k {} is above 100000", self.top_k));
         }
         if self.logit_bias.len() > Self::MAX_LOGIT_BIAS {
             return bad(format!("{} logit biases (most: {})", self.logit_bias.len(), Self::MAX_LOGIT_BIAS));

@@ -191,6 +191,10 @@ impl Engine for OpenAiEngine {
 /// Penalties, logit biases, the response format and tools, in the server's API.
 fn add_sampling_extras(body: &mut Value, request: &GenerateRequest) {
     let p = &request.params;
+    if p.top_k > 0 {
+        // Not OpenAI's, but llama.cpp's server, vLLM and Ollama's OpenAI API take it.
+        body["top_k"] = json!(p.top_k);
+    }
     if p.presence_penalty != 0.0 {
         body["presence_penalty"] = json!(p.presence_penalty);
     }

@@ -5,6 +5,7 @@
 //! Everything is bounded: request bodies ([`openai::MAX_BODY_BYTES`] on `/v1`, 16 KiB
 //! elsewhere), the recent-jobs ring of the node, the SSE channel of a streamed answer.
 
+pub mod ollama;
 pub mod openai;
 pub mod serve;
 pub mod status;
@@ -93,6 +94,8 @@ pub fn gateway_router(node: Node, options: GatewayOptions) -> Router {
     let completions = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
         // The body must arrive in time: a slow upload holds an in-flight place only so long.
         .layer(axum::middleware::from_fn_with_state(
             openai::BodyDeadline { node: node.clone(), limit: options.body_timeout },
@@ -104,6 +107,10 @@ pub fn gateway_router(node: Node, options: GatewayOptions) -> Router {
     let v1 = completions
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{*model}", get(openai::model))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/show", post(ollama::show))
+        .route("/api/version", get(ollama::version))
         .layer(DefaultBodyLimit::max(openai::MAX_BODY_BYTES))
         .with_state(node.clone());
     let v1 = if options.api_keys.is_empty() {

@@ -38,4 +38,5 @@ pub use node::{AGENT_VERSION, HeartbeatEvent, Node, NodeConfig, NodeError, NodeS
 pub use provider::{ProviderConfig, REQUEST_BURST, REQUESTS_PER_SEC};
 pub use quiver_engine as engine;
 pub use quiver_net::{BootstrapAddr, Multiaddr, PeerId, PeerInfo, TransportKind};
+pub use quiver_proto as proto;
 pub use quiver_reputation as reputation;

@@ -75,6 +75,9 @@ impl SamplingParams {
         if self.stop.len() > MAX_STOP_STRINGS || self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
             return Err(invalid("stop", "at most 8 non-empty strings of at most 64 bytes"));
         }
+        if self.top_k > 100_000 {
+            return Err(invalid("top_k", "must be 0..=100000"));
+        }
         match self.response_format.as_str() {
             "" | "json_object" if self.json_schema.is_empty() => {}
             "json_schema" if !self.json_schema.is_empty() && self.json_schema.len() <= MAX_SCHEMA_BYTES => {}

@@ -205,7 +205,7 @@ const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "
 
 /// Formats `secs` since the Unix epoch (UTC) with strftime's `%Y %m %d %e %b %B %a %A %H %M %S
 /// %y %j %%`; other specifiers are copied as written.
-pub(crate) fn strftime(format: &str, secs: u64) -> String {
+pub fn strftime(format: &str, secs: u64) -> String {
     let days = secs / 86_400;
     let (y, m, d) = civil_from_days(days as i64);
     let rem = secs % 86_400;

@@ -188,6 +188,9 @@ fn sampler(model: &LlamaModel, job: &Job) -> Result<LlamaSampler, EngineError> {
     } else {
         // llama.cpp takes u32::MAX as "pick a random seed".
         let seed = (p.seed as u32).min(u32::MAX - 1);
+        if p.top_k > 0 {
+            chain.push(LlamaSampler::top_k(i32::try_from(p.top_k).unwrap_or(i32::MAX)));
+        }
         chain.push(LlamaSampler::top_p(p.top_p, 1));
         chain.push(LlamaSampler::temp(p.temperature));
         chain.push(LlamaSampler::dist(seed));

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,7 @@ pub const VERIFY_HEADER: &str = "x-quiver-verify";
 
 /// Whether to verify a request: its `X-Quiver-Verify` header, else the gateway's default. A
 /// header that is neither `true` nor `false` (nor 1/0) is a 400, not silently ignored.
-pub(super) fn wants_verify(headers: &HeaderMap, default: bool) -> Result<bool, ApiError> {
+pub(crate) fn wants_verify(headers: &HeaderMap, default: bool) -> Result<bool, ApiError> {
     let Some(v) = headers.get(VERIFY_HEADER) else { return Ok(default) };
     match v.to_str().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
         Ok("true" | "1") => Ok(true),
@@ -42,10 +43,22 @@ pub struct BodyDeadline {
     pub limit: Duration,
 }
 
+/// The metrics label of a limited route.
+fn endpoint_of(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/embeddings" => "embeddings",
+        "/api/chat" => "ollama_chat",
+        "/api/generate" => "ollama_generate",
+        "/api/embed" | "/api/embeddings" => "ollama_embed",
+        _ => "completions",
+    }
+}
+
 /// Reads a completion request's body within its deadline (and [`MAX_BODY_BYTES`]): a client
 /// that sends its body a byte at a time gets a 408 instead of holding an in-flight place.
 pub async fn read_body_in_time(State(deadline): State<BodyDeadline>, req: Request, next: Next) -> Response {
-    let endpoint = if req.uri().path().ends_with("/chat/completions") { "chat_completions" } else { "completions" };
+    let endpoint = endpoint_of(req.uri().path());
     let (parts, body) = req.into_parts();
     // One byte over the limit is enough to tell a body that is too large.
     let read = tokio::time::timeout(deadline.limit, axum::body::to_bytes(body, MAX_BODY_BYTES + 1)).await;
@@ -116,8 +129,7 @@ pub async fn limit_in_flight(State(limit): State<InFlightLimit>, mut req: Reques
             next.run(req).await
         }
         Err(_) => {
-            let endpoint =
-                if req.uri().path().ends_with("/chat/completions") { "chat_completions" } else { "completions" };
+            let endpoint = endpoint_of(req.uri().path());
             limit.node.record_gateway_request(endpoint, StatusCode::TOO_MANY_REQUESTS.as_u16());
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -127,5 +139,23 @@ pub async fn limit_in_flight(State(limit): State<InFlightLimit>, mut req: Reques
             )
             .into_response()
         }
+    }
+}
+
+/// What every completion route takes besides its body: its place among the requests in flight
+/// and whether to verify it (its header, else the gateway's default; a bad header is the
+/// route's 400, counted with its other answers).
+pub struct Admission {
+    pub place: Option<InFlight>,
+    pub verify: Result<bool, ApiError>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Admission {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let place = parts.extensions.get::<InFlight>().cloned();
+        let default = parts.extensions.get::<VerifyByDefault>().is_some_and(|v| v.0);
+        Ok(Admission { place, verify: wants_verify(&parts.headers, default) })
     }
 }

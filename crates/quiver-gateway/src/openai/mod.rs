@@ -1,28 +1,27 @@
 //! The OpenAI-compatible API, served by the network: `POST /v1/chat/completions`,
 //! `POST /v1/completions` (both with SSE streaming) and `GET /v1/models`.
 
-mod limits;
-mod request;
+pub(crate) mod limits;
+pub(crate) mod request;
 mod stream;
-mod tool_calls;
+pub(crate) mod tool_calls;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use quiver_node::engine::{Input, Usage};
 use quiver_node::{InferError, InferenceRequest, InferenceResult, Node, StreamEvent};
 use serde_json::{Value, json};
 
-use limits::wants_verify;
 pub use limits::{
-    BODY_READ_TIMEOUT, BodyDeadline, InFlight, InFlightLimit, VERIFY_HEADER, VerifyByDefault, limit_in_flight,
-    read_body_in_time,
+    Admission, BODY_READ_TIMEOUT, BodyDeadline, InFlight, InFlightLimit, VERIFY_HEADER, VerifyByDefault,
+    limit_in_flight, read_body_in_time,
 };
 pub use request::CompletionRequest;
 use request::{ApiMessage, check_tool_results, parse_body};
@@ -52,10 +51,15 @@ impl ApiError {
         self.status
     }
 
+    /// What went wrong, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// From an error of the network, knowing whether the model is one anybody serves or
     /// catalogues: asking for a model nobody knows is 404 `model_not_found`, as with OpenAI; a
     /// known model with no provider reachable now is 503.
-    fn from_infer(e: InferError, model_known: bool) -> Self {
+    pub(crate) fn from_infer(e: InferError, model_known: bool) -> Self {
         match e {
             InferError::NoProvider { model } if !model_known => ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -135,7 +139,7 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -160,13 +164,11 @@ enum Kind {
 
 pub async fn chat_completions(
     State(node): State<Node>,
-    place: Option<Extension<InFlight>>,
-    verify: Option<Extension<VerifyByDefault>>,
-    headers: HeaderMap,
+    admission: Admission,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let answer = async {
-        let verify = wants_verify(&headers, verify.is_some_and(|Extension(v)| v.0))?;
+        let verify = admission.verify?;
         let req = parse_body(body)?;
         let messages = req.messages.clone().ok_or_else(|| ApiError::bad_request("`messages` is required"))?;
         if messages.is_empty() {
@@ -175,20 +177,18 @@ pub async fn chat_completions(
         let messages = messages.into_iter().map(ApiMessage::into_chat).collect::<Result<Vec<_>, _>>()?;
         check_tool_results(&messages)?;
         let inference = InferenceRequest { verify, ..req.to_inference(Input::Chat(messages))? };
-        respond(&node, req, inference, Kind::Chat, place.map(|Extension(p)| p)).await
+        respond(&node, req, inference, Kind::Chat, admission.place).await
     };
     counted(&node, "chat_completions", answer.await)
 }
 
 pub async fn completions(
     State(node): State<Node>,
-    place: Option<Extension<InFlight>>,
-    verify: Option<Extension<VerifyByDefault>>,
-    headers: HeaderMap,
+    admission: Admission,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let answer = async {
-        let verify = wants_verify(&headers, verify.is_some_and(|Extension(v)| v.0))?;
+        let verify = admission.verify?;
         let req = parse_body(body)?;
         let prompt = match &req.prompt {
             Some(Value::String(s)) => s.clone(),
@@ -196,21 +196,21 @@ pub async fn completions(
             _ => return Err(ApiError::bad_request("`prompt` must be a string")),
         };
         let inference = InferenceRequest { verify, ..req.to_inference(Input::Prompt(prompt))? };
-        respond(&node, req, inference, Kind::Completion, place.map(|Extension(p)| p)).await
+        respond(&node, req, inference, Kind::Completion, admission.place).await
     };
     counted(&node, "completions", answer.await)
 }
 
 /// Counts the request by endpoint and status (the tokens of answered ones are counted where the
 /// answer ends).
-fn counted(node: &Node, endpoint: &'static str, answer: Result<Response, ApiError>) -> Response {
+pub(crate) fn counted(node: &Node, endpoint: &'static str, answer: Result<Response, ApiError>) -> Response {
     let resp = answer.unwrap_or_else(IntoResponse::into_response);
     node.record_gateway_request(endpoint, resp.status().as_u16());
     resp
 }
 
 /// Whether anybody is known to serve `model`, or the catalogue names it.
-async fn model_known(node: &Node, model: &str) -> bool {
+pub(crate) async fn model_known(node: &Node, model: &str) -> bool {
     quiver_node::engine::models::find(model).is_some()
         || crate::status::providers_by_model(node).await.contains_key(model)
 }

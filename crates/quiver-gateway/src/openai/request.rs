@@ -187,6 +187,8 @@ pub struct CompletionRequest {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     top_p: Option<f32>,
+    /// llama.cpp's server and vLLM take it beside OpenAI's fields.
+    top_k: Option<u32>,
     seed: Option<u64>,
     stop: Option<Stop>,
     #[serde(default)]
@@ -246,6 +248,7 @@ impl CompletionRequest {
             max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
             temperature,
             top_p: self.top_p.unwrap_or(1.0),
+            top_k: self.top_k.unwrap_or(0),
             // A fixed seed lets a failover reproduce the same tokens.
             seed: self.seed.unwrap_or_else(|| if temperature > 0.0 { rand::random() } else { 0 }),
             stop,

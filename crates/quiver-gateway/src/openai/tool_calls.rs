@@ -16,7 +16,7 @@ const OPEN_TAG: &str = "<tool_call>";
 const ARGUMENT_FRAGMENT: usize = 32;
 
 /// A fresh tool call id, as OpenAI's look (`call_` and 24 characters).
-pub(super) fn call_id() -> String {
+pub(crate) fn call_id() -> String {
     format!("call_{:024x}", rand::random::<u128>() >> 32)
 }
 
@@ -64,7 +64,7 @@ fn fragments(s: &str, size: usize) -> Vec<&str> {
 }
 
 /// Splits a streamed answer into content to send now and text held until the end.
-pub(super) struct Splitter {
+pub(crate) struct Splitter {
     tools: Tools,
     held: String,
     /// Content was sent: the answer is not one call from its start.
@@ -74,12 +74,12 @@ pub(super) struct Splitter {
 }
 
 impl Splitter {
-    pub(super) fn new(tools: Tools) -> Self {
+    pub(crate) fn new(tools: Tools) -> Self {
         Splitter { tools, held: String::new(), sent: false, in_call: false }
     }
 
     /// Takes newly generated text; returns the content that can be sent now.
-    pub(super) fn push(&mut self, text: &str) -> String {
+    pub(crate) fn push(&mut self, text: &str) -> String {
         self.held.push_str(text);
         if self.in_call || (!self.sent && tools::may_become_call(&self.held)) {
             return String::new();
@@ -107,7 +107,7 @@ impl Splitter {
     }
 
     /// The answer is over: the content still held and the calls it made.
-    pub(super) fn finish(self) -> (String, Vec<ParsedCall>) {
+    pub(crate) fn finish(self) -> (String, Vec<ParsedCall>) {
         let parsed = tools::parse(&self.held, &self.tools);
         if parsed.calls.is_empty() { (self.held, Vec::new()) } else { (parsed.content, parsed.calls) }
     }

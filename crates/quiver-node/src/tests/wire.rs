@@ -13,6 +13,7 @@ fn round_trips() {
         max_tokens: 5,
         temperature: 0.7,
         top_p: 0.9,
+        top_k: 40,
         seed: 42,
         stop: vec!["\n".into()],
         response_format: ResponseFormat::JsonSchema(r#"{"type":"object"}"#.into()),
