@@ -16,6 +16,7 @@ mod stream;
 
 use std::fmt;
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -248,6 +249,34 @@ pub trait Engine: Send + Sync + 'static {
     /// Starts generating. Errors found before any token (e.g. prompt longer than the context)
     /// are returned here or as the first event.
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError>;
+    /// Whether [`Engine::embed`] computes embeddings.
+    fn embeds(&self) -> bool {
+        false
+    }
+    /// Embeddings of `inputs` (L2-normalised, one per input, in order).
+    fn embed(&self, inputs: Vec<String>) -> BoxFuture<'static, Result<Embeddings, EngineError>> {
+        drop(inputs);
+        Box::pin(async { Err(EngineError::InvalidRequest("this engine does not compute embeddings".into())) })
+    }
+}
+
+/// Embeddings of a request's texts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One vector per input, in input order, each of length one (L2).
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read, over all inputs.
+    pub prompt_tokens: u32,
+}
+
+/// Scales `v` to length one (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x = (f64::from(*x) / norm) as f32;
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]

@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tracing::debug;
 
+use futures::future::BoxFuture;
+
 use crate::{
-    ChatMessage, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId,
+    ChatMessage, Embeddings, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId,
     ResponseFormat, ToolCall, ToolChoice, Usage, chat,
 };
 
@@ -186,6 +188,24 @@ impl Engine for OpenAiEngine {
         });
         Ok(Generation::new(rx))
     }
+
+    fn embeds(&self) -> bool {
+        true
+    }
+
+    fn embed(&self, inputs: Vec<String>) -> BoxFuture<'static, Result<Embeddings, EngineError>> {
+        let count = inputs.len();
+        let call = Call {
+            client: self.client.clone(),
+            url: format!("{}/embeddings", self.base),
+            api_key: self.config.api_key.clone(),
+            body: json!({ "model": self.config.model, "input": inputs, "encoding_format": "float" }),
+            chat: false,
+            stream: false,
+            idle: self.config.idle_timeout,
+        };
+        Box::pin(async move { call.embeddings(count).await })
+    }
 }
 
 /// Penalties, logit biases, the response format and tools, in the server's API.
@@ -269,7 +289,8 @@ struct Call {
 }
 
 impl Call {
-    async fn run(&self, tx: &Events) -> Result<(), EngineError> {
+    /// Posts the body; the response once its status says success.
+    async fn send(&self) -> Result<reqwest::Response, EngineError> {
         let mut request = self.client.post(&self.url).json(&self.body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
@@ -283,6 +304,35 @@ impl Call {
             let body = self.read_body(&mut response, MAX_ERROR_BODY).await.unwrap_or_default();
             return Err(EngineError::BackendStatus { status: status.as_u16(), message: error_message(&body, status) });
         }
+        Ok(response)
+    }
+
+    /// `POST /embeddings`: one vector per input, normalised, in input order.
+    async fn embeddings(&self, inputs: usize) -> Result<Embeddings, EngineError> {
+        let mut response = self.send().await?;
+        let body = self.read_body(&mut response, MAX_BODY).await?;
+        let answer: WireEmbeddings = serde_json::from_slice(&body)
+            .map_err(|e| EngineError::BackendProtocol(format!("bad embeddings JSON: {e}")))?;
+        let mut data = answer.data;
+        data.sort_by_key(|d| d.index);
+        if data.len() != inputs || data.iter().enumerate().any(|(i, d)| d.index != i) {
+            return Err(EngineError::BackendProtocol(format!("{} embeddings for {inputs} inputs", data.len())));
+        }
+        let mut vectors = Vec::with_capacity(inputs);
+        for d in data {
+            let mut v = d.embedding;
+            if v.is_empty() || v.len() > MAX_EMBEDDING_DIMS || v.iter().any(|x| !x.is_finite()) {
+                return Err(EngineError::BackendProtocol(format!("an embedding of {} values", v.len())));
+            }
+            crate::normalize(&mut v);
+            vectors.push(v);
+        }
+        let prompt_tokens = answer.usage.map_or(0, |u| u32::try_from(u.prompt_tokens).unwrap_or(u32::MAX));
+        Ok(Embeddings { vectors, prompt_tokens })
+    }
+
+    async fn run(&self, tx: &Events) -> Result<(), EngineError> {
+        let mut response = self.send().await?;
         let json_answer = response
             .headers()
             .get(CONTENT_TYPE)
@@ -490,6 +540,22 @@ struct WireFunction {
     name: Option<String>,
     arguments: Option<String>,
 }
+
+#[derive(Deserialize)]
+struct WireEmbeddings {
+    data: Vec<WireEmbedding>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireEmbedding {
+    #[serde(default)]
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+/// Most values accepted in one embedding from a server.
+const MAX_EMBEDDING_DIMS: usize = 16_000;
 
 /// Most tool calls taken from one answer.
 const MAX_CALLS: usize = 64;

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod embed;
 mod llama;
 mod models;
 mod openai;

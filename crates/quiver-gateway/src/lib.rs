@@ -5,6 +5,7 @@
 //! Everything is bounded: request bodies ([`openai::MAX_BODY_BYTES`] on `/v1`, 16 KiB
 //! elsewhere), the recent-jobs ring of the node, the SSE channel of a streamed answer.
 
+pub mod embeddings;
 pub mod ollama;
 pub mod openai;
 pub mod serve;
@@ -96,6 +97,9 @@ pub fn gateway_router(node: Node, options: GatewayOptions) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/api/embed", post(embeddings::ollama_embed))
+        .route("/api/embeddings", post(embeddings::ollama_embeddings))
         // The body must arrive in time: a slow upload holds an in-flight place only so long.
         .layer(axum::middleware::from_fn_with_state(
             openai::BodyDeadline { node: node.clone(), limit: options.body_timeout },

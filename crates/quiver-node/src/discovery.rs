@@ -49,6 +49,8 @@ impl KnownNode {
 pub struct KnownModel {
     pub name: String,
     pub sha256: String,
+    /// The node computes embeddings with it.
+    pub embeds: bool,
 }
 
 /// Verdict on a received heartbeat.
@@ -125,7 +127,11 @@ impl NodeTable {
             }
         }
         let listen_addrs = hb.listen_addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()).collect();
-        let models = hb.models.into_iter().map(|m| KnownModel { name: m.name, sha256: hex(&m.sha256) }).collect();
+        let models = hb
+            .models
+            .into_iter()
+            .map(|m| KnownModel { name: m.name, sha256: hex(&m.sha256), embeds: m.embeds })
+            .collect();
         self.nodes.insert(
             peer_id,
             KnownNode {

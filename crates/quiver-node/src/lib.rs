@@ -30,7 +30,8 @@ mod throughput;
 pub mod wire;
 
 pub use client::{
-    InferError, InferenceRequest, InferenceResult, InferenceStream, ReceiptInfo, Route, StreamEvent, Timing,
+    EmbeddingRequest, EmbeddingResult, InferError, InferenceRequest, InferenceResult, InferenceStream, ReceiptInfo,
+    Route, StreamEvent, Timing,
 };
 pub use discovery::{KnownNode, NODES_TOPIC};
 pub use metrics::{JobCounters, JobRecord, JobRole, RECENT_JOBS};

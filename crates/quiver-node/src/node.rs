@@ -434,7 +434,11 @@ impl Node {
                 models: p
                     .models()
                     .into_iter()
-                    .map(|m| crate::discovery::KnownModel { name: m.name, sha256: discovery::hex(&m.sha256) })
+                    .map(|m| crate::discovery::KnownModel {
+                        name: m.name,
+                        sha256: discovery::hex(&m.sha256),
+                        embeds: m.embeds,
+                    })
                     .collect(),
                 max_concurrent: p.max_concurrent(),
                 free_slots: p.free_slots(),

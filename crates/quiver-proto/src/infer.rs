@@ -5,7 +5,8 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Claim, InferRequest, JobAnnouncement, PromptInput, ProtoError, Receipt, SamplingParams, SignedRecord, sign,
+    Claim, EmbedInput, InferRequest, JobAnnouncement, PromptInput, ProtoError, Receipt, SamplingParams, SignedRecord,
+    sign,
 };
 
 /// Stream protocol of inference requests.
@@ -39,6 +40,10 @@ pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 pub const MAX_TOOL_CALLS: usize = 64;
 /// Most token ids with a logit bias.
 pub const MAX_LOGIT_BIAS: usize = 1024;
+/// Most texts embedded in one request.
+pub const MAX_EMBED_INPUTS: usize = 256;
+/// Most values in one embedding (the frame that carries it stays under [`MAX_RESPONSE_BYTES`]).
+pub const MAX_EMBEDDING_DIMS: usize = 16_000;
 pub const JOB_ID_LEN: usize = 16;
 
 fn invalid(field: &'static str, reason: &'static str) -> ProtoError {
@@ -153,9 +158,65 @@ impl InferRequest {
         if !self.model_sha256.is_empty() && self.model_sha256.len() != 32 {
             return Err(invalid("model_sha256", "not 32 bytes"));
         }
+        if let Some(embed) = &self.embed {
+            if self.input.is_some() || self.params.is_some() {
+                return Err(invalid("embed", "with input or params"));
+            }
+            return embed.validate();
+        }
         self.input.as_ref().ok_or(invalid("input", "missing"))?.validate()?;
         self.params.as_ref().ok_or(invalid("params", "missing"))?.validate()
     }
+
+    /// What a receipt's `prompt_hash` binds: the input, or the texts to embed.
+    pub fn input_hash(&self) -> [u8; 32] {
+        match (&self.embed, &self.input) {
+            (Some(embed), _) => embed.hash(),
+            (None, Some(input)) => input.hash(),
+            (None, None) => PromptInput::default().hash(),
+        }
+    }
+}
+
+impl EmbedInput {
+    /// 1..=256 texts, none empty.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        if self.inputs.is_empty() || self.inputs.len() > MAX_EMBED_INPUTS {
+            return Err(invalid("embed.inputs", "1..=256 texts"));
+        }
+        if self.inputs.iter().any(String::is_empty) {
+            return Err(invalid("embed.inputs", "an empty text"));
+        }
+        Ok(())
+    }
+
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.encode_to_vec()).into()
+    }
+}
+
+/// Embeddings as they travel: each value little-endian f32.
+pub fn embedding_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The values of an embedding frame, if it holds whole finite f32s of a bounded count.
+pub fn embedding_values(bytes: &[u8]) -> Option<Vec<f32>> {
+    if bytes.is_empty() || bytes.len() % 4 != 0 || bytes.len() / 4 > MAX_EMBEDDING_DIMS {
+        return None;
+    }
+    let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    values.iter().all(|v| v.is_finite()).then_some(values)
+}
+
+/// sha256 of embeddings in input order (their bytes concatenated): a receipt's `output_hash`
+/// for an embedding request.
+pub fn embeddings_hash(vectors: &[Vec<f32>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for v in vectors {
+        h.update(embedding_bytes(v));
+    }
+    h.finalize().into()
 }
 
 impl JobAnnouncement {

@@ -19,9 +19,9 @@ mod pb {
 pub use frame::{FrameError, read_frame, write_frame};
 pub use heartbeat::{HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES, SignedHeartbeat};
 pub use pb::{
-    Accepted, Busy, ChatMessage, Claim, ClaimAck, Heartbeat, InferError, InferRequest, InferResponse, JobAnnouncement,
-    LogitBias, ModelInfo, Observation, PromptInput, Queued, Receipt, ReputationReport, SamplingParams, SignedRecord,
-    TokenChunk, ToolCall, ToolDef, infer_response,
+    Accepted, Busy, ChatMessage, Claim, ClaimAck, EmbedInput, Embedding, Heartbeat, InferError, InferRequest,
+    InferResponse, JobAnnouncement, LogitBias, ModelInfo, Observation, PromptInput, Queued, Receipt, ReputationReport,
+    SamplingParams, SignedRecord, TokenChunk, ToolCall, ToolDef, infer_response,
 };
 pub use signed::{SignedPayload, sign};
 

@@ -50,7 +50,14 @@ fn bounded_heartbeat() -> impl Strategy<Value = Heartbeat> {
             }),
             0..=8,
         ),
-        vec(("[a-z0-9.-]{1,128}", vec(any::<u8>(), 32)).prop_map(|(name, sha256)| ModelInfo { name, sha256 }), 0..=6),
+        vec(
+            ("[a-z0-9.-]{1,128}", vec(any::<u8>(), 32)).prop_map(|(name, sha256)| ModelInfo {
+                name,
+                sha256,
+                ..Default::default()
+            }),
+            0..=6,
+        ),
         (0.0f32..=1024.0, 0.0f32..=1e6, 1u64.., any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), 0.0f32..=1e6),
     )
         .prop_map(
@@ -124,7 +131,7 @@ fn out_of_limit() -> impl Strategy<Value = OutOfLimit> {
 
 fn apply(hb: &mut Heartbeat, change: &OutOfLimit) {
     use OutOfLimit::*;
-    let model = || ModelInfo { name: "m".into(), sha256: vec![1; 32] };
+    let model = || ModelInfo { name: "m".into(), sha256: vec![1; 32], ..Default::default() };
     match change {
         AgentTooLong => hb.agent_version = "a".repeat(MAX_AGENT_LEN + 1),
         TooManyAddrs => hb.listen_addrs = vec![vec![4]; MAX_LISTEN_ADDRS + 1],

@@ -93,6 +93,16 @@ def main():
         check(call.function.name == "get_weather" and isinstance(call.function.arguments, dict), f"call {call}")
     out["tool_calls"] = len(with_tools.message.tool_calls or [])
 
+    # Embeddings: /api/embed (a list) and the older /api/embeddings (one prompt) agree.
+    texts = ["The cat sat on the mat.", "A kitten was sitting on the rug.", "The stock market fell sharply today."]
+    embedded = client.embed(model=MODEL, input=texts)
+    vectors = embedded.embeddings
+    cos = lambda a, b: sum(x * y for x, y in zip(a, b))
+    check(len(vectors) == 3 and cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]), "embed similarity")
+    single = client.embeddings(model=MODEL, prompt=texts[0]).embedding
+    check(max(abs(x - y) for x, y in zip(single, vectors[0])) < 1e-6, "the same text, another vector")
+    out["embed"] = len(single)
+
     # A model nobody serves: Ollama's 404.
     try:
         client.chat(model="no-such-model", messages=QUESTION)

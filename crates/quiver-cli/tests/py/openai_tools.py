@@ -170,6 +170,20 @@ def main():
     check((a.finish_reason == "tool_calls") == bool(a.message.tool_calls), f"auto {a}")
     out["auto"] = a.finish_reason
 
+    # Embeddings (the client asks for base64 by default), then floats: similar texts are closer,
+    # the same text gives the same vector.
+    texts = ["The cat sat on the mat.", "A kitten was sitting on the rug.", "The stock market fell sharply today."]
+    emb = client.embeddings.create(model=MODEL, input=texts)
+    vectors = [d.embedding for d in sorted(emb.data, key=lambda d: d.index)]
+    check(len(vectors) == 3 and len(vectors[0]) > 100, f"embeddings {len(vectors)}")
+    cos = lambda a, b: sum(x * y for x, y in zip(a, b))
+    check(cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]), "similar texts are not closer")
+    check(emb.usage.prompt_tokens > 0, f"usage {emb.usage}")
+    one = client.embeddings.create(model=MODEL, input=texts[1], encoding_format="float").data[0].embedding
+    check(max(abs(x - y) for x, y in zip(one, vectors[1])) < 1e-6, "the same text, another vector")
+    out["embedding_dims"] = len(one)
+    bad_request(lambda: client.embeddings.create(model=MODEL, input=[[1, 2, 3]]), "token arrays")
+
     # What cannot be served is a 400 in OpenAI's shape.
     out["invalid_schema"] = bad_request(lambda: client.chat.completions.create(
         model=MODEL, messages=question, max_tokens=8,

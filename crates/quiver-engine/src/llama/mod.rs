@@ -10,6 +10,7 @@
 //! llama.cpp's own logs go to `tracing` with target `llama-cpp-2` (model loading logs a lot at
 //! info level; filter it with e.g. `llama-cpp-2=warn`).
 
+mod embed;
 mod scheduler;
 
 use std::borrow::Cow;
@@ -30,7 +31,8 @@ use tracing::{info, warn};
 use crate::chat::grammar::{self, Constraint};
 use crate::chat::template::ChatTemplate;
 use crate::chat::tools::{self, ToolFormat};
-use crate::{ChatMessage, Engine, EngineError, GenerateRequest, Generation, Input, ModelId, Tools, models};
+use crate::{ChatMessage, Embeddings, Engine, EngineError, GenerateRequest, Generation, Input, ModelId, Tools, models};
+use futures::future::BoxFuture;
 
 /// The `llama-cpp-2` version this crate pins; part of [`Engine::build_id`].
 const LLAMA_CPP_2_VERSION: &str = "0.1.160";
@@ -85,6 +87,8 @@ pub struct LlamaEngine {
     inner: Arc<Inner>,
     /// To the scheduler thread; dropping the engine ends it once its generations are done.
     jobs: std_mpsc::SyncSender<scheduler::Job>,
+    /// To the embedding thread, started at the first embedding request.
+    embedder: OnceLock<Result<std_mpsc::SyncSender<embed::EmbedJob>, String>>,
 }
 
 struct Inner {
@@ -205,7 +209,7 @@ impl LlamaEngine {
         let jobs = scheduler::start(&inner).map_err(load_err)?;
         info!(model = name, gguf_name = %inner.id.gguf_name, sha256 = %inner.id.sha256_hex(), threads,
             context_size, slots, "model loaded");
-        Ok(LlamaEngine { inner, jobs })
+        Ok(LlamaEngine { inner, jobs, embedder: OnceLock::new() })
     }
 
     /// Generations accepted and not yet ended: a dropped [`Generation`] leaves this count once
@@ -308,6 +312,61 @@ impl Engine for LlamaEngine {
             }
         })?;
         Ok(Generation::new(rx))
+    }
+
+    fn embeds(&self) -> bool {
+        true
+    }
+
+    fn embed(&self, inputs: Vec<String>) -> BoxFuture<'static, Result<Embeddings, EngineError>> {
+        let queued = self.queue_embedding(inputs);
+        Box::pin(async move {
+            queued?.await.map_err(|_| EngineError::Inference("the embedding thread has stopped".into()))?
+        })
+    }
+}
+
+impl LlamaEngine {
+    /// Tokenizes `inputs` and hands them to the embedding thread (started now if need be).
+    fn queue_embedding(
+        &self,
+        inputs: Vec<String>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Embeddings, EngineError>>, EngineError> {
+        if inputs.is_empty() {
+            return Err(EngineError::InvalidRequest("nothing to embed".into()));
+        }
+        let vocab = self.inner.model.vocab();
+        let context = self.inner.context_size;
+        let mut tokens = Vec::with_capacity(inputs.len());
+        for (i, text) in inputs.iter().enumerate() {
+            if text.len() > MAX_INPUT_BYTES {
+                return Err(EngineError::InvalidRequest(format!("input {i} has {} bytes", text.len())));
+            }
+            let t = vocab.tokenize(text.as_bytes(), true, false);
+            let n = u32::try_from(t.len()).unwrap_or(u32::MAX);
+            if t.is_empty() {
+                return Err(EngineError::InvalidRequest(format!("input {i} is empty")));
+            }
+            if n > context {
+                return Err(EngineError::ContextOverflow { prompt_tokens: n, context });
+            }
+            tokens.push(t);
+        }
+        let embedder = self
+            .embedder
+            .get_or_init(|| embed::start(&self.inner))
+            .as_ref()
+            .map_err(|e| EngineError::Inference(e.clone()))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        embedder.try_send(embed::EmbedJob { inputs: tokens, reply }).map_err(|e| match e {
+            std_mpsc::TrySendError::Full(_) => {
+                EngineError::Busy(format!("{} embedding requests already wait", embed::MAX_WAITING))
+            }
+            std_mpsc::TrySendError::Disconnected(_) => {
+                EngineError::Inference("the embedding thread has stopped".into())
+            }
+        })?;
+        Ok(answer)
     }
 }
 

@@ -57,7 +57,7 @@ pub(crate) fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) ->
 }
 
 /// Counts an Ollama answer by endpoint and status, in Ollama's error shape.
-fn answered(node: &Node, endpoint: &'static str, answer: Result<Response, ApiError>) -> Response {
+pub(crate) fn answered(node: &Node, endpoint: &'static str, answer: Result<Response, ApiError>) -> Response {
     let resp = answer.unwrap_or_else(|e| OllamaError(e).into_response());
     node.record_gateway_request(endpoint, resp.status().as_u16());
     resp

@@ -95,7 +95,7 @@ pub(super) struct GenerateRequest {
 
 /// A model name as Ollama's clients write it (`NAME[:TAG]`) as the network names it: the
 /// default tag `latest` is dropped.
-pub(super) fn network_name(model: &str) -> &str {
+pub(crate) fn network_name(model: &str) -> &str {
     model.strip_suffix(":latest").unwrap_or(model)
 }
 

@@ -83,6 +83,15 @@ impl Node {
         Ok(stream)
     }
 
+    /// A connection to `candidate`, or the attempt's failure.
+    pub(super) async fn connect_to(&self, candidate: &Candidate) -> Result<(), AttemptError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.net().connect(candidate.peer, candidate.addrs.clone())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AttemptError::Retry(Offence::Timeout, format!("unreachable: {e}"))),
+            Err(_) => Err(AttemptError::Retry(Offence::Timeout, "connect timed out".into())),
+        }
+    }
+
     pub(super) async fn attempt(
         &self,
         candidate: &Candidate,
@@ -94,11 +103,7 @@ impl Node {
         // Booked before the first await: a request of the same burst ranked next sees it.
         let _in_flight = self.dispatched().start(peer);
         let retry = |offence: Offence, what: &str| AttemptError::Retry(offence, what.to_owned());
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.net().connect(peer, candidate.addrs.clone())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(AttemptError::Retry(Offence::Timeout, format!("unreachable: {e}"))),
-            Err(_) => return Err(retry(Offence::Timeout, "connect timed out")),
-        }
+        self.connect_to(candidate).await?;
         let params =
             request.params.as_ref().ok_or_else(|| AttemptError::Fatal(InferError::Invalid("no parameters".into())))?;
         let mut reopens = 0;

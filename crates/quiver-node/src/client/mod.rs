@@ -354,6 +354,7 @@ impl Node {
             model_sha256: request.model_sha256.map(|s| s.to_vec()).unwrap_or_default(),
             input: Some(wire::input_to_wire(&request.input, &request.tools)),
             params: Some(wire::params_to_wire(&request.params)),
+            embed: None,
         };
         wire_request.validate().map_err(|e| InferError::Invalid(e.to_string()))?;
         // A request the provider would refuse for its size is refused here, before any provider
@@ -593,6 +594,8 @@ fn random_id() -> Vec<u8> {
 }
 
 mod attempt;
+mod embed;
+pub use embed::{EmbeddingRequest, EmbeddingResult};
 use verify::Verdict;
 mod hedge;
 mod route;

@@ -142,6 +142,7 @@ mod receipts {
             model_sha256: vec![],
             input: Some(PromptInput { prompt: "Hello".into(), ..PromptInput::default() }),
             params: Some(params()),
+            embed: None,
         }
     }
 

@@ -8,7 +8,7 @@ fn sample(kp: &Keypair) -> Heartbeat {
         peer_id: kp.public().to_peer_id().to_bytes(),
         agent_version: "quiver/test".into(),
         listen_addrs: vec![vec![4, 127, 0, 0, 1, 6, 0x0f, 0xa1]],
-        models: vec![ModelInfo { name: "m".into(), sha256: vec![7; 32] }],
+        models: vec![ModelInfo { name: "m".into(), sha256: vec![7; 32], ..Default::default() }],
         cpu_load: 0.25,
         free_slots: 2,
         uptime_secs: 10,

@@ -1,7 +1,7 @@
 //! Unit tests of `infer.rs`.
 
 use super::*;
-use crate::ChatMessage;
+use crate::{ChatMessage, EmbedInput};
 
 fn params() -> SamplingParams {
     SamplingParams { max_tokens: 10, temperature: 0.0, top_p: 1.0, seed: 1, stop: vec![], ..Default::default() }
@@ -19,6 +19,7 @@ fn requests_are_validated() {
             ..Default::default()
         }),
         params: Some(params()),
+        embed: None,
     };
     assert!(ok.validate().is_ok());
     let mut bad = ok.clone();
@@ -61,4 +62,36 @@ fn receipts_verify_only_for_their_signer() {
     // Signed by the key, but naming someone else.
     let r2 = Receipt { provider: other.to_bytes(), ..r };
     assert!(Receipt::verify(r2.sign(&kp), &me).is_err());
+}
+
+#[test]
+fn embedding_requests_and_frames() {
+    let texts = EmbedInput { inputs: vec!["a cat".into(), "a dog".into()] };
+    let ok = InferRequest {
+        request_id: vec![1; JOB_ID_LEN],
+        model: "m".into(),
+        model_sha256: vec![],
+        input: None,
+        params: None,
+        embed: Some(texts.clone()),
+    };
+    ok.validate().expect("valid");
+    assert_eq!(ok.input_hash(), texts.hash());
+    let mut both = ok.clone();
+    both.params = Some(params());
+    assert!(both.validate().is_err(), "texts to embed and sampling parameters");
+    let mut none = ok.clone();
+    none.embed = Some(EmbedInput { inputs: vec![] });
+    assert!(none.validate().is_err());
+    let mut empty = ok;
+    empty.embed = Some(EmbedInput { inputs: vec!["x".into(), String::new()] });
+    assert!(empty.validate().is_err());
+
+    let v = vec![0.5f32, -0.25, 1.0];
+    assert_eq!(embedding_values(&embedding_bytes(&v)), Some(v.clone()));
+    assert_eq!(embedding_values(&[0, 0, 0]), None, "not whole f32s");
+    assert_eq!(embedding_values(&embedding_bytes(&[f32::NAN])), None);
+    assert_eq!(embedding_values(&[]), None);
+    assert_eq!(embedding_values(&vec![0; 4 * (MAX_EMBEDDING_DIMS + 1)]), None);
+    assert_ne!(embeddings_hash(&[v.clone()]), embeddings_hash(&[vec![0.5, -0.25, 1.5]]));
 }

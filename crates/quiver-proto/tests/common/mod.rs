@@ -48,7 +48,7 @@ pub fn signed_record() -> impl Strategy<Value = SignedRecord> {
 }
 
 pub fn model_info() -> impl Strategy<Value = ModelInfo> {
-    (text(140), bytes(40)).prop_map(|(name, sha256)| ModelInfo { name, sha256 })
+    (text(140), bytes(40)).prop_map(|(name, sha256)| ModelInfo { name, sha256, ..Default::default() })
 }
 
 pub fn heartbeat_with(floats: impl Strategy<Value = f32> + Clone) -> impl Strategy<Value = Heartbeat> {
@@ -160,6 +160,7 @@ pub fn infer_request_with(floats: impl Strategy<Value = f32> + Clone) -> impl St
             model_sha256,
             input,
             params,
+            embed: None,
         })
 }
 

@@ -205,7 +205,7 @@ impl Provider {
     pub(crate) fn models(&self) -> Vec<ModelInfo> {
         self.engines
             .iter()
-            .map(|e| ModelInfo { name: e.model().name.clone(), sha256: e.model().sha256.to_vec() })
+            .map(|e| ModelInfo { name: e.model().name.clone(), sha256: e.model().sha256.to_vec(), embeds: e.embeds() })
             .collect()
     }
 
@@ -392,6 +392,9 @@ impl Provider {
         if misbehaviour == Some(crate::adversary::Misbehaviour::WrongModel) {
             use sha2::Digest;
             model.sha256 = sha2::Sha256::digest(b"a cheaper model than the one advertised").into();
+        }
+        if let Some(texts) = request.embed.clone() {
+            return self.embed(peer, &request, texts, &engine, &model, stream).await;
         }
         let input = request.input.clone().unwrap_or_default();
         let prompt_hash = input.hash();
@@ -622,6 +625,8 @@ impl Provider {
 }
 
 /// An `Error` answer with `code` and `message`.
+mod embed;
+
 fn error_reply(code: &str, message: String) -> InferResponse {
     InferResponse { kind: Some(Kind::Error(InferError { code: code.into(), message })) }
 }
