@@ -42,14 +42,26 @@ impl EventLoop {
         // libp2p's own list of what mDNS found grows with every new (peer, address) in an answer
         // and shrinks only when the TTL the answer chose runs out: have it forget at once, so the
         // bounded book is the only memory of it. (Every answer heard again is then reported
-        // again, which is what keeps the book's entries fresh.)
-        if let Some(behaviour) = self.swarm.behaviour_mut().mdns.as_mut() {
-            for peer in &heard {
-                #[allow(deprecated)] // Pinned libp2p-mdns 0.49; see the comment above.
-                behaviour.expire_node(peer);
+        // again, which is what keeps the book's entries fresh.) An answer repeated before
+        // libp2p acts on that extends the entry instead, so the same peers are expired once more
+        // at the next tick.
+        self.forget_in_mdns(&heard);
+        for peer in heard {
+            if self.mdns_recheck.len() < MAX_MDNS_RECHECK {
+                self.mdns_recheck.insert(peer);
             }
         }
         self.dial_lan_peers(now);
+    }
+
+    /// Has libp2p's mDNS behaviour drop what it remembers of `peers`.
+    fn forget_in_mdns(&mut self, peers: &HashSet<PeerId>) {
+        if let Some(behaviour) = self.swarm.behaviour_mut().mdns.as_mut() {
+            for peer in peers {
+                #[allow(deprecated)] // Pinned libp2p-mdns 0.49; see `on_mdns`.
+                behaviour.expire_node(peer);
+            }
+        }
     }
 
     /// Dials the peers of the book the token bucket allows now; every tick, and after answers.
@@ -78,6 +90,8 @@ impl EventLoop {
 
     /// Every tick: forget what was not heard again, dial what is due.
     pub(super) fn lan_tick(&mut self, now: Instant) {
+        let recheck = std::mem::take(&mut self.mdns_recheck);
+        self.forget_in_mdns(&recheck);
         let Some(lan) = self.lan.as_mut() else { return };
         let expired = lan.expire(now);
         if expired > 0 {
@@ -115,19 +129,28 @@ impl EventLoop {
     /// `peer` identified itself. A peer of another network is not dialed again for a while;
     /// a LAN peer serving the DHT joins us to it, as a bootstrap peer does, while our routing
     /// table is small (a node with no bootstrap peer has no other way in).
+    /// (A peer that becomes a DHT server later, once AutoNAT has confirmed it reachable, says so
+    /// in a pushed Identify: it stays in `lan_joining` until then or until it disconnects.)
     pub(super) fn lan_peer_identified(&mut self, peer: PeerId, quiver: bool, serves_dht: bool) {
-        let from_lan = self.lan_joining.remove(&peer);
         if !quiver {
+            self.lan_joining.remove(&peer);
             if let Some(lan) = self.lan.as_mut() {
                 lan.reject(peer, Instant::now());
             }
             return;
         }
-        if from_lan && serves_dht && !self.refresh.running() && self.known_dht_peers() < REBOOTSTRAP_BELOW {
+        if serves_dht
+            && self.lan_joining.remove(&peer)
+            && !self.refresh.running()
+            && self.known_dht_peers() < REBOOTSTRAP_BELOW
+        {
             self.refresh.start(&mut self.swarm.behaviour_mut().kad);
         }
     }
 }
+
+/// Most peers whose mDNS entries are expired again at the next tick.
+const MAX_MDNS_RECHECK: usize = 4096;
 
 fn drop_lan(metrics: &NetMetrics, why: Dropped) {
     metrics.mdns_dropped.get_or_create(&ReasonLabel { reason: why.as_str() }).inc();

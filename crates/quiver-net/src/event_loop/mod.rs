@@ -165,8 +165,10 @@ pub(crate) struct EventLoop {
     autonat_servers: HashSet<PeerId>,
     /// Peers found on the LAN and not connected yet (`None`: mDNS is off).
     lan: Option<crate::lan::LanPeers>,
-    /// Peers from `lan` connected and not identified yet (see `mdns.rs`).
+    /// Peers from `lan` connected and not identified as DHT servers yet (see `mdns.rs`).
     lan_joining: HashSet<PeerId>,
+    /// Peers heard from mDNS since the last tick, expired in libp2p's list again then.
+    mdns_recheck: HashSet<PeerId>,
 }
 
 struct ProviderQuery {

@@ -129,6 +129,7 @@ pub(super) async fn start(
         autonat_servers: HashSet::new(),
         lan,
         lan_joining: HashSet::new(),
+        mdns_recheck: HashSet::new(),
         cfg,
     };
     event_loop.apply_reachability();
