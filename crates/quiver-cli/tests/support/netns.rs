@@ -611,24 +611,9 @@ impl Internet {
         unsolicited: Unsolicited,
         iptables: Iptables,
     ) -> Result<NatRouter, IpError> {
-        let (ns, _) = self.plug(name, "wan", last)?;
-        let host_ns = Netns::create(&format!("{}-{name}-lan", self.base))?;
+        let (ns, host) = self.router(name, last, lan)?;
         let [a, b, c] = lan;
-        let (gateway, host_addr) = (Ipv4Addr::new(a, b, c, 1), Ipv4Addr::new(a, b, c, 2));
-        ns.ip(&["link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", host_ns.name()])?;
-        ns.ip(&["addr", "add", &format!("{gateway}/{PREFIX_LEN}"), "dev", "lan"])?;
-        ns.ip(&["link", "set", "lan", "up"])?;
-        host_ns.ip(&["addr", "add", &format!("{host_addr}/{PREFIX_LEN}"), "dev", "eth0"])?;
-        host_ns.ip(&["link", "set", "eth0", "up"])?;
-        host_ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
-        ns.sysctl_net("ipv4/ip_forward", "1")?;
-        let router = NatRouter {
-            ns,
-            wan: self.addr(last),
-            gateway,
-            host: Host { ns: host_ns, addr: host_addr, port: "lan".into() },
-            iptables,
-        };
+        let router = NatRouter { ns, wan: self.addr(last), gateway: Ipv4Addr::new(a, b, c, 1), host, iptables };
         router.iptables(&["-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"])?;
         let forward_in = ["-A", "FORWARD", "-i", "wan", "-o", "lan"];
         router.iptables(
