@@ -12,7 +12,8 @@
 //!   and it find each other by mDNS, and the note goes away; `quiver ask` on the node's host with
 //!   no `--bootstrap` (and no local node in its data directory) is answered by the provider.
 //!   The far node, routed from the segment but not on it, is never found (multicast does not
-//!   cross the router), though it is reachable by unicast.
+//!   cross the router), though it is reachable by unicast. Then a node on the segment given the
+//!   far node as its bootstrap peer connects to it and to its LAN peers alike.
 //! - A flood of mDNS answers naming 1,000 fake peers (`py/mdns_flood.py`, real packets to
 //!   224.0.0.251:5353 from another host of the segment, twice over) stays within the caps, by
 //!   the node's own metrics: the book of LAN peers never held more than 64, dials within the
@@ -176,6 +177,22 @@ fn lan_peers_find_each_other_and_serve_without_bootstrap() {
     assert_eq!(far_status["no_peers"], ALONE, "and still says so: {far_status}");
     assert!(!far.log_text().contains(&node.peer_id) && !far.log_text().contains(&provider.peer_id));
     step(t, "the far node was never found");
+
+    // A node given a bootstrap peer (the far node) on the segment uses both: the bootstrap peer
+    // and the peers it finds on the LAN.
+    let both_host = internet.host("both", 12).expect("host");
+    both_host.ns.ip(&["route", "add", "224.0.0.0/4", "dev", "eth0"]).expect("multicast route");
+    both_host.ns.ip(&["route", "add", "10.9.0.0/24", "via", "198.18.7.1"]).expect("route to the far LAN");
+    let far_boot = format!("/ip4/{}/tcp/{far_port}/p2p/{}", far_host.addr, far.peer_id);
+    let both = NsProc::start_lan(&both_host.ns, NODE, "both", &["--bootstrap", &far_boot], LOG, d);
+    wait_for(Duration::from_secs(60), "a node uses its bootstrap peer and its LAN peers", &[&both, &far], &[], || {
+        let peers = peer_ids(&both.peers());
+        (peers.contains(&far.peer_id) && peers.contains(&node.peer_id) && peers.contains(&provider.peer_id))
+            .then_some(())
+    });
+    let status = both.status().expect("status");
+    assert!(status["no_peers"].is_null(), "a node with a bootstrap peer has no note: {status}");
+    step(t, "a node with a bootstrap peer also joined its LAN peers");
 }
 
 #[test]
