@@ -45,7 +45,8 @@ pub struct AskArgs {
     /// instead of streaming text.
     #[arg(long)]
     pub json: bool,
-    /// Peer to join the network through (repeatable). [default: the local node of --data-dir]
+    /// Peer to join the network through (repeatable). [default: the local node of --data-dir,
+    /// else peers found on the local network]
     #[arg(long, value_name = "ADDR", value_parser = |s: &str| s.parse::<BootstrapAddr>().map_err(|e| e.to_string()), env = "QUIVER_BOOTSTRAP", value_delimiter = ',')]
     pub bootstrap: Vec<BootstrapAddr>,
     /// Data directory of the local node to join through when no --bootstrap is given.
@@ -61,6 +62,9 @@ pub struct AskArgs {
     /// No QUIC (TCP only): neither listen nor dial over UDP.
     #[arg(long)]
     pub no_quic: bool,
+    /// Without --bootstrap and a local node, do not look for peers on the local network (mDNS).
+    #[arg(long, env = "QUIVER_NO_MDNS")]
+    pub no_mdns: bool,
     /// Print only an answer a second, independent provider reproduced (same model file, engine
     /// build and threads); on a mismatch more providers decide and the outvoted one is
     /// penalised. A sampled request is run with the same seed on both (drawn when --seed is not
@@ -124,8 +128,10 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         return run_local(args).await;
     }
     let bootstrap = if args.bootstrap.is_empty() { local_node_addrs(&args).await } else { args.bootstrap.clone() };
-    if bootstrap.is_empty() {
-        usage_error("no peer to join through: pass --bootstrap ADDR (or run a local node: quiver-node)");
+    // With nobody to join through, the LAN: peers found by mDNS.
+    let lan = bootstrap.is_empty();
+    if lan && args.no_mdns {
+        usage_error(NO_PEER);
     }
     let quic = !args.no_quic;
     let node = Node::start(NodeConfig {
@@ -136,6 +142,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         },
         quic,
         bootstrap_peers: bootstrap,
+        mdns: lan,
         dht_client_only: true,
         verify_rate: args.verify_rate,
         // With --data-dir, what this client learns of providers (a liar outvoted, a ban) is kept
@@ -144,12 +151,23 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         ..NodeConfig::default()
     })
     .await?;
+    if lan && !node.status().await.is_ok_and(|s| s.mdns) {
+        // Listening on loopback only, or mDNS could not start (its warning says why).
+        node.shutdown().await;
+        usage_error(NO_PEER);
+    }
     let outcome = ask_network(&node, &args).await;
     node.shutdown().await;
     match outcome {
         Ok(()) => Ok(()),
         Err(e) => {
             eprintln!("error: {e}");
+            if lan && matches!(e, InferError::NoProvider { .. }) {
+                eprintln!(
+                    "no provider was found on the local network; to join a network elsewhere use --bootstrap \
+                     host:port or QUIVER_BOOTSTRAP"
+                );
+            }
             std::process::exit(match e {
                 InferError::NoProvider { .. } => EXIT_NO_PROVIDER,
                 InferError::AllProvidersFailed { .. }
@@ -213,6 +231,9 @@ async fn ask_network(node: &Node, args: &AskArgs) -> Result<(), InferError> {
     }
     Err(InferError::Net("the request ended without a result".into()))
 }
+
+/// What `quiver ask` says when it has nobody to join through and may not look on the LAN.
+const NO_PEER: &str = "no peer to join through: pass --bootstrap ADDR (or run a local node: quiver-node)";
 
 /// Longest wait for the reachability verdict (and a relay slot behind a NAT) before asking.
 const REACHABILITY_WAIT: Duration = Duration::from_secs(8);

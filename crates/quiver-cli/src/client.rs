@@ -109,6 +109,10 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
         println!("Hole punches:    {punched} direct, {failed} failed");
     }
     println!("Connected peers: {}", n(&v, "connected_peers"));
+    println!("LAN discovery:   {}", if v["mdns"] == true { "on (mDNS)" } else { "off" });
+    if let Some(note) = v["no_peers"].as_str() {
+        println!("Note:            {note}");
+    }
     println!("Routing table:   {} peers (DHT mode: {})", n(&v, "routing_table_size"), s(&v, "kad_mode"));
     if let Some(p) = v.get("provider").filter(|p| !p.is_null()) {
         let models: Vec<&str> =

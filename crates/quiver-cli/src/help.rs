@@ -23,12 +23,14 @@ Examples:
   quiver node --bootstrap /ip4/192.168.1.100/tcp/4001/p2p/<PeerId>
   quiver node --bootstrap your-server.com:4001 --log-format json
   quiver node --config quiver.toml --gateway 127.0.0.1:8080      # also serve the OpenAI API
+  quiver node --no-mdns --bootstrap your-server.com:4001         # only the bootstrap peer, not the LAN
 
+Peers on the local network are found by mDNS unless --no-mdns.
 The control API (status page at /, /api/v1/status, /metrics) listens on 127.0.0.1:4080 by default.";
 
 pub const PROVIDER: &str = "\
 Examples:
-  quiver provider start                                  # default model, configured bootstrap peers
+  quiver provider start                                  # default model, configured bootstrap peers and the LAN
   quiver provider --bootstrap-node --port 4001           # a provider that is also a bootstrap node
   quiver provider --bootstrap your-server.com:4001 --threads 2 --queue 16
   quiver provider --bootstrap your-server.com:4001 --gateway 127.0.0.1:8080
@@ -38,6 +40,7 @@ pub const ASK: &str = "\
 Examples:
   quiver ask --model smollm2-135m --max-tokens 100 \"Hello, world!\"
   quiver ask --bootstrap your-server.com:4001 \"Why is the sky blue?\"
+  quiver ask \"Hello\"                                      # the local node, else peers found on the LAN
   quiver ask --json --verify \"2+2=\"                       # whole result with its signed receipt
   quiver ask --local \"Hello\"                              # the bare engine here, no network
 
@@ -90,7 +93,7 @@ Examples:
 
 pub const PROVIDER_BIN: &str = "\
 Examples:
-  quiver-provider start                              # default model, configured bootstrap peers
+  quiver-provider start                              # default model, configured bootstrap peers and the LAN
   quiver-provider --bootstrap-node --port 4001       # a provider that is also a bootstrap node
   quiver-provider --bootstrap your-server.com:4001
   quiver-provider --backend openai --backend-url http://127.0.0.1:11434/v1 --backend-model llama3.2";

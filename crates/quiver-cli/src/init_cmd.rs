@@ -81,6 +81,10 @@ pub fn default_config() -> String {
 # Ask the local router for a port mapping (UPnP IGD).
 # upnp = false
 
+# Find QUIVer peers on the local network by multicast DNS (mDNS) and announce this node there.
+# false: only the bootstrap peers (the same as --no-mdns).
+# mdns = true
+
 # Relay for NATed peers while this node is reachable, within these limits: reservations held
 # at once and per peer, circuits at once, and each circuit's longest life and bytes each way.
 # relay_service = true

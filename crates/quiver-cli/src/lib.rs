@@ -25,8 +25,9 @@ pub enum LogFormat {
 }
 
 /// Default log filter of long-running commands.
-pub const SERVICE_LOG: &str =
-    "info,llama-cpp-2=warn,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn,libp2p_tcp=warn,libp2p_quic=warn";
+/// (libp2p_mdns logs every peer address it hears at info: anyone on the LAN could fill the log.)
+pub const SERVICE_LOG: &str = "info,llama-cpp-2=warn,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn,libp2p_tcp=warn,\
+                               libp2p_quic=warn,libp2p_mdns=warn";
 /// Default log filter of one-shot commands, whose stdout is the answer.
 pub const QUIET_LOG: &str = "warn,llama-cpp-2=warn,libp2p_kad=error,libp2p_gossipsub=error,libp2p_swarm=error";
 

@@ -143,6 +143,12 @@ pub struct NodeArgs {
     #[arg(long, env = "QUIVER_NO_RELAY")]
     pub no_relay: bool,
 
+    /// Do not look for peers on the local network (mDNS), nor announce this node there: join
+    /// only through bootstrap peers. (A node listening only on 127.0.0.1 stays off the LAN
+    /// anyway.)
+    #[arg(long, env = "QUIVER_NO_MDNS")]
+    pub no_mdns: bool,
+
     /// Relay service: reservations held for NATed peers at once. [default: 64]
     #[arg(long, value_name = "N")]
     pub relay_max_reservations: Option<usize>,
@@ -262,6 +268,7 @@ fn settings(args: NodeArgs) -> Settings {
                 DhtMode::Client => KadMode::Client,
             },
             upnp: args.upnp || file.upnp.unwrap_or(false),
+            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
             relay_service: !args.no_relay && file.relay_service.unwrap_or(true),
             relay_limits: RelayLimits {
                 max_reservations: args

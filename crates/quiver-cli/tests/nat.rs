@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::support;
 use serde_json::Value;
 use support::netns::{Host, Internet, Iptables, NatRouter, NsProc, Skip, Unsolicited, ask_args, wait_for};
-use support::{metric, model_dir, run_command_bounded, step, strings};
+use support::{metric_or_zero, model_dir, run_command_bounded, step, strings};
 
 const NODE: &str = env!("CARGO_BIN_EXE_quiver-node");
 const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
@@ -100,10 +100,6 @@ fn ask_from_nat_b(client_ns: &support::netns::Netns, boot: &str, provider: &str)
     assert_eq!(result["receipt"]["verified"], true, "the receipt verifies: {result}");
     let punched = ask.stderr.contains("hole punch succeeded");
     Asked { result, stderr: ask.stderr, punched }
-}
-
-fn metric_or_zero(text: &str, series: &str) -> f64 {
-    metric(text, series).unwrap_or(0.0)
 }
 
 #[test]

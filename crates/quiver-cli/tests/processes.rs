@@ -12,6 +12,7 @@ mod cli;
 mod garbage;
 mod gateway;
 mod inference;
+mod lan;
 mod multiprocess;
 mod nat;
 mod partition;

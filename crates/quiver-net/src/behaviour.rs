@@ -10,7 +10,7 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, identify, ping, relay, upnp};
+use libp2p::{StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, identify, mdns, ping, relay, upnp};
 use sha2::{Digest, Sha256};
 
 use crate::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetConfig, NetError};
@@ -48,6 +48,9 @@ pub(crate) struct Behaviour {
     pub dcutr: Toggle<dcutr::Behaviour>,
     /// Port mapping on the local gateway, only with `NetConfig::upnp`.
     pub upnp: Toggle<upnp::tokio::Behaviour>,
+    /// LAN discovery (mDNS), only when [`NetConfig::runs_mdns`]. What it finds goes through
+    /// the bounded book of `lan.rs` before anything is dialed.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 impl Behaviour {
@@ -149,7 +152,26 @@ impl Behaviour {
             relay_client: relay_client.into(),
             dcutr: os.then(|| dcutr::Behaviour::new(peer_id)).into(),
             upnp: cfg.upnp.then(upnp::tokio::Behaviour::default).into(),
+            mdns: if cfg.runs_mdns() { lan_discovery(peer_id) } else { None }.into(),
         })
+    }
+}
+
+/// How often a node asks the LAN who is there (after the first queries, 0.5 s apart and
+/// doubling); answers to anyone's query are heard by all, so a node that starts later is found
+/// at its own first query.
+const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// libp2p's mDNS behaviour, or `None` (with a warning: the node runs on without LAN discovery)
+/// when it cannot start, e.g. without a way to watch the network interfaces.
+fn lan_discovery(peer_id: libp2p::PeerId) -> Option<mdns::tokio::Behaviour> {
+    let config = mdns::Config { query_interval: MDNS_QUERY_INTERVAL, ..mdns::Config::default() };
+    match mdns::tokio::Behaviour::new(config, peer_id) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "LAN discovery (mDNS) cannot start; only bootstrap peers will be used");
+            None
+        }
     }
 }
 

@@ -96,6 +96,8 @@ pub struct NetStatus {
     pub hole_punches_failed: u64,
     /// Routing-table refreshes finished (the own-key lookup, then the farther buckets short of peers).
     pub dht_bootstraps: u64,
+    /// This node looks for peers on the local network (mDNS).
+    pub mdns: bool,
 }
 
 /// What a DHT record lookup found, and what it cost.

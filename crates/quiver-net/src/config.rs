@@ -210,6 +210,12 @@ pub struct NetConfig {
     pub max_relay_reservations: usize,
     /// Ask the local gateway for a port mapping (UPnP IGD). Off unless the user turns it on.
     pub upnp: bool,
+    /// Find peers on the local network with mDNS (and answer others' queries), dialing them
+    /// within the bounds of `lan.rs`. Off by default in the library (in-process tests must not
+    /// multicast on the machine's network); the binaries turn it on unless `--no-mdns`. Runs
+    /// only on the OS transport and only when some listen address is not loopback (a node bound
+    /// to 127.0.0.1 has nothing to announce on a LAN and stays off it).
+    pub mdns: bool,
 }
 
 impl Default for NetConfig {
@@ -247,7 +253,22 @@ impl Default for NetConfig {
             relay_limits: RelayLimits::default(),
             max_relay_reservations: 2,
             upnp: false,
+            mdns: false,
         }
+    }
+}
+
+impl NetConfig {
+    /// Whether mDNS runs: asked for, on the OS transport, with a listen address that is not
+    /// loopback (see [`NetConfig::mdns`]).
+    pub fn runs_mdns(&self) -> bool {
+        self.mdns
+            && self.transport == TransportKind::Os
+            && self.listen_addrs.iter().any(|a| match a.iter().next() {
+                Some(Protocol::Ip4(ip)) => !ip.is_loopback(),
+                Some(Protocol::Ip6(ip)) => !ip.is_loopback(),
+                _ => false,
+            })
     }
 }
 

@@ -12,6 +12,7 @@ mod config;
 mod event_loop;
 mod gossip_idle;
 mod kad_limit;
+mod lan;
 mod limits;
 mod metrics;
 mod reachability;

@@ -64,6 +64,16 @@ pub(crate) struct NetMetrics {
     /// farther bucket short of peers (`refresh`); the join's first, then the retries of a table
     /// short of K peers and the periodic ones.
     pub dht_bootstraps: Counter,
+    /// LAN discovery (mDNS, `lan.rs`): (peer, address) pairs heard, what was dropped and why,
+    /// dials started, peers found this way that connected, the book's size now and its peak,
+    /// peers quarantined now.
+    pub mdns_discovered: Counter,
+    pub mdns_dropped: Family<ReasonLabel, Counter>,
+    pub mdns_dials: Counter,
+    pub mdns_connected: Counter,
+    pub mdns_pending: Gauge,
+    pub mdns_pending_peak: Gauge,
+    pub mdns_quarantined: Gauge,
 }
 
 impl NetMetrics {
@@ -107,6 +117,33 @@ impl NetMetrics {
             "dht_bootstraps",
             "Kademlia bootstraps (own-key lookup and bucket refreshes) this node finished",
             m.dht_bootstraps.clone(),
+        );
+        q.register(
+            "mdns_discovered",
+            "Peer addresses heard in mDNS answers on the local network (before any check)",
+            m.mdns_discovered.clone(),
+        );
+        q.register(
+            "mdns_dropped",
+            "Peers or addresses from mDNS not kept or not dialed again, by reason",
+            m.mdns_dropped.clone(),
+        );
+        q.register("mdns_dials", "Dials of peers found on the local network", m.mdns_dials.clone());
+        q.register("mdns_connected", "Peers found on the local network that were connected", m.mdns_connected.clone());
+        q.register(
+            "mdns_pending",
+            "Peers found on the local network, not connected yet, kept for dialing",
+            m.mdns_pending.clone(),
+        );
+        q.register(
+            "mdns_pending_peak",
+            "The most peers found on the local network kept for dialing at once",
+            m.mdns_pending_peak.clone(),
+        );
+        q.register(
+            "mdns_quarantined",
+            "Peers from mDNS not dialed for a while (their dial failed, or they were not QUIVer nodes)",
+            m.mdns_quarantined.clone(),
         );
         m.set_reachability(Reachability::Unknown);
         m

@@ -46,6 +46,8 @@ pub struct FileConfig {
     pub dht_mode: Option<String>,
     /// Ask the local router for a port mapping (UPnP IGD).
     pub upnp: Option<bool>,
+    /// Find peers on the local network with mDNS (on unless false).
+    pub mdns: Option<bool>,
     /// Relay for NATed peers while reachable.
     pub relay_service: Option<bool>,
     /// Relay service limits (see `quiver node --help`).

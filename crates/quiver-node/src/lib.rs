@@ -23,6 +23,7 @@ pub mod config;
 pub mod discovery;
 mod dispatch;
 pub mod identity;
+mod lonely;
 mod metrics;
 mod node;
 mod provider;
@@ -34,6 +35,7 @@ pub use client::{
     Route, StreamEvent, Timing,
 };
 pub use discovery::{KnownNode, NODES_TOPIC};
+pub use lonely::{NO_PEERS_LOOKING, NO_PEERS_NOT_LOOKING};
 pub use metrics::{JobCounters, JobRecord, JobRole, RECENT_JOBS};
 pub use node::{AGENT_VERSION, HeartbeatEvent, Node, NodeConfig, NodeError, NodeStatus, ProviderStatus};
 pub use provider::{ProviderConfig, REQUEST_BURST, REQUESTS_PER_SEC};

@@ -88,6 +88,10 @@ pub struct NodeConfig {
     pub relay_limits: RelayLimits,
     /// Ask the local gateway for a port mapping (UPnP). Off by default.
     pub upnp: bool,
+    /// Find peers on the local network with mDNS (see [`NetConfig::mdns`]). Off by default here
+    /// (a library in a test must not multicast on the machine's network); the `quiver`,
+    /// `quiver-node` and `quiver-provider` commands turn it on unless `--no-mdns`.
+    pub mdns: bool,
     /// The transport: the OS network, or libp2p's in-process memory transport (the simulator,
     /// `quiver-sim`, runs many nodes in one process over it with `/memory/<n>` addresses).
     pub transport: TransportKind,
@@ -126,6 +130,7 @@ impl Default for NodeConfig {
             relay_service: true,
             relay_limits: RelayLimits::default(),
             upnp: false,
+            mdns: false,
             transport: TransportKind::Os,
             gossip_heartbeat: net_defaults.gossip_heartbeat,
             ping_interval: net_defaults.ping_interval,
@@ -170,6 +175,11 @@ pub struct NodeStatus {
     pub hole_punches_failed: u64,
     /// Kademlia bootstraps finished: 0 while the node is still joining the DHT.
     pub dht_bootstraps: u64,
+    /// This node looks for peers on the local network (mDNS).
+    pub mdns: bool,
+    /// Said while this node has no peer and no bootstrap peer to join through: where it looks
+    /// and how to join a network elsewhere (see `lonely.rs`).
+    pub no_peers: Option<String>,
     pub gossip_mesh: BTreeMap<String, usize>,
     pub known_nodes: Vec<KnownNode>,
     /// Present when this node serves models.
@@ -256,6 +266,7 @@ impl Node {
             relay_service: config.relay_service,
             relay_limits: config.relay_limits.clone(),
             upnp: config.upnp,
+            mdns: config.mdns,
             kad_bootstrap_interval: config.kad_bootstrap_interval,
             random_walk_interval: config.random_walk_interval,
             transport: config.transport,
@@ -311,6 +322,7 @@ impl Node {
             tokio::spawn(node.clone().accept_claims()),
             tokio::spawn(node.clone().maintain_reputation()),
             tokio::spawn(node.clone().publish_reputation_reports()),
+            tokio::spawn(node.clone().say_when_alone()),
         ];
         if let Some(p) = provider {
             tasks.push(tokio::spawn(node.clone().republish_when_joined(p.clone())));
@@ -406,8 +418,10 @@ impl Node {
             hole_punches_succeeded,
             hole_punches_failed,
             dht_bootstraps,
+            mdns,
             ..
         } = self.inner.net.status().await?;
+        let no_peers = crate::lonely::note(self, mdns, connected_peers.len()).map(str::to_owned);
         let known_nodes = self.known_nodes();
         Ok(NodeStatus {
             peer_id: peer_id.to_string(),
@@ -428,6 +442,8 @@ impl Node {
             hole_punches_succeeded,
             hole_punches_failed,
             dht_bootstraps,
+            mdns,
+            no_peers,
             gossip_mesh,
             known_nodes,
             provider: self.inner.provider.as_ref().map(|p| ProviderStatus {
@@ -451,6 +467,10 @@ impl Node {
 
     pub(crate) fn metrics(&self) -> &NodeMetrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn config(&self) -> &NodeConfig {
+        &self.inner.config
     }
 
     pub(crate) fn verify_rate(&self) -> f64 {

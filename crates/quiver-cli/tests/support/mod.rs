@@ -434,6 +434,11 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The value of `series` in a metrics text, 0 when absent (a counter never incremented).
+pub fn metric_or_zero(text: &str, series: &str) -> f64 {
+    metric(text, series).unwrap_or(0.0)
+}
+
 /// A node's metrics text.
 pub fn metrics_of(addr: SocketAddr) -> String {
     match http_get(addr, "/metrics") {

@@ -392,12 +392,14 @@ impl Host {
     /// Starts a QUIVer node binary (`quiver-node`, `quiver-provider`, `quiver node`, ...) on this
     /// host, as [`NodeProc::start`] does on loopback: listening on the host's address (TCP and
     /// QUIC, `--port` as `args` say), the control API on the host's own `127.0.0.1` (reached
-    /// through [`NodeProc::get`]), heartbeats every second, data in `<data_dir>/<name>`. The log
-    /// level is `$RUST_LOG` or `info`.
+    /// through [`NodeProc::get`]), heartbeats every second, data in `<data_dir>/<name>`, no LAN
+    /// discovery (`--no-mdns`: the test's topology alone decides who meets whom). The log level
+    /// is `$RUST_LOG` or `info`.
     pub fn start_node(&self, bin: &str, name: &str, args: &[&str], data_dir: &Path) -> NodeProc {
         let mut cmd = self.command(bin);
         cmd.args(args)
             .args(["--listen-ip", &self.addr.to_string(), "--api", "127.0.0.1:0", "--heartbeat-interval", "1"])
+            .arg("--no-mdns")
             .arg("--data-dir")
             .arg(data_dir.join(name))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
@@ -609,24 +611,9 @@ impl Internet {
         unsolicited: Unsolicited,
         iptables: Iptables,
     ) -> Result<NatRouter, IpError> {
-        let (ns, _) = self.plug(name, "wan", last)?;
-        let host_ns = Netns::create(&format!("{}-{name}-lan", self.base))?;
+        let (ns, host) = self.router(name, last, lan)?;
         let [a, b, c] = lan;
-        let (gateway, host_addr) = (Ipv4Addr::new(a, b, c, 1), Ipv4Addr::new(a, b, c, 2));
-        ns.ip(&["link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", host_ns.name()])?;
-        ns.ip(&["addr", "add", &format!("{gateway}/{PREFIX_LEN}"), "dev", "lan"])?;
-        ns.ip(&["link", "set", "lan", "up"])?;
-        host_ns.ip(&["addr", "add", &format!("{host_addr}/{PREFIX_LEN}"), "dev", "eth0"])?;
-        host_ns.ip(&["link", "set", "eth0", "up"])?;
-        host_ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
-        ns.sysctl_net("ipv4/ip_forward", "1")?;
-        let router = NatRouter {
-            ns,
-            wan: self.addr(last),
-            gateway,
-            host: Host { ns: host_ns, addr: host_addr, port: "lan".into() },
-            iptables,
-        };
+        let router = NatRouter { ns, wan: self.addr(last), gateway: Ipv4Addr::new(a, b, c, 1), host, iptables };
         router.iptables(&["-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"])?;
         let forward_in = ["-A", "FORWARD", "-i", "wan", "-o", "lan"];
         router.iptables(
@@ -638,6 +625,26 @@ impl Internet {
             router.iptables(&[&input[..], &["-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP"]].concat())?;
         }
         Ok(router)
+    }
+
+    /// A plain router with `wan` at `<subnet>.<last>/24` and one host on its LAN `<lan>.0/24`
+    /// (`<lan>.1` the router, `<lan>.2` the host, whose default route goes through the router):
+    /// forwarding on, no NAT, no filter, and no multicast routing (nothing forwards multicast
+    /// between the segments, as on a real routed network). Returns the router's namespace and
+    /// the host; hosts on the internet reach the LAN through a route via `<subnet>.<last>`.
+    pub fn router(&self, name: &str, last: u8, lan: [u8; 3]) -> Result<(Netns, Host), IpError> {
+        let (ns, _) = self.plug(name, "wan", last)?;
+        let host_ns = Netns::create(&format!("{}-{name}-lan", self.base))?;
+        let [a, b, c] = lan;
+        let (gateway, host_addr) = (Ipv4Addr::new(a, b, c, 1), Ipv4Addr::new(a, b, c, 2));
+        ns.ip(&["link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", host_ns.name()])?;
+        ns.ip(&["addr", "add", &format!("{gateway}/{PREFIX_LEN}"), "dev", "lan"])?;
+        ns.ip(&["link", "set", "lan", "up"])?;
+        host_ns.ip(&["addr", "add", &format!("{host_addr}/{PREFIX_LEN}"), "dev", "eth0"])?;
+        host_ns.ip(&["link", "set", "eth0", "up"])?;
+        host_ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+        ns.sysctl_net("ipv4/ip_forward", "1")?;
+        Ok((ns, Host { ns: host_ns, addr: host_addr, port: "lan".into() }))
     }
 
     /// Makes the namespace `<base>-<name>` and links it to the bridge: its end, `ifname`, gets
@@ -697,10 +704,20 @@ pub struct NsProc {
 
 impl NsProc {
     /// Starts `bin args` inside `ns` (`--listen-ip 0.0.0.0 --port 0 --api 127.0.0.1:0
-    /// --heartbeat-interval 1`, data in `<dir>/<name>`, log in `<dir>/<name>.log` with the
-    /// `RUST_LOG` filter `log`) and waits (60 s at most) until it has printed its PeerId and API
-    /// address.
+    /// --heartbeat-interval 1 --no-mdns`, data in `<dir>/<name>`, log in `<dir>/<name>.log` with
+    /// the `RUST_LOG` filter `log`) and waits (60 s at most) until it has printed its PeerId and
+    /// API address. No LAN discovery: the test's topology and bootstrap peers alone decide who
+    /// meets whom.
     pub fn start(ns: &Netns, bin: &str, name: &str, args: &[&str], log: &str, dir: &Path) -> NsProc {
+        Self::spawn(ns, bin, name, &[args, &["--no-mdns"]].concat(), log, dir)
+    }
+
+    /// [`NsProc::start`] with LAN discovery (mDNS) left as the command's default: on.
+    pub fn start_lan(ns: &Netns, bin: &str, name: &str, args: &[&str], log: &str, dir: &Path) -> NsProc {
+        Self::spawn(ns, bin, name, args, log, dir)
+    }
+
+    fn spawn(ns: &Netns, bin: &str, name: &str, args: &[&str], log: &str, dir: &Path) -> NsProc {
         let log_path = dir.join(format!("{name}.log"));
         let mut child = ns
             .command(bin)

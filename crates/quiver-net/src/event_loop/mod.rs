@@ -1,8 +1,9 @@
 //! The one task that owns the `Swarm`: commands, swarm and behaviour events, status. Building the
 //! swarm (`swarm.rs`), dialing (`dialing.rs`), reachability and relays (`relays.rs`) and Kademlia
-//! queries (`queries.rs`) are in the modules below.
+//! queries (`queries.rs`) and LAN discovery (`mdns.rs`) are in the modules below.
 
 mod dialing;
+mod mdns;
 mod queries;
 mod relays;
 mod swarm;
@@ -162,6 +163,12 @@ pub(crate) struct EventLoop {
     quic_to_relay: HashSet<PeerId>,
     /// Peers AutoNAT may ask to dial us back (see [`EventLoop::update_autonat_server`]).
     autonat_servers: HashSet<PeerId>,
+    /// Peers found on the LAN and not connected yet (`None`: mDNS is off).
+    lan: Option<crate::lan::LanPeers>,
+    /// Peers from `lan` connected and not identified as DHT servers yet (see `mdns.rs`).
+    lan_joining: HashSet<PeerId>,
+    /// Peers heard from mDNS since the last tick, expired in libp2p's list again then.
+    mdns_recheck: HashSet<PeerId>,
 }
 
 struct ProviderQuery {
@@ -251,6 +258,7 @@ impl EventLoop {
                         self.refresh.retry_later(now);
                     }
                     self.maintain_relays();
+                    self.lan_tick(now);
                     if std::mem::take(&mut self.push_identify) {
                         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
                         self.swarm.behaviour_mut().identify.push(peers);
@@ -467,6 +475,7 @@ impl EventLoop {
             hole_punches_succeeded: self.hole_punches.0,
             hole_punches_failed: self.hole_punches.1,
             dht_bootstraps: self.net_metrics.dht_bootstraps.get(),
+            mdns: self.lan.is_some(),
         }
     }
 
@@ -609,6 +618,7 @@ impl EventLoop {
                         self.refresh.start(&mut self.swarm.behaviour_mut().kad);
                     }
                 }
+                self.lan_peer_connected(peer_id);
                 for reply in self.connecting.remove(&peer_id).unwrap_or_default().waiting {
                     let _ = reply.send(Ok(()));
                 }
@@ -623,6 +633,7 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.peers.remove(&peer_id);
+                self.lan_joining.remove(&peer_id);
                 self.update_autonat_server(peer_id);
                 if self.relay_reserved.remove(&peer_id).is_some() {
                     let held: u32 = self.relay_reserved.values().sum();
@@ -641,6 +652,9 @@ impl EventLoop {
                     && self.connecting.get(&peer).is_some_and(|c| c.ours.is_none_or(|id| id == connection_id))
                 {
                     self.dial_failed_for_callers(peer, &error);
+                }
+                if let Some(peer) = peer_id {
+                    self.lan_dial_failed(peer, connection_id);
                 }
                 if let Some(i) = self.bootstrap.iter().position(|b| b.dialing == Some(connection_id)) {
                     self.bootstrap_failed(i, &error.to_string());
@@ -742,6 +756,7 @@ impl EventLoop {
                     self.net_metrics.hole_punches.get_or_create(&ResultLabel { result: "failure" }).inc();
                 }
             },
+            BehaviourEvent::Mdns(event) => self.on_mdns(event),
             BehaviourEvent::Upnp(event) => match event {
                 upnp::Event::NewExternalAddr { local_addr, external_addr } => {
                     info!(%local_addr, %external_addr, "UPnP port mapping made")
@@ -760,6 +775,7 @@ impl EventLoop {
             // Not a QUIVer node (e.g. an IPFS peer that found our port): keep our network private.
             debug!(%peer_id, version = %info.protocol_version, "disconnecting a peer of another network");
             let _ = self.swarm.disconnect_peer_id(peer_id);
+            self.lan_peer_identified(peer_id, false, false);
             return;
         }
         let mut agent = info.agent_version;
@@ -779,13 +795,13 @@ impl EventLoop {
         // a node in client mode (unreachable, or a short-lived client) does not announce the
         // Kademlia protocol.
         let serves_dht = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
-        if !serves_dht {
-            return;
+        if serves_dht {
+            for addr in direct {
+                let (addr, _) = split_peer_id(addr);
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            }
         }
-        for addr in direct {
-            let (addr, _) = split_peer_id(addr);
-            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-        }
+        self.lan_peer_identified(peer_id, true, serves_dht);
     }
 }
 

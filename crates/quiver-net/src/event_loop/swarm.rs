@@ -98,6 +98,10 @@ pub(super) async fn start(
         })
         .collect();
     let reach = ReachabilityState::new(cfg.kad_mode, cfg.relay_service);
+    let lan = swarm.behaviour().mdns.is_enabled().then(|| {
+        info!("looking for peers on the local network (mDNS)");
+        crate::lan::LanPeers::new(crate::lan::LanLimits { quic: cfg.quic, ..Default::default() }, now)
+    });
     let mut event_loop = EventLoop {
         swarm,
         commands,
@@ -123,6 +127,9 @@ pub(super) async fn start(
         refresh: Refresh::new(local, cfg.kad_bootstrap_interval),
         quic_to_relay: HashSet::new(),
         autonat_servers: HashSet::new(),
+        lan,
+        lan_joining: HashSet::new(),
+        mdns_recheck: HashSet::new(),
         cfg,
     };
     event_loop.apply_reachability();

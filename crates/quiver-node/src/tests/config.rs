@@ -17,6 +17,7 @@ fn parses_all_fields_and_refuses_unknown_ones() {
         log_format = "json"
         dht_mode = "server"
         upnp = true
+        mdns = false
         relay_service = false
         relay_max_reservations = 8
         relay_max_reservations_per_peer = 1
@@ -27,7 +28,7 @@ fn parses_all_fields_and_refuses_unknown_ones() {
     )
     .unwrap();
     assert_eq!(c.dht_mode.as_deref(), Some("server"));
-    assert_eq!((c.upnp, c.relay_service), (Some(true), Some(false)));
+    assert_eq!((c.upnp, c.relay_service, c.mdns), (Some(true), Some(false), Some(false)));
     assert_eq!((c.relay_max_reservations, c.relay_max_circuit_bytes), (Some(8), Some(65536)));
     assert_eq!(c.port, Some(4001));
     assert_eq!(c.bootstrap.as_deref(), Some(&["example.org:4001".to_string()][..]));
