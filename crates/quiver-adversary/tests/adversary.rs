@@ -271,6 +271,7 @@ async fn engine_text(request: &InferenceRequest) -> String {
     while let Some(event) = generation.next().await {
         match event.expect("generation runs") {
             GenEvent::Token { text: t, .. } => text.push_str(&t),
+            GenEvent::Logprob(_) => {}
             GenEvent::Done { .. } => return text,
         }
     }

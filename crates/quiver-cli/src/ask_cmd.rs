@@ -281,6 +281,8 @@ async fn run_local(args: AskArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     while let Some(event) = generation.next().await {
         match event? {
+            // `quiver ask` does not ask for them.
+            GenEvent::Logprob(_) => {}
             GenEvent::Token { text: t, .. } => {
                 first_token.get_or_insert_with(|| started.elapsed());
                 text.push_str(&t);

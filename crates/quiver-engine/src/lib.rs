@@ -78,6 +78,9 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Added to the logits of these token ids (OpenAI's `logit_bias`, -100..=100 each).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Report each generated token's log probability and those of the `n` most likely tokens
+    /// in its place (OpenAI's `logprobs` and `top_logprobs`); `None`: no log probabilities.
+    pub logprobs: Option<u32>,
 }
 
 impl Default for SamplingParams {
@@ -93,6 +96,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -104,6 +108,8 @@ impl SamplingParams {
     pub const MAX_STOP_BYTES: usize = 1024;
     /// Most token ids with a logit bias.
     pub const MAX_LOGIT_BIAS: usize = 1024;
+    /// Most alternatives reported per token (OpenAI's limit of `top_logprobs`).
+    pub const MAX_TOP_LOGPROBS: u32 = 20;
 
     /// Refuses values no engine can honour: `max_tokens == 0`, a negative or non-finite
     /// temperature, `top_p` outside (0, 1], too many or too long stop strings.
@@ -131,6 +137,9 @@ impl SamplingParams {
         }
         if self.top_k > 100_000 {
             return bad(format!("top_k {} is above 100000", self.top_k));
+        }
+        if self.logprobs.is_some_and(|n| n > Self::MAX_TOP_LOGPROBS) {
+            return bad(format!("top_logprobs is at most {}", Self::MAX_TOP_LOGPROBS));
         }
         if self.logit_bias.len() > Self::MAX_LOGIT_BIAS {
             return bad(format!("{} logit biases (most: {})", self.logit_bias.len(), Self::MAX_LOGIT_BIAS));
@@ -193,8 +202,21 @@ pub enum GenEvent {
     /// Text of `tokens` newly generated tokens (valid UTF-8; may be empty while a multi-byte
     /// character is incomplete or a possible stop string is held back).
     Token { text: String, tokens: u32 },
+    /// The log probability of the token whose text comes in the next `Token` event (only when
+    /// the request asked for them).
+    Logprob(TokenLogprob),
     /// The last event of a successful generation.
     Done { finish_reason: FinishReason, usage: Usage },
+}
+
+/// A generated token's log probability, and the most likely tokens in its place.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's bytes (a piece of UTF-8 that may split a character).
+    pub token: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens at this place, most likely first.
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 /// A running generation. Dropping it cancels the work.

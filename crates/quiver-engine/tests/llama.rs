@@ -57,6 +57,8 @@ pub(crate) fn greedy(max_tokens: u32) -> SamplingParams {
 
 pub(crate) struct Output {
     pub(crate) text: String,
+    /// Log probabilities, when the request asked for them.
+    pub(crate) logprobs: Vec<quiver_engine::TokenLogprob>,
     /// Token events (each with `tokens == 1`).
     pub(crate) token_events: u32,
     /// Sum of `tokens` over the events.
@@ -69,8 +71,10 @@ pub(crate) fn run(g: Generation) -> Output {
     block_on(async move {
         let mut g = g;
         let (mut text, mut token_events, mut tokens) = (String::new(), 0, 0);
+        let mut logprobs = Vec::new();
         while let Some(event) = g.next().await {
             match event.unwrap() {
+                GenEvent::Logprob(lp) => logprobs.push(lp),
                 GenEvent::Token { text: t, tokens: n } => {
                     text.push_str(&t);
                     tokens += n;
@@ -78,7 +82,7 @@ pub(crate) fn run(g: Generation) -> Output {
                 }
                 GenEvent::Done { finish_reason, usage } => {
                     assert!(g.next().await.is_none());
-                    return Output { text, token_events, tokens, finish_reason, usage };
+                    return Output { text, logprobs, token_events, tokens, finish_reason, usage };
                 }
             }
         }

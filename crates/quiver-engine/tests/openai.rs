@@ -39,6 +39,7 @@ async fn collect(mut g: Generation) -> (Vec<String>, Result<(FinishReason, Usage
     while let Some(event) = g.next().await {
         match event {
             Ok(GenEvent::Token { text, .. }) => texts.push(text),
+            Ok(GenEvent::Logprob(_)) => {}
             Ok(GenEvent::Done { finish_reason, usage }) => {
                 assert!(g.next().await.is_none(), "nothing after Done");
                 return (texts, Ok((finish_reason, usage)));

@@ -227,3 +227,24 @@ fn bad_constraints_are_refused_before_any_work() {
     assert!(bad(prompt_tools), "tools need chat messages");
     assert!(bad(chat("x", SamplingParams { presence_penalty: 9.0, ..greedy(4) })));
 }
+
+#[test]
+fn logprobs_come_with_each_token_and_agree_with_greedy_choice() {
+    let e = engine();
+    let plain = generate(e, chat("What is the capital of France?", greedy(12)));
+    let with = generate(e, chat("What is the capital of France?", SamplingParams { logprobs: Some(3), ..greedy(12) }));
+    assert_eq!(with.text, plain.text, "asking for log probabilities changes nothing else");
+    assert!(plain.logprobs.is_empty());
+    assert_eq!(with.logprobs.len() as u32, with.usage.completion_tokens, "one per generated token");
+    let joined: Vec<u8> = with.logprobs.iter().flat_map(|lp| lp.token.clone()).collect();
+    assert_eq!(String::from_utf8_lossy(&joined), with.text);
+    for lp in &with.logprobs {
+        assert!(lp.logprob <= 0.0 && lp.logprob.is_finite(), "{lp:?}");
+        assert_eq!(lp.top.len(), 3);
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1), "most likely first: {lp:?}");
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(lp.top[0].0, lp.token, "{lp:?}");
+        assert!((lp.top[0].1 - lp.logprob).abs() < 1e-5, "{lp:?}");
+    }
+    assert!(e.generate(chat("x", SamplingParams { logprobs: Some(21), ..greedy(2) })).is_err());
+}

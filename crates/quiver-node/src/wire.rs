@@ -95,6 +95,8 @@ pub(crate) fn params_to_wire(p: &SamplingParams) -> pb::SamplingParams {
         presence_penalty: p.presence_penalty,
         frequency_penalty: p.frequency_penalty,
         logit_bias: p.logit_bias.iter().map(|&(token, bias)| pb::LogitBias { token, bias }).collect(),
+        logprobs: p.logprobs.is_some(),
+        top_logprobs: p.logprobs.unwrap_or(0),
     }
 }
 
@@ -116,6 +118,23 @@ pub(crate) fn params_from_wire(p: pb::SamplingParams) -> SamplingParams {
         presence_penalty: p.presence_penalty,
         frequency_penalty: p.frequency_penalty,
         logit_bias: p.logit_bias.into_iter().map(|b| (b.token, b.bias)).collect(),
+        logprobs: p.logprobs.then_some(p.top_logprobs),
+    }
+}
+
+pub(crate) fn logprob_to_wire(lp: quiver_engine::TokenLogprob) -> pb::TokenLogprob {
+    pb::TokenLogprob {
+        token: lp.token,
+        logprob: lp.logprob,
+        top: lp.top.into_iter().map(|(token, logprob)| pb::TopLogprob { token, logprob }).collect(),
+    }
+}
+
+pub(crate) fn logprob_from_wire(lp: pb::TokenLogprob) -> quiver_engine::TokenLogprob {
+    quiver_engine::TokenLogprob {
+        token: lp.token,
+        logprob: lp.logprob,
+        top: lp.top.into_iter().map(|t| (t.token, t.logprob)).collect(),
     }
 }
 

@@ -55,6 +55,7 @@ async fn bare(input: Input, params: SamplingParams) -> String {
     while let Some(ev) = g.next().await {
         match ev.expect("no error") {
             GenEvent::Token { text: t, .. } => text.push_str(&t),
+            GenEvent::Logprob(_) => {}
             GenEvent::Done { .. } => return text,
         }
     }

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     Claim, EmbedInput, InferRequest, JobAnnouncement, PromptInput, ProtoError, Receipt, SamplingParams, SignedRecord,
-    sign,
+    TokenLogprob, sign,
 };
 
 /// Stream protocol of inference requests.
@@ -40,6 +40,39 @@ pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 pub const MAX_TOOL_CALLS: usize = 64;
 /// Most token ids with a logit bias.
 pub const MAX_LOGIT_BIAS: usize = 1024;
+/// Most alternatives per token in log probabilities.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+/// Longest token, in bytes, in log probabilities.
+pub const MAX_LOGPROB_TOKEN_BYTES: usize = 256;
+
+/// sha256 of log probabilities in order (each message length-delimited): a receipt's
+/// `logprobs_hash`.
+pub fn logprobs_hash(logprobs: &[TokenLogprob]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for lp in logprobs {
+        h.update(lp.encode_length_delimited_to_vec());
+    }
+    h.finalize().into()
+}
+
+impl TokenLogprob {
+    /// A log probability (at most 0, not NaN) of a bounded token, with at most `top` bounded
+    /// alternatives.
+    pub fn validate(&self, top: u32) -> Result<(), ProtoError> {
+        let ok = |token: &[u8], lp: f32| token.len() <= MAX_LOGPROB_TOKEN_BYTES && !lp.is_nan() && lp <= 0.0;
+        if !ok(&self.token, self.logprob)
+            || self.top.len() > top as usize
+            || !self.top.iter().all(|t| ok(&t.token, t.logprob))
+        {
+            return Err(invalid(
+                "logprobs",
+                "a token over 256 bytes, a log probability above 0, or too many alternatives",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Most texts embedded in one request.
 pub const MAX_EMBED_INPUTS: usize = 256;
 /// Most values in one embedding (the frame that carries it stays under [`MAX_RESPONSE_BYTES`]).
@@ -82,6 +115,9 @@ impl SamplingParams {
         }
         if self.top_k > 100_000 {
             return Err(invalid("top_k", "must be 0..=100000"));
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS || (self.top_logprobs > 0 && !self.logprobs) {
+            return Err(invalid("top_logprobs", "0..=20, with logprobs"));
         }
         match self.response_format.as_str() {
             "" | "json_object" if self.json_schema.is_empty() => {}

@@ -21,7 +21,7 @@ pub use heartbeat::{HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES, SignedHeartbeat};
 pub use pb::{
     Accepted, Busy, ChatMessage, Claim, ClaimAck, EmbedInput, Embedding, Heartbeat, InferError, InferRequest,
     InferResponse, JobAnnouncement, LogitBias, ModelInfo, Observation, PromptInput, Queued, Receipt, ReputationReport,
-    SamplingParams, SignedRecord, TokenChunk, ToolCall, ToolDef, infer_response,
+    SamplingParams, SignedRecord, TokenChunk, TokenLogprob, ToolCall, ToolDef, TopLogprob, infer_response,
 };
 pub use signed::{SignedPayload, sign};
 

@@ -163,6 +163,18 @@ def main():
           or several.usage.completion_tokens > 0, f"usage {several.usage}")
     out["n"] = len(several.choices)
 
+    # Log probabilities: one per generated token, the greedy choice the most likely, in both APIs.
+    lp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a colour."}],
+                                        temperature=0, max_tokens=8, logprobs=True, top_logprobs=2)
+    content = lp.choices[0].logprobs.content
+    check(len(content) == lp.usage.completion_tokens, f"{len(content)} log probabilities, {lp.usage}")
+    check("".join(t.token for t in content) == lp.choices[0].message.content, "tokens spell the answer")
+    for t in content:
+        check(t.logprob <= 0 and len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token, f"{t}")
+    legacy = client.completions.create(model=MODEL, prompt="The sky is", temperature=0, max_tokens=5, logprobs=2)
+    check(len(legacy.choices[0].logprobs.tokens) == legacy.usage.completion_tokens, f"{legacy.choices[0].logprobs}")
+    out["logprobs"] = len(content)
+
     # In `auto`, an answer that is not a call is text.
     auto = client.chat.completions.create(model=MODEL, temperature=0, max_tokens=24, tools=TOOLS,
                                           messages=[{"role": "user", "content": "Say hello to me."}])

@@ -47,7 +47,7 @@ use tracing::{debug, warn};
 
 use super::{Inner, MAX_BATCH, MAX_WAITING, Running, THREAD_STACK, backend, sampler_for};
 use crate::chat::grammar::Constraint;
-use crate::{EngineError, FinishReason, GenEvent, SamplingParams, StopFilter, Usage, Utf8Assembler};
+use crate::{EngineError, FinishReason, GenEvent, SamplingParams, StopFilter, TokenLogprob, Usage, Utf8Assembler};
 
 type Events = tokio::sync::mpsc::Sender<Result<GenEvent, EngineError>>;
 
@@ -369,8 +369,9 @@ impl<'a> Scheduler<'a> {
     /// Fills the batch for this step, in slot order; false when there is nothing to decode.
     fn build_batch(&mut self) -> bool {
         self.batch.clear();
-        // A token event and possibly the Done event after it must fit in the consumer's channel.
-        let ready = |a: &Active| a.job.tx.capacity() >= 2;
+        // A token event (its log probability first, if asked) and possibly the Done event after it
+        // must fit in the consumer's channel.
+        let ready = |a: &Active| a.job.tx.capacity() >= 2 + usize::from(a.job.params.logprobs.is_some());
         let generating =
             self.slots.iter().filter_map(|s| s.active.as_ref()).filter(|a| a.pending.is_some() && ready(a)).count();
         // Generating sequences get their token first; prompts share the rest of the batch.
@@ -432,6 +433,13 @@ impl<'a> Scheduler<'a> {
             a.in_batch = 0;
             let Some(at) = a.logits_at.take() else { continue };
             let token = a.sampler.sample(&self.ctx, at);
+            if let Some(top) = a.job.params.logprobs
+                && !self.inner.model.vocab().is_eog(token)
+            {
+                let lp = logprob(self.inner, self.ctx.get_logits_ith(at), token, top as usize);
+                // Room for it was checked with the token's (`build_batch`).
+                let _ = a.job.tx.try_send(Ok(GenEvent::Logprob(lp)));
+            }
             self.inner.sampled.fetch_add(1, Ordering::Relaxed);
             let outcome = match catch_unwind(AssertUnwindSafe(|| yield_token(self.inner, a, token))) {
                 Ok(outcome) => outcome,
@@ -516,6 +524,33 @@ fn yield_token(inner: &Inner, a: &mut Active, token: LlamaToken) -> Outcome {
     }
     a.pending = Some(token);
     Outcome::Continue
+}
+
+/// `token`'s log probability under `logits` (a log-softmax over the vocabulary, before sampling
+/// filters), and the `top` most likely tokens with theirs.
+fn logprob(inner: &Inner, logits: &[f32], token: LlamaToken, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let lse = f64::from(max) + sum.ln();
+    let lp = |l: f32| (f64::from(l) - lse) as f32;
+    let vocab = inner.model.vocab();
+    let piece = |t: i32| vocab.token_to_piece(LlamaToken(t), false, None);
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i, l));
+                best.truncate(top);
+            }
+        }
+    }
+    let chosen = usize::try_from(token.0).ok().and_then(|i| logits.get(i)).copied().unwrap_or(f32::NEG_INFINITY);
+    TokenLogprob {
+        token: piece(token.0),
+        logprob: lp(chosen),
+        top: best.into_iter().map(|(i, l)| (piece(i32::try_from(i).unwrap_or(0)), lp(l))).collect(),
+    }
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {

@@ -1,6 +1,8 @@
-//! Unit tests of `openai.rs`.
+//! Unit tests of `openai/`.
 
+use super::wire::*;
 use super::*;
+use crate::{FinishReason, Usage};
 
 #[test]
 fn debug_hides_the_api_key() {
@@ -87,10 +89,31 @@ fn whole_answers() {
     let chat = br#"{"choices":[{"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
     assert_eq!(
         parse_whole(chat, true).unwrap(),
-        ("Paris.".into(), FinishReason::Stop, Usage { prompt_tokens: 9, completion_tokens: 3, cached_tokens: 0 })
+        (
+            "Paris.".into(),
+            FinishReason::Stop,
+            Usage { prompt_tokens: 9, completion_tokens: 3, cached_tokens: 0 },
+            Vec::new()
+        )
     );
     let completion = br#"{"choices":[{"text":"abc","finish_reason":"length"}]}"#;
     assert_eq!(parse_whole(completion, false).unwrap().1, FinishReason::Length);
     assert!(parse_whole(br#"{"choices":[]}"#, true).is_err());
     assert!(parse_whole(b"<html>", true).is_err());
+}
+
+#[test]
+fn log_probabilities_in_both_shapes() {
+    let chat = r#"{"choices":[{"message":{"content":"Hi"},"finish_reason":"stop","logprobs":{"content":[
+        {"token":"Hi","logprob":-0.5,"bytes":[72,105],"top_logprobs":[{"token":"Hi","logprob":-0.5},{"token":"Yo","logprob":-1.5}]}]}}]}"#;
+    let (_, _, _, lp) = parse_whole(chat.as_bytes(), true).expect("parses");
+    assert_eq!(lp.len(), 1);
+    assert_eq!((lp[0].token.as_slice(), lp[0].logprob), (&b"Hi"[..], -0.5));
+    assert_eq!(lp[0].top, vec![(b"Hi".to_vec(), -0.5), (b"Yo".to_vec(), -1.5)]);
+    let completion = r#"{"choices":[{"text":"a b","finish_reason":"length","logprobs":{"tokens":["a"," b"],
+        "token_logprobs":[-0.1,-0.2],"top_logprobs":[{"a":-0.1},{" b":-0.2," c":-2.0}]}}]}"#;
+    let (_, _, _, lp) = parse_whole(completion.as_bytes(), false).expect("parses");
+    assert_eq!(lp.len(), 2);
+    assert_eq!(lp[1].token, b" b".to_vec());
+    assert_eq!(lp[1].top.len(), 2);
 }

@@ -220,6 +220,7 @@ fn inference(
         presence_penalty: o.presence_penalty.unwrap_or(0.0),
         frequency_penalty: o.frequency_penalty.unwrap_or(0.0),
         logit_bias: Vec::new(),
+        logprobs: None,
     };
     params.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
     tools.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use quiver_node::engine::{Input, Usage};
+use quiver_node::engine::{Input, TokenLogprob, Usage};
 use quiver_node::{InferError, InferenceRequest, InferenceResult, Node, StreamEvent};
 use serde_json::{Value, json};
 
@@ -250,6 +250,8 @@ async fn respond(
             run_to_end(node, one, &model)
         });
         let results = futures::future::try_join_all(runs).await?;
+        let asked = inference.params.logprobs.is_some();
+        let logprobs = |r: &InferenceResult| if asked { logprobs_json(kind, &r.logprobs) } else { Value::Null };
         let mut choices = Vec::with_capacity(results.len());
         let mut total = Usage::default();
         for (index, result) in results.iter().enumerate() {
@@ -260,10 +262,10 @@ async fn respond(
             choices.push(match kind {
                 Kind::Chat => {
                     let (message, finish) = tool_calls::message(&result.text, &inference.tools, result.finish_reason);
-                    json!({ "index": index, "message": message, "finish_reason": finish, "logprobs": null })
+                    json!({ "index": index, "message": message, "finish_reason": finish, "logprobs": logprobs(result) })
                 }
                 Kind::Completion => json!({ "index": index, "text": result.text,
-                                            "finish_reason": result.finish_reason, "logprobs": null }),
+                                            "finish_reason": result.finish_reason, "logprobs": logprobs(result) }),
             });
         }
         let object = if kind == Kind::Chat { "chat.completion" } else { "text_completion" };
@@ -284,18 +286,51 @@ async fn respond(
     };
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
-    let chunk = move |delta: Value, finish: Value| -> Event {
+    let chunk = move |delta: Value, finish: Value, logprobs: Value| -> Event {
         let choice = match kind {
-            Kind::Chat => json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }),
+            Kind::Chat => json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs }),
             Kind::Completion => json!({ "index": 0, "text": delta["content"].as_str().unwrap_or(""),
-                                        "finish_reason": finish, "logprobs": null }),
+                                        "finish_reason": finish, "logprobs": logprobs }),
         };
         let v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice] });
         Event::default().data(v.to_string())
     };
     let splitter = (kind == Kind::Chat && inference.tools.active()).then(|| tool_calls::Splitter::new(inference.tools));
-    let answer = stream::Answer { node: node.clone(), chunk, include_usage, kind, splitter, place };
+    let logprobs = inference.params.logprobs.is_some();
+    let answer = stream::Answer { node: node.clone(), chunk, include_usage, kind, splitter, logprobs, place };
     Ok(Sse::new(answer.events(stream, first)).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// Log probabilities in OpenAI's shape: chat's `{content: [{token, logprob, bytes,
+/// top_logprobs}]}`, completions' parallel lists. (A probability of zero, `-inf`, is `null`.)
+fn logprobs_json(kind: Kind, lps: &[TokenLogprob]) -> Value {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match kind {
+        Kind::Chat => {
+            let content: Vec<Value> = lps
+                .iter()
+                .map(|lp| {
+                    let top: Vec<Value> =
+                        lp.top.iter().map(|(t, l)| json!({ "token": text(t), "logprob": l, "bytes": t })).collect();
+                    json!({ "token": text(&lp.token), "logprob": lp.logprob, "bytes": lp.token, "top_logprobs": top })
+                })
+                .collect();
+            json!({ "content": content, "refusal": null })
+        }
+        Kind::Completion => {
+            let mut offset = 0;
+            let mut offsets = Vec::with_capacity(lps.len());
+            for lp in lps {
+                offsets.push(offset);
+                offset += lp.token.len();
+            }
+            let tops: Vec<Value> =
+                lps.iter().map(|lp| Value::Object(lp.top.iter().map(|(t, l)| (text(t), json!(l))).collect())).collect();
+            json!({ "tokens": lps.iter().map(|lp| text(&lp.token)).collect::<Vec<_>>(),
+                    "token_logprobs": lps.iter().map(|lp| lp.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": tops, "text_offset": offsets })
+        }
+    }
 }
 
 /// Models available on the network with provider counts (`providers`, a QUIVer field beside

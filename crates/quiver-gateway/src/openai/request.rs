@@ -221,16 +221,20 @@ impl CompletionRequest {
 
     pub(super) fn to_inference(&self, input: Input) -> Result<InferenceRequest, ApiError> {
         self.choices()?;
+        // Chat takes a flag and `top_logprobs`; completions a number of alternatives.
         let logprobs = match &self.logprobs {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            // Completions take a number of log probabilities, chat a flag.
-            Some(Value::Number(n)) => n.as_u64() != Some(0),
-            Some(_) => true,
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(self.top_logprobs.unwrap_or(0)),
+            Some(Value::Number(n)) => {
+                let n = n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+                    ApiError::bad_request("`logprobs` must be true/false (chat) or a count (completions)")
+                })?;
+                Some(n)
+            }
+            Some(_) => return Err(ApiError::bad_request("`logprobs` must be true/false or a count")),
         };
-        if logprobs || self.top_logprobs.is_some_and(|n| n > 0) {
-            return Err(ApiError::bad_request(
-                "`logprobs` is not supported: QUIVer providers return text and token counts, not probabilities",
-            ));
+        if logprobs.is_none() && self.top_logprobs.is_some_and(|n| n > 0) {
+            return Err(ApiError::bad_request("`top_logprobs` needs `logprobs: true`"));
         }
         let temperature = self.temperature.unwrap_or(1.0);
         let stop = match &self.stop {
@@ -256,6 +260,7 @@ impl CompletionRequest {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias,
+            logprobs,
         };
         params.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
         let tools = self.tools(&input)?;

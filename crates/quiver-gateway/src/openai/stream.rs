@@ -26,11 +26,13 @@ pub(super) struct Answer<C> {
     pub(super) kind: Kind,
     /// Present when the model may call tools: holds back what may be a call.
     pub(super) splitter: Option<Splitter>,
+    /// The request asked for log probabilities: they come with the finishing chunk.
+    pub(super) logprobs: bool,
     /// The request stays in flight until its stream ends.
     pub(super) place: Option<InFlight>,
 }
 
-impl<C: Fn(Value, Value) -> Event + Send + 'static> Answer<C> {
+impl<C: Fn(Value, Value, Value) -> Event + Send + 'static> Answer<C> {
     /// The SSE events of a streamed answer: a role delta (chat), content deltas (tool call
     /// deltas), the finish reason, usage if asked, and `[DONE]`. An error mid-stream ends with an
     /// error event.
@@ -43,7 +45,7 @@ impl<C: Fn(Value, Value) -> Event + Send + 'static> Answer<C> {
         tokio::spawn(async move {
             let _place = self.place.take();
             let role = json!({ "role": "assistant", "content": "" });
-            if self.kind == Kind::Chat && tx.send((self.chunk)(role, Value::Null)).await.is_err() {
+            if self.kind == Kind::Chat && tx.send((self.chunk)(role, Value::Null, Value::Null)).await.is_err() {
                 return;
             }
             let mut next = Some(Ok(first));
@@ -55,7 +57,10 @@ impl<C: Fn(Value, Value) -> Event + Send + 'static> Answer<C> {
                             None => t,
                         };
                         if !content.is_empty()
-                            && tx.send((self.chunk)(json!({ "content": content }), Value::Null)).await.is_err()
+                            && tx
+                                .send((self.chunk)(json!({ "content": content }), Value::Null, Value::Null))
+                                .await
+                                .is_err()
                         {
                             debug!("the client went away; cancelling the job");
                             return; // dropping `stream` cancels the job
@@ -75,12 +80,14 @@ impl<C: Fn(Value, Value) -> Event + Send + 'static> Answer<C> {
                                 finish = json!(FinishReason::ToolCalls);
                             }
                             for delta in deltas {
-                                if tx.send((self.chunk)(delta, Value::Null)).await.is_err() {
+                                if tx.send((self.chunk)(delta, Value::Null, Value::Null)).await.is_err() {
                                     return;
                                 }
                             }
                         }
-                        let _ = tx.send((self.chunk)(json!({}), finish)).await;
+                        let logprobs =
+                            if self.logprobs { super::logprobs_json(self.kind, &r.logprobs) } else { Value::Null };
+                        let _ = tx.send((self.chunk)(json!({}), finish, logprobs)).await;
                         if self.include_usage {
                             let object =
                                 if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };

@@ -151,6 +151,11 @@ fn tools_choices_and_formats_are_read() {
     assert_eq!(sampling.params.logit_bias, vec![(42, -100.0), (7, 5.0)]);
     assert_eq!(sampling.params.stop, vec!["END".to_owned()]);
     assert_eq!((sampling.params.seed, sampling.params.max_tokens), (9, 12));
+    assert_eq!(sampling.params.logprobs, None);
+    let chat = inference(json!({"model": "m", "messages": user, "logprobs": true, "top_logprobs": 3})).expect("valid");
+    assert_eq!(chat.params.logprobs, Some(3));
+    let flag = inference(json!({"model": "m", "messages": user, "logprobs": true})).expect("valid");
+    assert_eq!(flag.params.logprobs, Some(0));
 }
 
 #[test]
@@ -182,7 +187,8 @@ fn what_cannot_be_served_is_a_400_that_says_why() {
     );
     bad_request(json!({"model": "m", "messages": user, "presence_penalty": 3.0}), "presence_penalty");
     bad_request(json!({"model": "m", "messages": user, "logit_bias": {"word": 1}}), "logit_bias");
-    bad_request(json!({"model": "m", "messages": user, "logprobs": true}), "logprobs");
+    bad_request(json!({"model": "m", "messages": user, "logprobs": true, "top_logprobs": 21}), "top_logprobs");
+    bad_request(json!({"model": "m", "messages": user, "top_logprobs": 2}), "top_logprobs");
     bad_request(json!({"model": "m", "messages": user, "n": 2, "stream": true}), "stream");
     bad_request(json!({"model": "m", "messages": user, "n": 99}), "`n`");
     bad_request(

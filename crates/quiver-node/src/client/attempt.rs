@@ -114,6 +114,7 @@ impl Node {
         let mut first_chunk_at: Option<Instant> = None;
         let mut text = String::new();
         let mut tokens: u32 = 0;
+        let mut logprobs: Vec<quiver_proto::TokenLogprob> = Vec::new();
         loop {
             let wait = match (&accepted, queued_since, first_chunk_at) {
                 (None, None, _) => FIRST_FRAME_TIMEOUT,
@@ -224,6 +225,13 @@ impl Node {
                     if let Err(what) = check_counts(&text, tokens, params) {
                         return Err(retry(Offence::ProtocolViolation, what));
                     }
+                    // Log probabilities only when asked, each bounded, no more than max_tokens.
+                    let unasked = !params.logprobs && !c.logprobs.is_empty();
+                    let over = logprobs.len() + c.logprobs.len() > params.max_tokens as usize;
+                    if unasked || over || c.logprobs.iter().any(|lp| lp.validate(params.top_logprobs).is_err()) {
+                        return Err(retry(Offence::ProtocolViolation, "log probabilities not asked for or malformed"));
+                    }
+                    logprobs.extend(c.logprobs);
                     // A failover replays what the caller already has: it must match, byte for
                     // byte; only what goes beyond it is delivered.
                     if text.len() <= delivery.text.len() {
@@ -247,7 +255,7 @@ impl Node {
                     let signed_hex = hex(&prost::Message::encode_to_vec(&signed));
                     let receipt = Receipt::verify(signed, &peer)
                         .map_err(|e| AttemptError::Retry(Offence::BadSignature, format!("bad receipt: {e}")))?;
-                    check_receipt(&receipt, request, &accepted, &text, tokens).map_err(|e| {
+                    check_receipt(&receipt, request, &accepted, &text, tokens, &logprobs).map_err(|e| {
                         AttemptError::Retry(Offence::FailedVerification, format!("receipt does not match: {e}"))
                     })?;
                     if text.len() < delivery.text.len() {
@@ -258,6 +266,7 @@ impl Node {
                         if receipt.finish_reason == "length" { FinishReason::Length } else { FinishReason::Stop };
                     return Ok(InferenceResult {
                         text,
+                        logprobs: logprobs.into_iter().map(wire::logprob_from_wire).collect(),
                         usage: Usage {
                             prompt_tokens: receipt.prompt_tokens,
                             completion_tokens: receipt.completion_tokens,
@@ -307,6 +316,7 @@ pub(super) fn check_receipt(
     accepted: &quiver_proto::Accepted,
     text: &str,
     tokens: u32,
+    logprobs: &[quiver_proto::TokenLogprob],
 ) -> Result<(), &'static str> {
     if receipt.request_id != request.request_id {
         return Err("request id");
@@ -329,6 +339,11 @@ pub(super) fn check_receipt(
     }
     if receipt.engine_build != accepted.engine_build || receipt.threads != accepted.threads {
         return Err("engine build");
+    }
+    let asked = request.params.as_ref().is_some_and(|p| p.logprobs);
+    let bound = if asked { quiver_proto::infer::logprobs_hash(logprobs).to_vec() } else { Vec::new() };
+    if receipt.logprobs_hash != bound {
+        return Err("log probabilities");
     }
     Ok(())
 }

@@ -121,6 +121,9 @@ pub struct ReceiptInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct InferenceResult {
     pub text: String,
+    /// Each generated token's log probability, when the request asked for them (bound by the
+    /// receipt, not compared by verification).
+    pub logprobs: Vec<quiver_engine::TokenLogprob>,
     pub usage: Usage,
     pub finish_reason: FinishReason,
     pub provider: PeerId,

@@ -78,6 +78,7 @@ impl Provider {
             finish_reason: "embedding".into(),
             timestamp_ms: now_ms(),
             cached_tokens: 0,
+            logprobs_hash: Vec::new(),
         };
         debug!(%peer, texts = embedded.vectors.len(), ?elapsed, "embedding job served");
         write_frame(stream, &reply(Kind::Receipt(receipt.sign(&self.keypair)))).await

@@ -423,8 +423,12 @@ impl Provider {
         let mut text = String::new();
         let mut first_token: Option<Duration> = None;
         let mut chunks = 0usize;
+        // Log probabilities waiting for their token's chunk, and all of them (for the receipt).
+        let mut pending: Vec<quiver_proto::TokenLogprob> = Vec::new();
+        let mut logprobs: Vec<quiver_proto::TokenLogprob> = Vec::new();
         loop {
             match generation.next().await {
+                Some(Ok(GenEvent::Logprob(lp))) => pending.push(wire::logprob_to_wire(lp)),
                 Some(Ok(GenEvent::Token { text: t, tokens })) => {
                     first_token.get_or_insert_with(|| started.elapsed());
                     #[cfg(feature = "adversary")]
@@ -457,9 +461,12 @@ impl Provider {
                     } else {
                         tokens
                     };
-                    write_frame(stream, &reply(Kind::Chunk(TokenChunk { text: t, tokens }))).await.inspect_err(
-                        |_| self.metrics.provider_job(&model.name, peer, Cancelled, first_token, started.elapsed(), 0),
-                    )?;
+                    let chunk_logprobs = std::mem::take(&mut pending);
+                    logprobs.extend(chunk_logprobs.iter().cloned());
+                    let chunk = TokenChunk { text: t, tokens, logprobs: chunk_logprobs, ..Default::default() };
+                    write_frame(stream, &reply(Kind::Chunk(chunk))).await.inspect_err(|_| {
+                        self.metrics.provider_job(&model.name, peer, Cancelled, first_token, started.elapsed(), 0)
+                    })?;
                 }
                 Some(Ok(GenEvent::Done { finish_reason, usage })) => {
                     let elapsed = started.elapsed();
@@ -480,6 +487,11 @@ impl Provider {
                         finish_reason: finish_reason.to_string(),
                         timestamp_ms: now_ms(),
                         cached_tokens: usage.cached_tokens,
+                        logprobs_hash: if request.params.as_ref().is_some_and(|p| p.logprobs) {
+                            quiver_proto::infer::logprobs_hash(&logprobs).to_vec()
+                        } else {
+                            Vec::new()
+                        },
                     };
                     debug!(%peer, tokens = usage.completion_tokens, chunks, ?elapsed, "job served");
                     drop(permit);

@@ -167,11 +167,26 @@ mod receipts {
             finish_reason: "stop".into(),
             timestamp_ms: 1,
             cached_tokens: 0,
+            logprobs_hash: vec![],
         }
     }
 
     fn check(receipt: &Receipt) -> Result<(), &'static str> {
-        check_receipt(receipt, &request(), &accepted(), TEXT, 5)
+        check_receipt(receipt, &request(), &accepted(), TEXT, 5, &[])
+    }
+
+    #[test]
+    fn log_probabilities_are_bound_when_asked_and_absent_otherwise() {
+        let lp = quiver_proto::TokenLogprob { token: b"The".to_vec(), logprob: -0.25, top: vec![] };
+        let asked =
+            InferRequest { params: Some(quiver_proto::SamplingParams { logprobs: true, ..params() }), ..request() };
+        let bound = quiver_proto::infer::logprobs_hash(std::slice::from_ref(&lp)).to_vec();
+        let receipt = Receipt { logprobs_hash: bound, params: asked.params.clone(), ..honest() };
+        assert_eq!(check_receipt(&receipt, &asked, &accepted(), TEXT, 5, std::slice::from_ref(&lp)), Ok(()));
+        let other = quiver_proto::TokenLogprob { logprob: -3.0, ..lp.clone() };
+        assert_eq!(check_receipt(&receipt, &asked, &accepted(), TEXT, 5, &[other]), Err("log probabilities"));
+        // Not asked: a receipt that binds some anyway does not match.
+        assert_eq!(check(&Receipt { logprobs_hash: vec![1; 32], ..honest() }), Err("log probabilities"));
     }
 
     #[test]

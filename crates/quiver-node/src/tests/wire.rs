@@ -20,6 +20,7 @@ fn round_trips() {
         presence_penalty: 0.5,
         frequency_penalty: -0.25,
         logit_bias: vec![(7, -100.0), (42, 3.5)],
+        logprobs: Some(5),
     };
     assert_eq!(params_from_wire(params_to_wire(&p)), p);
     let object = SamplingParams { response_format: ResponseFormat::JsonObject, ..SamplingParams::default() };

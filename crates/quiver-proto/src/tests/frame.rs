@@ -8,7 +8,7 @@ use futures::io::Cursor;
 #[test]
 fn round_trip_limits_and_garbage() {
     block_on(async {
-        let msg = TokenChunk { text: "héllo".repeat(100), tokens: 3 };
+        let msg = TokenChunk { text: "héllo".repeat(100), tokens: 3, ..Default::default() };
         let mut buf = Cursor::new(Vec::new());
         write_frame(&mut buf, &msg).await.unwrap();
         write_frame(&mut buf, &ClaimAck { chosen: true }).await.unwrap();

@@ -218,6 +218,7 @@ pub fn receipt() -> impl Strategy<Value = Receipt> {
                 finish_reason,
                 timestamp_ms,
                 cached_tokens,
+                logprobs_hash: Vec::new(),
             },
         )
 }
@@ -229,7 +230,11 @@ pub fn infer_response() -> impl Strategy<Value = InferResponse> {
             (sha(), text(40), any::<u32>()).prop_map(|(model_sha256, engine_build, threads)| Kind::Accepted(
                 Accepted { model_sha256, engine_build, threads }
             )),
-            (text(200), any::<u32>()).prop_map(|(text, tokens)| Kind::Chunk(TokenChunk { text, tokens })),
+            (text(200), any::<u32>()).prop_map(|(text, tokens)| Kind::Chunk(TokenChunk {
+                text,
+                tokens,
+                ..Default::default()
+            })),
             (any::<u32>(), any::<u32>())
                 .prop_map(|(queue_depth, retry_after_ms)| Kind::Busy(Busy { queue_depth, retry_after_ms })),
             (text(30), text(200)).prop_map(|(code, message)| Kind::Error(InferError { code, message })),

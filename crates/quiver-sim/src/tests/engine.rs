@@ -14,6 +14,7 @@ async fn run(engine: &PacedEngine, req: GenerateRequest) -> (String, FinishReaso
     loop {
         match tokio::time::timeout(Duration::from_secs(10), generation.next()).await.expect("an event in time") {
             Some(Ok(GenEvent::Token { text: t, .. })) => text.push_str(&t),
+            Some(Ok(GenEvent::Logprob(_))) => panic!("the paced engine reports no log probabilities"),
             Some(Ok(GenEvent::Done { finish_reason, usage })) => return (text, finish_reason, usage),
             Some(Err(e)) => panic!("generation failed: {e}"),
             None => panic!("generation ended without Done"),

@@ -7,7 +7,6 @@ use std::fmt;
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -16,12 +15,12 @@ use tracing::debug;
 use futures::future::BoxFuture;
 
 use crate::{
-    ChatMessage, Embeddings, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Generation, Input, ModelId,
-    ResponseFormat, ToolCall, ToolChoice, Usage, chat,
+    ChatMessage, Embeddings, Engine, EngineError, GenEvent, GenerateRequest, Generation, Input, ModelId,
+    ResponseFormat, ToolCall, ToolChoice, chat,
 };
 
 /// Longest server-sent-events line accepted.
-const MAX_LINE: usize = 1 << 20;
+pub(super) const MAX_LINE: usize = 1 << 20;
 /// Most bytes read from one streamed answer.
 const MAX_STREAM: usize = 64 << 20;
 /// Most bytes read from a whole (non-streamed) answer.
@@ -29,7 +28,7 @@ const MAX_BODY: usize = 16 << 20;
 /// Most bytes read from an error answer.
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// Longest error message kept from a server.
-const MAX_MESSAGE: usize = 1000;
+pub(super) const MAX_MESSAGE: usize = 1000;
 
 /// Where and how to reach the server. (Its `Debug` hides the API key.)
 #[derive(Clone, PartialEq, Eq)]
@@ -221,6 +220,15 @@ fn add_sampling_extras(body: &mut Value, request: &GenerateRequest) {
     if p.frequency_penalty != 0.0 {
         body["frequency_penalty"] = json!(p.frequency_penalty);
     }
+    if let Some(top) = p.logprobs {
+        // Chat takes a flag and a count, completions a count.
+        if matches!(request.input, Input::Chat(_)) {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(top);
+        } else {
+            body["logprobs"] = json!(top);
+        }
+    }
     if !p.logit_bias.is_empty() {
         let biases: serde_json::Map<String, Value> =
             p.logit_bias.iter().map(|(token, bias)| (token.to_string(), json!(bias))).collect();
@@ -276,6 +284,20 @@ fn calls_text(calls: &[(String, String)]) -> String {
 }
 
 type Events = mpsc::Sender<Result<GenEvent, EngineError>>;
+
+/// Sends a streamed line's log probabilities, then its text (one token); false when the consumer
+/// is gone.
+async fn send_text(tx: &Events, stream: &mut StreamState, text: Option<String>) -> bool {
+    for lp in std::mem::take(&mut stream.logprobs) {
+        if tx.send(Ok(GenEvent::Logprob(lp))).await.is_err() {
+            return false;
+        }
+    }
+    match text {
+        Some(text) => tx.send(Ok(GenEvent::Token { text, tokens: 1 })).await.is_ok(),
+        None => true,
+    }
+}
 
 /// One request to the server.
 struct Call {
@@ -343,7 +365,12 @@ impl Call {
             self.read_stream(response, tx).await
         } else {
             let body = self.read_body(&mut response, MAX_BODY).await?;
-            let (text, finish_reason, usage) = parse_whole(&body, self.chat)?;
+            let (text, finish_reason, usage, logprobs) = parse_whole(&body, self.chat)?;
+            for lp in logprobs {
+                if tx.send(Ok(GenEvent::Logprob(lp))).await.is_err() {
+                    return Ok(());
+                }
+            }
             let event = GenEvent::Token { text, tokens: usage.completion_tokens };
             if tx.send(Ok(event)).await.is_ok() {
                 let _ = tx.send(Ok(GenEvent::Done { finish_reason, usage })).await;
@@ -359,9 +386,8 @@ impl Call {
         'read: loop {
             let chunk = self.next_chunk(&mut response).await?;
             let Some(chunk) = chunk else {
-                if let Some(text) = stream.line(&lines.finish()?)?
-                    && tx.send(Ok(GenEvent::Token { text, tokens: 1 })).await.is_err()
-                {
+                let text = stream.line(&lines.finish()?)?;
+                if !send_text(tx, &mut stream, text).await {
                     return Ok(());
                 }
                 break;
@@ -372,9 +398,8 @@ impl Call {
                 return Err(EngineError::BackendProtocol(format!("the stream is longer than {MAX_STREAM} bytes")));
             }
             for line in lines.push(chunk)? {
-                if let Some(text) = stream.line(&line)?
-                    && tx.send(Ok(GenEvent::Token { text, tokens: 1 })).await.is_err()
-                {
+                let text = stream.line(&line)?;
+                if !send_text(tx, &mut stream, text).await {
                     return Ok(());
                 }
                 if stream.done {
@@ -427,290 +452,9 @@ impl Call {
     }
 }
 
-/// The message of an error answer: OpenAI's `{"error": {"message": ...}}`, or the forms other
-/// servers use, or the start of the body.
-fn error_message(body: &[u8], status: reqwest::StatusCode) -> String {
-    let from_json = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-        [v.pointer("/error/message"), v.get("error"), v.get("message"), v.get("detail")]
-            .into_iter()
-            .flatten()
-            .find_map(|m| m.as_str().map(str::to_string))
-    });
-    let message = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
-    let message =
-        if message.is_empty() { status.canonical_reason().unwrap_or("no message").to_string() } else { message };
-    truncate(message, MAX_MESSAGE)
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
-    s
-}
-
-/// Splits a byte stream into lines (LF or CRLF), each at most [`MAX_LINE`] bytes.
-#[derive(Default)]
-struct Lines {
-    buf: Vec<u8>,
-}
-
-impl Lines {
-    fn push(&mut self, data: &[u8]) -> Result<Vec<String>, EngineError> {
-        self.buf.extend_from_slice(data);
-        let mut lines = Vec::new();
-        let mut start = 0;
-        while let Some(n) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            lines.push(line_text(&self.buf[start..start + n])?);
-            start += n + 1;
-        }
-        self.buf.drain(..start);
-        if self.buf.len() > MAX_LINE {
-            return Err(EngineError::BackendProtocol(format!("a stream line is longer than {MAX_LINE} bytes")));
-        }
-        Ok(lines)
-    }
-
-    /// The unterminated last line.
-    fn finish(&mut self) -> Result<String, EngineError> {
-        line_text(&std::mem::take(&mut self.buf))
-    }
-}
-
-fn line_text(line: &[u8]) -> Result<String, EngineError> {
-    if line.len() > MAX_LINE {
-        return Err(EngineError::BackendProtocol(format!("a stream line is longer than {MAX_LINE} bytes")));
-    }
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    String::from_utf8(line.to_vec()).map_err(|_| EngineError::BackendProtocol("a stream line is not UTF-8".into()))
-}
-
-#[derive(Deserialize)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    prompt_tokens_details: Option<WirePromptDetails>,
-}
-
-#[derive(Deserialize)]
-struct WirePromptDetails {
-    #[serde(default)]
-    cached_tokens: u64,
-}
-
-impl From<WireUsage> for Usage {
-    fn from(u: WireUsage) -> Usage {
-        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        let prompt_tokens = clamp(u.prompt_tokens);
-        let cached = u.prompt_tokens_details.map_or(0, |d| clamp(d.cached_tokens));
-        Usage {
-            prompt_tokens,
-            completion_tokens: clamp(u.completion_tokens),
-            // A server's word, kept within what it says the prompt had.
-            cached_tokens: cached.min(prompt_tokens),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct WireText {
-    content: Option<String>,
-    #[serde(default)]
-    tool_calls: Vec<WireToolCall>,
-}
-
-/// A tool call, whole or (streamed) a fragment of one: `index` says which.
-#[derive(Deserialize)]
-struct WireToolCall {
-    #[serde(default)]
-    index: usize,
-    function: Option<WireFunction>,
-}
-
-#[derive(Deserialize)]
-struct WireFunction {
-    name: Option<String>,
-    arguments: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireEmbeddings {
-    data: Vec<WireEmbedding>,
-    usage: Option<WireUsage>,
-}
-
-#[derive(Deserialize)]
-struct WireEmbedding {
-    #[serde(default)]
-    index: usize,
-    embedding: Vec<f32>,
-}
-
-/// Most values accepted in one embedding from a server.
-const MAX_EMBEDDING_DIMS: usize = 16_000;
-
-/// Most tool calls taken from one answer.
-const MAX_CALLS: usize = 64;
-
-#[derive(Deserialize)]
-struct WireChoice {
-    /// Streamed chat.
-    delta: Option<WireText>,
-    /// Whole chat answer.
-    message: Option<WireText>,
-    /// Completions.
-    text: Option<String>,
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireAnswer {
-    #[serde(default)]
-    choices: Vec<WireChoice>,
-    usage: Option<WireUsage>,
-    error: Option<Value>,
-}
-
-fn finish_reason(reason: &str) -> FinishReason {
-    if reason == "length" { FinishReason::Length } else { FinishReason::Stop }
-}
-
-fn parse_answer(json: &str) -> Result<WireAnswer, EngineError> {
-    let answer: WireAnswer = serde_json::from_str(json)
-        .map_err(|e| EngineError::BackendProtocol(format!("bad JSON ({e}): {}", truncate(json.into(), 200))))?;
-    if let Some(error) = &answer.error {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .or(error.as_str())
-            .map_or_else(|| error.to_string(), str::to_string);
-        return Err(EngineError::Inference(format!("the backend reported: {}", truncate(message, MAX_MESSAGE))));
-    }
-    Ok(answer)
-}
-
-/// Text, finish reason and usage of a whole answer.
-fn parse_whole(body: &[u8], chat: bool) -> Result<(String, FinishReason, Usage), EngineError> {
-    let body = std::str::from_utf8(body).map_err(|_| EngineError::BackendProtocol("the answer is not UTF-8".into()))?;
-    let answer = parse_answer(body)?;
-    let choice = answer
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| EngineError::BackendProtocol("the answer has no choices".into()))?;
-    let text = if chat {
-        choice.message.map(|m| {
-            let mut calls = Vec::new();
-            for call in m.tool_calls.into_iter().take(MAX_CALLS) {
-                let f = call.function.unwrap_or(WireFunction { name: None, arguments: None });
-                calls.push((f.name.unwrap_or_default(), f.arguments.unwrap_or_default()));
-            }
-            let content = m.content.unwrap_or_default();
-            if calls.is_empty() { content } else { format!("{content}{}", calls_text(&calls)) }
-        })
-    } else {
-        choice.text
-    };
-    let reason = choice.finish_reason.as_deref().map_or(FinishReason::Stop, finish_reason);
-    let usage =
-        answer.usage.map(Usage::from).unwrap_or(Usage { prompt_tokens: 0, completion_tokens: 1, cached_tokens: 0 });
-    Ok((text.unwrap_or_default(), reason, usage))
-}
-
-/// What a stream has said so far.
-struct StreamState {
-    chat: bool,
-    done: bool,
-    chunks: u32,
-    finish: Option<FinishReason>,
-    usage: Option<Usage>,
-    /// Streamed tool calls: name and arguments, by index.
-    calls: Vec<(String, String)>,
-}
-
-impl StreamState {
-    fn new(chat: bool) -> Self {
-        StreamState { chat, done: false, chunks: 0, finish: None, usage: None, calls: Vec::new() }
-    }
-
-    /// Adds fragments of streamed tool calls.
-    fn tool_calls(&mut self, fragments: Vec<WireToolCall>) -> Result<(), EngineError> {
-        for f in fragments {
-            if f.index >= MAX_CALLS {
-                return Err(EngineError::BackendProtocol(format!("a tool call index of {}", f.index)));
-            }
-            if self.calls.len() <= f.index {
-                self.calls.resize(f.index + 1, (String::new(), String::new()));
-            }
-            if let Some(function) = f.function {
-                let (name, arguments) = &mut self.calls[f.index];
-                name.push_str(&function.name.unwrap_or_default());
-                arguments.push_str(&function.arguments.unwrap_or_default());
-            }
-        }
-        Ok(())
-    }
-
-    /// The streamed tool calls as text, once (at the end of the stream).
-    fn calls_text(&mut self) -> Option<String> {
-        if self.calls.is_empty() {
-            return None;
-        }
-        self.chunks += 1;
-        Some(calls_text(&std::mem::take(&mut self.calls)))
-    }
-
-    /// Handles one line; returns new text, if any.
-    fn line(&mut self, line: &str) -> Result<Option<String>, EngineError> {
-        // Blank lines end events, `:` starts comments; other fields (event, id, retry) carry
-        // nothing for us. Every OpenAI-compatible server sends one JSON object per data line.
-        let Some(data) = line.strip_prefix("data:") else { return Ok(None) };
-        let data = data.strip_prefix(' ').unwrap_or(data);
-        if data.trim() == "[DONE]" {
-            self.done = true;
-            return Ok(None);
-        }
-        let answer = parse_answer(data)?;
-        if let Some(usage) = answer.usage {
-            self.usage = Some(usage.into());
-        }
-        let Some(choice) = answer.choices.into_iter().next() else { return Ok(None) };
-        if let Some(reason) = choice.finish_reason.as_deref() {
-            self.finish = Some(finish_reason(reason));
-        }
-        let text = if self.chat {
-            choice.delta.and_then(|d| self.tool_calls(d.tool_calls).map(|()| d.content).transpose())
-        } else {
-            choice.text.map(Ok)
-        }
-        .transpose()?;
-        match text {
-            Some(text) if !text.is_empty() => {
-                self.chunks += 1;
-                Ok(Some(text))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// The finish reason and usage once the stream is over.
-    fn end(self) -> Result<(FinishReason, Usage), EngineError> {
-        if !self.done && self.finish.is_none() {
-            return Err(EngineError::BackendProtocol("the stream ended before [DONE]".into()));
-        }
-        let usage = self.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: self.chunks, cached_tokens: 0 });
-        Ok((self.finish.unwrap_or(FinishReason::Stop), usage))
-    }
-}
+mod wire;
+use wire::{Lines, MAX_EMBEDDING_DIMS, StreamState, WireEmbeddings, error_message, parse_whole};
 
 #[cfg(test)]
-#[path = "tests/openai.rs"]
+#[path = "../tests/openai.rs"]
 mod tests;
