@@ -311,7 +311,7 @@ async fn run_local(args: AskArgs) -> anyhow::Result<()> {
 }
 
 /// A fraction in [0, 1].
-fn parse_fraction(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
         _ => Err(format!("{s:?} is not a fraction between 0 and 1")),

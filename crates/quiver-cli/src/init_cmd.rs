@@ -85,6 +85,10 @@ pub fn default_config() -> String {
 # false: only the bootstrap peers (the same as --no-mdns).
 # mdns = true
 
+# Fraction of this node's reproducible requests (greedy, or seeded) cross-checked with a second
+# provider, so a lying provider is caught even when nobody asked to verify (--verify-rate).
+# verify_rate = 0.0
+
 # Relay for NATed peers while this node is reachable, within these limits: reservations held
 # at once and per peer, circuits at once, and each circuit's longest life and bytes each way.
 # relay_service = true

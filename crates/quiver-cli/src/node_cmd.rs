@@ -118,6 +118,11 @@ pub struct NodeArgs {
     #[arg(long, env = "QUIVER_GATEWAY_VERIFY")]
     pub gateway_verify: bool,
 
+    /// Fraction of this node's other reproducible requests (greedy, or with a seed) that are
+    /// cross-checked with a second provider anyway; a liar caught so is charged. [default: 0]
+    #[arg(long, value_name = "FRACTION", env = "QUIVER_VERIFY_RATE", value_parser = crate::ask_cmd::parse_fraction)]
+    pub verify_rate: Option<f64>,
+
     /// TOML config file.
     #[arg(long, value_name = "FILE", env = "QUIVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -269,6 +274,10 @@ fn settings(args: NodeArgs) -> Settings {
             },
             upnp: args.upnp || file.upnp.unwrap_or(false),
             mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            verify_rate: match args.verify_rate.or(file.verify_rate).unwrap_or(0.0) {
+                f if (0.0..=1.0).contains(&f) => f,
+                f => usage_error(format!("invalid verify_rate {f} in config file: expected a fraction from 0 to 1")),
+            },
             relay_service: !args.no_relay && file.relay_service.unwrap_or(true),
             relay_limits: RelayLimits {
                 max_reservations: args

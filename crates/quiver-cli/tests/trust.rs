@@ -224,3 +224,55 @@ fn verify_never_returns_a_liars_answer_and_the_liar_ends_banned() {
     step(t, "only liars: could not verify");
     drop((liar, garbage));
 }
+
+/// A long-running node with `--verify-rate 1` cross-checks its greedy requests without being
+/// asked: through its gateway, with no `X-Quiver-Verify` header, the answer names the second
+/// provider that reproduced it; a node without the flag does not check.
+#[test]
+fn a_node_with_a_verify_rate_cross_checks_unasked() {
+    let _machine = support::heavy();
+    let t = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let models = model_dir();
+    let models = models.to_str().expect("utf-8 path");
+    let boot = NodeProc::start(NODE, "boot", &["--bootstrap-node", "--port", "0"], d);
+    let hostport = format!("127.0.0.1:{}", boot.tcp_port);
+    let provider_args = ["--bootstrap", &hostport, "--port", "0", "--threads", "1", "--models-dir", models];
+    let providers: Vec<NodeProc> =
+        ["p1", "p2"].iter().map(|name| NodeProc::start(PROVIDER, name, &provider_args, d)).collect();
+    let gateway_args = |rate: &'static str| -> Vec<String> {
+        let mut v: Vec<String> = ["--bootstrap", &hostport, "--port", "0", "--gateway", "127.0.0.1:0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(["--verify-rate".to_string(), rate.to_string()]);
+        v
+    };
+    let checking_args = gateway_args("1");
+    let checking = NodeProc::start(NODE, "checking", &checking_args.iter().map(String::as_str).collect::<Vec<_>>(), d);
+    let trusting_args = gateway_args("0");
+    let trusting = NodeProc::start(NODE, "trusting", &trusting_args.iter().map(String::as_str).collect::<Vec<_>>(), d);
+    eventually(Duration::from_secs(60), "both gateways hear both providers", || {
+        [&checking, &trusting].iter().all(|g| providers.iter().all(|p| knows_provider(MODEL, g, &p.peer_id)))
+    });
+    step(t, "two providers and two gateways up");
+    let body = serde_json::json!({ "model": MODEL, "messages": [{ "role": "user", "content": "Name a fruit." }],
+                                   "max_tokens": 12, "temperature": 0 })
+    .to_string();
+    let ask = |g: &NodeProc| -> Value {
+        let gw = g.gateway.expect("the gateway's address");
+        let (status, text) = support::http_post(gw, "/v1/chat/completions", &body).expect("an answer");
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).expect("JSON")
+    };
+    let checked = ask(&checking);
+    let served = checked["quiver"]["provider"].as_str().expect("provider").to_owned();
+    let by = checked["quiver"]["verified_by"].as_array().expect("verified_by").clone();
+    assert_eq!(by.len(), 1, "{checked}");
+    assert_ne!(by[0].as_str(), Some(served.as_str()), "another provider reproduced it: {checked}");
+    let trusted = ask(&trusting);
+    assert_eq!(trusted["quiver"]["verified_by"], serde_json::json!([]), "{trusted}");
+    assert_eq!(trusted["choices"][0]["message"]["content"], checked["choices"][0]["message"]["content"]);
+    step(t, "--verify-rate 1 checked the answer; rate 0 did not");
+}

@@ -50,7 +50,7 @@ async fn errors_have_openai_shapes_and_status_codes() {
         "{not json".to_owned(),
         json!({ "model": "m" }).to_string(),
         json!({ "model": "m", "messages": [] }).to_string(),
-        json!({ "model": "m", "messages": [{ "role": "user", "content": "x" }], "n": 2 }).to_string(),
+        json!({ "model": "m", "messages": [{ "role": "user", "content": "x" }], "n": 2, "stream": true }).to_string(),
         json!({ "messages": [{ "role": "user", "content": "x" }] }).to_string(),
         json!({ "model": "m", "messages": [{ "role": "user", "content": [{ "type": "image_url" }] }] }).to_string(),
     ] {
@@ -68,7 +68,7 @@ async fn errors_have_openai_shapes_and_status_codes() {
     assert_eq!(error_code(&body), "request_too_large");
 
     // Unknown URL and wrong method, in the same shape.
-    let (status, _, body) = gw.post("/v1/embeddings", "{}").await;
+    let (status, _, body) = gw.post("/v1/audio/speech", "{}").await;
     assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "unknown_url"), "{body}");
     let resp = gw.get("/v1/chat/completions").await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);

@@ -50,6 +50,9 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     /// Relay for NATed peers while reachable.
     pub relay_service: Option<bool>,
+    /// Fraction of this node's reproducible requests (greedy or seeded) cross-checked with a
+    /// second provider (0..=1).
+    pub verify_rate: Option<f64>,
     /// Relay service limits (see `quiver node --help`).
     pub relay_max_reservations: Option<usize>,
     pub relay_max_reservations_per_peer: Option<usize>,

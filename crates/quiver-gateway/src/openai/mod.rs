@@ -124,7 +124,8 @@ pub async fn not_found(method: Method, uri: Uri) -> ApiError {
         "unknown_url",
         format!(
             "Unknown request URL: {method} {}. QUIVer serves POST /v1/chat/completions, POST /v1/completions, \
-             GET /v1/models, and the status page at /",
+             POST /v1/embeddings, GET /v1/models, Ollama's /api/chat, /api/generate, /api/embed, /api/tags, \
+             /api/show, /api/ps and /api/version, and the status page at /",
             uri.path()
         ),
     )

@@ -19,6 +19,7 @@ fn parses_all_fields_and_refuses_unknown_ones() {
         upnp = true
         mdns = false
         relay_service = false
+        verify_rate = 0.25
         relay_max_reservations = 8
         relay_max_reservations_per_peer = 1
         relay_max_circuits = 4
@@ -28,6 +29,7 @@ fn parses_all_fields_and_refuses_unknown_ones() {
     )
     .unwrap();
     assert_eq!(c.dht_mode.as_deref(), Some("server"));
+    assert_eq!(c.verify_rate, Some(0.25));
     assert_eq!((c.upnp, c.relay_service, c.mdns), (Some(true), Some(false), Some(false)));
     assert_eq!((c.relay_max_reservations, c.relay_max_circuit_bytes), (Some(8), Some(65536)));
     assert_eq!(c.port, Some(4001));
