@@ -61,6 +61,9 @@ fn check_receipt(result: &Value) {
     assert_eq!(u64::from(receipt.prompt_tokens), result["usage"]["prompt_tokens"].as_u64().unwrap());
     assert_eq!(receipt.finish_reason, result["finish_reason"].as_str().unwrap());
     assert_eq!(hex(&receipt.request_id), result["receipt"]["request_id"].as_str().unwrap());
+    assert_eq!(u64::from(receipt.cached_tokens), result["receipt"]["cached_tokens"].as_u64().unwrap());
+    assert_eq!(u64::from(receipt.cached_tokens), result["usage"]["cached_tokens"].as_u64().unwrap());
+    assert_eq!(result["receipt"]["logprobs_hash"], "", "no log probabilities were asked");
     assert_eq!(result["receipt"]["verified"], true);
 }
 

@@ -284,6 +284,8 @@ impl Node {
                             output_hash: hex(&receipt.output_hash),
                             prompt_tokens: receipt.prompt_tokens,
                             completion_tokens: receipt.completion_tokens,
+                            cached_tokens: receipt.cached_tokens.min(receipt.prompt_tokens),
+                            logprobs_hash: hex(&receipt.logprobs_hash),
                             engine_build: receipt.engine_build,
                             threads: receipt.threads,
                             finish_reason: receipt.finish_reason,

@@ -108,10 +108,14 @@ pub struct ReceiptInfo {
     pub output_hash: String,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens the provider says came from its prompt cache.
+    pub cached_tokens: u32,
     pub engine_build: String,
     pub threads: u32,
     pub finish_reason: String,
     pub timestamp_ms: u64,
+    /// sha256 of the log probabilities streamed, hex (empty when none were asked).
+    pub logprobs_hash: String,
     /// The signed receipt as sent (protobuf `SignedRecord`), hex.
     pub signed: String,
     /// Always true: a result is only returned when its receipt verified.
