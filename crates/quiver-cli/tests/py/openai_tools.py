@@ -205,6 +205,12 @@ def main():
     bad_request(lambda: client.chat.completions.create(
         model=MODEL, messages=question, max_tokens=8,
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": huge}}), "bytes")
+    # Under the schema's size limit, over the grammar's: integer ranges expand into digit rules.
+    ranges = {"type": "object", "properties": {
+        f"p{i}": {"type": "integer", "minimum": -123456789, "maximum": 987654321} for i in range(400)}}
+    bad_request(lambda: client.chat.completions.create(
+        model=MODEL, messages=question, max_tokens=8,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": ranges}}), "grammar of")
     bad_request(lambda: client.chat.completions.create(
         model=MODEL, messages=question, tools=TOOLS, max_tokens=8,
         tool_choice={"type": "function", "function": {"name": "launch_rockets"}}), "launch_rockets")

@@ -261,6 +261,20 @@ fn bad_schemas_and_tools_are_invalid_requests() {
         ..SamplingParams::default()
     }));
     assert!(ResponseFormat::JsonSchema("x".repeat(MAX_SCHEMA_BYTES + 1)).validate().is_err());
+    // Under the schema limit, over the grammar limit: integer ranges expand into digit rules.
+    let ranges: serde_json::Map<String, Value> = (0..400)
+        .map(|i| (format!("p{i}"), json!({"type": "integer", "minimum": -123_456_789, "maximum": 987_654_321})))
+        .collect();
+    let big = json!({"type": "object", "properties": ranges}).to_string();
+    assert!(big.len() < MAX_SCHEMA_BYTES);
+    match grammar::constraint(
+        &SamplingParams { response_format: ResponseFormat::JsonSchema(big), ..SamplingParams::default() },
+        &Tools::default(),
+        ToolFormat::Generic,
+    ) {
+        Err(EngineError::InvalidRequest(m)) => assert!(m.contains("grammar of"), "{m}"),
+        other => panic!("a grammar over the limit: {other:?}"),
+    }
 
     let mut t = weather();
     t.choice = ToolChoice::Function("nope".into());

@@ -185,6 +185,15 @@ fn what_cannot_be_served_is_a_400_that_says_why() {
             "json_schema": {"name": "x", "schema": {"type": "object", "properties": huge}}}}),
         "bytes",
     );
+    // A schema under its size limit whose grammar is over its own (integer ranges expand).
+    let ranges: serde_json::Map<String, Value> = (0..400)
+        .map(|i| (format!("p{i}"), json!({"type": "integer", "minimum": -123_456_789, "maximum": 987_654_321})))
+        .collect();
+    bad_request(
+        json!({"model": "m", "messages": user, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object", "properties": ranges}}}}),
+        "grammar of",
+    );
     bad_request(json!({"model": "m", "messages": user, "presence_penalty": 3.0}), "presence_penalty");
     bad_request(json!({"model": "m", "messages": user, "logit_bias": {"word": 1}}), "logit_bias");
     bad_request(json!({"model": "m", "messages": user, "logprobs": true, "top_logprobs": 21}), "top_logprobs");
