@@ -1,6 +1,7 @@
 //! Unit tests of `models.rs`.
 
 use super::*;
+use super::gguf::GgufReader;
 use std::io::Cursor;
 
 #[test]
