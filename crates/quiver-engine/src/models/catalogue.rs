@@ -55,4 +55,3 @@ pub fn catalogue() -> Vec<CatalogueEntry> {
 pub fn find(name: &str) -> Option<CatalogueEntry> {
     catalogue().into_iter().find(|e| e.name == name)
 }
-

@@ -325,4 +325,3 @@ fn extract_member(
     dest.sync_all().map_err(io_err(out))?;
     Ok(Written { size: done, sha256: hasher.finalize().into() })
 }
-

@@ -126,4 +126,3 @@ fn fixed_size(ty: u32) -> Option<u64> {
         _ => None,
     }
 }
-

@@ -198,7 +198,9 @@ pub fn quant_matches(path: &str, quant: &str) -> bool {
     let quant = quant.to_ascii_lowercase();
     let sep = |c: Option<char>| c.is_none_or(|c| matches!(c, '-' | '.' | '/'));
     !quant.is_empty()
-        && name.match_indices(&quant).any(|(i, q)| sep(name[..i].chars().last()) && sep(name[i + q.len()..].chars().next()))
+        && name
+            .match_indices(&quant)
+            .any(|(i, q)| sep(name[..i].chars().last()) && sep(name[i + q.len()..].chars().next()))
 }
 
 /// The files of the model for `quant` (`None`: the only model) among a repository's files: one
@@ -212,8 +214,11 @@ pub fn pick(files: &[HubFile], quant: Option<&str>, repo: &str) -> Result<Vec<Hu
             models.entry(first).or_default().push(f.clone());
         }
     }
-    let mut candidates: Vec<(String, Vec<HubFile>)> =
-        models.iter().filter(|(k, _)| quant.is_none_or(|q| quant_matches(k, q))).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut candidates: Vec<(String, Vec<HubFile>)> = models
+        .iter()
+        .filter(|(k, _)| quant.is_none_or(|q| quant_matches(k, q)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     match candidates.len() {
         1 => {
             let (first, mut parts) = candidates.swap_remove(0);
@@ -339,7 +344,10 @@ pub async fn list_files(r: &HfRef, hub: &Hub) -> Result<Vec<HubFile>, ModelError
         }));
         url = next;
     }
-    Err(ModelError::Hub { url: r.repo_id(), reason: format!("the file listing has more than {MAX_LISTING_PAGES} pages") })
+    Err(ModelError::Hub {
+        url: r.repo_id(),
+        reason: format!("the file listing has more than {MAX_LISTING_PAGES} pages"),
+    })
 }
 
 /// One page of a listing, and the URL of the next.
@@ -411,7 +419,9 @@ pub async fn fetch(
     progress: &mut (dyn FnMut(FetchProgress) + Send),
 ) -> Result<LocalModel, ModelError> {
     let files: Vec<HubFile> = match &r.target {
-        HfTarget::File(file) => all_parts(file).into_iter().map(|path| HubFile { path, size: None, sha256: None }).collect(),
+        HfTarget::File(file) => {
+            all_parts(file).into_iter().map(|path| HubFile { path, size: None, sha256: None }).collect()
+        }
         HfTarget::Quant(quant) => pick(&list_files(r, hub).await?, quant.as_deref(), &r.repo_id())?,
     };
     let dir = repo_dir(models_dir, r);
@@ -461,7 +471,8 @@ async fn fetch_files(
         parts: if files.len() > 1 { files.iter().map(|f| f.path.clone()).collect() } else { Vec::new() },
     };
     let record_path = record_path(&path);
-    let json = serde_json::to_vec_pretty(&record).map_err(|e| ModelError::Hub { url: r.repo_id(), reason: e.to_string() })?;
+    let json =
+        serde_json::to_vec_pretty(&record).map_err(|e| ModelError::Hub { url: r.repo_id(), reason: e.to_string() })?;
     tokio::fs::write(&record_path, json).await.map_err(io_err(&record_path))?;
     progress(FetchProgress::Done(path.clone()));
     Ok(local_model(r, &record, path))
@@ -523,7 +534,8 @@ async fn download(
         tokio::fs::remove_file(&part).await.map_err(io(&part))?;
         have = 0;
     }
-    let mut hasher = if have > 0 { hasher_of(&part, have, progress).await.map_err(Failure::Fatal)? } else { Sha256::new() };
+    let mut hasher =
+        if have > 0 { hasher_of(&part, have, progress).await.map_err(Failure::Fatal)? } else { Sha256::new() };
     if have < size {
         let response = match located.body {
             Some(body) if have == 0 => body,
@@ -563,7 +575,10 @@ async fn download(
             .map_err(io(&part))?;
         have = stream(response, &located.url, &mut out, &part, have, size, &mut hasher, progress).await?;
         if have < size {
-            return Err(Failure::Retry(hub_err(&located.url, format!("the answer ended after {have} of {size} bytes"))));
+            return Err(Failure::Retry(hub_err(
+                &located.url,
+                format!("the answer ended after {have} of {size} bytes"),
+            )));
         }
     }
     let actual: [u8; 32] = hasher.finalize().into();

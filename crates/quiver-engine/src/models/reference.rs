@@ -75,10 +75,8 @@ impl ModelRef {
         if s.is_empty() {
             return Err(bad("empty"));
         }
-        let looks_like_path = s.contains('/')
-            || s.contains(std::path::MAIN_SEPARATOR)
-            || s.ends_with(".gguf")
-            || Path::new(s).is_file();
+        let looks_like_path =
+            s.contains('/') || s.contains(std::path::MAIN_SEPARATOR) || s.ends_with(".gguf") || Path::new(s).is_file();
         Ok(if looks_like_path { ModelRef::Path(PathBuf::from(s)) } else { ModelRef::Catalogue(s.to_string()) })
     }
 }

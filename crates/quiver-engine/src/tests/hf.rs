@@ -14,10 +14,14 @@ fn paths(files: &[HubFile]) -> Vec<&str> {
 fn split_names() {
     assert_eq!(split_part("m-00002-of-00003.gguf"), Some(("m", 2, 3)));
     assert_eq!(split_part("dir/a-b-00001-of-00001.GGUF"), Some(("dir/a-b", 1, 1)));
-    for s in ["m-00004-of-00003.gguf", "m-00000-of-00003.gguf", "m-0001-of-0003.gguf", "m-00001-of-00003.bin", "m.gguf"] {
+    for s in ["m-00004-of-00003.gguf", "m-00000-of-00003.gguf", "m-0001-of-0003.gguf", "m-00001-of-00003.bin", "m.gguf"]
+    {
         assert_eq!(split_part(s), None, "{s}");
     }
-    assert_eq!(all_parts("Q8/m-00002-of-00003.gguf"), ["Q8/m-00001-of-00003.gguf", "Q8/m-00002-of-00003.gguf", "Q8/m-00003-of-00003.gguf"]);
+    assert_eq!(
+        all_parts("Q8/m-00002-of-00003.gguf"),
+        ["Q8/m-00001-of-00003.gguf", "Q8/m-00002-of-00003.gguf", "Q8/m-00003-of-00003.gguf"]
+    );
     assert_eq!(all_parts("m.gguf"), ["m.gguf"]);
 }
 
@@ -81,12 +85,7 @@ fn picking_a_quantisation() {
 #[test]
 fn urls_are_encoded() {
     let hub = Hub { endpoint: "http://127.0.0.1:9/".into(), token: None };
-    let r = HfRef {
-        owner: "o".into(),
-        repo: "r".into(),
-        target: HfTarget::Quant(None),
-        revision: "refs/pr/1".into(),
-    };
+    let r = HfRef { owner: "o".into(), repo: "r".into(), target: HfTarget::Quant(None), revision: "refs/pr/1".into() };
     assert_eq!(
         hub.resolve_url(&r, "sub/m Q.gguf").unwrap().as_str(),
         "http://127.0.0.1:9/o/r/resolve/refs%2Fpr%2F1/sub/m%20Q.gguf"

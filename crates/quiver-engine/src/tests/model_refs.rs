@@ -17,7 +17,10 @@ fn parse(s: &str) -> ModelRef {
 #[test]
 fn hugging_face_forms() {
     let file = |f: &str| HfTarget::File(f.into());
-    assert_eq!(parse("hf:bartowski/Tiny-GGUF/Tiny-Q4_K_M.gguf"), hf("bartowski", "Tiny-GGUF", file("Tiny-Q4_K_M.gguf"), "main"));
+    assert_eq!(
+        parse("hf:bartowski/Tiny-GGUF/Tiny-Q4_K_M.gguf"),
+        hf("bartowski", "Tiny-GGUF", file("Tiny-Q4_K_M.gguf"), "main")
+    );
     assert_eq!(parse("hf:a/b/sub/dir/x.GGUF@v1.0"), hf("a", "b", file("sub/dir/x.GGUF"), "v1.0"));
     assert_eq!(parse("hf:a/b/x.gguf@refs/pr/1"), hf("a", "b", file("x.gguf"), "refs/pr/1"));
     assert_eq!(parse("hf:a/b:Q4_K_M"), hf("a", "b", HfTarget::Quant(Some("Q4_K_M".into())), "main"));

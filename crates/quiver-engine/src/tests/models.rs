@@ -1,7 +1,7 @@
 //! Unit tests of `models.rs`.
 
-use super::*;
 use super::gguf::GgufReader;
+use super::*;
 use std::io::Cursor;
 
 #[test]
