@@ -44,10 +44,8 @@ async fn hub(files: Vec<(&str, Vec<u8>)>, behaviour: Behaviour) -> (FakeServer, 
 fn answer(r: &Request, files: &[(String, Vec<u8>)], how: &Behaviour, downloads: &AtomicUsize) -> Vec<Piece> {
     let path = r.path();
     let authorised = how.token.as_ref().is_none_or(|t| r.header("authorization") == Some(format!("Bearer {t}")));
-    if path.starts_with("/api/") || path.contains("/resolve/") {
-        if !authorised {
-            return response("401 Unauthorized", "application/json", br#"{"error":"Invalid credentials"}"#);
-        }
+    if (path.starts_with("/api/") || path.contains("/resolve/")) && !authorised {
+        return response("401 Unauthorized", "application/json", br#"{"error":"Invalid credentials"}"#);
     }
     if path == "/api/models/o/r/tree/main?recursive=true" {
         let mut listing: Vec<serde_json::Value> = files
