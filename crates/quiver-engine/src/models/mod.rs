@@ -1,5 +1,5 @@
 //! Models on this machine: the catalogue (`catalogue.rs`), fetching its files (`fetch.rs`),
-//! model references (`reference.rs`), Hugging Face repositories (`hf.rs`), Ollama's store
+//! model references (`reference.rs`), Hugging Face repositories (`hf/`), Ollama's store
 //! (`ollama.rs`), finding model files locally (here) and reading GGUF metadata (`gguf.rs`).
 
 use std::fs::File;

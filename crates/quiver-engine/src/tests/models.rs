@@ -1,4 +1,4 @@
-//! Unit tests of `models.rs`.
+//! Unit tests of `models/mod.rs` and `models/gguf.rs`.
 
 use super::gguf::GgufReader;
 use super::*;
