@@ -30,9 +30,10 @@ pub enum Backend {
 /// What a provider serves and how much work it takes.
 #[derive(Debug, Clone, Args)]
 pub struct ProviderArgs {
-    /// Model to serve: a catalogue name (fetched if missing) or a GGUF file path. Repeatable.
-    /// [default: smollm2-135m]
-    #[arg(long, value_name = "NAME|PATH", env = "QUIVER_MODEL", value_delimiter = ',')]
+    /// Model to serve: a catalogue name or hf:OWNER/REPO:QUANT, hf:OWNER/REPO/FILE.gguf[@REV]
+    /// (fetched if missing), ollama:NAME[:TAG] (read in place from Ollama's store), or a GGUF
+    /// file path. Repeatable. [default: smollm2-135m]
+    #[arg(long, value_name = "NAME|REF|PATH", env = "QUIVER_MODEL", value_delimiter = ',')]
     pub model: Vec<String>,
     /// Engine serving the models.
     #[arg(long, value_enum, default_value_t = Backend::Llama, env = "QUIVER_BACKEND")]
@@ -71,7 +72,7 @@ pub struct ProviderArgs {
     /// Where models are kept. [default: <data-dir>/models]
     #[arg(long, value_name = "DIR", env = "QUIVER_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
-    /// Do not download a missing catalogue model.
+    /// Do not download a missing catalogue or Hugging Face model.
     #[arg(long)]
     pub no_fetch: bool,
 }
@@ -110,7 +111,7 @@ impl ProviderCli {
     }
 }
 
-/// Resolves a model to a local file, fetching a catalogue model when allowed.
+/// Resolves a model reference to a local file, fetching a catalogue or `hf:` model when allowed.
 pub async fn local_model(name: &str, models_dir: &Path, fetch: bool) -> anyhow::Result<models::LocalModel> {
     match models::resolve_local(name, models_dir) {
         Ok(m) => Ok(m),
@@ -126,17 +127,20 @@ pub async fn local_model(name: &str, models_dir: &Path, fetch: bool) -> anyhow::
 pub async fn load_llama(model: models::LocalModel, config: LlamaConfig) -> anyhow::Result<LlamaEngine> {
     let started = Instant::now();
     // A spinner with the time so far while llama.cpp loads (drawn only on a terminal).
-    let spinner =
-        ProgressBar::new_spinner().with_message(format!("loading {} from {}", model.name, model.path.display()));
+    let from = match &model.details {
+        Some(details) => format!("{details}, {}", model.path.display()),
+        None => model.path.display().to_string(),
+    };
+    let spinner = ProgressBar::new_spinner().with_message(format!("loading {} from {from}", model.name));
     spinner.set_style(
         ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     if spinner.is_hidden() {
-        eprintln!("loading {} from {} ...", model.name, model.path.display());
+        eprintln!("loading {} from {from} ...", model.name);
     }
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let known_sha = model.entry.as_ref().map(|e| e.sha256);
+    let known_sha = model.sha256;
     let name = model.name.clone();
     let path = model.path.clone();
     let loaded = tokio::task::spawn_blocking(move || LlamaEngine::load(&path, &name, known_sha, config)).await;

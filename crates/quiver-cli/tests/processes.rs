@@ -13,6 +13,7 @@ mod garbage;
 mod gateway;
 mod inference;
 mod lan;
+mod model_sources;
 mod multiprocess;
 mod nat;
 mod partition;

@@ -4,6 +4,7 @@
 mod common;
 
 mod embed;
+mod hf;
 mod llama;
 mod models;
 mod openai;

@@ -1,5 +1,6 @@
-//! Unit tests of `models.rs`.
+//! Unit tests of `models/mod.rs` and `models/gguf.rs`.
 
+use super::gguf::GgufReader;
 use super::*;
 use std::io::Cursor;
 
