@@ -294,3 +294,28 @@ fn bad_schemas_and_tools_are_invalid_requests() {
         assert_eq!(ToolChoice::from_wire(&choice.to_wire()), Some(choice));
     }
 }
+
+/// What upstream `llama-server --jinja` (llama.cpp 0.6.0, the same sources as llama-cpp-sys-2's)
+/// answers on `/apply-template` for the default model, recorded: QUIVer renders the same prompts.
+#[test]
+fn renders_as_llama_server_does() {
+    let t = ChatTemplate::new(SMOLLM2, "<|im_start|>", "<|im_end|>").expect("parses");
+    let m = ChatMessage::new;
+    let cases: [(Vec<ChatMessage>, &str); 3] = [
+        (
+            vec![m("user", "What is the capital of France?")],
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (
+            vec![m("system", "Be brief."), m("user", "Hi")],
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (
+            vec![m("user", "Hi"), m("assistant", "Hello! How can I help?"), m("user", "Tell me a joke.")],
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nTell me a joke.<|im_end|>\n<|im_start|>assistant\n",
+        ),
+    ];
+    for (messages, upstream) in cases {
+        assert_eq!(t.render(&messages, &Tools::default()).expect("renders"), upstream);
+    }
+}
