@@ -28,7 +28,10 @@ async fn ask_route(client: &Node, i: usize, broadcast: bool) -> (quiver_node::Pe
     let mut r = InferenceRequest::completion("smollm2-135m", &format!("Item {i}:"), 2);
     r.broadcast = broadcast;
     r.use_cache = false;
-    r.claim_window = Duration::from_millis(500);
+    // Long enough that a provider slowed by a busy machine still claims in time: the window
+    // closes as soon as a claim has come and waiting cannot improve the choice, so it costs
+    // nothing when claims are quick (500 ms lost a third of the claims on a loaded machine).
+    r.claim_window = Duration::from_secs(3);
     let result =
         tokio::time::timeout(Duration::from_secs(120), client.infer(r)).await.expect("in time").expect("answered");
     (result.provider, result.route)
