@@ -96,6 +96,7 @@ pub struct InferenceResult {
     pub text: String,
     /// Each generated token's log probability, when the request asked for them (bound by the
     /// receipt, not compared by verification).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<quiver_engine::TokenLogprob>,
     pub usage: Usage,
     pub finish_reason: FinishReason,
