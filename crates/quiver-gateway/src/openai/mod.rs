@@ -369,4 +369,5 @@ async fn model_objects(node: &Node) -> Vec<Value> {
 }
 
 #[cfg(test)]
+#[path = "../tests/openai.rs"]
 mod tests;
