@@ -412,7 +412,11 @@ impl Call {
         {
             return Ok(());
         }
-        let (finish_reason, usage) = stream.end()?;
+        let (finish_reason, usage, more) = stream.end()?;
+        // Tokens counted and not yet reported (several in one piece, or a tool call's).
+        if more > 0 && tx.send(Ok(GenEvent::Token { text: String::new(), tokens: more })).await.is_err() {
+            return Ok(());
+        }
         let _ = tx.send(Ok(GenEvent::Done { finish_reason, usage })).await;
         Ok(())
     }

@@ -78,6 +78,22 @@ pub(super) struct WireUsage {
     completion_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<WirePromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<WireCompletionDetails>,
+}
+
+impl WireUsage {
+    /// Whether the server itemised its hidden reasoning tokens (OpenAI's
+    /// `completion_tokens_details.reasoning_tokens`), which `Usage::from` then leaves out.
+    fn itemises_reasoning(&self) -> bool {
+        self.completion_tokens_details.as_ref().is_some_and(|d| d.reasoning_tokens.is_some())
+    }
+}
+
+#[derive(Deserialize)]
+struct WireCompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -91,9 +107,11 @@ impl From<WireUsage> for Usage {
         let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         let prompt_tokens = clamp(u.prompt_tokens);
         let cached = u.prompt_tokens_details.map_or(0, |d| clamp(d.cached_tokens));
+        let reasoning = u.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0);
         Usage {
             prompt_tokens,
-            completion_tokens: clamp(u.completion_tokens),
+            // Only the tokens whose text reaches the caller: hidden reasoning is not delivered.
+            completion_tokens: clamp(u.completion_tokens.saturating_sub(reasoning)),
             // A server's word, kept within what it says the prompt had.
             cached_tokens: cached.min(prompt_tokens),
         }
@@ -105,6 +123,28 @@ struct WireText {
     content: Option<String>,
     #[serde(default)]
     tool_calls: Vec<WireToolCall>,
+    /// Reasoning text some servers send beside the answer (vLLM's and DeepSeek's
+    /// `reasoning_content`, Ollama's and newer vLLM's `reasoning`): not delivered, but its tokens
+    /// may be in `usage.completion_tokens`.
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+}
+
+impl WireText {
+    fn has_reasoning(&self) -> bool {
+        [&self.reasoning_content, &self.reasoning].into_iter().flatten().any(|r| !r.is_empty())
+    }
+}
+
+/// The completion tokens to report for `bytes` bytes of delivered text, `floor` tokens of it
+/// already reported: the server's count of delivered tokens when it gave one it could mean (it
+/// may count hidden reasoning it did not itemise: then it cannot), kept within the floor and
+/// one token per byte, which is what a client checking the count allows.
+fn delivered_tokens(reported: Option<u32>, floor: u32, bytes: usize) -> u32 {
+    let ceiling = u32::try_from(bytes).unwrap_or(u32::MAX).max(floor);
+    reported.unwrap_or(floor).clamp(floor, ceiling)
 }
 
 /// A tool call, whole or (streamed) a fragment of one: `index` says which.
@@ -257,16 +297,28 @@ pub(super) fn parse_whole(
         choice.text
     };
     let reason = choice.finish_reason.as_deref().map_or(FinishReason::Stop, finish_reason);
-    let usage =
-        answer.usage.map(Usage::from).unwrap_or(Usage { prompt_tokens: 0, completion_tokens: 1, cached_tokens: 0 });
-    Ok((text.unwrap_or_default(), reason, usage, logprobs))
+    let text = text.unwrap_or_default();
+    let counted = answer.usage.is_some();
+    let mut usage =
+        answer.usage.map_or(Usage { prompt_tokens: 0, completion_tokens: 0, cached_tokens: 0 }, Usage::from);
+    // A count that may hold hidden reasoning it did not itemise is all there is: the cap at
+    // a token per byte bounds it.
+    let reported = counted.then_some(usage.completion_tokens);
+    usage.completion_tokens = delivered_tokens(reported, u32::from(!text.is_empty()), text.len());
+    Ok((text, reason, usage, logprobs))
 }
 
 /// What a stream has said so far.
 pub(super) struct StreamState {
     chat: bool,
     pub(super) done: bool,
+    /// Pieces of text sent on, each reported as one token (servers stream one token a piece).
     pub(super) chunks: u32,
+    /// Bytes of text sent on, tool calls included.
+    bytes: usize,
+    /// Reasoning text came, and the usage (so far) does not itemise its tokens.
+    reasoning: bool,
+    itemised: bool,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     /// Streamed tool calls: name and arguments, by index.
@@ -277,7 +329,18 @@ pub(super) struct StreamState {
 
 impl StreamState {
     pub(super) fn new(chat: bool) -> Self {
-        StreamState { chat, done: false, chunks: 0, finish: None, usage: None, calls: Vec::new(), logprobs: Vec::new() }
+        StreamState {
+            chat,
+            done: false,
+            chunks: 0,
+            bytes: 0,
+            reasoning: false,
+            itemised: false,
+            finish: None,
+            usage: None,
+            calls: Vec::new(),
+            logprobs: Vec::new(),
+        }
     }
 
     /// Adds fragments of streamed tool calls.
@@ -303,8 +366,9 @@ impl StreamState {
         if self.calls.is_empty() {
             return None;
         }
-        self.chunks += 1;
-        Some(calls_text(&std::mem::take(&mut self.calls)))
+        let text = calls_text(&std::mem::take(&mut self.calls));
+        self.bytes += text.len();
+        Some(text)
     }
 
     /// Handles one line; returns new text, if any.
@@ -319,9 +383,11 @@ impl StreamState {
         }
         let answer = parse_answer(data)?;
         if let Some(usage) = answer.usage {
+            self.itemised = usage.itemises_reasoning();
             self.usage = Some(usage.into());
         }
         let Some(choice) = answer.choices.into_iter().next() else { return Ok(None) };
+        self.reasoning |= choice.delta.as_ref().is_some_and(WireText::has_reasoning);
         if let Some(reason) = choice.finish_reason.as_deref() {
             self.finish = Some(finish_reason(reason));
         }
@@ -335,18 +401,23 @@ impl StreamState {
         match text {
             Some(text) if !text.is_empty() => {
                 self.chunks += 1;
+                self.bytes += text.len();
                 Ok(Some(text))
             }
             _ => Ok(None),
         }
     }
 
-    /// The finish reason and usage once the stream is over.
-    pub(super) fn end(self) -> Result<(FinishReason, Usage), EngineError> {
+    /// The finish reason and usage once the stream is over, and how many tokens beyond the one
+    /// per piece already reported the usage counts (to be reported before the end, so that the
+    /// pieces' tokens add up to the usage).
+    pub(super) fn end(self) -> Result<(FinishReason, Usage, u32), EngineError> {
         if !self.done && self.finish.is_none() {
             return Err(EngineError::BackendProtocol("the stream ended before [DONE]".into()));
         }
-        let usage = self.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: self.chunks, cached_tokens: 0 });
-        Ok((self.finish.unwrap_or(FinishReason::Stop), usage))
+        let mut usage = self.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: 0, cached_tokens: 0 });
+        let reported = (self.usage.is_some() && (!self.reasoning || self.itemised)).then_some(usage.completion_tokens);
+        usage.completion_tokens = delivered_tokens(reported, self.chunks, self.bytes);
+        Ok((self.finish.unwrap_or(FinishReason::Stop), usage, usage.completion_tokens - self.chunks))
     }
 }

@@ -46,9 +46,76 @@ fn stream_of_chat_chunks() {
     let texts: Vec<String> = lines.iter().filter_map(|l| s.line(l).unwrap()).collect();
     assert_eq!(texts, ["Hel", "lo"]);
     assert!(s.done);
-    let (reason, usage) = s.end().unwrap();
+    let (reason, usage, more) = s.end().unwrap();
     assert_eq!(reason, FinishReason::Length);
     assert_eq!(usage, Usage { prompt_tokens: 7, completion_tokens: 2, cached_tokens: 0 });
+    assert_eq!(more, 0, "one token a piece, as counted");
+}
+
+/// The pieces' tokens and the usage add up (a receipt signs both, and a client checks them
+/// against each other): a server that counts more tokens than pieces gets the rest reported
+/// at the end, within one token per byte delivered.
+#[test]
+fn streamed_counts_add_up() {
+    let run = |lines: &[&str]| {
+        let mut s = StreamState::new(true);
+        let texts: Vec<String> = lines.iter().filter_map(|l| s.line(l).unwrap()).collect();
+        let calls = s.calls_text();
+        let (_, usage, more) = s.end().unwrap();
+        (texts, calls, usage.completion_tokens, more)
+    };
+    // Two tokens in one piece ("Hello" then ", world" as one), counted as 3 by the server.
+    let merged = run(&[
+        r#"data: {"choices":[{"delta":{"content":"Hello"}}]}"#,
+        r#"data: {"choices":[{"delta":{"content":", world"},"finish_reason":"stop"}]}"#,
+        r#"data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}"#,
+    ]);
+    assert_eq!((merged.2, merged.3), (3, 1));
+    // A streamed tool call: its tokens come with the usage.
+    let call = run(&[
+        r#"data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
+        r#"data: {"choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#,
+        r#"data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":9}}"#,
+    ]);
+    assert!(call.1.is_some());
+    assert_eq!((call.2, call.3), (9, 9));
+    // A count beyond one token per delivered byte is not believed.
+    let inflated = run(&[
+        r#"data: {"choices":[{"delta":{"content":"ok"},"finish_reason":"stop"}]}"#,
+        r#"data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":5000}}"#,
+    ]);
+    assert_eq!((inflated.2, inflated.3), (2, 1));
+}
+
+/// Hidden reasoning (vLLM's reasoning parser, DeepSeek, Ollama's thinking models) is not
+/// delivered, so its tokens are not the answer's: left out when the server itemises them, and
+/// when it does not, the answer's tokens are its pieces.
+#[test]
+fn hidden_reasoning_is_not_counted() {
+    let answer = [
+        r#"data: {"choices":[{"delta":{"reasoning_content":"Let me think about it at length."}}]}"#,
+        r#"data: {"choices":[{"delta":{"content":"Yes"}}]}"#,
+        r#"data: {"choices":[{"delta":{"content":"."},"finish_reason":"stop"}]}"#,
+    ];
+    let count = |usage: &str| {
+        let mut s = StreamState::new(true);
+        for l in answer.iter().chain([&usage]) {
+            s.line(l).unwrap();
+        }
+        let (_, usage, more) = s.end().unwrap();
+        (usage.completion_tokens, more)
+    };
+    assert_eq!(count(r#"data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":40}}"#), (2, 0));
+    assert_eq!(
+        count(
+            r#"data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":40,"completion_tokens_details":{"reasoning_tokens":37}}}"#
+        ),
+        (3, 1)
+    );
+    let whole = br#"{"choices":[{"message":{"content":"Yes.","reasoning":"Hmm, a long thought that counted many tokens."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":30}}"#;
+    assert_eq!(parse_whole(whole, true).unwrap().2.completion_tokens, 4, "no more than a token per byte");
+    let itemised = br#"{"choices":[{"message":{"content":"Yes.","reasoning":"Hmm."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":30,"completion_tokens_details":{"reasoning_tokens":28}}}"#;
+    assert_eq!(parse_whole(itemised, true).unwrap().2.completion_tokens, 2);
 }
 
 #[test]
@@ -59,7 +126,7 @@ fn stream_without_usage_counts_chunks() {
     }
     assert_eq!(
         s.end().unwrap(),
-        (FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2, cached_tokens: 0 })
+        (FinishReason::Stop, Usage { prompt_tokens: 0, completion_tokens: 2, cached_tokens: 0 }, 0)
     );
     assert!(StreamState::new(true).end().is_err());
 }

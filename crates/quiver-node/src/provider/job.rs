@@ -95,6 +95,9 @@ impl Provider {
         let mut text = String::new();
         let mut first_token: Option<Duration> = None;
         let mut chunks = 0usize;
+        // Tokens reported in the chunks sent: what the receipt signs, since the client checks
+        // the two against each other.
+        let mut streamed = 0u32;
         // Log probabilities waiting for their token's chunk, and all of them (for the receipt).
         let mut pending: Vec<quiver_proto::TokenLogprob> = Vec::new();
         let mut logprobs: Vec<quiver_proto::TokenLogprob> = Vec::new();
@@ -123,6 +126,7 @@ impl Provider {
                         }
                     };
                     chunks += 1;
+                    streamed = streamed.saturating_add(tokens);
                     text.push_str(&t);
                     self.metrics.tokens_generated.inc_by(u64::from(tokens));
                     self.busy.tokens(Instant::now(), tokens);
@@ -140,7 +144,14 @@ impl Provider {
                         self.metrics.provider_job(&model.name, peer, Cancelled, first_token, started.elapsed(), 0)
                     })?;
                 }
-                Some(Ok(GenEvent::Done { finish_reason, usage })) => {
+                Some(Ok(GenEvent::Done { finish_reason, mut usage })) => {
+                    if usage.completion_tokens != streamed {
+                        warn!(
+                            engine = usage.completion_tokens,
+                            streamed, "the engine's token count differs from its chunks'; signing the chunks'"
+                        );
+                        usage.completion_tokens = streamed;
+                    }
                     let elapsed = started.elapsed();
                     self.record_speed(usage.completion_tokens, elapsed.saturating_sub(first_token.unwrap_or_default()));
                     self.metrics.provider_job(&model.name, peer, Served, first_token, elapsed, usage.completion_tokens);
