@@ -75,6 +75,9 @@ pub struct NodeConfig {
     pub provider: Option<ProviderConfig>,
     /// Fraction of greedy requests verified on a second provider even when not asked for.
     pub verify_rate: f64,
+    /// Seed of the random choices in routing (which of two near-equal providers gets a job):
+    /// `None` (the default) seeds from the operating system; a test fixes it to replay them.
+    pub route_seed: Option<u64>,
     /// Take part in the DHT as a client only (never in others' routing tables): for short-lived
     /// processes such as `quiver ask`.
     pub dht_client_only: bool,
@@ -124,6 +127,7 @@ impl Default for NodeConfig {
             kad_bootstrap_interval: Duration::from_secs(300),
             provider: None,
             verify_rate: 0.0,
+            route_seed: None,
             dht_client_only: false,
             reputation_report_interval: Duration::from_secs(60),
             kad_mode: KadMode::Auto,
@@ -211,6 +215,8 @@ struct Inner {
     claims: ClaimBoard,
     /// This node's inference attempts in flight, per provider (for ranking).
     dispatched: Dispatched,
+    /// The random choices of routing (see [`NodeConfig::route_seed`]).
+    route_rng: Mutex<rand::rngs::StdRng>,
     reputation: Mutex<Reputation>,
     results: ResultCache,
     /// Peers on the block list, with the end of their ban.
@@ -295,6 +301,7 @@ impl Node {
             }
             _ => None,
         };
+        let route_seed = config.route_seed;
         let inner = Arc::new(Inner {
             net,
             keypair,
@@ -308,6 +315,10 @@ impl Node {
             provider: provider.clone(),
             claims: ClaimBoard::default(),
             dispatched: Dispatched::default(),
+            route_rng: Mutex::new(match route_seed {
+                Some(seed) => rand::SeedableRng::seed_from_u64(seed),
+                None => rand::SeedableRng::from_entropy(),
+            }),
             reputation: Mutex::new(reputation),
             results: ResultCache::new(256, Duration::from_secs(600)),
             blocked: Mutex::new(HashMap::new()),
@@ -487,6 +498,11 @@ impl Node {
 
     pub(crate) fn dispatched(&self) -> &Dispatched {
         &self.inner.dispatched
+    }
+
+    /// Runs `f` with routing's random number generator.
+    pub(crate) fn with_route_rng<T>(&self, f: impl FnOnce(&mut rand::rngs::StdRng) -> T) -> T {
+        f(&mut lock(&self.inner.route_rng))
     }
 
     /// Waits until this node knows whether others can reach it (and, behind a NAT, until a

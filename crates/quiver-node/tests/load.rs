@@ -51,9 +51,11 @@ async fn requests_spread_across_equal_providers() {
         let cfg = NodeConfig { bootstrap_peers: vec![addr.clone()], provider: provider(&engine), ..loopback_config() };
         providers.push(Node::start(cfg).await.expect("provider starts"));
     }
-    let client = Node::start(NodeConfig { bootstrap_peers: vec![addr.clone()], ..loopback_config() })
-        .await
-        .expect("client starts");
+    // Routing's coin flips replayed: the ramp-up below depends on them, not on luck.
+    let client =
+        Node::start(NodeConfig { bootstrap_peers: vec![addr.clone()], route_seed: Some(7), ..loopback_config() })
+            .await
+            .expect("client starts");
     eventually(Duration::from_secs(60), "the client hears every provider", async || {
         client.known_nodes().iter().filter(|n| !n.models.is_empty()).count() == PROVIDERS
     })
@@ -81,11 +83,19 @@ async fn requests_spread_across_equal_providers() {
     };
     let mut ramp: HashMap<PeerId, usize> = HashMap::new();
     let mut asked = 0;
-    // How long the last newcomer waits varies widely: 76, 140 and over 150 requests in three
-    // runs on 2026-12-02 (it got 5 of 140 once, under the 20% newcomer share); the bound only
-    // asserts that every provider gets established at all.
+    // Each provider needs 5 successes (`newcomer_jobs`) to be established, and once one is,
+    // newcomers together get at most 20% of the jobs (`newcomer_share`): the 15 newcomer jobs
+    // take 15 / 0.2 = 75 requests when every place the share leaves is used, a few less since
+    // the first jobs go to newcomers uncapped. A place is wasted when the pick prefers an
+    // established provider while the share has room; the bound allows one per newcomer job.
+    // Seeded, five runs on a loaded machine took 70 to 75 (unseeded: 76 to over 150).
+    const RAMP_BOUND: usize = 75 + 15;
     while !established() {
-        assert!(asked < 400, "providers still newcomers after {asked} requests: {ramp:?} {:#?}", client.reputation());
+        assert!(
+            asked < RAMP_BOUND,
+            "providers still newcomers after {asked} requests: {ramp:?} {:#?}",
+            client.reputation()
+        );
         *ramp.entry(ask(asked).await.0).or_default() += 1;
         asked += 1;
     }

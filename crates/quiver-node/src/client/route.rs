@@ -368,19 +368,20 @@ impl Node {
             .count();
         let best = leading.min(3);
         if best >= 2 {
-            let mut rng = rand::thread_rng();
-            let a = rand::Rng::gen_range(&mut rng, 0..best);
-            let b = (a + rand::Rng::gen_range(&mut rng, 1..best)) % best;
             // The cheaper of the two, unless they are within the tolerance of each other: then
             // either, so equal providers share the load despite noise in their measurements.
-            let (ca, cb) = (scored[a].1, scored[b].1);
-            let pick = if ca.max(cb) <= ca.min(cb) * (1.0 + COST_TOLERANCE) {
-                if rand::Rng::gen_bool(&mut rng, 0.5) { a } else { b }
-            } else if ca < cb {
-                a
-            } else {
-                b
-            };
+            let pick = self.with_route_rng(|rng| {
+                let a = rand::Rng::gen_range(rng, 0..best);
+                let b = (a + rand::Rng::gen_range(rng, 1..best)) % best;
+                let (ca, cb) = (scored[a].1, scored[b].1);
+                if ca.max(cb) <= ca.min(cb) * (1.0 + COST_TOLERANCE) {
+                    if rand::Rng::gen_bool(rng, 0.5) { a } else { b }
+                } else if ca < cb {
+                    a
+                } else {
+                    b
+                }
+            });
             scored.swap(0, pick);
         }
         scored.into_iter().map(|s| s.0).collect()
