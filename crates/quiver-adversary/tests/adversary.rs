@@ -300,6 +300,12 @@ async fn a_unique_build_string_never_gets_an_answer_through_verification() {
         .find_map(|l| l.strip_prefix("quiver_provider_jobs_total{outcome=\"served\"} ")?.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(served >= 1.0, "the liar never answered, so this showed nothing");
+    // Its heartbeats announce the build its engine really has: the first one after a receipt
+    // signed for another class, from the same process, gives the lie away.
+    eventually(Duration::from_secs(30), "its heartbeat contradicts its receipts", async || {
+        net.bad_view().offence_counts.contains_key("heartbeat_lie")
+    })
+    .await;
     net.stop().await;
 }
 

@@ -17,6 +17,7 @@
 mod admission;
 #[cfg(feature = "adversary")]
 pub mod adversary;
+mod builds;
 mod cache;
 mod client;
 pub mod config;

@@ -215,6 +215,8 @@ struct Inner {
     claims: ClaimBoard,
     /// This node's inference attempts in flight, per provider (for ranking).
     dispatched: Dispatched,
+    /// The classes providers signed receipts for, checked against their heartbeats.
+    builds: Mutex<crate::builds::BuildBook>,
     /// The random choices of routing (see [`NodeConfig::route_seed`]).
     route_rng: Mutex<rand::rngs::StdRng>,
     reputation: Mutex<Reputation>,
@@ -315,6 +317,7 @@ impl Node {
             provider: provider.clone(),
             claims: ClaimBoard::default(),
             dispatched: Dispatched::default(),
+            builds: Mutex::new(crate::builds::BuildBook::default()),
             route_rng: Mutex::new(match route_seed {
                 Some(seed) => rand::SeedableRng::seed_from_u64(seed),
                 None => rand::SeedableRng::from_entropy(),
@@ -498,6 +501,27 @@ impl Node {
 
     pub(crate) fn dispatched(&self) -> &Dispatched {
         &self.inner.dispatched
+    }
+
+    /// Remembers the class (engine build, threads) of a receipt `peer` signed, to be checked
+    /// against its next heartbeat (see [`crate::builds`]).
+    pub(crate) fn note_signed_class(&self, peer: PeerId, signed: crate::builds::Signed) {
+        lock(&self.inner.builds).note_receipt(peer, signed);
+    }
+
+    /// Checks the classes `peer` signed for against its heartbeat (`data`, already accepted).
+    fn check_builds(&self, peer: PeerId, data: &[u8]) {
+        let mut book = lock(&self.inner.builds);
+        if !book.waiting(&peer) {
+            return;
+        }
+        let Ok(hb) = quiver_proto::heartbeat::SignedHeartbeat::decode(data) else { return };
+        if let Some(lie) = book.check(peer, &hb.heartbeat) {
+            drop(book);
+            info!(%peer, %lie, "a provider's heartbeat announces another engine than its receipts");
+            let node = self.clone();
+            tokio::spawn(async move { node.record_offence(peer, Offence::HeartbeatLie, false).await });
+        }
     }
 
     /// Runs `f` with routing's random number generator.
@@ -745,6 +769,7 @@ impl Node {
             Ok(HeartbeatVerdict::Accepted) => {
                 if let Some(a) = author {
                     self.with_reputation(|r, now| r.heartbeat(a, now));
+                    self.check_builds(a, data);
                     if self.inner.heartbeat_events.receiver_count() > 0
                         && let Some((seq, timestamp_ms)) = table.seq_and_timestamp(&a)
                     {

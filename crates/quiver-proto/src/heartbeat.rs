@@ -15,6 +15,9 @@ pub const MAX_ADDR_BYTES: usize = 256;
 pub const MAX_MODELS: usize = 32;
 pub const MAX_MODEL_NAME: usize = 128;
 pub const MAX_AGENT_LEN: usize = 128;
+pub const MAX_ENGINE_BUILD: usize = 128;
+/// Most threads a model's engine may announce.
+pub const MAX_THREADS: u32 = 4096;
 
 /// A heartbeat whose signature, signer and fields have been checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +48,9 @@ impl Heartbeat {
             }
             if m.sha256.len() != 32 {
                 return invalid("models.sha256", "not 32 bytes");
+            }
+            if m.engine_build.len() > MAX_ENGINE_BUILD || m.threads > MAX_THREADS {
+                return invalid("models.engine_build", "a build of at most 128 bytes and at most 4096 threads");
             }
         }
         if !self.cpu_load.is_finite() || self.cpu_load < 0.0 || self.cpu_load > 1024.0 {

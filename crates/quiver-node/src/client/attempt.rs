@@ -262,6 +262,15 @@ impl Node {
                         return Err(AttemptError::Fatal(InferError::Diverged));
                     }
                     let _ = stream.close().await;
+                    self.note_signed_class(
+                        peer,
+                        crate::builds::Signed {
+                            model_sha256: receipt.model_sha256.clone(),
+                            engine_build: receipt.engine_build.clone(),
+                            threads: receipt.threads,
+                            at_ms: receipt.timestamp_ms,
+                        },
+                    );
                     let finish_reason =
                         if receipt.finish_reason == "length" { FinishReason::Length } else { FinishReason::Stop };
                     return Ok(InferenceResult {

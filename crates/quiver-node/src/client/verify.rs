@@ -4,7 +4,9 @@
 //! - Results are compared only within one *class*: the same model file (sha256), engine build
 //!   and thread count, which give the same text for the same greedy (or seeded) request. A
 //!   provider of another class can neither confirm nor refute an answer; it can only give an
-//!   answer of its own class that others of that class confirm.
+//!   answer of its own class that others of that class confirm. A class is the provider's word,
+//!   so it is held to it: heartbeats announce each model's class, and one that contradicts a
+//!   receipt signed by the same process is a `heartbeat_lie` (`crate::builds`).
 //! - A vote weighs 1 from an established provider and ½ from a newcomer (a fresh identity is
 //!   cheap: two of them confirming each other must not outweigh one established provider).
 //! - An output is confirmed when at least two distinct providers of one class produced it and

@@ -205,7 +205,13 @@ impl Provider {
     pub(crate) fn models(&self) -> Vec<ModelInfo> {
         self.engines
             .iter()
-            .map(|e| ModelInfo { name: e.model().name.clone(), sha256: e.model().sha256.to_vec(), embeds: e.embeds() })
+            .map(|e| ModelInfo {
+                name: e.model().name.clone(),
+                sha256: e.model().sha256.to_vec(),
+                embeds: e.embeds(),
+                engine_build: e.build_id(),
+                threads: e.threads(),
+            })
             .collect()
     }
 
