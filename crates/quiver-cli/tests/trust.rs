@@ -207,6 +207,36 @@ fn verify_never_returns_a_liars_answer_and_the_liar_ends_banned() {
         assert!(!by.is_empty() && by.iter().all(|p| honest_ids.iter().any(|h| h == p)), "verified by {by:?}");
     }
     step(t, &format!("two honest providers: every answer the model's; the liar banned after {asks} asks"));
+
+    // The same through a gateway that verifies everything (`--gateway-verify`), as the openai
+    // client would ask it: a fresh node, to which the liar is a lure like to everybody new.
+    let gateway = NodeProc::start(
+        NODE,
+        "gateway",
+        &["--bootstrap", &hostport, "--port", "0", "--gateway", "127.0.0.1:0", "--gateway-verify"],
+        d,
+    );
+    let mut everyone = honest_ids.clone();
+    everyone.push(liar.peer_id.clone());
+    eventually(Duration::from_secs(60), "the gateway hears the liar and both honest providers", || {
+        everyone.iter().all(|p| knows_provider(MODEL, &gateway, p))
+    });
+    let gw = gateway.gateway.expect("the gateway's address");
+    for (q, want) in questions.iter().zip(&reference) {
+        let body = serde_json::json!({ "model": MODEL, "messages": [{ "role": "user", "content": q }],
+                                       "max_tokens": 24, "temperature": 0 })
+        .to_string();
+        let (status, text) = support::http_post(gw, "/v1/chat/completions", &body).expect("an answer");
+        assert_eq!(status, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["choices"][0]["message"]["content"].as_str(), Some(want.as_str()), "not the model's: {v}");
+        let provider = v["quiver"]["provider"].as_str().unwrap_or_default().to_owned();
+        assert!(honest_ids.contains(&provider), "served by {provider}, not an honest provider");
+        let by: Vec<&str> =
+            v["quiver"]["verified_by"].as_array().expect("verified_by").iter().filter_map(Value::as_str).collect();
+        assert!(!by.is_empty() && by.iter().all(|p| honest_ids.iter().any(|h| h == p)), "verified by {by:?}");
+    }
+    step(t, "a verifying gateway: every answer the model's, confirmed by the honest providers");
     // The ban is kept in the store, so every later ask blocks the liar from the start.
     let reputation = open_store();
     assert!(reputation.is_banned(liar_id, SystemTime::now()).is_some());
