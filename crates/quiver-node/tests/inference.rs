@@ -375,3 +375,41 @@ async fn verify_reruns_a_greedy_request_on_a_second_provider_of_the_same_build()
     second.shutdown().await;
     first.shutdown().await;
 }
+
+/// Once fresh heartbeats decide (an established provider whose heartbeat of the last seconds
+/// shows free slots to spare, nobody cheaper), a request goes straight to it without being
+/// announced; a newcomer's jobs, and requests that insist, are announced and claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_heartbeats_send_a_request_direct_once_they_decide() {
+    let _shared = crate::common::light().await;
+    let (provider, client) = provider_and_client(4, 4).await;
+    let ask = async |r: InferenceRequest| {
+        tokio::time::timeout(Duration::from_secs(120), client.infer(r))
+            .await
+            .expect("answered in time")
+            .expect("answered")
+    };
+    let request = |i: usize| {
+        let mut r = InferenceRequest::completion("smollm2-135m", &format!("Direct {i}:"), 4);
+        r.use_cache = false;
+        r
+    };
+    // A newcomer: its jobs are announced, whatever its heartbeats say.
+    let id = provider.peer_id().to_string();
+    let newcomer = || client.reputation().into_iter().find(|v| v.peer == id).is_none_or(|v| v.newcomer);
+    let mut i = 0;
+    while newcomer() {
+        assert!(i < 10, "still a newcomer after {i} jobs");
+        assert_eq!(ask(request(i)).await.route, Route::Claim, "job {i} to a newcomer");
+        i += 1;
+    }
+    // Established, idle and heard within the last second: straight there.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ask(request(100)).await.route, Route::Direct, "decided by a fresh heartbeat");
+    let mut insist = request(101);
+    insist.always_announce = true;
+    assert_eq!(ask(insist).await.route, Route::Claim, "announced when asked to");
+    for n in [&provider, &client] {
+        n.shutdown().await;
+    }
+}

@@ -66,6 +66,7 @@ async fn requests_spread_across_equal_providers() {
         // asked directly (ranked candidates), half announced on gossip (ranked claims).
         let mut r = InferenceRequest::completion("smollm2-135m", &format!("Item {i}:"), 8);
         r.broadcast = i.is_multiple_of(2);
+        r.always_announce = r.broadcast;
         r.use_cache = false;
         // Long enough that a provider slowed by a busy machine still claims in time: the window
         // closes as soon as a claim has come and waiting cannot improve the choice, so it costs

@@ -27,6 +27,7 @@ async fn ask(client: &Node, i: usize, broadcast: bool) -> quiver_node::PeerId {
 async fn ask_route(client: &Node, i: usize, broadcast: bool) -> (quiver_node::PeerId, Route) {
     let mut r = InferenceRequest::completion("smollm2-135m", &format!("Item {i}:"), 2);
     r.broadcast = broadcast;
+    r.always_announce = broadcast;
     r.use_cache = false;
     // Long enough that a provider slowed by a busy machine still claims in time: the window
     // closes as soon as a claim has come and waiting cannot improve the choice, so it costs

@@ -238,7 +238,9 @@ impl Node {
         }
         let mut queue: VecDeque<Candidate> = VecDeque::new();
         let known = self.provider_candidates(request).await;
+        let decided = !request.always_announce && self.heartbeats_decide(&known, request.params.max_tokens);
         if request.broadcast
+            && !decided
             && let Some(claimant) = self.broadcast_and_wait_for_claim(request, &known).await
         {
             queue.push_back(claimant);

@@ -48,6 +48,30 @@ pub(super) fn gathered_enough<A, B>(
     })
 }
 
+/// Free slots a provider's fresh heartbeat must show, after our own jobs sent since, for the
+/// client to skip the announcement: one for this job and one for whoever else asks meanwhile.
+const DECIDING_FREE_SLOTS: u32 = 2;
+
+/// Whether fresh heartbeats already decide where a job goes, so that announcing it could not
+/// improve the choice: the first-ranked candidate is `established`, its load was observed
+/// within [`FRESH_HEARTBEAT_SECS`] and shows [`DECIDING_FREE_SLOTS`] free once `unseen` (our own
+/// jobs sent since) are taken, and no other candidate costs clearly less (`costs`, the first
+/// one's first; within the ranking's tolerance the pick among equals stands). A claim could
+/// only tell what such a heartbeat already says.
+pub(super) fn decided_by_heartbeats(
+    first: Option<(Option<Load>, Option<Duration>, u32)>,
+    established: bool,
+    costs: &[f64],
+) -> bool {
+    let Some((Some(load), Some(age), unseen)) = first else { return false };
+    let least = costs.iter().copied().fold(f64::INFINITY, f64::min);
+    let cheapest = costs.first().is_some_and(|c| *c <= least * (1.0 + COST_TOLERANCE));
+    established
+        && age.as_secs_f64() < FRESH_HEARTBEAT_SECS
+        && load.free_slots.saturating_sub(unseen) >= DECIDING_FREE_SLOTS
+        && cheapest
+}
+
 impl Candidate {
     /// Its [`expected_completion`], with our own jobs sent there since its load was observed on
     /// top (they take its free slots first).
@@ -385,6 +409,26 @@ impl Node {
             scored.swap(0, pick);
         }
         scored.into_iter().map(|s| s.0).collect()
+    }
+
+    /// Whether fresh heartbeats already decide where the job goes (see
+    /// [`decided_by_heartbeats`]); `known` is ranked, best first.
+    pub(super) fn heartbeats_decide(&self, known: &[Candidate], max_tokens: u32) -> bool {
+        let Some(first) = known.first() else { return false };
+        let dispatched = self.dispatched();
+        let unseen = dispatched.unseen(first.peer, first.load_seen);
+        let (established, costs) = self.with_reputation(|r, now| {
+            let established = !r.is_newcomer(first.peer) && r.score(first.peer, now) >= 0.0;
+            let costs: Vec<f64> = known
+                .iter()
+                .map(|c| {
+                    let measured = r.snapshot(c.peer, now).and_then(|v| v.tokens_per_sec);
+                    c.expected(dispatched, measured, None, max_tokens)
+                })
+                .collect();
+            (established, costs)
+        });
+        decided_by_heartbeats(Some((first.load, first.load_seen.map(|s| s.elapsed()), unseen)), established, &costs)
     }
 
     pub(crate) fn dialable_addrs(&self) -> Vec<Multiaddr> {

@@ -15,8 +15,13 @@ pub struct InferenceRequest {
     /// Tools the model may call (chat only); the provider renders them with its model's template
     /// and, for a forced call, constrains the output with a grammar.
     pub tools: Tools,
-    /// Announce the job on gossip and wait `claim_window` for claims before asking directly.
+    /// Announce the job on gossip and wait `claim_window` for claims before asking directly,
+    /// unless fresh heartbeats already decide (an established provider whose heartbeat of the
+    /// last few seconds shows free slots to spare, and no known provider cheaper): then it is
+    /// asked directly, sparing every provider of the model the announcement.
     pub broadcast: bool,
+    /// Announce even when heartbeats already decide (to exercise the claim route).
+    pub always_announce: bool,
     pub claim_window: Duration,
     /// Providers tried at most (the first one included).
     pub max_attempts: usize,
@@ -49,6 +54,7 @@ impl InferenceRequest {
             params: SamplingParams { max_tokens, ..SamplingParams::default() },
             tools: Tools::default(),
             broadcast: true,
+            always_announce: false,
             claim_window: Duration::from_secs(2),
             max_attempts: 4,
             use_cache: true,

@@ -259,3 +259,23 @@ mod receipts {
         assert_eq!(check_counts(&"a".repeat(16 * 256), 16, &p), Ok(()));
     }
 }
+
+/// When fresh heartbeats already decide, the announcement is skipped; anything less (a stale or
+/// missing load, too few free slots once our own jobs are counted, a newcomer, a cheaper
+/// provider elsewhere) and the job is announced.
+#[test]
+fn fresh_heartbeats_decide_only_what_a_claim_could_not_improve() {
+    use super::route::decided_by_heartbeats;
+    let free = |slots| Some(Load::new(slots, 0, 0.0, 100.0));
+    let now = Some(Duration::from_millis(500));
+    assert!(decided_by_heartbeats(Some((free(4), now, 0)), true, &[1.0, 1.2]));
+    assert!(decided_by_heartbeats(Some((free(4), now, 0)), true, &[1.05, 1.0]), "equal within tolerance");
+    assert!(!decided_by_heartbeats(Some((free(4), now, 0)), true, &[2.0, 1.0]), "another is cheaper");
+    assert!(!decided_by_heartbeats(Some((free(4), now, 0)), false, &[1.0]), "a newcomer");
+    assert!(!decided_by_heartbeats(Some((free(4), Some(Duration::from_secs(5)), 0)), true, &[1.0]), "stale");
+    assert!(!decided_by_heartbeats(Some((free(4), None, 0)), true, &[1.0]), "never seen");
+    assert!(!decided_by_heartbeats(Some((None, now, 0)), true, &[1.0]), "no load");
+    assert!(!decided_by_heartbeats(Some((free(1), now, 0)), true, &[1.0]), "one slot left");
+    assert!(!decided_by_heartbeats(Some((free(3), now, 2)), true, &[1.0]), "our own jobs took two");
+    assert!(!decided_by_heartbeats(None, true, &[]), "nobody known");
+}
