@@ -90,6 +90,8 @@ pub(crate) struct Load {
     pub cpu_load: f32,
     /// One job's speed, tokens/s (0 = unknown).
     pub tokens_per_sec: f32,
+    /// All its jobs together, tokens/s of busy time (0 = unknown).
+    pub batch_tokens_per_sec: f32,
 }
 
 impl Load {
@@ -98,7 +100,12 @@ impl Load {
     pub(crate) const UNSEEN: Load = Load::new(0, 1, 0.0, 0.0);
 
     pub(crate) const fn new(free_slots: u32, queue_depth: u32, cpu_load: f32, tokens_per_sec: f32) -> Load {
-        Load { free_slots, queue_depth, cpu_load, tokens_per_sec }
+        Load { free_slots, queue_depth, cpu_load, tokens_per_sec, batch_tokens_per_sec: 0.0 }
+    }
+
+    /// The same with the provider's batched throughput.
+    pub(crate) const fn batched(self, batch_tokens_per_sec: f32) -> Load {
+        Load { batch_tokens_per_sec, ..self }
     }
 }
 

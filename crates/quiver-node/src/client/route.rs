@@ -3,9 +3,9 @@
 use super::*;
 use crate::dispatch::Dispatched;
 
-/// Expected seconds until a job of `max_tokens` is done at a provider: its queue (and a wait for
-/// a slot when none is free) times the job's length at the provider's speed, slowed by its CPU
-/// load, plus the round trips to reach it. Without `load` (a DHT record only, no fresh heartbeat)
+/// Expected seconds until a job of `max_tokens` is done at a provider: the wait for its queue
+/// (and for a slot when none is free) to drain at its batched throughput, then the job's length
+/// at one job's speed, slowed by its CPU load, plus the round trips to reach it. Without `load` (a DHT record only, no fresh heartbeat)
 /// the provider may be gone and counts as busy. `measured` is this node's own measurement of its
 /// speed, which wins over the advertised one. `rtt` is the Ping round trip of a connected
 /// provider, `None` when not connected (then [`UNKNOWN_RTT`]).
@@ -22,9 +22,14 @@ pub(super) fn expected_completion(
         .unwrap_or(DEFAULT_TOKENS_PER_SEC);
     let job = f64::from(max_tokens.max(1)) / speed;
     let waiting = f64::from(load.queue_depth) + if load.free_slots == 0 { 1.0 } else { 0.0 };
+    // The jobs ahead drain at the provider's batched throughput (its sequences together), not
+    // one at a time. Its word, so bounded: no slower than one job, at most MAX_BATCH_GAIN × one.
+    let batch = f64::from(load.batch_tokens_per_sec);
+    let drain = if batch.is_finite() && batch > 0.0 { batch.clamp(speed, speed * MAX_BATCH_GAIN) } else { speed };
+    let wait = waiting * f64::from(max_tokens.max(1)) / drain;
     let cpu = if load.cpu_load.is_finite() { f64::from(load.cpu_load.clamp(0.0, 4.0)) } else { 0.0 };
     let network = rtt.unwrap_or(UNKNOWN_RTT).as_secs_f64() * REQUEST_ROUND_TRIPS;
-    (waiting + 1.0) * job * (1.0 + cpu * 0.25) + network
+    (wait + job) * (1.0 + cpu * 0.25) + network
 }
 
 /// Whether the claims in hand already hold the best choice, so that gathering more cannot improve
@@ -43,10 +48,17 @@ pub(super) fn gathered_enough<A, B>(
     }
     let others = unclaimed().map(|(_, cost)| *cost).fold(f64::INFINITY, f64::min);
     claims.iter().any(|(peer, claim, ..)| {
-        let load = Some(Load::new(claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec));
+        let load = Some(
+            Load::new(claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec)
+                .batched(claim.batch_tokens_per_sec),
+        );
         claim.free_slots > 0 && expected_completion(load, measured.get(peer).copied(), None, max_tokens) <= others
     })
 }
+
+/// Most a provider's batched throughput may count over one job's speed when its queue is
+/// weighed: the figure is the provider's word.
+const MAX_BATCH_GAIN: f64 = 8.0;
 
 /// Free slots a provider's fresh heartbeat must show, after our own jobs sent since, for the
 /// client to skip the announcement: one for this job and one for whoever else asks meanwhile.
@@ -130,7 +142,10 @@ impl Node {
                 peer: n.peer_id,
                 addrs: n.listen_addrs,
                 route: Route::Direct,
-                load: Some(Load::new(n.free_slots, n.queue_depth, n.cpu_load, n.tokens_per_sec)),
+                load: Some(
+                    Load::new(n.free_slots, n.queue_depth, n.cpu_load, n.tokens_per_sec)
+                        .batched(n.batch_tokens_per_sec),
+                ),
             })
             .collect();
         let key = match &request.model_sha256 {
@@ -265,7 +280,10 @@ impl Node {
                     peer: *peer,
                     addrs: known.map(|c| c.addrs.clone()).unwrap_or_default(),
                     route: Route::Claim,
-                    load: Some(Load::new(claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec)),
+                    load: Some(
+                        Load::new(claim.free_slots, claim.queue_depth, 0.0, claim.tokens_per_sec)
+                            .batched(claim.batch_tokens_per_sec),
+                    ),
                     load_seen: Some(*arrived),
                     // What it claimed with, unless it advertised something else before.
                     advertised_sha256: Some(

@@ -15,6 +15,8 @@
 //!   decide; peers that are banned or failed this client lately do not vote. When the candidates
 //!   at hand run out, the providers of the model are looked up again (DHT and heartbeats) and
 //!   those not yet asked may vote. At most [`MAX_VOTES`] re-runs are spent on one answer.
+//! - A re-run counts as a job served (a success in the client's record) only for voters whose
+//!   output was confirmed; with nothing confirmed, nobody earns credit.
 //! - Every provider of the confirmed output's class whose output differs is penalised
 //!   (`failed_verification`).
 
@@ -101,6 +103,9 @@ impl Node {
         };
         let mut results = vec![original.clone()];
         let mut votes = vec![Vote::of(original, weight_of(original.provider))];
+        // What each re-run cost, credited once the vote is decided (the original's is the
+        // caller's to credit).
+        let mut runs_stats: Vec<Option<JobStats>> = vec![None];
         let mut asked: HashSet<PeerId> = tried.clone();
         asked.insert(original.provider);
         let mut pool = self.voters(others, &asked, &original.receipt.model_sha256);
@@ -150,7 +155,7 @@ impl Node {
                 tokens: u64::from(other.usage.completion_tokens),
                 tokens_per_sec: None,
             };
-            self.with_reputation(|r, now| r.record_success(other.provider, stats, now));
+            runs_stats.push(Some(stats));
             votes.push(Vote::of(&other, weight_of(other.provider)));
             results.push(other);
         }
@@ -163,6 +168,17 @@ impl Node {
             return Verdict::Unconfirmed(reason);
         };
         let confirmed = votes[winner].clone();
+        // A re-run is a job served only when the vote confirmed its output: a voter whose answer
+        // nobody confirmed, like a tie of one against one, earns nothing (a liar must not
+        // gather credit as a voter while it cannot yet be outvoted).
+        for (v, stats) in votes.iter().zip(runs_stats) {
+            if let Some(stats) = stats
+                && v.class == confirmed.class
+                && v.output == confirmed.output
+            {
+                self.with_reputation(|r, now| r.record_success(v.provider, stats, now));
+            }
+        }
         // Everyone of the confirmed class who said otherwise lied about the work.
         for v in votes.iter().filter(|v| v.class == confirmed.class && v.output != confirmed.output) {
             info!(provider = %v.provider, "outvoted in verification");

@@ -279,3 +279,21 @@ fn fresh_heartbeats_decide_only_what_a_claim_could_not_improve() {
     assert!(!decided_by_heartbeats(Some((free(3), now, 2)), true, &[1.0]), "our own jobs took two");
     assert!(!decided_by_heartbeats(None, true, &[]), "nobody known");
 }
+
+/// A full provider whose sequences decode together drains its queue faster than one job at a
+/// time: behind the same queue, the batching one costs less; its claimed throughput counts at
+/// most 8× one job's speed, and a provider with a free slot still costs less than both.
+#[test]
+fn a_batching_provider_drains_its_queue_faster() {
+    let full = Load::new(0, 2, 0.0, 100.0);
+    let serial = expected_completion(Some(full), None, Some(Duration::ZERO), 100);
+    let batching = expected_completion(Some(full.batched(300.0)), None, Some(Duration::ZERO), 100);
+    assert!((serial - 4.0).abs() < 1e-9, "three jobs ahead at one job's speed, then ours: {serial}");
+    assert!((batching - 2.0).abs() < 1e-9, "three jobs ahead at 3× the speed, then ours: {batching}");
+    let boast = expected_completion(Some(full.batched(1e6)), None, Some(Duration::ZERO), 100);
+    assert!((boast - (1.0 + 3.0 / 8.0)).abs() < 1e-9, "a boast counts at most 8×: {boast}");
+    let slow_claim = expected_completion(Some(full.batched(10.0)), None, Some(Duration::ZERO), 100);
+    assert!((slow_claim - serial).abs() < 1e-9, "never slower than one job: {slow_claim}");
+    let free = expected_completion(Some(Load::new(1, 0, 0.0, 100.0)), None, Some(Duration::ZERO), 100);
+    assert!(free < boast, "a free slot first");
+}
