@@ -205,7 +205,19 @@ impl Provider {
     pub(crate) fn models(&self) -> Vec<ModelInfo> {
         self.engines
             .iter()
-            .map(|e| ModelInfo { name: e.model().name.clone(), sha256: e.model().sha256.to_vec(), embeds: e.embeds() })
+            .map(|e| {
+                let d = e.device();
+                ModelInfo {
+                    name: e.model().name.clone(),
+                    sha256: e.model().sha256.to_vec(),
+                    embeds: e.embeds(),
+                    device: d.device,
+                    gpu_layers: d.gpu_layers,
+                    layers: d.layers,
+                    device_memory_total: d.memory_total,
+                    device_memory_free: d.memory_free,
+                }
+            })
             .collect()
     }
 
