@@ -140,7 +140,7 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
             p["tokens_per_sec"].as_f64().unwrap_or(0.0)
         );
         for m in p["models"].as_array().into_iter().flatten() {
-            println!("  {:<14} on {}", m["name"].as_str().unwrap_or("?"), placement(m));
+            println!("  {} on {}", m["name"].as_str().unwrap_or("?"), placement(m));
         }
     }
     let known = v["known_nodes"].as_array().cloned().unwrap_or_default();
@@ -163,7 +163,7 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
                 .join(","),
         );
         for m in k["models"].as_array().into_iter().flatten().filter(|m| n(m, "gpu_layers") > 0) {
-            println!("    {:<14} on {}", m["name"].as_str().unwrap_or("?"), placement(m));
+            println!("    {} on {}", m["name"].as_str().unwrap_or("?"), placement(m));
         }
     }
     Ok(())
