@@ -200,7 +200,7 @@ impl<R: Read + Seek> GgufReader<R> {
         let n_embd = key("embedding_length").unwrap_or(0);
         let n_head = key("attention.head_count").unwrap_or(0);
         let n_head_kv = key("attention.head_count_kv").unwrap_or(n_head);
-        let head_dim = if n_head > 0 { n_embd / n_head } else { 0 };
+        let head_dim = n_embd.checked_div(n_head).unwrap_or(0);
         let k_len = key("attention.key_length").unwrap_or(head_dim);
         let v_len = key("attention.value_length").unwrap_or(head_dim);
         // f16 keys and values: 2 bytes each.

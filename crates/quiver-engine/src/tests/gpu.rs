@@ -156,7 +156,7 @@ fn sample_gguf(tied: bool) -> Vec<u8> {
         v.extend(0u32.to_le_bytes());
         v.extend(offset.to_le_bytes());
     }
-    while v.len() % 32 != 0 {
+    while !v.len().is_multiple_of(32) {
         v.push(0);
     }
     let data: u64 = tensors.iter().map(|t| t.2).sum();
