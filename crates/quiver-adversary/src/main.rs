@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         &args.model,
         &args.model_name,
         None,
-        LlamaConfig { threads: args.threads, context_size: 2048, slots: 0 },
+        LlamaConfig { threads: args.threads, context_size: 2048, slots: 0, ..LlamaConfig::default() },
     )
     .with_context(|| format!("loading {}", args.model.display()))?;
     let node = Node::start(NodeConfig {

@@ -271,7 +271,8 @@ async fn local_node_addrs(args: &AskArgs) -> Vec<BootstrapAddr> {
 async fn run_local(args: AskArgs) -> anyhow::Result<()> {
     let dir = crate::model_cmd::models_dir(args.models_dir.as_deref(), args.data_dir.as_deref());
     let model = crate::provider_cmd::local_model(&args.model, &dir, true).await?;
-    let config = LlamaConfig { threads: args.threads.unwrap_or(0), context_size: 2048, slots: 1 };
+    let config =
+        LlamaConfig { threads: args.threads.unwrap_or(0), context_size: 2048, slots: 1, ..LlamaConfig::default() };
     let engine = crate::provider_cmd::load_llama(model, config).await?;
     let started = std::time::Instant::now();
     let mut first_token = None;

@@ -63,6 +63,20 @@ fn short(id: &str) -> String {
     if id.len() > 16 { format!("{}…{}", &id[..8], &id[id.len() - 6..]) } else { id.to_owned() }
 }
 
+/// Where a model's layers run, from its status or heartbeat entry: `cpu, 0 of 31 layers
+/// offloaded` or `Vulkan0 (...) (3.2/8.0 GiB free), 31 of 31 layers offloaded`.
+fn placement(m: &Value) -> String {
+    let device = m["device"].as_str().filter(|d| !d.is_empty()).unwrap_or("cpu");
+    let (total, free) = (n(m, "device_memory_total"), n(m, "device_memory_free"));
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    let memory = if total > 0 { format!(" ({:.1}/{:.1} GiB free)", gib(free), gib(total)) } else { String::new() };
+    let layers = match n(m, "layers") {
+        0 => format!("{} layers offloaded", n(m, "gpu_layers")),
+        all => format!("{} of {all} layers offloaded", n(m, "gpu_layers")),
+    };
+    format!("{device}{memory}, {layers}")
+}
+
 pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
     let v = get(&args, "/api/v1/status").await?;
     if args.json {
@@ -125,6 +139,9 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
             n(p, "queue_depth"),
             p["tokens_per_sec"].as_f64().unwrap_or(0.0)
         );
+        for m in p["models"].as_array().into_iter().flatten() {
+            println!("  {} on {}", m["name"].as_str().unwrap_or("?"), placement(m));
+        }
     }
     let known = v["known_nodes"].as_array().cloned().unwrap_or_default();
     println!("Known nodes:     {} (from heartbeats)", known.len());
@@ -145,6 +162,9 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(","),
         );
+        for m in k["models"].as_array().into_iter().flatten().filter(|m| n(m, "gpu_layers") > 0) {
+            println!("    {} on {}", m["name"].as_str().unwrap_or("?"), placement(m));
+        }
     }
     Ok(())
 }

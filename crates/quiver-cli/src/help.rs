@@ -34,7 +34,13 @@ Examples:
   quiver provider --bootstrap-node --port 4001           # a provider that is also a bootstrap node
   quiver provider --bootstrap your-server.com:4001 --threads 2 --queue 16
   quiver provider --bootstrap your-server.com:4001 --gateway 127.0.0.1:8080
-  quiver provider --backend openai --backend-url http://127.0.0.1:11434/v1 --backend-model llama3.2";
+  quiver provider --backend openai --backend-url http://127.0.0.1:11434/v1 --backend-model llama3.2
+  quiver provider --gpu-layers 0                         # CPU only, even in a GPU build
+
+Defaults from this machine: --threads = physical cores; --context-size 2048 and --max-concurrent 4
+when their KV cache fits in half the memory available beside the model (else fewer slots, then a
+shorter context down to 512); --gpu-layers auto = as many layers as fit in the GPU's free memory
+beside the KV cache (0 without a GPU).";
 
 pub const ASK: &str = "\
 Examples:
@@ -96,7 +102,13 @@ Examples:
   quiver-provider start                              # default model, configured bootstrap peers and the LAN
   quiver-provider --bootstrap-node --port 4001       # a provider that is also a bootstrap node
   quiver-provider --bootstrap your-server.com:4001
-  quiver-provider --backend openai --backend-url http://127.0.0.1:11434/v1 --backend-model llama3.2";
+  quiver-provider --backend openai --backend-url http://127.0.0.1:11434/v1 --backend-model llama3.2
+  quiver-provider --gpu-layers 20                    # the last 20 layers on the GPU (a cuda/vulkan/metal build)
+
+Defaults from this machine: --threads = physical cores; --context-size 2048 and --max-concurrent 4
+when their KV cache fits in half the memory available beside the model (else fewer slots, then a
+shorter context down to 512); --gpu-layers auto = as many layers as fit in the GPU's free memory
+beside the KV cache (0 without a GPU).";
 
 /// The commands whose completions `quiver completions` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

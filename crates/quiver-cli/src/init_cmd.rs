@@ -97,6 +97,11 @@ pub fn default_config() -> String {
 # relay_max_circuits = {relay_circuits}
 # relay_max_circuit_secs = {relay_secs}
 # relay_max_circuit_bytes = {relay_bytes}
+
+# Provider: layers of each model offloaded to the GPU (a build with feature cuda, vulkan or
+# metal): a number (0 = CPU only; more than the model has = all), or "auto": as many as fit in
+# the GPU's free memory beside the KV cache of all slots (0 without a GPU device).
+# gpu_layers = "auto"
 "#
     )
 }

@@ -193,6 +193,8 @@ struct Settings {
     api_explicit: bool,
     data_dir: PathBuf,
     log_format: LogFormat,
+    /// The config file's `gpu_layers` (used by a provider).
+    gpu_layers: Option<quiver_engine::GpuLayers>,
 }
 
 fn settings(args: NodeArgs) -> Settings {
@@ -258,6 +260,10 @@ fn settings(args: NodeArgs) -> Settings {
         }
     };
     let relay_defaults = RelayLimits::default();
+    let gpu_layers = file.gpu_layers.as_ref().map(|g| {
+        crate::provider_cmd::gpu_layers_from_file(g)
+            .unwrap_or_else(|e| usage_error(format!("invalid gpu_layers in config file: {e}")))
+    });
     Settings {
         node: NodeConfig {
             listen_addrs,
@@ -309,6 +315,7 @@ fn settings(args: NodeArgs) -> Settings {
         api_explicit: api.is_some(),
         data_dir,
         log_format,
+        gpu_layers,
     }
 }
 
@@ -330,7 +337,7 @@ pub async fn run_with(args: NodeArgs, provider: Option<crate::provider_cmd::Prov
     let mut s = settings(args);
     init_logging(s.log_format, SERVICE_LOG);
     if let Some(p) = provider {
-        s.node.provider = Some(crate::provider_cmd::build(&p, &s.data_dir).await?);
+        s.node.provider = Some(crate::provider_cmd::build(&p, &s.data_dir, s.gpu_layers).await?);
     }
 
     let node = match Node::start(s.node.clone()).await {

@@ -11,8 +11,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use quiver_engine::llama::{LlamaConfig, LlamaEngine};
 use quiver_engine::models::{self, ModelError};
 use quiver_engine::openai::{OpenAiConfig, OpenAiEngine};
-use quiver_engine::{Engine, ModelId};
+use quiver_engine::{Engine, GpuLayers, ModelId, host};
 use quiver_node::ProviderConfig;
+use quiver_node::config::LayersSetting;
 use sha2::{Digest, Sha256};
 
 use crate::model_cmd;
@@ -49,16 +50,26 @@ pub struct ProviderArgs {
     #[arg(long, value_name = "KEY", env = "QUIVER_BACKEND_API_KEY", hide_env_values = true)]
     pub backend_api_key: Option<String>,
     /// CPU threads of the engine, shared by the requests it decodes together (llama backend).
-    /// [default: all cores]
+    /// [default: the physical cores (hyperthreads not counted), no more than the CPUs this
+    /// process may use]
     #[arg(long, env = "QUIVER_THREADS")]
     pub threads: Option<u32>,
-    /// Context size in tokens (llama backend).
-    #[arg(long, default_value_t = 2048, env = "QUIVER_CONTEXT_SIZE")]
-    pub context_size: u32,
+    /// Context size in tokens of each slot (llama backend). [default: 2048 when the KV cache of
+    /// all slots fits in half the memory available beside the model, else halved down to 512
+    /// with 1 slot]
+    #[arg(long, env = "QUIVER_CONTEXT_SIZE")]
+    pub context_size: Option<u32>,
     /// Jobs run at once; with the llama backend, the sequences decoded together in one batch
-    /// (each gets --context-size tokens of KV cache). [default: 4 for llama.cpp]
+    /// (each gets --context-size tokens of KV cache). [default for llama.cpp: 4, or as many (at
+    /// least 1) as fit in half the memory available beside the model]
     #[arg(long, env = "QUIVER_MAX_CONCURRENT")]
     pub max_concurrent: Option<usize>,
+    /// Layers offloaded to the GPU (llama backend, a build with feature cuda, vulkan or metal):
+    /// a number (0 = CPU only; more than the model has = all), or "auto": as many as fit in the
+    /// free memory of the GPU with the most, beside the KV cache of all slots. Without a GPU
+    /// device everything runs on the CPU. [default: auto]
+    #[arg(long, value_name = "N|auto", env = "QUIVER_GPU_LAYERS", value_parser = parse_gpu_layers)]
+    pub gpu_layers: Option<GpuLayers>,
     /// Jobs waiting for a slot; beyond this, requests are refused as busy.
     #[arg(long, default_value_t = 8, env = "QUIVER_QUEUE")]
     pub queue: usize,
@@ -75,6 +86,19 @@ pub struct ProviderArgs {
     /// Do not download a missing catalogue or Hugging Face model.
     #[arg(long)]
     pub no_fetch: bool,
+}
+
+/// A `--gpu-layers` value (clap makes a bad one a usage error, exit 2).
+pub(crate) fn parse_gpu_layers(s: &str) -> Result<GpuLayers, String> {
+    s.parse::<GpuLayers>().map_err(|e| e.to_string())
+}
+
+/// `gpu_layers` of the config file.
+pub(crate) fn gpu_layers_from_file(setting: &LayersSetting) -> Result<GpuLayers, String> {
+    match setting {
+        LayersSetting::Count(n) => Ok(GpuLayers::Count(u32::try_from(*n).unwrap_or(u32::MAX))),
+        LayersSetting::Word(w) => parse_gpu_layers(w),
+    }
 }
 
 /// `quiver-provider [start] [FLAGS]`.
@@ -146,31 +170,53 @@ pub async fn load_llama(model: models::LocalModel, config: LlamaConfig) -> anyho
     let loaded = tokio::task::spawn_blocking(move || LlamaEngine::load(&path, &name, known_sha, config)).await;
     spinner.finish_and_clear();
     let engine = loaded.context("model loading task")??;
+    let device = engine.device();
+    let placed = match device.gpu_layers {
+        0 => "on the CPU".to_owned(),
+        n => format!("{n} of {} layers on {}", device.layers, device.device),
+    };
     eprintln!(
-        "loaded {} ({}, sha256 {}) in {:.1} s, {} threads",
+        "loaded {} ({}, sha256 {}) in {:.1} s, {} threads, {} tokens × {} slots, {placed}",
         engine.model().name,
         engine.model().gguf_name,
         engine.model().sha256_hex(),
         started.elapsed().as_secs_f64(),
-        engine.threads()
+        engine.threads(),
+        engine.context_size(),
+        engine.slots()
     );
     Ok(engine)
 }
 
-/// Builds the engines the flags ask for.
-pub async fn build(p: &ProviderArgs, data_dir: &Path) -> anyhow::Result<ProviderConfig> {
+/// Builds the engines the flags ask for; `file_gpu_layers` is the config file's `gpu_layers`
+/// (the flag and `QUIVER_GPU_LAYERS` win over it).
+pub async fn build(
+    p: &ProviderArgs,
+    data_dir: &Path,
+    file_gpu_layers: Option<GpuLayers>,
+) -> anyhow::Result<ProviderConfig> {
     let models_dir = model_cmd::models_dir(p.models_dir.as_deref(), Some(data_dir));
     let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
     match p.backend {
         Backend::Llama => {
             let names = if p.model.is_empty() { vec![models::DEFAULT_MODEL.to_owned()] } else { p.model.clone() };
+            let gpu_layers = p.gpu_layers.or(file_gpu_layers).unwrap_or_default();
+            // Memory taken by the models loaded before this one (weights and KV cache).
+            let available = host::available_memory();
+            let mut committed = 0u64;
             for name in names {
                 let model = local_model(&name, &models_dir, !p.no_fetch).await?;
-                let config = LlamaConfig {
-                    threads: p.threads.unwrap_or(0),
-                    context_size: p.context_size,
-                    slots: p.max_concurrent.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-                };
+                let layout = models::gguf_layout(&model.path).unwrap_or_default();
+                let (context_size, slots) = host::memory_defaults(
+                    available.map(|a| a.saturating_sub(committed)),
+                    layout.file_bytes,
+                    layout.kv_per_token(),
+                    p.context_size,
+                    p.max_concurrent.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+                );
+                let kv = layout.kv_per_token().saturating_mul(u64::from(context_size) * u64::from(slots));
+                committed = committed.saturating_add(layout.file_bytes).saturating_add(kv);
+                let config = LlamaConfig { threads: p.threads.unwrap_or(0), context_size, slots, gpu_layers };
                 engines.push(Arc::new(load_llama(model, config).await?));
             }
         }

@@ -15,6 +15,28 @@ const PROVIDER: &str = env!("CARGO_BIN_EXE_quiver-provider");
 const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// `--gpu-layers` takes a number or `auto`; anything else, from the flag, the environment or
+/// the config file, is a usage error (exit 2) that names it, before any model is loaded.
+#[test]
+fn bad_gpu_layers_are_usage_errors() {
+    let _machine = support::light();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    for bad in ["lots", "-1", "1.5", ""] {
+        let out = run_bounded(PROVIDER, &[&format!("--gpu-layers={bad}"), "--data-dir", d], &[], LIMIT);
+        assert_eq!(out.code(), Some(2), "--gpu-layers {bad:?}: {}", out.stderr);
+        assert!(out.stderr.contains("--gpu-layers") && out.stderr.contains("auto"), "{}", out.stderr);
+    }
+    let out = run_bounded(PROVIDER, &["--data-dir", d], &[("QUIVER_GPU_LAYERS", "many")], LIMIT);
+    assert_eq!(out.code(), Some(2), "QUIVER_GPU_LAYERS=many: {}", out.stderr);
+    let cfg = dir.path().join("gpu.toml");
+    std::fs::write(&cfg, "gpu_layers = \"most\"\n").expect("write config");
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let out = run_bounded(PROVIDER, &["--config", cfg, "--data-dir", d], &[], LIMIT);
+    assert_eq!(out.code(), Some(2), "gpu_layers = \"most\": {}", out.stderr);
+    assert!(out.stderr.contains("gpu_layers") && out.stderr.contains("most"), "{}", out.stderr);
+}
+
 #[test]
 fn init_writes_a_commented_config_that_loads() {
     let _machine = support::light();
@@ -53,6 +75,7 @@ fn init_writes_a_commented_config_that_loads() {
         all.quic == Some(true) && all.heartbeat_interval_secs == Some(10) && all.log_format.as_deref() == Some("text")
     );
     assert!(all.dht_mode.as_deref() == Some("auto") && all.upnp == Some(false) && all.relay_service == Some(true));
+    assert_eq!(all.gpu_layers, Some(quiver_node::config::LayersSetting::Word("auto".into())));
     let relay = quiver_net::RelayLimits::default();
     assert_eq!(
         (all.relay_max_reservations, all.relay_max_circuits, all.relay_max_circuit_bytes),

@@ -1,7 +1,8 @@
 //! Inference through the network with the real binaries and the real default model, as separate
 //! processes on 127.0.0.1 with ephemeral ports: the answer through the network is the bare
 //! engine's answer, with a receipt that verifies; killing the serving provider mid-stream fails
-//! over without losing or repeating text; no provider means exit code 3.
+//! over without losing or repeating text; no provider means exit code 3. A provider told
+//! `--gpu-layers 0` answers on the CPU and says so in `quiver status` and its heartbeats.
 //!
 //! Needs the default model: run scripts/fetch-model.sh first.
 
@@ -67,6 +68,38 @@ fn check_receipt(result: &Value) {
     assert_eq!(result["receipt"]["verified"], true);
 }
 
+/// `--gpu-layers 0`: the device is `cpu` with no layer offloaded, in the provider's own status
+/// (JSON and `quiver status`'s text) and in the heartbeats the bootstrap node heard.
+fn check_cpu_placement(boot: &NodeProc, provider: &NodeProc) {
+    let api = provider.api.to_string();
+    let json =
+        run_bounded(QUIVER, &["status", "--json", "--api", &api], &[], ASK_LIMIT).expect_success("quiver status");
+    let status = parse_json(&json.stdout, "quiver status --json");
+    let model = &status["provider"]["models"][0];
+    assert_eq!(model["name"], MODEL, "{status}");
+    assert_eq!(model["device"], "cpu", "{model}");
+    assert_eq!(model["gpu_layers"], 0, "{model}");
+    // SmolLM2-135M: 30 blocks and the output layer.
+    assert_eq!(model["layers"], 31, "{model}");
+    assert_eq!((model["device_memory_total"].as_u64(), model["device_memory_free"].as_u64()), (Some(0), Some(0)));
+    let text = run_bounded(QUIVER, &["status", "--api", &api], &[], ASK_LIMIT).expect_success("quiver status");
+    let text = strip_ansi(&text.stdout);
+    assert!(text.contains(&format!("{MODEL} on cpu, 0 of 31 layers offloaded")), "quiver status:\n{text}");
+    let heard = boot.status().expect("the bootstrap node's status");
+    let node = heard["known_nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["peer_id"] == provider.peer_id.as_str())
+        .unwrap_or_else(|| panic!("the bootstrap node knows the provider: {heard}"));
+    let model = &node["models"][0];
+    assert_eq!(
+        (model["device"].as_str(), model["gpu_layers"].as_u64(), model["layers"].as_u64()),
+        (Some("cpu"), Some(0), Some(31)),
+        "{node}"
+    );
+}
+
 #[test]
 fn greedy_answer_through_the_network_equals_the_bare_engine() {
     let models = model_dir();
@@ -98,13 +131,15 @@ fn greedy_answer_through_the_network_equals_the_bare_engine() {
     let provider = NodeProc::start(
         PROVIDER,
         "provider",
-        &["--bootstrap", &hostport, "--port", "0", "--threads", "2", "--models-dir", models],
+        &["--bootstrap", &hostport, "--port", "0", "--threads", "2", "--gpu-layers", "0", "--models-dir", models],
         d,
     );
     eventually(Duration::from_secs(60), "the bootstrap node hears the provider's models", || {
         knows_provider(MODEL, &boot, &provider.peer_id)
     });
     step(t, "provider known to the bootstrap node");
+    check_cpu_placement(&boot, &provider);
+    step(t, "the provider runs on the CPU, in its status and heartbeats");
 
     let ask = |extra: &[&str]| {
         let mut args =

@@ -9,6 +9,7 @@
 //! This crate knows nothing of networking.
 
 pub mod chat;
+pub mod host;
 pub mod llama;
 pub mod models;
 pub mod openai;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use chat::{ResponseFormat, Tool, ToolCall, ToolChoice, Tools};
+pub use llama::gpu::{DeviceInfo, GpuLayers};
 pub use stream::{StopFilter, Utf8Assembler};
 
 /// One chat message; the engine applies the model's chat template.
@@ -268,6 +270,10 @@ pub trait Engine: Send + Sync + 'static {
     /// llama.cpp the cores divided by the threads of one generation; for a remote server a
     /// conservative guess. Providers use it as their default concurrency.
     fn capacity(&self) -> usize;
+    /// Where the model runs: `cpu` with no layers offloaded unless the engine says otherwise.
+    fn device(&self) -> DeviceInfo {
+        DeviceInfo::cpu(0)
+    }
     /// Starts generating. Errors found before any token (e.g. prompt longer than the context)
     /// are returned here or as the first event.
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError>;

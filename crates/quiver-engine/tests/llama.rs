@@ -28,7 +28,7 @@ fn model_path() -> PathBuf {
 }
 
 fn config(context_size: u32) -> LlamaConfig {
-    LlamaConfig { threads: 2, context_size, slots: 0 }
+    LlamaConfig { threads: 2, context_size, slots: 0, ..LlamaConfig::default() }
 }
 
 /// An engine of its own with `slots` slots, so that other tests' requests do not touch its slots

@@ -59,6 +59,16 @@ pub struct FileConfig {
     pub relay_max_circuits: Option<usize>,
     pub relay_max_circuit_secs: Option<u64>,
     pub relay_max_circuit_bytes: Option<u64>,
+    /// Provider: layers offloaded to the GPU, a number or "auto" (see `quiver provider --help`).
+    pub gpu_layers: Option<LayersSetting>,
+}
+
+/// `gpu_layers = 20` or `gpu_layers = "auto"` (the CLI checks the word).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum LayersSetting {
+    Count(u64),
+    Word(String),
 }
 
 impl FileConfig {

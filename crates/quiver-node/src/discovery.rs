@@ -51,6 +51,30 @@ pub struct KnownModel {
     pub sha256: String,
     /// The node computes embeddings with it.
     pub embeds: bool,
+    /// Where its layers run: `cpu` (also for nodes too old to say), or the GPU device.
+    pub device: String,
+    /// Layers offloaded to that device, of `layers` (0 = unknown).
+    pub gpu_layers: u32,
+    pub layers: u32,
+    /// The device's memory in bytes, total and free when the model was loaded (0 on the CPU).
+    pub device_memory_total: u64,
+    pub device_memory_free: u64,
+}
+
+impl KnownModel {
+    /// What a heartbeat (or this node's own provider) says of a model.
+    pub(crate) fn from_wire(m: quiver_proto::ModelInfo) -> KnownModel {
+        KnownModel {
+            sha256: hex(&m.sha256),
+            name: m.name,
+            embeds: m.embeds,
+            device: if m.device.is_empty() { "cpu".into() } else { m.device },
+            gpu_layers: m.gpu_layers,
+            layers: m.layers,
+            device_memory_total: m.device_memory_total,
+            device_memory_free: m.device_memory_free,
+        }
+    }
 }
 
 /// Verdict on a received heartbeat.
@@ -127,11 +151,7 @@ impl NodeTable {
             }
         }
         let listen_addrs = hb.listen_addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()).collect();
-        let models = hb
-            .models
-            .into_iter()
-            .map(|m| KnownModel { name: m.name, sha256: hex(&m.sha256), embeds: m.embeds })
-            .collect();
+        let models = hb.models.into_iter().map(KnownModel::from_wire).collect();
         self.nodes.insert(
             peer_id,
             KnownNode {

@@ -461,15 +461,7 @@ impl Node {
             gossip_mesh,
             known_nodes,
             provider: self.inner.provider.as_ref().map(|p| ProviderStatus {
-                models: p
-                    .models()
-                    .into_iter()
-                    .map(|m| crate::discovery::KnownModel {
-                        name: m.name,
-                        sha256: discovery::hex(&m.sha256),
-                        embeds: m.embeds,
-                    })
-                    .collect(),
+                models: p.models().into_iter().map(crate::discovery::KnownModel::from_wire).collect(),
                 max_concurrent: p.max_concurrent(),
                 free_slots: p.free_slots(),
                 queue_depth: p.queue_depth(),

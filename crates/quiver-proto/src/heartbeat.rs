@@ -18,6 +18,10 @@ pub const MAX_AGENT_LEN: usize = 128;
 pub const MAX_ENGINE_BUILD: usize = 128;
 /// Most threads a model's engine may announce.
 pub const MAX_THREADS: u32 = 4096;
+/// Longest `ModelInfo.device`.
+pub const MAX_DEVICE_LEN: usize = 64;
+/// Most layers a model may claim (`ModelInfo.layers`).
+pub const MAX_LAYERS: u32 = 4096;
 
 /// A heartbeat whose signature, signer and fields have been checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +55,16 @@ impl Heartbeat {
             }
             if m.engine_build.len() > MAX_ENGINE_BUILD || m.threads > MAX_THREADS {
                 return invalid("models.engine_build", "a build of at most 128 bytes and at most 4096 threads");
+            }
+            if m.device.len() > MAX_DEVICE_LEN || m.device.chars().any(char::is_control) {
+                return invalid("models.device", "too long or not printable");
+            }
+            let most = if m.layers == 0 { MAX_LAYERS } else { m.layers };
+            if m.layers > MAX_LAYERS || m.gpu_layers > most {
+                return invalid("models.gpu_layers", "more layers than the model has, or too many");
+            }
+            if m.device_memory_free > m.device_memory_total {
+                return invalid("models.device_memory_free", "more than the device's total");
             }
         }
         if !self.cpu_load.is_finite() || self.cpu_load < 0.0 || self.cpu_load > 1024.0 {

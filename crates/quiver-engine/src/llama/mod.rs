@@ -1,4 +1,5 @@
-//! The llama.cpp engine: GGUF models on the CPU through `llama-cpp-2`.
+//! The llama.cpp engine: GGUF models through `llama-cpp-2`, on the CPU, with layers offloaded
+//! to a GPU when the build has a GPU backend (features `cuda`, `vulkan`, `metal`; see [`gpu`]).
 //!
 //! The model is loaded once, with one llama.cpp context holding up to `slots` sequences in a
 //! unified KV cache, made at load time. One scheduler thread ([`scheduler`]) owns that context
@@ -11,6 +12,7 @@
 //! info level; filter it with e.g. `llama-cpp-2=warn`).
 
 mod embed;
+pub mod gpu;
 mod scheduler;
 
 use std::borrow::Cow;
@@ -31,8 +33,12 @@ use tracing::{info, warn};
 use crate::chat::grammar::{self, Constraint};
 use crate::chat::template::ChatTemplate;
 use crate::chat::tools::{self, ToolFormat};
-use crate::{ChatMessage, Embeddings, Engine, EngineError, GenerateRequest, Generation, Input, ModelId, Tools, models};
+use crate::{
+    ChatMessage, DeviceInfo, Embeddings, Engine, EngineError, GenerateRequest, Generation, Input, ModelId, Tools, host,
+    models,
+};
 use futures::future::BoxFuture;
+use gpu::GpuLayers;
 
 /// The `llama-cpp-2` version this crate pins; part of [`Engine::build_id`].
 const LLAMA_CPP_2_VERSION: &str = "0.1.160";
@@ -54,7 +60,8 @@ const MAX_WAITING: usize = 256;
 /// Settings of a [`LlamaEngine`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlamaConfig {
-    /// CPU threads of the engine (all its sequences are decoded together); 0 = all cores.
+    /// CPU threads of the engine (all its sequences are decoded together); 0 = the physical
+    /// cores ([`host::default_threads`]).
     pub threads: u32,
     /// Context size in tokens (prompt plus completion) of one request; 0 = the model's training
     /// context. Capped at the model's training context.
@@ -62,11 +69,13 @@ pub struct LlamaConfig {
     /// Sequences decoded together (the KV cache holds `slots × context_size` cells); 0 =
     /// [`DEFAULT_SLOTS`]. Capped at [`MAX_SLOTS`].
     pub slots: u32,
+    /// Layers offloaded to the GPU with the most free memory, if the build has one.
+    pub gpu_layers: GpuLayers,
 }
 
 impl Default for LlamaConfig {
     fn default() -> Self {
-        LlamaConfig { threads: 0, context_size: 2048, slots: 0 }
+        LlamaConfig { threads: 0, context_size: 2048, slots: 0, gpu_layers: GpuLayers::Auto }
     }
 }
 
@@ -101,6 +110,8 @@ struct Inner {
     threads: u32,
     context_size: u32,
     slots: u32,
+    /// Where the layers run.
+    device: DeviceInfo,
     /// Generations accepted and not yet ended (waiting or running).
     running: AtomicUsize,
     /// Completion tokens sampled, by every generation so far.
@@ -160,7 +171,12 @@ impl LlamaEngine {
             None => models::sha256_file(path, &mut |_, _| {}).map_err(|e| load_err(e.to_string()))?,
         };
         let backend = backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        let slots = match config.slots {
+            0 => DEFAULT_SLOTS,
+            n => n.min(MAX_SLOTS),
+        };
+        let (params, device) = placement(path, &config, slots)?;
+        let model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|e| load_err(format!("llama.cpp cannot load it: {e}")))?;
         let gguf_name = gguf_name
             .filter(|n| !n.trim().is_empty())
@@ -175,7 +191,7 @@ impl LlamaEngine {
         };
         let jinja = jinja_template(&model, name);
         let threads = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            0 => host::default_threads(),
             n => n,
         }
         .min(256);
@@ -188,10 +204,6 @@ impl LlamaEngine {
         if context_size < 8 {
             return Err(load_err(format!("context size {context_size} is too small")));
         }
-        let slots = match config.slots {
-            0 => DEFAULT_SLOTS,
-            n => n.min(MAX_SLOTS),
-        };
         let id = ModelId { name: name.to_string(), gguf_name, sha256 };
         let inner = Arc::new(Inner {
             model,
@@ -201,6 +213,7 @@ impl LlamaEngine {
             threads,
             context_size,
             slots,
+            device,
             running: AtomicUsize::new(0),
             sampled: AtomicU64::new(0),
             cached: AtomicU64::new(0),
@@ -208,7 +221,8 @@ impl LlamaEngine {
         });
         let jobs = scheduler::start(&inner).map_err(load_err)?;
         info!(model = name, gguf_name = %inner.id.gguf_name, sha256 = %inner.id.sha256_hex(), threads,
-            context_size, slots, "model loaded");
+            context_size, slots, device = %inner.device.device, gpu_layers = inner.device.gpu_layers,
+            layers = inner.device.layers, "model loaded");
         Ok(LlamaEngine { inner, jobs, embedder: OnceLock::new() })
     }
 
@@ -265,7 +279,17 @@ impl Engine for LlamaEngine {
     }
 
     fn build_id(&self) -> String {
-        format!("llama.cpp/llama-cpp-2={LLAMA_CPP_2_VERSION}")
+        // Offloaded layers compute on another device, whose numbers differ from the CPU's: only
+        // engines placed alike are compared when outputs are verified.
+        let d = &self.inner.device;
+        match d.gpu_layers {
+            0 => format!("llama.cpp/llama-cpp-2={LLAMA_CPP_2_VERSION}"),
+            n => format!("llama.cpp/llama-cpp-2={LLAMA_CPP_2_VERSION}+{}:{n}/{}", d.device, d.layers),
+        }
+    }
+
+    fn device(&self) -> DeviceInfo {
+        self.inner.device.clone()
     }
 
     fn threads(&self) -> u32 {
@@ -368,6 +392,61 @@ impl LlamaEngine {
         })?;
         Ok(answer)
     }
+}
+
+/// Where the model's layers go: the model parameters for llama.cpp and what they mean. Without a
+/// GPU device (a CPU-only build, or no device found) everything stays on the CPU; with one, the
+/// layers [`gpu::layers_to_offload`] gives go to it, the KV cache of `slots × context_size` cells
+/// counted (a model whose header cannot be read for `auto` stays on the CPU).
+fn placement(path: &Path, config: &LlamaConfig, slots: u32) -> Result<(LlamaModelParams, DeviceInfo), EngineError> {
+    let layout = match models::gguf_layout(path) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the model's layer sizes");
+            None
+        }
+    };
+    let layers = layout.as_ref().map_or(0, models::GgufLayout::offloadable_layers);
+    let cpu = || -> Result<(LlamaModelParams, DeviceInfo), EngineError> {
+        // No device at all, so that no work goes to a GPU either.
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(0)
+            .with_devices(&[])
+            .map_err(|e| EngineError::Load { path: path.display().to_string(), reason: e.to_string() })?;
+        Ok((params, DeviceInfo::cpu(layers)))
+    };
+    let device = gpu::best_gpu();
+    let Some(device) = device else {
+        if matches!(config.gpu_layers, GpuLayers::Count(n) if n > 0) {
+            warn!(gpu_layers = %config.gpu_layers, "no GPU device in this build (features cuda, vulkan, metal): all layers on the CPU");
+        }
+        return cpu();
+    };
+    let kv_cells = u64::from(slots).saturating_mul(u64::from(config.context_size.max(1)));
+    let n = match (&layout, config.gpu_layers) {
+        (_, GpuLayers::Count(n)) => n.min(if layers == 0 { n } else { layers }),
+        (Some(l), GpuLayers::Auto) => {
+            gpu::layers_to_offload(GpuLayers::Auto, Some(&device), l, kv_cells, u64::from(MAX_BATCH))
+        }
+        (None, GpuLayers::Auto) => 0,
+    };
+    info!(device = %device.label(), free = device.memory_free, total = device.memory_total, gpu_layers = n, layers,
+        want = %config.gpu_layers, "GPU device");
+    if n == 0 {
+        return cpu();
+    }
+    let params = LlamaModelParams::default()
+        .with_n_gpu_layers(n)
+        .with_devices(&[device.index])
+        .map_err(|e| EngineError::Load { path: path.display().to_string(), reason: e.to_string() })?;
+    let info = DeviceInfo {
+        device: device.label(),
+        memory_total: device.memory_total,
+        memory_free: device.memory_free,
+        gpu_layers: n,
+        layers,
+    };
+    Ok((params, info))
 }
 
 /// The GGUF's `tokenizer.chat_template` parsed as Jinja, or `None` (logged) when it has none or

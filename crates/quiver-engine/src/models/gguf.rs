@@ -1,5 +1,6 @@
 //! Reading GGUF metadata from a model file's header.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
@@ -11,6 +12,54 @@ pub fn gguf_general_name(path: &Path) -> Result<Option<String>, ModelError> {
     let file = File::open(path).map_err(io_err(path))?;
     GgufReader { r: BufReader::new(file) }.general_name()
 }
+
+/// What placing a model in memory needs, read from its GGUF header: the bytes of each repeating
+/// block (`blk.N.*`, the layers llama.cpp offloads), of the output layer, and the KV cache one
+/// token takes. Read from the file's own tensor table, so it is exact for the weights.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GgufLayout {
+    /// `general.architecture`, e.g. `llama`.
+    pub architecture: String,
+    /// Bytes of the weights of block 0, 1, ... (`{arch}.block_count` blocks).
+    pub blocks: Vec<u64>,
+    /// Bytes of the output layer (`output.weight` and `output_norm.*`; the token embedding when
+    /// the output is tied to it), offloaded as the layer after the last block.
+    pub output: u64,
+    /// Bytes of the tensors that stay on the CPU (token embedding and anything else).
+    pub other: u64,
+    /// KV cache bytes of one token in one block (f16 keys and values of every KV head).
+    pub kv_per_token_per_block: u64,
+    /// Vocabulary size (the output layer's rows; 0 when unknown).
+    pub n_vocab: u64,
+    /// Attention heads (0 when unknown).
+    pub n_head: u64,
+    /// Size of the file.
+    pub file_bytes: u64,
+}
+
+impl GgufLayout {
+    /// KV cache bytes one token takes in all blocks.
+    pub fn kv_per_token(&self) -> u64 {
+        self.kv_per_token_per_block.saturating_mul(self.blocks.len() as u64)
+    }
+
+    /// Layers llama.cpp can offload: the blocks and the output layer.
+    pub fn offloadable_layers(&self) -> u32 {
+        u32::try_from(self.blocks.len()).unwrap_or(u32::MAX).saturating_add(1)
+    }
+}
+
+/// Reads a model file's [`GgufLayout`].
+pub fn gguf_layout(path: &Path) -> Result<GgufLayout, ModelError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let file_bytes = file.metadata().map_err(io_err(path))?.len();
+    GgufReader { r: BufReader::new(file) }.layout(file_bytes)
+}
+
+/// Most tensors accepted in one file.
+const GGUF_MAX_TENSORS: u64 = 1 << 20;
+/// Most dimensions of one tensor.
+const GGUF_MAX_DIMS: u32 = 8;
 
 /// Largest string accepted in GGUF metadata.
 const GGUF_MAX_STRING: u64 = 1 << 20;
@@ -46,6 +95,117 @@ impl<R: Read + Seek> GgufReader<R> {
             self.skip_value(ty, 0)?;
         }
         Ok(None)
+    }
+
+    /// Reads the header and tensor table (see [`GgufLayout`]); `file_bytes` is the file's size.
+    pub(super) fn layout(&mut self, file_bytes: u64) -> Result<GgufLayout, ModelError> {
+        let bad = |m: &str| ModelError::Gguf(m.to_owned());
+        let mut magic = [0u8; 4];
+        self.bytes(&mut magic)?;
+        if &magic != b"GGUF" {
+            return Err(bad("no GGUF magic"));
+        }
+        let version = self.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::Gguf(format!("unsupported GGUF version {version}")));
+        }
+        let tensors = self.u64()?;
+        let kv_count = self.u64()?;
+        if kv_count > GGUF_MAX_KV || tensors > GGUF_MAX_TENSORS {
+            return Err(ModelError::Gguf(format!("{kv_count} metadata entries, {tensors} tensors")));
+        }
+        let mut ints: HashMap<String, u64> = HashMap::new();
+        let mut architecture = String::new();
+        for _ in 0..kv_count {
+            let key = self.string()?;
+            let ty = self.u32()?;
+            match ty {
+                8 if key == "general.architecture" => architecture = self.string()?,
+                4 => {
+                    let v = self.u32()?;
+                    ints.insert(key, u64::from(v));
+                }
+                10 => {
+                    let v = self.u64()?;
+                    ints.insert(key, v);
+                }
+                _ => self.skip_value(ty, 0)?,
+            }
+        }
+        // Tensor table: name, dimensions, type, offset into the data section.
+        let mut table: Vec<(String, u64, u64)> = Vec::with_capacity(tensors.min(4096) as usize);
+        for _ in 0..tensors {
+            let name = self.string()?;
+            let n_dims = self.u32()?;
+            if n_dims > GGUF_MAX_DIMS {
+                return Err(ModelError::Gguf(format!("tensor {name} has {n_dims} dimensions")));
+            }
+            let mut rows = 0;
+            for d in 0..n_dims {
+                let n = self.u64()?;
+                if d == 1 {
+                    rows = n;
+                }
+            }
+            let _type = self.u32()?;
+            let offset = self.u64()?;
+            table.push((name, offset, rows));
+        }
+        let alignment = ints.get("general.alignment").copied().filter(|a| *a > 0).unwrap_or(32);
+        let here = self.r.stream_position().map_err(|e| ModelError::Gguf(format!("truncated header: {e}")))?;
+        let data_start = here.div_ceil(alignment).saturating_mul(alignment);
+        let data_bytes = file_bytes.saturating_sub(data_start);
+        // A tensor's bytes run to the next tensor's offset (the last one's to the end of file).
+        let mut offsets: Vec<u64> = table.iter().map(|t| t.1).collect();
+        offsets.sort_unstable();
+        let size_of = |offset: u64| {
+            let next = offsets.partition_point(|&o| o <= offset);
+            offsets.get(next).copied().unwrap_or(data_bytes).saturating_sub(offset)
+        };
+        let key = |k: &str| ints.get(&format!("{architecture}.{k}")).copied();
+        let n_blocks = key("block_count").unwrap_or(0).min(4096) as usize;
+        let mut blocks = vec![0u64; n_blocks];
+        let (mut output, mut other, mut embedding, mut n_vocab, mut tied) = (0u64, 0u64, 0u64, 0u64, true);
+        for (name, offset, rows) in &table {
+            let size = size_of(*offset);
+            let block = name
+                .strip_prefix("blk.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|&i| i < n_blocks);
+            match block {
+                Some(i) => blocks[i] = blocks[i].saturating_add(size),
+                None if name.starts_with("output") => {
+                    output = output.saturating_add(size);
+                    if name == "output.weight" {
+                        tied = false;
+                        n_vocab = *rows;
+                    }
+                }
+                None => {
+                    if name == "token_embd.weight" {
+                        embedding = size;
+                        if n_vocab == 0 {
+                            n_vocab = *rows;
+                        }
+                    }
+                    other = other.saturating_add(size);
+                }
+            }
+        }
+        if tied {
+            // llama.cpp places a copy of the tied embedding on the output layer's device.
+            output = output.saturating_add(embedding);
+        }
+        let n_embd = key("embedding_length").unwrap_or(0);
+        let n_head = key("attention.head_count").unwrap_or(0);
+        let n_head_kv = key("attention.head_count_kv").unwrap_or(n_head);
+        let head_dim = n_embd.checked_div(n_head).unwrap_or(0);
+        let k_len = key("attention.key_length").unwrap_or(head_dim);
+        let v_len = key("attention.value_length").unwrap_or(head_dim);
+        // f16 keys and values: 2 bytes each.
+        let kv_per_token_per_block = n_head_kv.saturating_mul(k_len.saturating_add(v_len)).saturating_mul(2);
+        Ok(GgufLayout { architecture, blocks, output, other, kv_per_token_per_block, n_vocab, n_head, file_bytes })
     }
 
     fn bytes(&mut self, buf: &mut [u8]) -> Result<(), ModelError> {

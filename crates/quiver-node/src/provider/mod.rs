@@ -205,12 +205,20 @@ impl Provider {
     pub(crate) fn models(&self) -> Vec<ModelInfo> {
         self.engines
             .iter()
-            .map(|e| ModelInfo {
-                name: e.model().name.clone(),
-                sha256: e.model().sha256.to_vec(),
-                embeds: e.embeds(),
-                engine_build: e.build_id(),
-                threads: e.threads(),
+            .map(|e| {
+                let d = e.device();
+                ModelInfo {
+                    name: e.model().name.clone(),
+                    sha256: e.model().sha256.to_vec(),
+                    embeds: e.embeds(),
+                    engine_build: e.build_id(),
+                    threads: e.threads(),
+                    device: d.device,
+                    gpu_layers: d.gpu_layers,
+                    layers: d.layers,
+                    device_memory_total: d.memory_total,
+                    device_memory_free: d.memory_free,
+                }
             })
             .collect()
     }

@@ -25,6 +25,7 @@ fn parses_all_fields_and_refuses_unknown_ones() {
         relay_max_circuits = 4
         relay_max_circuit_secs = 60
         relay_max_circuit_bytes = 65536
+        gpu_layers = 20
         "#,
     )
     .unwrap();
@@ -34,6 +35,10 @@ fn parses_all_fields_and_refuses_unknown_ones() {
     assert_eq!((c.relay_max_reservations, c.relay_max_circuit_bytes), (Some(8), Some(65536)));
     assert_eq!(c.port, Some(4001));
     assert_eq!(c.bootstrap.as_deref(), Some(&["example.org:4001".to_string()][..]));
+    assert_eq!(c.gpu_layers, Some(LayersSetting::Count(20)));
+    let auto = FileConfig::parse("gpu_layers = \"auto\"").unwrap();
+    assert_eq!(auto.gpu_layers, Some(LayersSetting::Word("auto".into())));
+    assert!(FileConfig::parse("gpu_layers = 1.5").is_err());
     assert!(FileConfig::parse("prot = 1").unwrap_err().contains("prot"));
     assert!(FileConfig::parse("port = 99999").is_err());
     assert!(FileConfig::parse("port = [").is_err());

@@ -61,8 +61,13 @@ pub fn load_engine(threads: u32, context_size: u32) -> Arc<LlamaEngine> {
     let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(path.exists(), "the default model is missing from {dir}: run scripts/fetch-model.sh");
     Arc::new(
-        LlamaEngine::load(&path, "smollm2-135m", None, LlamaConfig { threads, context_size, slots: 0 })
-            .expect("model loads"),
+        LlamaEngine::load(
+            &path,
+            "smollm2-135m",
+            None,
+            LlamaConfig { threads, context_size, slots: 0, ..LlamaConfig::default() },
+        )
+        .expect("model loads"),
     )
 }
 

@@ -52,6 +52,43 @@ fn invalid_fields_are_refused() {
 }
 
 #[test]
+fn device_fields_are_checked() {
+    let kp = Keypair::generate_ed25519();
+    let decode = |hb: &Heartbeat| SignedHeartbeat::decode(&hb.sign_and_encode(&kp));
+    let mut hb = sample(&kp);
+    hb.models[0] = ModelInfo {
+        device: "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))".into(),
+        gpu_layers: 31,
+        layers: 31,
+        device_memory_total: 24 << 30,
+        device_memory_free: 20 << 30,
+        ..hb.models[0].clone()
+    };
+    assert_eq!(decode(&hb).unwrap().heartbeat, hb);
+    let ok = hb.clone();
+    // Too long a device name, or a control character in it.
+    hb.models[0].device = "x".repeat(MAX_DEVICE_LEN + 1);
+    assert!(decode(&hb).is_err());
+    hb.models[0].device = "GPU\n0".into();
+    assert!(decode(&hb).is_err());
+    // More layers offloaded than the model has, or an absurd layer count.
+    let mut hb = ok.clone();
+    hb.models[0].gpu_layers = 32;
+    assert!(decode(&hb).is_err());
+    hb.models[0].layers = MAX_LAYERS + 1;
+    hb.models[0].gpu_layers = 1;
+    assert!(decode(&hb).is_err());
+    // More free memory than there is.
+    let mut hb = ok.clone();
+    hb.models[0].device_memory_free = hb.models[0].device_memory_total + 1;
+    assert!(decode(&hb).is_err());
+    // Old nodes send none of these fields: valid, and read as the CPU with nothing offloaded.
+    let old = sample(&kp);
+    let got = decode(&old).unwrap().heartbeat;
+    assert_eq!((got.models[0].device.as_str(), got.models[0].gpu_layers), ("", 0));
+}
+
+#[test]
 fn garbage_never_panics() {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     for len in 0..2048 {
