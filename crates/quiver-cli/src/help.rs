@@ -84,6 +84,11 @@ Examples:
   quiver init /etc/quiver/quiver.toml --force
   quiver node --config quiver.toml";
 
+pub const ID: &str = "\
+Examples:
+  quiver id                                # the PeerId of this machine's node
+  quiver id --data-dir /var/lib/quiver     # another node's (its key is created if missing)";
+
 pub const COMPLETIONS: &str = "\
 Examples:
   quiver completions bash > /etc/bash_completion.d/quiver

@@ -4,6 +4,7 @@
 pub mod ask_cmd;
 pub mod client;
 pub mod help;
+pub mod id_cmd;
 pub mod init_cmd;
 pub mod model_cmd;
 pub mod node_cmd;

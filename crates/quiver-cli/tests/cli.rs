@@ -170,3 +170,22 @@ fn completions_for_every_shell_and_binary() {
     let bad = run_bounded(QUIVER, &["completions", "tcsh"], &[], LIMIT);
     assert_eq!(bad.code(), Some(2), "an unknown shell is a usage error");
 }
+
+/// `quiver id --data-dir DIR` prints the PeerId a node started with that data dir has,
+/// creating the key when there is none (so groups can name each other before a first start),
+/// and the same one every time.
+#[test]
+fn id_prints_the_peer_id_the_node_will_have() {
+    let _machine = support::light();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("member");
+    let data_s = data.to_str().expect("utf-8 path");
+    let first = run_bounded(QUIVER, &["id", "--data-dir", data_s], &[], LIMIT).expect_success("quiver id");
+    let id = first.stdout.trim().to_owned();
+    assert!(id.parse::<quiver_node::PeerId>().is_ok(), "not a PeerId: {id:?}");
+    assert!(data.join("identity.key").exists(), "the key was created");
+    let again = run_bounded(QUIVER, &["id", "--data-dir", data_s], &[], LIMIT).expect_success("quiver id again");
+    assert_eq!(again.stdout.trim(), id);
+    let node = NodeProc::start(NODE, "member", &["--port", "0"], dir.path());
+    assert_eq!(node.peer_id, id, "the node runs under the printed identity");
+}

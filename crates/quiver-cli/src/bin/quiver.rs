@@ -4,6 +4,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use quiver_cli::ask_cmd::{self, AskArgs};
 use quiver_cli::client::{self, ApiArgs};
 use quiver_cli::help::{self, Bin};
+use quiver_cli::id_cmd::{self, IdArgs};
 use quiver_cli::init_cmd::{self, InitArgs};
 use quiver_cli::model_cmd::{self, ModelCommand};
 use quiver_cli::node_cmd::{self, NodeArgs};
@@ -53,6 +54,9 @@ enum Command {
     /// List a running node's connected peers and their reputation.
     #[command(after_help = help::PEERS)]
     Peers(ApiArgs),
+    /// Print this node's PeerId (the identity in its data dir, created if there is none).
+    #[command(after_help = help::ID)]
+    Id(IdArgs),
     /// Write a commented default config file.
     #[command(after_help = help::INIT)]
     Init(InitArgs),
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(args) => client::status(args).await,
         Command::Peers(args) => client::peers(args).await,
         Command::Init(args) => init_cmd::run(args),
+        Command::Id(args) => id_cmd::run(args),
         Command::Completions { shell, bin } => {
             let mut cmd = match bin {
                 Bin::Quiver => Cli::command(),
