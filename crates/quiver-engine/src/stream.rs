@@ -101,6 +101,19 @@ fn partial_suffix(text: &str, stop: &str) -> usize {
     (1..stop.len()).rev().find(|&k| stop.is_char_boundary(k) && text.ends_with(&stop[..k])).unwrap_or(0)
 }
 
+/// Cuts `s` to at most `max` bytes at a character boundary; whether anything was cut.
+pub(crate) fn truncate_at_char(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
+}
+
 #[cfg(test)]
 #[path = "tests/stream.rs"]
 mod tests;

@@ -100,13 +100,7 @@ impl GpuDevice {
 pub const MAX_DEVICE_LABEL: usize = 64;
 
 fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    crate::stream::truncate_at_char(&mut s, max);
     s
 }
 

@@ -23,12 +23,7 @@ pub(super) fn error_message(body: &[u8], status: reqwest::StatusCode) -> String 
 }
 
 fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+    if crate::stream::truncate_at_char(&mut s, max) {
         s.push('…');
     }
     s
