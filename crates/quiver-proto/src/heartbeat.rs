@@ -15,6 +15,8 @@ pub const MAX_ADDR_BYTES: usize = 256;
 pub const MAX_MODELS: usize = 32;
 pub const MAX_MODEL_NAME: usize = 128;
 pub const MAX_AGENT_LEN: usize = 128;
+/// Largest network size estimate accepted (as `quiver-net`'s estimator caps its own).
+pub const MAX_NETWORK_SIZE_ESTIMATE: u64 = 1_000_000_000;
 
 /// A heartbeat whose signature, signer and fields have been checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +58,9 @@ impl Heartbeat {
         let batch = self.batch_tokens_per_sec;
         if !batch.is_finite() || !(0.0..=1e6).contains(&batch) {
             return invalid("batch_tokens_per_sec", "not a finite speed in 0..=1e6");
+        }
+        if self.network_size_estimate > MAX_NETWORK_SIZE_ESTIMATE {
+            return invalid("network_size_estimate", "over 1e9");
         }
         if self.timestamp_ms == 0 {
             return invalid("timestamp_ms", "missing");
