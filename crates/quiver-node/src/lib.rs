@@ -25,6 +25,7 @@ mod dispatch;
 pub mod identity;
 mod lonely;
 mod metrics;
+pub mod network;
 mod node;
 mod provider;
 mod throughput;
