@@ -83,7 +83,28 @@ pub struct DhtResult {
     /// and its relative error.
     pub size_combined: Option<u64>,
     pub size_combined_error: Option<f64>,
+    /// The same median from ideal routing tables (every node's estimate from the distances to
+    /// all other keys): what the key set itself gives, apart from what the tables miss.
+    pub size_combined_ideal: Option<u64>,
     pub cost: ProcessCost,
+}
+
+/// The median of every node's size estimate from the distances to all other keys (ideal
+/// routing tables).
+pub fn ideal_size_estimate(ids: &[PeerId]) -> Option<u64> {
+    let keys: Vec<KBucketKey<PeerId>> = ids.iter().map(|p| KBucketKey::from(*p)).collect();
+    let estimates: Vec<u64> = keys
+        .iter()
+        .filter_map(|own| {
+            let distances: Vec<f64> = keys
+                .iter()
+                .filter(|k| k.preimage() != own.preimage())
+                .map(|k| quiver_net::size::normalised_distance(own.hashed_bytes(), k.hashed_bytes()))
+                .collect();
+            quiver_net::size::estimate(&distances).nodes()
+        })
+        .collect();
+    quiver_net::size::combine(&estimates)
 }
 
 /// Relative errors of size estimates against the true count.
@@ -139,6 +160,12 @@ impl Outcome for DhtResult {
                     (Some(c), Some(e)) => format!("{c} ({:.1}%)", 100.0 * e),
                     _ => "none".into(),
                 },
+            ),
+            (
+                "the same median from ideal tables (all keys known)".into(),
+                self.size_combined_ideal.map_or("none".into(), |c| {
+                    format!("{c} ({:.1}%)", 100.0 * (c as f64 - self.nodes as f64).abs() / self.nodes as f64)
+                }),
             ),
             ("lookups resolved".into(), format!("{} of {}", self.resolved, self.lookups)),
             ("lookup latency p50 / p90 / p99 / max".into(), spread(&self.latency_ms, "ms")),
@@ -232,6 +259,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     let estimates: Vec<u64> = statuses.iter().filter_map(|(_, s)| s.size.nodes()).collect();
     let size_combined = quiver_net::size::combine(&estimates);
     let size_error = size_errors(&estimates, n);
+    let size_combined_ideal = ideal_size_estimate(&ids);
     info!(
         estimated = estimates.len(),
         median_error = crate::stats::percentile(&size_error, 50.0),
@@ -332,6 +360,7 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
         size_error: Summary::of(&size_error),
         size_combined,
         size_combined_error: size_combined.and_then(|c| size_errors(&[c], n).first().copied()),
+        size_combined_ideal,
         cost: ProcessCost::now(),
     };
     cluster.shutdown().await;
