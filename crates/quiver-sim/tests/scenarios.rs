@@ -55,14 +55,14 @@ async fn dht_every_lookup_resolves() {
     assert!(idle_cpu.is_finite() && idle_cpu >= 0.0, "idle CPU per node is a figure: {idle_cpu}");
 }
 
-/// Size estimates against the true count. At 60 nodes a routing table holds about 45 peers, so
+/// Size estimates against the true count. At 60 nodes a routing table holds about 50 peers, so
 /// an estimator that gave the routing table's size (+1) would be off by more than the tolerance,
-/// which the test checks too.
+/// which the test checks too. (Seed 11: the median of the estimates is 58, the tables' 50.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dht_size_estimate_is_near_the_true_count() {
     let _one = exclusive();
     const NODES: usize = 60;
-    const TOLERANCE: f64 = 0.15;
+    const TOLERANCE: f64 = 0.10;
     let mut p = small(Scenario::Dht, NODES, 11);
     p.lookups = 10;
     let r = tokio::time::timeout(RUN_LIMIT, scenario::dht::run(&p)).await.expect("in time").expect("runs");
