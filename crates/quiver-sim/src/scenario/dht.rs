@@ -89,18 +89,21 @@ pub struct DhtResult {
     pub cost: ProcessCost,
 }
 
-/// The median of every node's size estimate from the distances to all other keys (ideal
-/// routing tables).
+/// The median of every node's size estimate from its 20 closest keys among all others (ideal
+/// routing tables). Only those 20 are given to the estimator, which never estimates fewer nodes
+/// than it was given peers (+1): given all N − 1, every estimate below N would read N.
 pub fn ideal_size_estimate(ids: &[PeerId]) -> Option<u64> {
     let keys: Vec<KBucketKey<PeerId>> = ids.iter().map(|p| KBucketKey::from(*p)).collect();
     let estimates: Vec<u64> = keys
         .iter()
         .filter_map(|own| {
-            let distances: Vec<f64> = keys
+            let mut distances: Vec<f64> = keys
                 .iter()
                 .filter(|k| k.preimage() != own.preimage())
                 .map(|k| quiver_net::size::normalised_distance(own.hashed_bytes(), k.hashed_bytes()))
                 .collect();
+            distances.sort_unstable_by(f64::total_cmp);
+            distances.truncate(quiver_net::size::SIZE_FIT_PEERS);
             quiver_net::size::estimate(&distances).nodes()
         })
         .collect();
