@@ -75,7 +75,7 @@ pub enum ModelCommand {
         network: bool,
         /// With --network: control API of the node to ask. [default: the address the node in
         /// --data-dir recorded, else 127.0.0.1:4080]
-        #[arg(long, value_name = "ADDR:PORT", env = "QUIVER_API", requires = "network")]
+        #[arg(long, value_name = "ADDR:PORT", env = "QUIVER_API")]
         api: Option<std::net::SocketAddr>,
     },
 }
