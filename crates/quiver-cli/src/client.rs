@@ -1,4 +1,5 @@
-//! `quiver status` and `quiver peers`: read a running node's control API.
+//! `quiver status`, `quiver peers` and `quiver model list --network`: read a running node's
+//! control API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -143,6 +144,9 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
             println!("  {} on {}", m["name"].as_str().unwrap_or("?"), placement(m));
         }
     }
+    if let Some(network) = v.get("network").filter(|n| !n.is_null()) {
+        print_network(network);
+    }
     let known = v["known_nodes"].as_array().cloned().unwrap_or_default();
     println!("Known nodes:     {} (from heartbeats)", known.len());
     for k in &known {
@@ -167,6 +171,48 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `quiver model list --network`: the network's size and every model served on it.
+pub async fn network(args: ApiArgs) -> anyhow::Result<()> {
+    let v = get(&args, "/api/v1/network").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print_network(&v);
+    Ok(())
+}
+
+/// The network at a glance (`NetworkView` as JSON): its size, then one row per model.
+fn print_network(v: &Value) {
+    println!("Network size:    {}", s(&v["size"], "summary"));
+    let models = v["models"].as_array().cloned().unwrap_or_default();
+    if models.is_empty() {
+        println!("Models:          none served that this node knows of");
+        return;
+    }
+    println!("Models on the network:");
+    let width = models.iter().map(|m| s(m, "name").chars().count()).max().unwrap_or(5).clamp(5, 48);
+    println!("  {:<width$}  {:>9}  {:>10}  {:>6}  {:>11}", "MODEL", "PROVIDERS", "FREE SLOTS", "QUEUED", "TOK/S (ALL)");
+    for m in &models {
+        // Names come from other peers: no terminal control characters.
+        let name: String = s(m, "name").chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let (providers, measured) = (n(m, "providers"), n(m, "measured_providers"));
+        let speed = if measured == 0 {
+            "–".to_owned()
+        } else {
+            format!("{:.0}", m["tokens_per_sec"].as_f64().unwrap_or(0.0))
+        };
+        let note = if measured < providers { format!("  ({measured} of {providers} measured)") } else { String::new() };
+        println!(
+            "  {name:<width$}  {:>9}  {:>10}  {:>6}  {:>11}{note}",
+            providers,
+            n(m, "free_slots"),
+            n(m, "queue_depth"),
+            speed,
+        );
+    }
 }
 
 pub async fn peers(args: ApiArgs) -> anyhow::Result<()> {

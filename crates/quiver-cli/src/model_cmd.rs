@@ -57,14 +57,26 @@ pub enum ModelCommand {
         dirs: ModelsDirArgs,
     },
     /// List catalogue models, the GGUF files present locally (Hugging Face's included) and the
-    /// models in Ollama's store (OLLAMA_MODELS, default ~/.ollama/models).
-    #[command(after_help = "Examples:\n  quiver model list\n  quiver model list --models-dir ./models --json")]
+    /// models in Ollama's store (OLLAMA_MODELS, default ~/.ollama/models); with --network, every
+    /// model served on the network instead, as a running node knows it from heartbeats.
+    #[command(after_help = "Examples:\n  quiver model list\n  quiver model list --models-dir ./models --json\n  \
+                      quiver model list --network\n  quiver model list --network --api 127.0.0.1:4080 --json\n\n\
+                      --network asks the running node in --data-dir (or at --api) for the network's estimated \
+                      size and\none row per model: providers, free slots, queued jobs and measured tokens/s of \
+                      its providers together.")]
     List {
         #[command(flatten)]
         dirs: ModelsDirArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Every model served on the network (asks a running node's control API).
+        #[arg(long)]
+        network: bool,
+        /// With --network: control API of the node to ask. [default: the address the node in
+        /// --data-dir recorded, else 127.0.0.1:4080]
+        #[arg(long, value_name = "ADDR:PORT", env = "QUIVER_API")]
+        api: Option<std::net::SocketAddr>,
     },
 }
 
@@ -75,7 +87,10 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        ModelCommand::List { dirs, json } => list(&dirs.resolve(), json),
+        ModelCommand::List { dirs, json, network: true, api } => {
+            crate::client::network(crate::client::ApiArgs { api, data_dir: dirs.data_dir, json }).await
+        }
+        ModelCommand::List { dirs, json, .. } => list(&dirs.resolve(), json),
     }
 }
 

@@ -160,6 +160,46 @@ fn status_page_in_headless_chromium_shows_the_live_network() {
     assert!(dom.contains("class=\"job\""), "no recent job shown");
     assert!(dom.contains(">ok<"), "the served job's outcome is not shown");
 
+    // The network at a glance: its size (three nodes: too few DHT peers to estimate, and the
+    // page says so) and one row for the model with its one provider.
+    assert_eq!(text_of(&dom, "net-size"), "?");
+    assert!(text_of(&dom, "net-size-detail").starts_with("unknown:"), "{dom}");
+    assert!(
+        dom.contains(&format!("class=\"net-model\" data-model=\"{MODEL}\" data-providers=\"1\"")),
+        "the model's row is not in the network table:\n{dom}"
+    );
+    // `quiver model list --network` and `quiver status` show the same row, read from the API.
+    let api = gateway.api.to_string();
+    let limit = Duration::from_secs(30);
+    let list = || {
+        run_bounded(QUIVER, &["model", "list", "--network", "--api", &api], &[], limit)
+            .expect_success("quiver model list --network")
+            .stdout
+    };
+    assert!(list().contains("Network size:    unknown:"), "{}", list());
+    let network_row = |text: &str| -> Vec<String> {
+        let row = text.lines().find(|l| l.trim_start().starts_with(&format!("{MODEL} "))).unwrap_or_else(|| {
+            panic!("no row for {MODEL}:\n{text}");
+        });
+        row.split_whitespace().map(str::to_owned).collect()
+    };
+    // Providers, free slots (every slot, once a heartbeat after the job has arrived), queued.
+    let free = status(provider.api)["provider"]["max_concurrent"].to_string();
+    eventually(Duration::from_secs(30), "the row shows the provider idle", || {
+        let row = network_row(&list());
+        (row[1].as_str(), row[2].as_str(), row[3].as_str()) == ("1", free.as_str(), "0")
+    });
+    let json = run_bounded(QUIVER, &["model", "list", "--network", "--json", "--api", &api], &[], limit)
+        .expect_success("quiver model list --network --json");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(v["models"][0]["name"], MODEL, "{v}");
+    assert_eq!(v["models"][0]["providers"], 1, "{v}");
+    assert!(v["size"]["estimate"].is_null() && v["size"]["known_nodes"].as_u64() >= Some(2), "{v}");
+    let st = run_bounded(QUIVER, &["status", "--api", &api], &[], limit).expect_success("quiver status");
+    assert!(st.stdout.contains("Network size:"), "{}", st.stdout);
+    assert_eq!(network_row(&st.stdout)[1], "1", "{}", st.stdout);
+    step(t, "network at a glance: page, quiver model list --network, quiver status");
+
     let shot = artifacts_dir().join("status.png");
     let _ = std::fs::remove_file(&shot);
     chromium(&url, &d.join("chromium-shot"), &[&format!("--screenshot={}", shot.display())]);

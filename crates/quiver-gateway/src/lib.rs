@@ -77,6 +77,7 @@ fn api_routes(node: Node) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/models", get(status::models))
+        .route("/api/v1/network", get(status::network))
         .route("/api/v1/jobs", get(status::jobs))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
@@ -265,7 +266,7 @@ async fn metrics(State(node): State<Node>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; try / (status page), /api/v1/status, /api/v1/peers, /api/v1/models, /api/v1/jobs or /metrics",
+        "no such endpoint; try / (status page), /api/v1/status, /api/v1/peers, /api/v1/models, /api/v1/network, /api/v1/jobs or /metrics",
     )
 }
 

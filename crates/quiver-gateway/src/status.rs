@@ -1,5 +1,6 @@
 //! The status page (`GET /`) and the JSON it polls beside `/api/v1/status` and `/api/v1/peers`:
-//! providers per model (`/api/v1/models`) and recent jobs with token counters (`/api/v1/jobs`).
+//! providers per model (`/api/v1/models`) and recent jobs with token counters (`/api/v1/jobs`);
+//! and the network at a glance (`/api/v1/network`: its estimated size and one row per model).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -100,6 +101,18 @@ pub async fn models(State(node): State<Node>) -> Json<serde_json::Value> {
         .map(|(name, providers)| json!({ "name": name, "providers": providers }))
         .collect();
     Json(json!({ "models": models }))
+}
+
+/// `GET /api/v1/network`: `{"size": {"estimate", "local", "sources", "known_nodes", "summary"},
+/// "models": [{"name", "providers", "free_slots", "queue_depth", "tokens_per_sec", ...}]}`
+/// (`quiver_node::network::NetworkView`); 503 when the node is stopping.
+pub async fn network(State(node): State<Node>) -> Response {
+    match node.network().await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => {
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e.to_string() }))).into_response()
+        }
+    }
 }
 
 /// `GET /api/v1/jobs`: token counters since start and the most recent jobs, newest first.

@@ -194,6 +194,15 @@ async fn status_page_is_self_contained_and_its_json_is_served() {
 
     let models: Value = gw.get("/api/v1/models").await.json().await.expect("JSON");
     assert_eq!(models, json!({ "models": [] }));
+    // A lone node: no model on the network, and too few peers to estimate its size.
+    let network: Value = gw.get("/api/v1/network").await.json().await.expect("JSON");
+    assert_eq!(network["models"], json!([]), "{network}");
+    assert_eq!(network["size"]["estimate"], Value::Null, "{network}");
+    assert_eq!(network["size"]["local"], json!({ "state": "too_few_peers", "peers": 0 }), "{network}");
+    assert_eq!(network["size"]["known_nodes"], 1, "{network}");
+    assert!(network["size"]["summary"].as_str().is_some_and(|s| s.starts_with("unknown:")), "{network}");
+    let status: Value = gw.get("/api/v1/status").await.json().await.expect("JSON");
+    assert_eq!(status["network"], network);
     let jobs: Value = gw.get("/api/v1/jobs").await.json().await.expect("JSON");
     assert_eq!(jobs["counters"], json!({ "tokens_generated": 0, "tokens_received": 0 }));
     assert_eq!(jobs["jobs"], json!([]));
@@ -246,6 +255,8 @@ async fn metrics_parse_and_follow_the_naming_conventions() {
     for name in [
         "quiver_connected_peers",
         "quiver_dht_routing_table_peers",
+        "quiver_network_size_estimate",
+        "quiver_network_size",
         "quiver_known_nodes",
         "quiver_provider_queue_depth",
         "quiver_provider_free_slots",

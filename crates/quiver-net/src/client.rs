@@ -98,6 +98,8 @@ pub struct NetStatus {
     pub dht_bootstraps: u64,
     /// This node looks for peers on the local network (mDNS).
     pub mdns: bool,
+    /// DHT servers in the network, estimated from the routing table's density.
+    pub size: crate::size::SizeEstimate,
 }
 
 /// What a DHT record lookup found, and what it cost.
@@ -139,6 +141,8 @@ pub struct NetClient {
     pub(crate) streams: libp2p_stream::Control,
     /// The event loop's counter of finished Kademlia bootstraps, read without a round trip.
     pub(crate) dht_bootstraps: prometheus_client::metrics::counter::Counter,
+    /// The event loop's estimate of the network's size (0: none), read without a round trip.
+    pub(crate) size_estimate: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl std::fmt::Debug for NetClient {
@@ -157,6 +161,12 @@ impl NetClient {
     /// A plain read of a counter, no round trip through the event loop.
     pub fn dht_bootstraps(&self) -> u64 {
         self.dht_bootstraps.get()
+    }
+
+    /// This node's own estimate of the number of DHT servers (routing-table density, refreshed
+    /// every second; `None` while the table holds too few peers). A plain read, no round trip.
+    pub fn local_size_estimate(&self) -> Option<u64> {
+        u64::try_from(self.size_estimate.get()).ok().filter(|n| *n > 0)
     }
 
     async fn send(&self, cmd: Command) -> Result<(), NetError> {

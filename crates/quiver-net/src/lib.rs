@@ -17,6 +17,7 @@ mod limits;
 mod metrics;
 mod reachability;
 mod refresh;
+pub mod size;
 mod transport;
 
 pub use behaviour::NODES_TOPIC;

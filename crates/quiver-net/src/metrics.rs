@@ -64,6 +64,9 @@ pub(crate) struct NetMetrics {
     /// farther bucket short of peers (`refresh`); the join's first, then the retries of a table
     /// short of K peers and the periodic ones.
     pub dht_bootstraps: Counter,
+    /// DHT servers in the network, estimated from our routing table's density (`size.rs`);
+    /// 0 while the table holds too few peers to say.
+    pub network_size_estimate: Gauge,
     /// LAN discovery (mDNS, `lan.rs`): (peer, address) pairs heard, what was dropped and why,
     /// dials started, peers found this way that connected, the book's size now and its peak,
     /// peers quarantined now.
@@ -117,6 +120,11 @@ impl NetMetrics {
             "dht_bootstraps",
             "Kademlia bootstraps (own-key lookup and bucket refreshes) this node finished",
             m.dht_bootstraps.clone(),
+        );
+        q.register(
+            "network_size_estimate",
+            "DHT servers in the network estimated from this node's routing table (0: too few peers to say)",
+            m.network_size_estimate.clone(),
         );
         q.register(
             "mdns_discovered",

@@ -28,6 +28,9 @@ pub struct KnownNode {
     /// Tokens per second of busy time with all its jobs together (0 = unknown).
     #[serde(default)]
     pub batch_tokens_per_sec: f32,
+    /// Its own estimate of the network's size (DHT servers; 0 = too few peers to say).
+    #[serde(default)]
+    pub network_size_estimate: u64,
     /// Seconds since the last heartbeat was received.
     pub last_seen_secs: f64,
     #[serde(skip)]
@@ -169,6 +172,7 @@ impl NodeTable {
                 } else {
                     0.0
                 },
+                network_size_estimate: hb.network_size_estimate,
                 last_seen_secs: 0.0,
                 last_seen: Instant::now(),
                 timestamp_ms: hb.timestamp_ms,

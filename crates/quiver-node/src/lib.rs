@@ -26,6 +26,7 @@ mod dispatch;
 pub mod identity;
 mod lonely;
 mod metrics;
+pub mod network;
 mod node;
 mod provider;
 mod throughput;

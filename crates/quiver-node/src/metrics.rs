@@ -145,6 +145,9 @@ pub(crate) struct NodeMetrics {
     pub heartbeats_received: Family<OutcomeLabel, Counter>,
     pub gossip_received: Family<TopicLabel, Counter>,
     routing_table: Gauge,
+    /// DHT servers in the network: the median of this node's estimate and those in heartbeats
+    /// (0: unknown); this node's own estimate alone is `quiver_network_size_estimate`.
+    network_size: Gauge,
     queue_depth: Gauge,
     free_slots: Gauge,
     banned_peers: Gauge,
@@ -179,6 +182,7 @@ impl NodeMetrics {
             heartbeats_received: Family::default(),
             gossip_received: Family::default(),
             routing_table: Gauge::default(),
+            network_size: Gauge::default(),
             queue_depth: Gauge::default(),
             free_slots: Gauge::default(),
             banned_peers: Gauge::default(),
@@ -197,6 +201,11 @@ impl NodeMetrics {
         q.register("known_nodes", "Nodes heard of through heartbeats and not expired", m.known_nodes.clone());
         q.register("connected_peers", "Peers with at least one open connection", m.connected_peers.clone());
         q.register("dht_routing_table_peers", "Peers in the Kademlia routing table", m.routing_table.clone());
+        q.register(
+            "network_size",
+            "DHT servers in the network: median of this node's estimate and those heard in heartbeats (0: unknown)",
+            m.network_size.clone(),
+        );
         q.register("heartbeats_published", "Heartbeats this node published", m.heartbeats_published.clone());
         q.register(
             "heartbeats_received",
@@ -410,6 +419,7 @@ impl Node {
         let m = self.metrics();
         if let Ok(s) = self.status().await {
             m.routing_table.set(s.routing_table_size as i64);
+            m.network_size.set(s.network.size.estimate.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)));
             m.connected_peers.set(s.connected_peers as i64);
             if let Some(p) = s.provider {
                 m.queue_depth.set(i64::from(p.queue_depth));

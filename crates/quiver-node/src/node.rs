@@ -1,6 +1,10 @@
-//! [`Node`]: a running QUIVer node, and [`NodeConfig`], what it starts from.
+//! [`Node`]: a running QUIVer node, and [`NodeConfig`], what it starts from. What it says of
+//! itself and the network (`NodeStatus`, `NetworkView`) is built in `node/status.rs`.
 
-use std::collections::BTreeMap;
+mod status;
+
+pub use status::{NodeStatus, ProviderStatus};
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use quiver_net::{
-    BootstrapAddr, KadMode, Keypair, Multiaddr, NetClient, NetConfig, NetError, NetEvent, NetStatus, PeerInfo,
-    Protocol, Reachability, RelayLimits, TransportKind, Validation, default_listen_addrs,
+    BootstrapAddr, KadMode, Keypair, Multiaddr, NetClient, NetConfig, NetError, NetEvent, PeerInfo, Protocol,
+    Reachability, RelayLimits, TransportKind, Validation, default_listen_addrs,
 };
 use quiver_proto::reputation::REPUTATION_TOPIC;
 use quiver_proto::{Heartbeat, Observation, ReputationReport};
-use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -151,54 +154,6 @@ pub enum NodeError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Net(#[from] NetError),
-}
-
-/// A node's view of itself and the network, as `/api/v1/status` serves it.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeStatus {
-    pub peer_id: String,
-    pub version: String,
-    pub bootstrap_node: bool,
-    pub uptime_secs: u64,
-    pub listen_addrs: Vec<String>,
-    pub connected_peers: usize,
-    pub peers: Vec<String>,
-    pub routing_table_size: usize,
-    pub routing_table: Vec<String>,
-    pub kad_mode: String,
-    /// How others can reach this node: public, private, relayed or unknown.
-    pub reachability: Reachability,
-    /// Addresses others can dial this node on: confirmed direct ones, then relayed ones.
-    pub public_addrs: Vec<String>,
-    pub relayed_addrs: Vec<String>,
-    /// Relays holding a reservation for this node.
-    pub relays: Vec<String>,
-    /// This node relays for NATed peers now.
-    pub relay_service: bool,
-    pub hole_punches_succeeded: u64,
-    pub hole_punches_failed: u64,
-    /// Kademlia bootstraps finished: 0 while the node is still joining the DHT.
-    pub dht_bootstraps: u64,
-    /// This node looks for peers on the local network (mDNS).
-    pub mdns: bool,
-    /// Said while this node has no peer and no bootstrap peer to join through: where it looks
-    /// and how to join a network elsewhere (see `lonely.rs`).
-    pub no_peers: Option<String>,
-    pub gossip_mesh: BTreeMap<String, usize>,
-    pub known_nodes: Vec<KnownNode>,
-    /// Present when this node serves models.
-    pub provider: Option<ProviderStatus>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProviderStatus {
-    pub models: Vec<crate::discovery::KnownModel>,
-    pub max_concurrent: usize,
-    pub free_slots: u32,
-    pub queue_depth: u32,
-    pub tokens_per_sec: f32,
-    /// Tokens per second of busy time with all jobs together (0 = not measured yet).
-    pub batch_tokens_per_sec: f32,
 }
 
 struct Inner {
@@ -414,61 +369,6 @@ impl Node {
     /// oldest). The simulator measures gossip delivery with it.
     pub fn heartbeat_events(&self) -> broadcast::Receiver<HeartbeatEvent> {
         self.inner.heartbeat_events.subscribe()
-    }
-
-    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        let NetStatus {
-            peer_id,
-            listen_addrs,
-            connected_peers,
-            routing_table,
-            kad_mode,
-            gossip_mesh,
-            reachability,
-            public_addrs,
-            relayed_addrs,
-            relays,
-            relay_service,
-            hole_punches_succeeded,
-            hole_punches_failed,
-            dht_bootstraps,
-            mdns,
-            ..
-        } = self.inner.net.status().await?;
-        let no_peers = crate::lonely::note(self, mdns, connected_peers.len()).map(str::to_owned);
-        let known_nodes = self.known_nodes();
-        Ok(NodeStatus {
-            peer_id: peer_id.to_string(),
-            version: AGENT_VERSION.to_owned(),
-            bootstrap_node: self.inner.config.bootstrap_node,
-            uptime_secs: self.inner.started.elapsed().as_secs(),
-            listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
-            connected_peers: connected_peers.len(),
-            peers: connected_peers.iter().map(ToString::to_string).collect(),
-            routing_table_size: routing_table.len(),
-            routing_table: routing_table.iter().map(ToString::to_string).collect(),
-            kad_mode,
-            reachability,
-            public_addrs: public_addrs.iter().map(ToString::to_string).collect(),
-            relayed_addrs: relayed_addrs.iter().map(ToString::to_string).collect(),
-            relays: relays.iter().map(ToString::to_string).collect(),
-            relay_service,
-            hole_punches_succeeded,
-            hole_punches_failed,
-            dht_bootstraps,
-            mdns,
-            no_peers,
-            gossip_mesh,
-            known_nodes,
-            provider: self.inner.provider.as_ref().map(|p| ProviderStatus {
-                models: p.models().into_iter().map(crate::discovery::KnownModel::from_wire).collect(),
-                max_concurrent: p.max_concurrent(),
-                free_slots: p.free_slots(),
-                queue_depth: p.queue_depth(),
-                tokens_per_sec: p.tokens_per_sec(),
-                batch_tokens_per_sec: p.batch_tokens_per_sec(),
-            }),
-        })
     }
 
     pub(crate) fn metrics(&self) -> &NodeMetrics {
@@ -900,6 +800,7 @@ impl Node {
             queue_depth: self.inner.provider.as_ref().map_or(0, |p| p.queue_depth()),
             tokens_per_sec: self.inner.provider.as_ref().map_or(0.0, |p| p.tokens_per_sec()),
             batch_tokens_per_sec: self.inner.provider.as_ref().map_or(0.0, |p| p.batch_tokens_per_sec()),
+            network_size_estimate: self.inner.net.local_size_estimate().unwrap_or(0),
         };
         #[cfg(feature = "adversary")]
         if self.inner.config.adversary.is_some_and(|a| a.lies_in_heartbeats()) {

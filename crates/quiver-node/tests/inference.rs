@@ -413,3 +413,47 @@ async fn fresh_heartbeats_send_a_request_direct_once_they_decide() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_providers_of_one_model_are_one_row_of_the_network_view() {
+    let _shared = crate::common::light().await;
+    let (first, client) = provider_and_client(2, 4).await;
+    let second = Node::start(NodeConfig {
+        bootstrap_peers: vec![tcp_addr(&first).await],
+        provider: Some(ProviderConfig::new(vec![engine()], 1, 4)),
+        ..loopback_config()
+    })
+    .await
+    .expect("second provider starts");
+    let row_of_two = async |node: &Node| {
+        node.network().await.is_ok_and(|v| v.models.iter().any(|m| m.name == "smollm2-135m" && m.providers == 2))
+    };
+    crate::common::eventually(Duration::from_secs(60), "the client counts both providers", async || {
+        row_of_two(&client).await
+    })
+    .await;
+    // A provider counts itself beside the other.
+    crate::common::eventually(Duration::from_secs(60), "the second provider counts both", async || {
+        row_of_two(&second).await
+    })
+    .await;
+    let view = client.network().await.expect("network view");
+    assert_eq!(view.models.len(), 1, "{view:?}");
+    let row = &view.models[0];
+    // No job has run: every slot of both is free.
+    let free = |n: &Node| {
+        let n = n.clone();
+        async move { n.status().await.expect("status").provider.expect("a provider").free_slots }
+    };
+    assert_eq!(row.free_slots, u64::from(free(&first).await + free(&second).await), "{row:?}");
+    assert_eq!(row.queue_depth, 0);
+    // Three nodes: too few DHT peers for anyone to estimate the size, and the view says so.
+    assert_eq!(view.size.estimate, None, "{view:?}");
+    assert!(view.size.summary.contains("too few to estimate"), "{}", view.size.summary);
+    // The status carries the same view.
+    let status = client.status().await.expect("status");
+    assert_eq!(status.network.models, view.models);
+    client.shutdown().await;
+    second.shutdown().await;
+    first.shutdown().await;
+}

@@ -22,6 +22,8 @@ pub const MAX_THREADS: u32 = 4096;
 pub const MAX_DEVICE_LEN: usize = 64;
 /// Most layers a model may claim (`ModelInfo.layers`).
 pub const MAX_LAYERS: u32 = 4096;
+/// Largest network size estimate accepted (as `quiver-net`'s estimator caps its own).
+pub const MAX_NETWORK_SIZE_ESTIMATE: u64 = 1_000_000_000;
 
 /// A heartbeat whose signature, signer and fields have been checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +78,9 @@ impl Heartbeat {
         let batch = self.batch_tokens_per_sec;
         if !batch.is_finite() || !(0.0..=1e6).contains(&batch) {
             return invalid("batch_tokens_per_sec", "not a finite speed in 0..=1e6");
+        }
+        if self.network_size_estimate > MAX_NETWORK_SIZE_ESTIMATE {
+            return invalid("network_size_estimate", "over 1e9");
         }
         if self.timestamp_ms == 0 {
             return invalid("timestamp_ms", "missing");

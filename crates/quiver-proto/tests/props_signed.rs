@@ -9,7 +9,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;
 use quiver_proto::dht::{node_record_key, verify_node_record};
-use quiver_proto::heartbeat::{MAX_ADDR_BYTES, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_MODEL_NAME, MAX_MODELS};
+use quiver_proto::heartbeat::{
+    MAX_ADDR_BYTES, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_MODEL_NAME, MAX_MODELS, MAX_NETWORK_SIZE_ESTIMATE,
+};
 use quiver_proto::infer::RECEIPT_DOMAIN;
 use quiver_proto::*;
 
@@ -35,6 +37,7 @@ fn within_limits(hb: &Heartbeat) -> bool {
         && (0.0..=1e6).contains(&hb.tokens_per_sec)
         && hb.batch_tokens_per_sec.is_finite()
         && (0.0..=1e6).contains(&hb.batch_tokens_per_sec)
+        && hb.network_size_estimate <= MAX_NETWORK_SIZE_ESTIMATE
         && hb.timestamp_ms != 0
 }
 
@@ -59,6 +62,7 @@ fn bounded_heartbeat() -> impl Strategy<Value = Heartbeat> {
             0..=6,
         ),
         (0.0f32..=1024.0, 0.0f32..=1e6, 1u64.., any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), 0.0f32..=1e6),
+        0..=MAX_NETWORK_SIZE_ESTIMATE,
     )
         .prop_map(
             |(
@@ -75,6 +79,7 @@ fn bounded_heartbeat() -> impl Strategy<Value = Heartbeat> {
                     uptime_secs,
                     batch_tokens_per_sec,
                 ),
+                network_size_estimate,
             )| Heartbeat {
                 peer_id: Vec::new(),
                 agent_version,
@@ -88,6 +93,7 @@ fn bounded_heartbeat() -> impl Strategy<Value = Heartbeat> {
                 queue_depth,
                 tokens_per_sec,
                 batch_tokens_per_sec,
+                network_size_estimate,
             },
         )
 }
@@ -106,6 +112,7 @@ enum OutOfLimit {
     CpuLoad(f32),
     TokensPerSec(f32),
     BatchTokensPerSec(f32),
+    NetworkSize(u64),
     NoTimestamp,
 }
 
@@ -125,6 +132,7 @@ fn out_of_limit() -> impl Strategy<Value = OutOfLimit> {
         bad_float(1024.0).prop_map(CpuLoad),
         bad_float(1e6).prop_map(TokensPerSec),
         bad_float(1e6).prop_map(BatchTokensPerSec),
+        (MAX_NETWORK_SIZE_ESTIMATE + 1..).prop_map(NetworkSize),
         Just(NoTimestamp),
     ]
 }
@@ -144,6 +152,7 @@ fn apply(hb: &mut Heartbeat, change: &OutOfLimit) {
         CpuLoad(f) => hb.cpu_load = *f,
         TokensPerSec(f) => hb.tokens_per_sec = *f,
         BatchTokensPerSec(f) => hb.batch_tokens_per_sec = *f,
+        NetworkSize(n) => hb.network_size_estimate = *n,
         NoTimestamp => hb.timestamp_ms = 0,
     }
 }

@@ -112,6 +112,11 @@ pub struct Cluster {
     _runtimes: Option<NodeRuntimes>,
 }
 
+/// The PeerIds of a run's `nodes` nodes with `seed` (without starting them).
+pub fn seeded_peer_ids(seed: u64, nodes: usize) -> Result<Vec<quiver_node::PeerId>, SimError> {
+    (0..nodes).map(|i| seeded_key(seed, i).map(|k| k.public().to_peer_id())).collect()
+}
+
 /// A node's key from the run's seed, so a seed gives the same PeerIds (and DHT layout).
 fn seeded_key(seed: u64, index: usize) -> Result<Keypair, SimError> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0000_0000_0000 ^ index as u64);

@@ -55,6 +55,34 @@ async fn dht_every_lookup_resolves() {
     assert!(idle_cpu.is_finite() && idle_cpu >= 0.0, "idle CPU per node is a figure: {idle_cpu}");
 }
 
+/// Size estimates against the true count. At 60 nodes a routing table holds about 50 peers, so
+/// an estimator that gave the routing table's size (+1) would be off by more than the tolerance,
+/// which the test checks too. (Seed 11: the median of the estimates is 58, the tables' 50.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_size_estimate_is_near_the_true_count() {
+    let _one = exclusive();
+    const NODES: usize = 60;
+    const TOLERANCE: f64 = 0.10;
+    let mut p = small(Scenario::Dht, NODES, 11);
+    p.lookups = 10;
+    let r = tokio::time::timeout(RUN_LIMIT, scenario::dht::run(&p)).await.expect("in time").expect("runs");
+    println!("{r:#?}");
+    assert!(r.joined, "routing tables did not fill");
+    assert_eq!(r.size_estimated, NODES, "every node had enough peers for an estimate");
+    let off = |estimate: f64| (estimate - NODES as f64).abs() / NODES as f64;
+    assert!(
+        off(r.routing_table.p50 + 1.0) > TOLERANCE,
+        "the routing tables hold nearly everyone ({:?}): the test would not tell the estimator from a count",
+        r.routing_table
+    );
+    let combined = r.size_combined.expect("a combined estimate") as f64;
+    assert!(off(combined) <= TOLERANCE, "median of the estimates {combined}, true {NODES}");
+    assert_eq!(r.size_combined_error, Some(off(combined)));
+    // Each node alone: about 15% off at the median (the estimator's spread over 20 peers).
+    assert!(r.size_error.p50 <= 0.3, "{:?}", r.size_error);
+    assert_eq!(r.size_estimate.count, NODES);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_delivers_every_heartbeat() {
     let _one = exclusive();

@@ -122,7 +122,7 @@ fn heartbeat() -> Heartbeat {
             vec![4, 127, 0, 0, 1, 6, 0x0f, 0xa1],
             vec![4, 10, 0, 0, 2, 0x91, 0x02, 0x0f, 0xa1, 0xcc, 0x03],
         ],
-        models: vec![ModelInfo { name: "smollm2-135m".into(), sha256: vec![0xb1; 32] }],
+        models: vec![ModelInfo { name: "smollm2-135m".into(), sha256: vec![0xb1; 32], ..Default::default() }],
         cpu_load: 0.25,
         free_slots: 2,
         uptime_secs: 3600,
@@ -130,6 +130,8 @@ fn heartbeat() -> Heartbeat {
         seq: 12,
         queue_depth: 1,
         tokens_per_sec: 155.5,
+        batch_tokens_per_sec: 400.0,
+        network_size_estimate: 950,
     }
 }
 

@@ -1,11 +1,13 @@
 //! The one task that owns the `Swarm`: commands, swarm and behaviour events, status. Building the
 //! swarm (`swarm.rs`), dialing (`dialing.rs`), reachability and relays (`relays.rs`) and Kademlia
-//! queries (`queries.rs`) and LAN discovery (`mdns.rs`) are in the modules below.
+//! queries (`queries.rs`), LAN discovery (`mdns.rs`) and the status with the network size estimate
+//! (`status.rs`) are in the modules below.
 
 mod dialing;
 mod mdns;
 mod queries;
 mod relays;
+mod status;
 mod swarm;
 
 pub use swarm::spawn;
@@ -34,7 +36,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, timeout};
 use tracing::{debug, info, trace, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
-use crate::client::{Command, NetClient, NetEvent, NetStatus, PeerInfo, RecordLookup, Validation};
+use crate::client::{Command, NetClient, NetEvent, PeerInfo, RecordLookup, Validation};
 use crate::metrics::{NetMetrics, ReasonLabel, RefusedLabel, ResultLabel, circuit_close_reason};
 use crate::reachability::{ReachabilityState, circuit_listen_addr, is_relayed};
 use crate::refresh::{self, Refresh};
@@ -263,6 +265,7 @@ impl EventLoop {
                         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
                         self.swarm.behaviour_mut().identify.push(peers);
                     }
+                    self.update_size_estimate();
                     self.answer_slow_provider_queries();
                     self.end_slow_record_queries();
                     self.connecting.retain(|_, c| {
@@ -434,59 +437,6 @@ impl EventLoop {
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.set_topic_params(topic, params) {
             warn!(error = e, "cannot update gossip scoring");
         }
-    }
-
-    fn status(&mut self) -> NetStatus {
-        let local = *self.swarm.local_peer_id();
-        let listen_addrs = self.swarm.listeners().map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a)).collect();
-        let routing_table = self.routing_table();
-        let gossip = &self.swarm.behaviour().gossipsub;
-        let gossip_mesh = gossip.topics().map(|t| (t.to_string(), gossip.mesh_peers(t).count())).collect();
-        NetStatus {
-            peer_id: local,
-            listen_addrs,
-            connected_peers: self.swarm.connected_peers().copied().collect(),
-            routing_table_size: routing_table.len(),
-            routing_table,
-            kad_mode: self.swarm.behaviour().kad.mode().to_string(),
-            gossip_mesh,
-            reachability: self.reach.reachability(),
-            // The same address can be confirmed twice, with and without `/p2p` (a UPnP
-            // mapping, then AutoNAT's dial-back to it): listed once.
-            public_addrs: self
-                .swarm
-                .external_addresses()
-                .filter(|a| !is_relayed(a))
-                .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
-                .fold(Vec::new(), |mut seen, a| {
-                    if !seen.contains(&a) {
-                        seen.push(a);
-                    }
-                    seen
-                }),
-            relayed_addrs: self
-                .reach
-                .relayed_addrs()
-                .into_iter()
-                .map(|a| a.with_p2p(local).unwrap_or_else(|a| a))
-                .collect(),
-            relays: self.reach.relays(),
-            relay_service: self.relay_on,
-            hole_punches_succeeded: self.hole_punches.0,
-            hole_punches_failed: self.hole_punches.1,
-            dht_bootstraps: self.net_metrics.dht_bootstraps.get(),
-            mdns: self.lan.is_some(),
-        }
-    }
-
-    fn routing_table(&mut self) -> Vec<PeerId> {
-        let mut peers = Vec::new();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            for entry in bucket.iter() {
-                peers.push(*entry.node.key.preimage());
-            }
-        }
-        peers
     }
 
     /// Addresses we know for `peer`: from the routing table and from open connections.

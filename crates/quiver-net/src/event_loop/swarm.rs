@@ -78,6 +78,7 @@ pub(super) async fn start(
     let local = *swarm.local_peer_id();
     let metrics = Metrics::new(registry.sub_registry_with_prefix("libp2p"));
     let dht_bootstraps = net_metrics.dht_bootstraps.clone();
+    let size_estimate = net_metrics.network_size_estimate.clone();
 
     let (events_tx, events_rx) = mpsc::channel(cfg.channel_capacity);
     listen(&mut swarm, &cfg, &events_tx).await?;
@@ -134,7 +135,7 @@ pub(super) async fn start(
     };
     event_loop.apply_reachability();
     let task = tokio::spawn(event_loop.run());
-    Ok((NetClient { tx, peer_id: local, streams, dht_bootstraps }, events_rx, task))
+    Ok((NetClient { tx, peer_id: local, streams, dht_bootstraps, size_estimate }, events_rx, task))
 }
 
 /// Listens on every configured address. TCP first: a QUIC address asking for port 0 then gets

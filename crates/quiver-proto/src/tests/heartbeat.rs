@@ -17,6 +17,7 @@ fn sample(kp: &Keypair) -> Heartbeat {
         queue_depth: 0,
         tokens_per_sec: 150.0,
         batch_tokens_per_sec: 400.0,
+        network_size_estimate: 950,
     }
 }
 
@@ -49,6 +50,11 @@ fn invalid_fields_are_refused() {
     let mut hb = sample(&kp);
     hb.listen_addrs = vec![vec![1]; MAX_LISTEN_ADDRS + 1];
     assert!(SignedHeartbeat::decode(&hb.sign_and_encode(&kp)).is_err());
+    let mut hb = sample(&kp);
+    hb.network_size_estimate = MAX_NETWORK_SIZE_ESTIMATE + 1;
+    assert!(SignedHeartbeat::decode(&hb.sign_and_encode(&kp)).is_err());
+    hb.network_size_estimate = MAX_NETWORK_SIZE_ESTIMATE;
+    assert!(SignedHeartbeat::decode(&hb.sign_and_encode(&kp)).is_ok());
 }
 
 #[test]

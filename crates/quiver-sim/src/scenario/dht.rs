@@ -8,6 +8,10 @@
 //! route from the querier, each step to the peer in the current node's table closest (XOR) to
 //! the key, until no peer is closer — how many steps a single-path lookup would take, and
 //! whether it ends among the 20 nodes closest to the key.
+//!
+//! The network size estimate: once the routing tables are filled, every node's own estimate
+//! (routing-table density, `quiver_net::size`) against the true count, as relative errors over
+//! nodes, and the median of all of them (what a node that heard every heartbeat shows).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -70,7 +74,46 @@ pub struct DhtResult {
     pub bytes_sent_per_node: Summary,
     /// Bytes each node sent during the lookup phase, per minute.
     pub lookup_bytes_per_node_per_min: Summary,
+    /// Nodes whose routing table held enough peers for an estimate of the network's size.
+    pub size_estimated: usize,
+    /// Each node's own size estimate, and its relative error |estimate − nodes| / nodes.
+    pub size_estimate: Summary,
+    pub size_error: Summary,
+    /// The median of every node's estimate (what heartbeats give a node that heard them all),
+    /// and its relative error.
+    pub size_combined: Option<u64>,
+    pub size_combined_error: Option<f64>,
+    /// The same median from ideal routing tables (every node's estimate from the distances to
+    /// all other keys): what the key set itself gives, apart from what the tables miss.
+    pub size_combined_ideal: Option<u64>,
     pub cost: ProcessCost,
+}
+
+/// The median of every node's size estimate from its 20 closest keys among all others (ideal
+/// routing tables). Only those 20 are given to the estimator, which never estimates fewer nodes
+/// than it was given peers (+1): given all N − 1, every estimate below N would read N.
+pub fn ideal_size_estimate(ids: &[PeerId]) -> Option<u64> {
+    let keys: Vec<KBucketKey<PeerId>> = ids.iter().map(|p| KBucketKey::from(*p)).collect();
+    let estimates: Vec<u64> = keys
+        .iter()
+        .filter_map(|own| {
+            let mut distances: Vec<f64> = keys
+                .iter()
+                .filter(|k| k.preimage() != own.preimage())
+                .map(|k| quiver_net::size::normalised_distance(own.hashed_bytes(), k.hashed_bytes()))
+                .collect();
+            distances.sort_unstable_by(f64::total_cmp);
+            distances.truncate(quiver_net::size::SIZE_FIT_PEERS);
+            quiver_net::size::estimate(&distances).nodes()
+        })
+        .collect();
+    quiver_net::size::combine(&estimates)
+}
+
+/// Relative errors of size estimates against the true count.
+pub fn size_errors(estimates: &[u64], nodes: usize) -> Vec<f64> {
+    let n = nodes.max(1) as f64;
+    estimates.iter().map(|e| (*e as f64 - n).abs() / n).collect()
 }
 
 impl Outcome for DhtResult {
@@ -100,6 +143,32 @@ impl Outcome for DhtResult {
                     }
                     None => "not measured".into(),
                 },
+            ),
+            (
+                "network size estimate per node min / median / max".into(),
+                format!("{} ({} of {} nodes had one)", range(&self.size_estimate), self.size_estimated, self.nodes),
+            ),
+            (
+                "size estimate relative error per node p50 / p90 / max".into(),
+                format!(
+                    "{:.1}% / {:.1}% / {:.1}%",
+                    100.0 * self.size_error.p50,
+                    100.0 * self.size_error.p90,
+                    100.0 * self.size_error.max
+                ),
+            ),
+            (
+                "median of all nodes' estimates (heartbeats) and its error".into(),
+                match (self.size_combined, self.size_combined_error) {
+                    (Some(c), Some(e)) => format!("{c} ({:.1}%)", 100.0 * e),
+                    _ => "none".into(),
+                },
+            ),
+            (
+                "the same median from ideal tables (all keys known)".into(),
+                self.size_combined_ideal.map_or("none".into(), |c| {
+                    format!("{c} ({:.1}%)", 100.0 * (c as f64 - self.nodes as f64).abs() / self.nodes as f64)
+                }),
             ),
             ("lookups resolved".into(), format!("{} of {}", self.resolved, self.lookups)),
             ("lookup latency p50 / p90 / p99 / max".into(), spread(&self.latency_ms, "ms")),
@@ -190,6 +259,16 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
     let table_sizes: Vec<f64> = statuses.iter().map(|(_, s)| s.routing_table_size as f64).collect();
     let connections: Vec<f64> = statuses.iter().map(|(_, s)| s.connected_peers.len() as f64).collect();
     let ids = cluster.peer_ids();
+    let estimates: Vec<u64> = statuses.iter().filter_map(|(_, s)| s.size.nodes()).collect();
+    let size_combined = quiver_net::size::combine(&estimates);
+    let size_error = size_errors(&estimates, n);
+    let size_combined_ideal = ideal_size_estimate(&ids);
+    info!(
+        estimated = estimates.len(),
+        median_error = crate::stats::percentile(&size_error, 50.0),
+        combined = size_combined,
+        "network size estimates"
+    );
 
     // The pairs, from the seed.
     let mut rng = StdRng::seed_from_u64(params.cluster.seed.wrapping_add(1));
@@ -279,6 +358,12 @@ pub async fn run(params: &SimParams) -> Result<DhtResult, SimError> {
         bootstraps_joining: Summary::of(&bootstraps),
         bytes_sent_per_node: Summary::of(&sent),
         lookup_bytes_per_node_per_min: Summary::of(&per_min),
+        size_estimated: estimates.len(),
+        size_estimate: Summary::of(&estimates.iter().map(|e| *e as f64).collect::<Vec<_>>()),
+        size_error: Summary::of(&size_error),
+        size_combined,
+        size_combined_error: size_combined.and_then(|c| size_errors(&[c], n).first().copied()),
+        size_combined_ideal,
         cost: ProcessCost::now(),
     };
     cluster.shutdown().await;

@@ -30,3 +30,16 @@ fn missing_or_malformed_series_count_nothing() {
     assert_eq!(connections_established("# EOF\n"), 0);
     assert_eq!(outbound_bytes("libp2p_bandwidth_bytes_total{direction=\"Outbound\"} not-a-number\n"), 0);
 }
+
+#[test]
+fn ideal_size_estimates_of_the_seeded_key_sets() {
+    // What the key sets of the bench runs (seed 1) give with ideal routing tables
+    // (bench/SIM.md), and the 60-node test's (seed 11).
+    for (seed, n) in [(1u64, 100usize), (1, 300), (1, 1000), (11, 60)] {
+        let ids = seeded_peer_ids(seed, n).expect("keys");
+        let ideal = crate::scenario::dht::ideal_size_estimate(&ids).expect("an estimate");
+        println!("seed {seed}, {n} nodes: ideal median {ideal}");
+        let off = (ideal as f64 - n as f64).abs() / n as f64;
+        assert!(off < 0.15, "seed {seed}, {n} nodes: {ideal}");
+    }
+}
