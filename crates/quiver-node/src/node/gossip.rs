@@ -232,7 +232,7 @@ impl Node {
     }
 
     #[cfg(feature = "adversary")]
-    fn misbehaves(&self, mode: crate::adversary::Misbehaviour) -> bool {
+    pub(super) fn misbehaves(&self, mode: crate::adversary::Misbehaviour) -> bool {
         self.inner.config.adversary.is_some_and(|a| a.mode == mode)
     }
 
