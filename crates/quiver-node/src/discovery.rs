@@ -122,7 +122,17 @@ impl NodeTable {
         author: Option<PeerId>,
         local: PeerId,
     ) -> Result<HeartbeatVerdict, HeartbeatError> {
-        let SignedHeartbeat { peer_id, heartbeat } = SignedHeartbeat::decode(data)?;
+        self.accept(SignedHeartbeat::decode(data)?, author, local)
+    }
+
+    /// [`NodeTable::on_heartbeat`] for a heartbeat already decoded and its signature checked.
+    pub fn accept(
+        &mut self,
+        signed: SignedHeartbeat,
+        author: Option<PeerId>,
+        local: PeerId,
+    ) -> Result<HeartbeatVerdict, HeartbeatError> {
+        let SignedHeartbeat { peer_id, heartbeat } = signed;
         // Only a node itself publishes its heartbeat; a relayed copy under another author is
         // someone replaying it.
         if author != Some(peer_id) {

@@ -403,15 +403,15 @@ impl Node {
         lock(&self.inner.builds).note_receipt(peer, signed);
     }
 
-    /// Checks the classes `peer` signed for against its heartbeat (`data`, already accepted).
-    fn check_builds(&self, peer: PeerId, data: &[u8]) {
-        let mut book = lock(&self.inner.builds);
-        if !book.waiting(&peer) {
-            return;
-        }
-        let Ok(hb) = quiver_proto::heartbeat::SignedHeartbeat::decode(data) else { return };
-        if let Some(lie) = book.check(peer, &hb.heartbeat) {
-            drop(book);
+    /// Whether classes `peer` signed for wait for its next heartbeat.
+    fn builds_waiting(&self, peer: PeerId) -> bool {
+        lock(&self.inner.builds).waiting(&peer)
+    }
+
+    /// Checks the classes `peer` signed for against its heartbeat (already accepted).
+    fn check_builds(&self, peer: PeerId, heartbeat: &Heartbeat) {
+        let lie = lock(&self.inner.builds).check(peer, heartbeat);
+        if let Some(lie) = lie {
             info!(%peer, %lie, "a provider's heartbeat announces another engine than its receipts");
             let node = self.clone();
             tokio::spawn(async move { node.record_offence(peer, Offence::HeartbeatLie, false).await });

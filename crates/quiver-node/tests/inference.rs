@@ -28,6 +28,17 @@ async fn provider_and_client(max_concurrent: usize, queue: usize) -> (Node, Node
     (provider, client)
 }
 
+/// A second provider of the same engine (1 slot, queue 4) that joins through `first`.
+async fn second_provider(first: &Node) -> Node {
+    Node::start(NodeConfig {
+        bootstrap_peers: vec![tcp_addr(first).await],
+        provider: Some(ProviderConfig::new(vec![engine()], 1, 4)),
+        ..loopback_config()
+    })
+    .await
+    .expect("second provider starts")
+}
+
 /// A client (a DHT client only) that joins through `provider` and knows it as a provider.
 async fn client_of(provider: &Node) -> Node {
     let client = Node::start(NodeConfig {
@@ -347,13 +358,7 @@ async fn a_lone_client_may_fill_the_queue_and_a_second_client_still_gets_a_place
 async fn verify_reruns_a_greedy_request_on_a_second_provider_of_the_same_build() {
     let _shared = crate::common::light().await;
     let (first, client) = provider_and_client(1, 4).await;
-    let second = Node::start(NodeConfig {
-        bootstrap_peers: vec![tcp_addr(&first).await],
-        provider: Some(ProviderConfig::new(vec![engine()], 1, 4)),
-        ..loopback_config()
-    })
-    .await
-    .expect("second provider starts");
+    let second = second_provider(&first).await;
     let both = [first.peer_id(), second.peer_id()];
     let known = tokio::time::timeout(Duration::from_secs(60), async {
         while !both.iter().all(|p| client.known_nodes().iter().any(|k| k.peer_id == *p)) {
@@ -418,13 +423,7 @@ async fn fresh_heartbeats_send_a_request_direct_once_they_decide() {
 async fn two_providers_of_one_model_are_one_row_of_the_network_view() {
     let _shared = crate::common::light().await;
     let (first, client) = provider_and_client(2, 4).await;
-    let second = Node::start(NodeConfig {
-        bootstrap_peers: vec![tcp_addr(&first).await],
-        provider: Some(ProviderConfig::new(vec![engine()], 1, 4)),
-        ..loopback_config()
-    })
-    .await
-    .expect("second provider starts");
+    let second = second_provider(&first).await;
     let row_of_two = async |node: &Node| {
         node.network().await.is_ok_and(|v| v.models.iter().any(|m| m.name == "smollm2-135m" && m.providers == 2))
     };

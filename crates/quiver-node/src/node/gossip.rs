@@ -74,12 +74,21 @@ impl Node {
     }
 
     fn on_heartbeat(&self, data: &[u8], author: Option<quiver_net::PeerId>) -> Validation {
+        let decoded = quiver_proto::heartbeat::SignedHeartbeat::decode(data);
+        // Kept for the check of the engine classes its author signed for, when some wait.
+        let held = match (&decoded, author) {
+            (Ok(s), Some(a)) if self.builds_waiting(a) => Some(s.heartbeat.clone()),
+            _ => None,
+        };
         let mut table = lock(&self.inner.table);
-        let (verdict, outcome) = match table.on_heartbeat(data, author, self.peer_id()) {
+        let accepted = decoded.map_err(Into::into).and_then(|s| table.accept(s, author, self.peer_id()));
+        let (verdict, outcome) = match accepted {
             Ok(HeartbeatVerdict::Accepted) => {
                 if let Some(a) = author {
                     self.with_reputation(|r, now| r.heartbeat(a, now));
-                    self.check_builds(a, data);
+                    if let Some(hb) = &held {
+                        self.check_builds(a, hb);
+                    }
                     if self.inner.heartbeat_events.receiver_count() > 0
                         && let Some((seq, timestamp_ms)) = table.seq_and_timestamp(&a)
                     {
