@@ -144,6 +144,19 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
             println!("  {} on {}", m["name"].as_str().unwrap_or("?"), placement(m));
         }
     }
+    if let Some(h) = v.get("shard_head").filter(|h| !h.is_null()) {
+        print_shard_head(h);
+    }
+    if let Some(h) = v.get("shard_host").filter(|h| !h.is_null()) {
+        let allowed = h["allowed"].as_array().map_or(0, Vec::len);
+        println!(
+            "Shard host:      {} heads allowed, {} tunnels open, {} streams refused, {} threads",
+            allowed,
+            n(h, "tunnels"),
+            n(h, "refused"),
+            n(h, "threads")
+        );
+    }
     if let Some(network) = v.get("network").filter(|n| !n.is_null()) {
         print_network(network);
     }
@@ -171,6 +184,32 @@ pub async fn status(args: ApiArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A split model's head: its state, then one line per member (`ShardHeadStatus` as JSON).
+fn print_shard_head(h: &Value) {
+    let head = h["head_layers"].as_str().map_or_else(|| "none yet".to_string(), |r| format!("layers {r} here"));
+    println!("Split model:     {} {} ({head}, {} reloads)", s(h, "model"), s(h, "state"), n(h, "reloads"));
+    if let Some(e) = h["last_error"].as_str() {
+        println!("  last error: {e}");
+    }
+    for m in h["members"].as_array().into_iter().flatten() {
+        let rtt = m["rtt_ms"].as_f64().map_or_else(|| "-".to_string(), |r| format!("{r:.1} ms"));
+        let free = m["memory_available"]
+            .as_u64()
+            .map_or_else(|| "-".to_string(), |b| format!("{:.1} GiB free", b as f64 / f64::from(1u32 << 30)));
+        println!(
+            "  {}  {:<4}  layers {:<16}  rtt {:<9}  {}  {} round trips, {} MiB out, {} MiB in",
+            s(m, "peer"),
+            if m["up"] == true { "up" } else { "down" },
+            m["layers"].as_str().unwrap_or("-"),
+            rtt,
+            free,
+            n(m, "round_trips"),
+            n(m, "bytes_sent") >> 20,
+            n(m, "bytes_received") >> 20
+        );
+    }
 }
 
 /// `quiver model list --network`: the network's size and every model served on it.

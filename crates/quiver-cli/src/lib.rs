@@ -50,6 +50,20 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     };
 }
 
+/// Runs this process as an engine worker and exits, when its parent asked for one (see
+/// `quiver_engine::split`). Every binary's `main` calls this first, before any runtime starts.
+pub fn run_engine_worker_if_asked() {
+    if std::env::var_os(quiver_engine::split::WORKER_ENV).is_some() {
+        init_logging(LogFormat::Text, QUIET_LOG);
+        std::process::exit(quiver_engine::split::worker::main());
+    }
+}
+
+/// The multi-threaded runtime the binaries run on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
 /// Prints a usage error naming what was wrong and exits with code 2.
 pub fn usage_error(message: impl std::fmt::Display) -> ! {
     eprintln!("error: {message}");

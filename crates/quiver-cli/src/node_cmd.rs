@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use quiver_net::{BootstrapAddr, KadMode, Multiaddr, NetError, RelayLimits, default_listen_addrs};
+use quiver_net::{BootstrapAddr, KadMode, Multiaddr, NetError, PeerId, RelayLimits, default_listen_addrs};
 use quiver_node::config::{FileConfig, default_data_dir};
 use quiver_node::{Node, NodeConfig, NodeError};
 use tracing::{info, warn};
@@ -154,6 +154,17 @@ pub struct NodeArgs {
     #[arg(long, env = "QUIVER_NO_MDNS")]
     pub no_mdns: bool,
 
+    /// Serve this machine's memory and CPU to the heads of split models on the allow list
+    /// (--shard-allow): they run a range of a big model's layers here, through ggml's RPC
+    /// server on 127.0.0.1, reached only over QUIVer's authenticated `/quiver/shard/1` streams.
+    #[arg(long, env = "QUIVER_SHARD_HOST")]
+    pub shard_host: bool,
+
+    /// PeerId of a head this shard host serves (repeatable; `quiver id` prints a node's).
+    /// Anyone else's shard streams are refused.
+    #[arg(long, value_name = "PEERID", env = "QUIVER_SHARD_ALLOW", value_delimiter = ',')]
+    pub shard_allow: Vec<PeerId>,
+
     /// Relay service: reservations held for NATed peers at once. [default: 64]
     #[arg(long, value_name = "N")]
     pub relay_max_reservations: Option<usize>,
@@ -264,8 +275,30 @@ fn settings(args: NodeArgs) -> Settings {
         crate::provider_cmd::gpu_layers_from_file(g)
             .unwrap_or_else(|e| usage_error(format!("invalid gpu_layers in config file: {e}")))
     });
+    let shard_allow: Vec<PeerId> = if args.shard_allow.is_empty() {
+        file.shard_allow
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                s.parse().unwrap_or_else(|e| usage_error(format!("invalid shard_allow {s:?} in config file: {e}")))
+            })
+            .collect()
+    } else {
+        args.shard_allow
+    };
+    let shard_host = (args.shard_host || file.shard_host.unwrap_or(false)).then(|| {
+        if shard_allow.is_empty() {
+            usage_error("--shard-host needs at least one --shard-allow PEERID (the heads it serves)");
+        }
+        quiver_node::shard::ShardHostConfig {
+            allow: shard_allow.clone(),
+            cache_dir: data_dir.join("shard-cache"),
+            threads: 0,
+        }
+    });
     Settings {
         node: NodeConfig {
+            shard_host,
             listen_addrs,
             quic,
             bootstrap_peers: bootstrap,

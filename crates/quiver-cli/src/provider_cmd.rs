@@ -80,6 +80,16 @@ pub struct ProviderArgs {
     /// Inference requests one peer may send at once, beyond its sustained rate.
     #[arg(long, value_name = "N", default_value_t = quiver_node::REQUEST_BURST, env = "QUIVER_PEER_REQUEST_BURST")]
     pub peer_request_burst: u32,
+    /// Split the model over this machine and a member of its group (repeatable): a node run
+    /// with `--shard-host --shard-allow <this node's PeerId>`, found through the DHT. The
+    /// layers are dealt in proportion to free memory (or --shard-split); the split model is
+    /// then served like any other. One --model only.
+    #[arg(long, value_name = "PEERID", env = "QUIVER_SHARD_PEERS", value_delimiter = ',')]
+    pub shard_peer: Vec<quiver_net::PeerId>,
+    /// Weights of the split's stages, this machine first, then each --shard-peer in order,
+    /// e.g. 1,2,2 (a weight of 0 keeps no layer here). [default: free memory]
+    #[arg(long, value_name = "W,W,...", env = "QUIVER_SHARD_SPLIT", value_delimiter = ',')]
+    pub shard_split: Vec<f64>,
     /// Where models are kept. [default: <data-dir>/models]
     #[arg(long, value_name = "DIR", env = "QUIVER_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
@@ -197,6 +207,9 @@ pub async fn build(
 ) -> anyhow::Result<ProviderConfig> {
     let models_dir = model_cmd::models_dir(p.models_dir.as_deref(), Some(data_dir));
     let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
+    if !p.shard_peer.is_empty() {
+        return build_shard_head(p, &models_dir).await;
+    }
     match p.backend {
         Backend::Llama => {
             let names = if p.model.is_empty() { vec![models::DEFAULT_MODEL.to_owned()] } else { p.model.clone() };
@@ -216,7 +229,8 @@ pub async fn build(
                 );
                 let kv = layout.kv_per_token().saturating_mul(u64::from(context_size) * u64::from(slots));
                 committed = committed.saturating_add(layout.file_bytes).saturating_add(kv);
-                let config = LlamaConfig { threads: p.threads.unwrap_or(0), context_size, slots, gpu_layers };
+                let config =
+                    LlamaConfig { threads: p.threads.unwrap_or(0), context_size, slots, gpu_layers, split: None };
                 engines.push(Arc::new(load_llama(model, config).await?));
             }
         }
@@ -247,5 +261,75 @@ pub async fn build(
         requests_per_sec: p.peer_requests_per_sec.max(1),
         request_burst: p.peer_request_burst.max(1),
         ..ProviderConfig::new(engines, p.max_concurrent.unwrap_or(capacity).max(1), p.queue)
+    })
+}
+
+/// The head of a split model: `--model M --shard-peer PEERID...`. The model is loaded later, by
+/// the node, once its members answer (see `quiver_node::shard`).
+async fn build_shard_head(p: &ProviderArgs, models_dir: &Path) -> anyhow::Result<ProviderConfig> {
+    if p.backend != Backend::Llama {
+        bail!("--shard-peer needs the llama backend");
+    }
+    if p.model.len() > 1 {
+        bail!("--shard-peer splits one model: give one --model");
+    }
+    if !quiver_engine::split::rpc::available() {
+        bail!("this build has no ggml RPC backend (built without GGML_RPC=ON?)");
+    }
+    let weights = match p.shard_split.len() {
+        0 => None,
+        n if n == p.shard_peer.len() + 1 => Some(p.shard_split.clone()),
+        n => bail!(
+            "--shard-split has {n} weights; it needs {} (this machine, then each --shard-peer)",
+            p.shard_peer.len() + 1
+        ),
+    };
+    let name = p.model.first().cloned().unwrap_or_else(|| models::DEFAULT_MODEL.to_owned());
+    let model = local_model(&name, models_dir, !p.no_fetch).await?;
+    let sha256 = match model.sha256 {
+        Some(s) => s,
+        None => {
+            let path = model.path.clone();
+            tokio::task::spawn_blocking(move || models::sha256_file(&path, &mut |_, _| {})).await??
+        }
+    };
+    let gguf_name = models::gguf_general_name(&model.path)?.unwrap_or_else(|| model.name.clone());
+    let layout = models::gguf_layout(&model.path)?;
+    let blocks = layout.offloadable_layers().saturating_sub(1);
+    if blocks == 0 {
+        bail!("cannot read the layers of {}", model.path.display());
+    }
+    let (context_size, slots) = host::memory_defaults(
+        host::available_memory(),
+        layout.file_bytes,
+        layout.kv_per_token(),
+        p.context_size,
+        p.max_concurrent.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+    );
+    let worker_program = std::env::current_exe().context("cannot find this program to run its engine worker")?;
+    let head = quiver_node::shard::ShardHead::new(quiver_node::shard::ShardHeadConfig {
+        path: model.path.clone(),
+        id: ModelId { name: model.name.clone(), gguf_name, sha256 },
+        blocks,
+        file_bytes: layout.file_bytes,
+        members: p.shard_peer.clone(),
+        weights,
+        threads: p.threads.unwrap_or(0),
+        context_size,
+        slots,
+        worker_program,
+        load_timeout: Duration::from_secs(1800),
+    });
+    eprintln!(
+        "{} will be split over this machine and {} members; loading once they answer",
+        model.name,
+        p.shard_peer.len()
+    );
+    let engines = vec![head.engine()];
+    Ok(ProviderConfig {
+        requests_per_sec: p.peer_requests_per_sec.max(1),
+        request_burst: p.peer_request_burst.max(1),
+        shard_head: Some(head),
+        ..ProviderConfig::new(engines, p.max_concurrent.unwrap_or(slots as usize).max(1), p.queue)
     })
 }

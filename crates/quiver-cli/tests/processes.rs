@@ -17,6 +17,7 @@ mod model_sources;
 mod multiprocess;
 mod nat;
 mod partition;
+mod split;
 mod status_page;
 mod surface;
 mod trust;

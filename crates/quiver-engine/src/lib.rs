@@ -13,6 +13,7 @@ pub mod host;
 pub mod llama;
 pub mod models;
 pub mod openai;
+pub mod split;
 mod stream;
 
 use std::fmt;
@@ -153,7 +154,7 @@ impl SamplingParams {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
     pub input: Input,
     pub params: SamplingParams,
@@ -199,7 +200,7 @@ pub struct Usage {
 }
 
 /// What a running generation yields.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum GenEvent {
     /// Text of `tokens` newly generated tokens (valid UTF-8; may be empty while a multi-byte
     /// character is incomplete or a possible stop string is held back).
@@ -274,6 +275,11 @@ pub trait Engine: Send + Sync + 'static {
     fn device(&self) -> DeviceInfo {
         DeviceInfo::cpu(0)
     }
+    /// Whether it takes work now: a split model's engine does not while it (re)loads or while
+    /// a member is missing. Providers neither claim nor accept jobs for an engine that is not.
+    fn ready(&self) -> bool {
+        true
+    }
     /// Starts generating. Errors found before any token (e.g. prompt longer than the context)
     /// are returned here or as the first event.
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError>;
@@ -307,7 +313,7 @@ pub fn normalize(v: &mut [f32]) {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Serialize, Deserialize)]
 pub enum EngineError {
     #[error("the prompt has {prompt_tokens} tokens but the context holds {context}")]
     ContextOverflow { prompt_tokens: u32, context: u32 },

@@ -8,4 +8,5 @@ mod hf;
 mod llama;
 mod models;
 mod openai;
+mod split;
 mod structured;

@@ -61,6 +61,10 @@ pub struct FileConfig {
     pub relay_max_circuit_bytes: Option<u64>,
     /// Provider: layers offloaded to the GPU, a number or "auto" (see `quiver provider --help`).
     pub gpu_layers: Option<LayersSetting>,
+    /// Serve this machine to the heads of split models listed in `shard_allow`.
+    pub shard_host: Option<bool>,
+    /// PeerIds of the heads a shard host serves.
+    pub shard_allow: Option<Vec<String>>,
 }
 
 /// `gpu_layers = 20` or `gpu_layers = "auto"` (the CLI checks the word).

@@ -29,6 +29,7 @@ mod metrics;
 pub mod network;
 mod node;
 mod provider;
+pub mod shard;
 mod throughput;
 pub mod wire;
 

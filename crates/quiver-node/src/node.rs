@@ -78,6 +78,8 @@ pub struct NodeConfig {
     pub kad_bootstrap_interval: Duration,
     /// Serve these engines to the network (the provider role).
     pub provider: Option<ProviderConfig>,
+    /// Serve this machine's memory and CPU to the heads of split models on its allow list.
+    pub shard_host: Option<crate::shard::ShardHostConfig>,
     /// Fraction of greedy requests verified on a second provider even when not asked for.
     pub verify_rate: f64,
     /// Seed of the random choices in routing (which of two near-equal providers gets a job):
@@ -131,6 +133,7 @@ impl Default for NodeConfig {
             random_walk_interval: Duration::from_secs(60),
             kad_bootstrap_interval: Duration::from_secs(300),
             provider: None,
+            shard_host: None,
             verify_rate: 0.0,
             route_seed: None,
             dht_client_only: false,
@@ -156,6 +159,8 @@ pub enum NodeError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error("cannot serve as a shard host: {0}")]
+    Shard(String),
 }
 
 struct Inner {
@@ -169,6 +174,8 @@ struct Inner {
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     provider: Option<Arc<Provider>>,
+    /// The member role of split models, once started.
+    shard_host: std::sync::OnceLock<Arc<crate::shard::ShardHost>>,
     claims: ClaimBoard,
     /// This node's inference attempts in flight, per provider (for ranking).
     dispatched: Dispatched,
@@ -272,6 +279,7 @@ impl Node {
             listen_addrs: listen_rx,
             tasks: Mutex::new(Vec::new()),
             provider: provider.clone(),
+            shard_host: std::sync::OnceLock::new(),
             claims: ClaimBoard::default(),
             dispatched: Dispatched::default(),
             builds: Mutex::new(crate::builds::BuildBook::default()),
@@ -300,6 +308,13 @@ impl Node {
             tasks.push(tokio::spawn(p.serve()));
             tasks.push(tokio::spawn(node.clone().record_client_offences(offences_rx)));
         }
+        if let Some(head) = node.inner.config.provider.as_ref().and_then(|p| p.shard_head.clone()) {
+            tasks.push(tokio::spawn(head.run(node.clone())));
+        }
+        if let Some(cfg) = node.inner.config.shard_host.clone() {
+            let host = crate::shard::ShardHost::start(node.inner.net.clone(), cfg).await.map_err(NodeError::Shard)?;
+            let _ = node.inner.shard_host.set(host);
+        }
         #[cfg(feature = "adversary")]
         if node.misbehaves(crate::adversary::Misbehaviour::IdleStreams) {
             tasks.push(tokio::spawn(node.clone().hold_idle_streams()));
@@ -316,6 +331,11 @@ impl Node {
     /// Kademlia bootstraps this node has finished: 0 while it is still joining the DHT.
     pub fn dht_bootstraps(&self) -> u64 {
         self.inner.net.dht_bootstraps()
+    }
+
+    /// The member role of split models, when this node has it.
+    pub fn shard_host(&self) -> Option<Arc<crate::shard::ShardHost>> {
+        self.inner.shard_host.get().cloned()
     }
 
     /// The handle to the network layer, for roles built on top of the node.

@@ -9,6 +9,7 @@ pub mod frame;
 pub mod heartbeat;
 pub mod infer;
 pub mod reputation;
+pub mod shard;
 pub mod signed;
 
 mod pb {
@@ -21,7 +22,8 @@ pub use heartbeat::{HEARTBEAT_DOMAIN, MAX_HEARTBEAT_BYTES, SignedHeartbeat};
 pub use pb::{
     Accepted, Busy, ChatMessage, Claim, ClaimAck, EmbedInput, Embedding, Heartbeat, InferError, InferRequest,
     InferResponse, JobAnnouncement, LogitBias, ModelInfo, Observation, PromptInput, Queued, Receipt, ReputationReport,
-    SamplingParams, SignedRecord, TokenChunk, TokenLogprob, ToolCall, ToolDef, TopLogprob, infer_response,
+    SamplingParams, ShardHello, ShardInfo, SignedRecord, TokenChunk, TokenLogprob, ToolCall, ToolDef, TopLogprob,
+    infer_response, shard_hello,
 };
 pub use signed::{SignedPayload, sign};
 

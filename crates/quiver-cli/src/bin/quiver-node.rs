@@ -9,7 +9,12 @@
 use quiver_cli::help;
 use quiver_cli::node_cmd::{self, NodeArgs};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // A split model's engine runs in a child process of this same program (quiver_engine::split).
+    quiver_cli::run_engine_worker_if_asked();
+    quiver_cli::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     node_cmd::run(help::parse::<NodeArgs>(help::node_command())).await
 }

@@ -11,7 +11,12 @@
 use quiver_cli::help;
 use quiver_cli::provider_cmd::ProviderCli;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // A split model's engine runs in a child process of this same program (quiver_engine::split).
+    quiver_cli::run_engine_worker_if_asked();
+    quiver_cli::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     help::parse::<ProviderCli>(help::provider_command()).run().await
 }

@@ -71,8 +71,13 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // A split model's engine runs in a child process of this same program (quiver_engine::split).
+    quiver_cli::run_engine_worker_if_asked();
+    quiver_cli::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Node(args) => node_cmd::run(args).await,
         Command::Provider(cli) => cli.run().await,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use llama_cpp_2::{LlamaBackendDeviceType, list_llama_ggml_backend_devices};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::models::GgufLayout;
 
@@ -53,7 +53,7 @@ impl fmt::Display for GpuLayers {
 }
 
 /// Where an engine's layers run, as `quiver status` and heartbeats show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// `cpu`, or ggml's device name with its description, e.g. `Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))`.
     pub device: String,

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::chat::grammar::{self, Constraint};
 use crate::chat::template::ChatTemplate;
 use crate::chat::tools::{self, ToolFormat};
+use crate::split::SplitTarget;
 use crate::{
     ChatMessage, DeviceInfo, Embeddings, Engine, EngineError, GenerateRequest, Generation, Input, ModelId, Tools, host,
     models,
@@ -71,16 +72,19 @@ pub struct LlamaConfig {
     pub slots: u32,
     /// Layers offloaded to the GPU with the most free memory, if the build has one.
     pub gpu_layers: GpuLayers,
+    /// The model's layers split over this CPU and RPC servers (see [`crate::split`]); used in
+    /// an engine worker process only, since ggml's RPC client aborts on a lost server.
+    pub split: Option<SplitTarget>,
 }
 
 impl Default for LlamaConfig {
     fn default() -> Self {
-        LlamaConfig { threads: 0, context_size: 2048, slots: 0, gpu_layers: GpuLayers::Auto }
+        LlamaConfig { threads: 0, context_size: 2048, slots: 0, gpu_layers: GpuLayers::Auto, split: None }
     }
 }
 
 /// The process-wide llama.cpp backend (it can be initialised only once).
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -175,9 +179,15 @@ impl LlamaEngine {
             0 => DEFAULT_SLOTS,
             n => n.min(MAX_SLOTS),
         };
-        let (params, device) = placement(path, &config, slots)?;
-        let model = LlamaModel::load_from_file(backend, path, &params)
-            .map_err(|e| load_err(format!("llama.cpp cannot load it: {e}")))?;
+        let (model, device) = match &config.split {
+            Some(target) => split_placement(path, target).map_err(|e| load_err(e.to_string()))?,
+            None => {
+                let (params, device) = placement(path, &config, slots)?;
+                let model = LlamaModel::load_from_file(backend, path, &params)
+                    .map_err(|e| load_err(format!("llama.cpp cannot load it: {e}")))?;
+                (model, device)
+            }
+        };
         let gguf_name = gguf_name
             .filter(|n| !n.trim().is_empty())
             .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
@@ -398,6 +408,31 @@ impl LlamaEngine {
 /// GPU device (a CPU-only build, or no device found) everything stays on the CPU; with one, the
 /// layers [`gpu::layers_to_offload`] gives go to it, the KV cache of `slots × context_size` cells
 /// counted (a model whose header cannot be read for `auto` stays on the CPU).
+/// Loads the model split as `target` says: connects to each member's RPC server, then loads
+/// with the head's blocks on this CPU and each member's on its device.
+fn split_placement(path: &Path, target: &SplitTarget) -> Result<(LlamaModel, DeviceInfo), crate::split::SplitError> {
+    use crate::split::{LayerPlan, SplitError, load, rpc};
+    let plan = LayerPlan { counts: target.counts.clone() };
+    if target.endpoints.len() + 1 != plan.counts.len() {
+        return Err(SplitError::Plan(format!("{} endpoints for {} stages", target.endpoints.len(), plan.counts.len())));
+    }
+    let mut devices = Vec::with_capacity(target.endpoints.len());
+    for endpoint in &target.endpoints {
+        let found = rpc::add_server(endpoint)?;
+        devices.push(found[0]);
+    }
+    let model = load::load(path, &devices, &plan)?;
+    let blocks = plan.blocks();
+    let info = DeviceInfo {
+        device: format!("rpc×{}", target.endpoints.len()),
+        memory_total: 0,
+        memory_free: 0,
+        gpu_layers: blocks + 1 - plan.counts[0],
+        layers: blocks + 1,
+    };
+    Ok((model, info))
+}
+
 fn placement(path: &Path, config: &LlamaConfig, slots: u32) -> Result<(LlamaModelParams, DeviceInfo), EngineError> {
     let layout = match models::gguf_layout(path) {
         Ok(l) => Some(l),

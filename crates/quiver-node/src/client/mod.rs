@@ -271,7 +271,24 @@ impl Node {
         let mut tried = HashSet::new();
         // The first provider that said the request is at fault, and what it said.
         let mut refused: Option<(PeerId, InferError)> = None;
-        while let Some(candidate) = queue.pop_front() {
+        let mut looked_again = false;
+        loop {
+            let Some(candidate) = queue.pop_front() else {
+                // Every provider known at the start failed. The network may have changed since
+                // (one left, another joined): look once more for providers not tried yet.
+                if looked_again || failures.is_empty() || tried.len() >= request.max_attempts.max(1) {
+                    break;
+                }
+                looked_again = true;
+                let fresh: Vec<Candidate> =
+                    self.provider_candidates(request).await.into_iter().filter(|c| !tried.contains(&c.peer)).collect();
+                debug!(found = fresh.len(), "looked again for providers not tried yet");
+                if fresh.is_empty() {
+                    break;
+                }
+                queue.extend(fresh);
+                continue;
+            };
             if tried.len() >= request.max_attempts.max(1) {
                 break;
             }

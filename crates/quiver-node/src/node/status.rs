@@ -48,6 +48,12 @@ pub struct NodeStatus {
     pub network: NetworkView,
     /// Present when this node serves models.
     pub provider: Option<ProviderStatus>,
+    /// Present when this node is the head of a split model: its members and their layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_head: Option<crate::shard::ShardHeadStatus>,
+    /// Present when this node serves split models' heads (`--shard-host`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_host: Option<crate::shard::ShardHostStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +123,8 @@ impl Node {
                 tokens_per_sec: p.tokens_per_sec(),
                 batch_tokens_per_sec: p.batch_tokens_per_sec(),
             }),
+            shard_head: self.inner.config.provider.as_ref().and_then(|p| p.shard_head.as_ref()).map(|h| h.status()),
+            shard_host: self.shard_host().map(|h| h.status()),
         })
     }
 

@@ -28,7 +28,7 @@ impl Provider {
         let greedy = self.adversary_mode() == Some(crate::adversary::Misbehaviour::ClaimNeverServe);
         #[cfg(not(feature = "adversary"))]
         let greedy = false;
-        if job.deadline_ms < now_ms() || (self.free_slots() == 0 && !greedy) {
+        if job.deadline_ms < now_ms() || (self.free_slots() == 0 && !greedy) || !engine.ready() {
             return Ok(());
         }
         let addrs: Vec<Multiaddr> =

@@ -23,6 +23,11 @@ impl Provider {
             )
             .await;
         };
+        // A split model whose member is missing, or that reloads: busy, so the client goes
+        // elsewhere at once.
+        if !engine.ready() {
+            return self.refuse_busy(stream).await;
+        }
         // Admission: a free slot, else a place in the queue (perhaps one taken from the client
         // with the most jobs here), else Busy.
         let (_ticket, permit) = match self.slots.clone().try_acquire_owned() {

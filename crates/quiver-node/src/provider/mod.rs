@@ -44,6 +44,8 @@ pub struct ProviderConfig {
     /// they are refused as rate limited.
     pub requests_per_sec: u32,
     pub request_burst: u32,
+    /// The head of a split model, whose engine is among `engines`; the node keeps it loaded.
+    pub shard_head: Option<Arc<crate::shard::ShardHead>>,
 }
 
 impl ProviderConfig {
@@ -55,6 +57,7 @@ impl ProviderConfig {
             queue,
             requests_per_sec: REQUESTS_PER_SEC,
             request_burst: REQUEST_BURST,
+            shard_head: None,
         }
     }
 }
@@ -223,7 +226,11 @@ impl Provider {
             .collect()
     }
 
+    /// Slots free now; none while no engine takes work (a split model reloading).
     pub(crate) fn free_slots(&self) -> u32 {
+        if !self.engines.iter().any(|e| e.ready()) {
+            return 0;
+        }
         self.slots.available_permits() as u32
     }
 

@@ -1,0 +1,503 @@
+//! The head of a split model (`quiver-provider --model M --shard-peer PEERID ...`): it finds its
+//! members, deals the model's layers over itself and them, loads the model in an engine worker
+//! process whose RPC connections go through `/quiver/shard/1` tunnels, and serves it like any
+//! provider. A member that leaves (its tunnel breaks, the worker dies) or stalls (it stops
+//! answering probes) stops the serving at once: jobs in flight fail, so their clients fail
+//! over; the head then reloads on the members that remain if the model fits in them, or waits
+//! for the missing ones.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use quiver_engine::split::process::WorkerEngine;
+use quiver_engine::split::{LayerPlan, SplitTarget, WorkerSpec};
+use quiver_engine::{DeviceInfo, Engine, EngineError, GenerateRequest, Generation, ModelId};
+use quiver_net::{Multiaddr, PeerId, StreamProtocol};
+use quiver_proto::shard::{MAX_SHARD_FRAME_BYTES, SHARD_PROTOCOL};
+use quiver_proto::{ShardHello, ShardInfo, read_frame, shard_hello, write_frame};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::tunnel::{self, Side, TunnelCounters};
+use crate::Node;
+
+/// Time one probe of a member may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Probes of the members while serving, this often.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Probes failed in a row after which a member counts as stalled.
+const STALLED_AFTER: u32 = 2;
+/// Wait between attempts while members are missing or a load failed.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// How long the head waits for all its members at start before it settles for those that
+/// answer (when the model fits in them).
+const STARTUP_GRACE: Duration = Duration::from_secs(30);
+/// Memory a stage needs beyond its share of the weights, as a fraction of that share (KV
+/// cache, compute buffers).
+const MEMORY_MARGIN: f64 = 0.25;
+
+/// How a head is set up.
+#[derive(Debug, Clone)]
+pub struct ShardHeadConfig {
+    pub path: PathBuf,
+    pub id: ModelId,
+    /// Repeating blocks of the model (its layers without the output layer).
+    pub blocks: u32,
+    /// Size of the model file, bytes.
+    pub file_bytes: u64,
+    pub members: Vec<PeerId>,
+    /// Weights of the stages, head first (`--shard-split`); `None`: by free memory.
+    pub weights: Option<Vec<f64>>,
+    pub threads: u32,
+    pub context_size: u32,
+    pub slots: u32,
+    /// The program run as the engine worker (a QUIVer binary).
+    pub worker_program: PathBuf,
+    pub load_timeout: Duration,
+}
+
+/// What `quiver status` shows of a head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardHeadStatus {
+    pub model: String,
+    /// `finding members`, `loading`, `serving`, `waiting for members`, `reloading`.
+    pub state: String,
+    /// Blocks on the head's own CPU, e.g. `0..10` (empty while not loaded).
+    pub head_layers: Option<String>,
+    pub members: Vec<ShardMemberStatus>,
+    /// Times the model was reloaded after a member failed or the worker ended.
+    pub reloads: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardMemberStatus {
+    pub peer: String,
+    /// Whether its latest probe was answered.
+    pub up: bool,
+    /// Blocks it holds in the loaded model (the last member also holds the output layer).
+    pub layers: Option<String>,
+    /// Round trip of its latest probe.
+    pub rtt_ms: Option<f64>,
+    pub memory_available: Option<u64>,
+    /// RPC traffic through its tunnel since start.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub round_trips: u64,
+}
+
+struct Member {
+    peer: PeerId,
+    counters: Arc<TunnelCounters>,
+    probe: Mutex<Probe>,
+}
+
+#[derive(Default, Clone)]
+struct Probe {
+    info: Option<ShardInfo>,
+    rtt: Option<Duration>,
+    failures: u32,
+}
+
+#[derive(Default)]
+struct State {
+    phase: &'static str,
+    /// Block ranges of the loaded model: the head's, then each member's by index.
+    head_layers: Option<Range<u32>>,
+    member_layers: Vec<(usize, Range<u32>)>,
+    reloads: u64,
+    last_error: Option<String>,
+}
+
+/// A split model's head: an [`Engine`] for the provider, and the task that keeps it loaded.
+pub struct ShardHead {
+    cfg: ShardHeadConfig,
+    members: Vec<Member>,
+    state: Mutex<State>,
+    current: RwLock<Option<Arc<WorkerEngine>>>,
+    /// Generations started, to report when none is known yet.
+    started: AtomicU32,
+}
+
+impl ShardHead {
+    pub fn new(cfg: ShardHeadConfig) -> Arc<ShardHead> {
+        let members = cfg
+            .members
+            .iter()
+            .map(|&peer| Member { peer, counters: Arc::default(), probe: Mutex::new(Probe::default()) })
+            .collect();
+        Arc::new(ShardHead {
+            cfg,
+            members,
+            state: Mutex::new(State { phase: "finding members", ..State::default() }),
+            current: RwLock::new(None),
+            started: AtomicU32::new(0),
+        })
+    }
+
+    /// The engine the provider serves.
+    pub fn engine(self: &Arc<Self>) -> Arc<dyn Engine> {
+        Arc::new(ShardEngine(Arc::clone(self)))
+    }
+
+    fn set_phase(&self, phase: &'static str) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.phase != phase {
+                info!(model = %self.cfg.id.name, state = phase, "split model");
+            }
+            s.phase = phase;
+        }
+    }
+
+    fn set_error(&self, error: String) {
+        warn!(model = %self.cfg.id.name, %error, "split model");
+        if let Ok(mut s) = self.state.lock() {
+            s.last_error = Some(error);
+        }
+    }
+
+    fn worker(&self) -> Option<Arc<WorkerEngine>> {
+        self.current.read().ok().and_then(|c| c.clone()).filter(|w| w.alive())
+    }
+
+    pub fn status(&self) -> ShardHeadStatus {
+        let s = self
+            .state
+            .lock()
+            .map(|s| (s.phase, s.head_layers.clone(), s.member_layers.clone(), s.reloads, s.last_error.clone()));
+        let (phase, head, layers, reloads, last_error) = s.unwrap_or(("unknown", None, Vec::new(), 0, None));
+        let last = layers.last().map(|(i, _)| *i);
+        let members = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let p = m.probe.lock().map(|p| p.clone()).unwrap_or_default();
+                let range = layers.iter().find(|(j, _)| *j == i).map(|(_, r)| {
+                    let output = if last == Some(i) { " + output" } else { "" };
+                    format!("{}..{}{output}", r.start, r.end)
+                });
+                ShardMemberStatus {
+                    peer: m.peer.to_string(),
+                    up: p.info.is_some() && p.failures == 0,
+                    layers: range,
+                    rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    memory_available: p.info.map(|i| i.memory_available),
+                    bytes_sent: m.counters.sent.load(Ordering::Relaxed),
+                    bytes_received: m.counters.received.load(Ordering::Relaxed),
+                    round_trips: m.counters.round_trips.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        ShardHeadStatus {
+            model: self.cfg.id.name.clone(),
+            state: phase.to_string(),
+            head_layers: head.map(|r| format!("{}..{}", r.start, r.end)),
+            members,
+            reloads,
+            last_error,
+        }
+    }
+
+    /// Keeps the model loaded over the members that answer, for as long as the node runs.
+    pub(crate) async fn run(self: Arc<Self>, node: Node) {
+        let began = Instant::now();
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        loop {
+            self.probe_all(&node, &all).await;
+            let present: Vec<usize> = (0..self.members.len()).filter(|&i| self.is_up(i)).collect();
+            let settle = began.elapsed() >= STARTUP_GRACE;
+            let chosen =
+                if present.len() == self.members.len() || (settle && !present.is_empty() && self.fits(&present)) {
+                    present
+                } else {
+                    self.set_phase("waiting for members");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    continue;
+                };
+            let plan = match self.plan(&chosen) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.set_error(e);
+                    self.set_phase("waiting for members");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    continue;
+                }
+            };
+            self.set_phase("loading");
+            let mut tunnels = Vec::new();
+            let mut endpoints = Vec::new();
+            for &i in &chosen {
+                match self.open_tunnel(&node, i).await {
+                    Ok((endpoint, task)) => {
+                        endpoints.push(endpoint);
+                        tunnels.push(AbortOnDrop(task));
+                    }
+                    Err(e) => self.set_error(e),
+                }
+            }
+            if endpoints.len() != chosen.len() {
+                tokio::time::sleep(RETRY_EVERY).await;
+                continue;
+            }
+            let spec = WorkerSpec {
+                path: self.cfg.path.clone(),
+                name: self.cfg.id.name.clone(),
+                sha256: self.cfg.id.sha256_hex(),
+                threads: self.cfg.threads,
+                context_size: self.cfg.context_size,
+                slots: self.cfg.slots,
+                split: SplitTarget { endpoints, counts: plan.counts.clone() },
+            };
+            let began = Instant::now();
+            let worker =
+                match WorkerEngine::start(&self.cfg.worker_program, &spec, self.cfg.id.clone(), self.cfg.load_timeout)
+                    .await
+                {
+                    Ok(w) => Arc::new(w),
+                    Err(e) => {
+                        self.set_error(format!("loading over {} members failed: {e}", chosen.len()));
+                        tokio::time::sleep(RETRY_EVERY).await;
+                        continue;
+                    }
+                };
+            let ranges = plan.ranges();
+            if let Ok(mut s) = self.state.lock() {
+                s.head_layers = Some(ranges[0].clone());
+                s.member_layers = chosen.iter().copied().zip(ranges[1..].iter().cloned()).collect();
+            }
+            info!(model = %self.cfg.id.name, members = chosen.len(), counts = ?plan.counts,
+                secs = began.elapsed().as_secs_f64(), "split model loaded");
+            if let Ok(mut c) = self.current.write() {
+                *c = Some(Arc::clone(&worker));
+            }
+            self.set_phase("serving");
+            let why = self.watch(&node, &worker, &chosen).await;
+            worker.stop();
+            if let Ok(mut c) = self.current.write() {
+                *c = None;
+            }
+            drop(tunnels);
+            if let Ok(mut s) = self.state.lock() {
+                s.reloads += 1;
+                s.head_layers = None;
+                s.member_layers.clear();
+            }
+            self.set_error(why);
+            self.set_phase("reloading");
+        }
+    }
+
+    /// Serves until the worker ends or a chosen member stops answering; says why.
+    async fn watch(&self, node: &Node, worker: &WorkerEngine, chosen: &[usize]) -> String {
+        loop {
+            tokio::select! {
+                why = worker.ended() => return why,
+                () = tokio::time::sleep(PROBE_EVERY) => {
+                    // All members, so that status shows the missing ones coming back.
+                    self.probe_all(node, &(0..self.members.len()).collect::<Vec<_>>()).await;
+                    if let Some(&i) = chosen.iter().find(|&&i| self.stalled(i)) {
+                        return format!("member {} stopped answering", self.members[i].peer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_up(&self, i: usize) -> bool {
+        self.members[i].probe.lock().is_ok_and(|p| p.info.is_some() && p.failures == 0)
+    }
+
+    fn stalled(&self, i: usize) -> bool {
+        self.members[i].probe.lock().is_ok_and(|p| p.failures >= STALLED_AFTER)
+    }
+
+    /// Whether the model fits in the head and the members `chosen`, by their free memory.
+    fn fits(&self, chosen: &[usize]) -> bool {
+        let need = self.cfg.file_bytes as f64 * (1.0 + MEMORY_MARGIN);
+        let head = quiver_engine::host::available_memory().unwrap_or(0) as f64;
+        let members: f64 = chosen
+            .iter()
+            .filter_map(|&i| self.members[i].probe.lock().ok().and_then(|p| p.info).map(|i| i.memory_available as f64))
+            .sum();
+        head + members >= need
+    }
+
+    /// The layer plan over the head and the members `chosen`.
+    fn plan(&self, chosen: &[usize]) -> Result<LayerPlan, String> {
+        let weights: Vec<f64> = match &self.cfg.weights {
+            Some(w) => std::iter::once(w[0]).chain(chosen.iter().map(|&i| w[i + 1])).collect(),
+            None => {
+                let head = quiver_engine::host::available_memory().unwrap_or(0) as f64;
+                std::iter::once(head)
+                    .chain(chosen.iter().map(|&i| {
+                        self.members[i]
+                            .probe
+                            .lock()
+                            .ok()
+                            .and_then(|p| p.info)
+                            .map_or(0.0, |i| i.memory_available as f64)
+                    }))
+                    .collect()
+            }
+        };
+        let plan = LayerPlan::by_weights(self.cfg.blocks, &weights).map_err(|e| e.to_string())?;
+        // Each stage must hold its share.
+        let per_block = self.cfg.file_bytes as f64 / f64::from(self.cfg.blocks.max(1));
+        for (k, &i) in chosen.iter().enumerate() {
+            let share = per_block * f64::from(plan.counts[k + 1]) * (1.0 + MEMORY_MARGIN);
+            let free = self.members[i].probe.lock().ok().and_then(|p| p.info).map_or(0, |i| i.memory_available);
+            if free > 0 && share > free as f64 {
+                return Err(format!("member {} has {free} bytes free for a share of {share:.0}", self.members[i].peer));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Probes the members `which` at once (each: its info and the round trip).
+    async fn probe_all(&self, node: &Node, which: &[usize]) {
+        let probes = which.iter().map(|&i| async move { (i, probe(node, self.members[i].peer).await) });
+        for (i, result) in futures::future::join_all(probes).await {
+            let Ok(mut p) = self.members[i].probe.lock() else { continue };
+            match result {
+                Ok((info, rtt)) => {
+                    p.info = Some(info);
+                    p.rtt = Some(rtt);
+                    p.failures = 0;
+                }
+                Err(e) => {
+                    debug!(peer = %self.members[i].peer, error = %e, "shard member probe failed");
+                    p.failures = p.failures.saturating_add(1);
+                    if p.info.is_none() || p.failures >= STALLED_AFTER {
+                        p.rtt = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A local endpoint whose every connection is carried to member `i`'s RPC server.
+    async fn open_tunnel(&self, node: &Node, i: usize) -> Result<(String, JoinHandle<()>), String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let endpoint = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+        let peer = self.members[i].peer;
+        let counters = Arc::clone(&self.members[i].counters);
+        let control = node.net().streams();
+        let delay = tunnel::test_delay();
+        let task = tokio::spawn(async move {
+            let mut pipes: Vec<AbortOnDrop> = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                pipes.retain(|p| !p.0.is_finished());
+                let mut control = control.clone();
+                let counters = Arc::clone(&counters);
+                pipes.push(AbortOnDrop(tokio::spawn(async move {
+                    let opened = tokio::time::timeout(
+                        PROBE_TIMEOUT,
+                        control.open_stream(peer, StreamProtocol::new(SHARD_PROTOCOL)),
+                    )
+                    .await;
+                    let mut stream = match opened {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return warn!(%peer, error = %e, "cannot open a shard tunnel"),
+                        Err(_) => return warn!(%peer, "opening a shard tunnel timed out"),
+                    };
+                    if write_frame(&mut stream, &ShardHello { kind: shard_hello::Kind::Rpc as i32 }).await.is_err() {
+                        return;
+                    }
+                    if let Err(e) = tunnel::pipe(tcp, stream, Side::Head, counters, delay).await {
+                        debug!(%peer, error = %e, "shard tunnel ended");
+                    }
+                })));
+            }
+        });
+        Ok((endpoint, task))
+    }
+}
+
+/// One info probe of `peer`: what it offers, and the round trip of the exchange.
+async fn probe(node: &Node, peer: PeerId) -> Result<(ShardInfo, Duration), String> {
+    let exchange = async {
+        reach(node, peer).await;
+        let mut stream = node
+            .net()
+            .streams()
+            .open_stream(peer, StreamProtocol::new(SHARD_PROTOCOL))
+            .await
+            .map_err(|e| e.to_string())?;
+        let began = Instant::now();
+        write_frame(&mut stream, &ShardHello { kind: shard_hello::Kind::Info as i32 })
+            .await
+            .map_err(|e| e.to_string())?;
+        let info: ShardInfo = read_frame(&mut stream, MAX_SHARD_FRAME_BYTES).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((info, began.elapsed()))
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, exchange).await.map_err(|_| "timed out".to_string())?
+}
+
+/// Makes sure the swarm knows where `peer` is: from its heartbeats, else from its node record
+/// in the DHT. (Already connected peers are left alone.)
+async fn reach(node: &Node, peer: PeerId) {
+    if node.net().peers().await.is_ok_and(|peers| peers.iter().any(|p| p.peer_id == peer)) {
+        return;
+    }
+    let addrs: Vec<Multiaddr> = match node.known_node(&peer) {
+        Some(known) => known.listen_addrs,
+        None => match node.lookup_node_record(&peer).await {
+            Ok(Some(hb)) => hb.listen_addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()).collect(),
+            _ => Vec::new(),
+        },
+    };
+    if !addrs.is_empty() {
+        let _ = node.net().connect(peer, addrs).await;
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The head seen as an engine: the loaded worker when there is one.
+struct ShardEngine(Arc<ShardHead>);
+
+impl Engine for ShardEngine {
+    fn model(&self) -> &ModelId {
+        &self.0.cfg.id
+    }
+    fn build_id(&self) -> String {
+        self.0.worker().map_or_else(|| "llama.cpp/rpc (loading)".to_string(), |w| w.build_id())
+    }
+    fn threads(&self) -> u32 {
+        self.0.worker().map_or(self.0.cfg.threads, |w| w.threads())
+    }
+    fn context_size(&self) -> u32 {
+        self.0.worker().map_or(self.0.cfg.context_size, |w| w.context_size())
+    }
+    fn capacity(&self) -> usize {
+        self.0.worker().map_or(self.0.cfg.slots.max(1) as usize, |w| w.capacity())
+    }
+    fn device(&self) -> DeviceInfo {
+        self.0.worker().map_or_else(|| DeviceInfo::cpu(self.0.cfg.blocks + 1), |w| w.device())
+    }
+    fn ready(&self) -> bool {
+        self.0.worker().is_some()
+    }
+    fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
+        self.0.started.fetch_add(1, Ordering::Relaxed);
+        match self.0.worker() {
+            Some(w) => w.generate(request),
+            None => {
+                Err(EngineError::Busy("the split model is not loaded now (a member is missing or it reloads)".into()))
+            }
+        }
+    }
+}

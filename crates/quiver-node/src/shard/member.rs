@@ -1,0 +1,187 @@
+//! A member of split-model groups (`quiver-node --shard-host --shard-allow PEERID`): it serves
+//! its CPU through ggml's RPC server, which listens on 127.0.0.1 only, and carries to it the
+//! `/quiver/shard/1` streams of the heads on its allow list. Anyone else's stream is dropped
+//! before a byte of it is read, and counted.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use quiver_engine::split::rpc;
+use quiver_net::{NetClient, PeerId, StreamProtocol};
+use quiver_proto::shard::{MAX_SHARD_FRAME_BYTES, SHARD_PROTOCOL};
+use quiver_proto::{ShardHello, ShardInfo, read_frame, shard_hello, write_frame};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use super::tunnel::{self, Side, TunnelCounters};
+
+/// Time a head has to say what its stream is for.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams of allowed heads handled at once (info probes and RPC tunnels).
+const MAX_STREAMS: usize = 32;
+/// Time the RPC server has to start listening.
+const SERVER_START: Duration = Duration::from_secs(10);
+
+/// How a member is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardHostConfig {
+    /// The heads it serves; nobody else gets through.
+    pub allow: Vec<PeerId>,
+    /// Where the RPC server caches weights it was sent, by hash.
+    pub cache_dir: PathBuf,
+    /// Threads its RPC server computes with (0 = the physical cores).
+    pub threads: u32,
+}
+
+/// What `quiver status` shows of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ShardHostStatus {
+    /// Heads on the allow list.
+    pub allowed: Vec<String>,
+    /// Streams refused (not on the allow list), since start.
+    pub refused: u64,
+    /// RPC tunnels open now.
+    pub tunnels: u64,
+    /// Threads of its RPC server.
+    pub threads: u32,
+}
+
+/// A running member.
+pub struct ShardHost {
+    allow: HashSet<PeerId>,
+    refused: AtomicU64,
+    counters: Arc<TunnelCounters>,
+    rpc_port: u16,
+    threads: u32,
+}
+
+impl ShardHost {
+    /// Starts the RPC server (on 127.0.0.1, a free port) and accepts heads' streams.
+    pub(crate) async fn start(net: NetClient, cfg: ShardHostConfig) -> Result<Arc<ShardHost>, String> {
+        if !rpc::available() {
+            return Err("this build has no ggml RPC backend".into());
+        }
+        std::fs::create_dir_all(&cfg.cache_dir).map_err(|e| format!("{}: {e}", cfg.cache_dir.display()))?;
+        let threads = match cfg.threads {
+            0 => quiver_engine::host::default_threads(),
+            n => n,
+        };
+        // A free port: bound and released, then taken by ggml's server (which binds it itself).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port on 127.0.0.1: {e}"))?
+            .port();
+        let endpoint = format!("127.0.0.1:{port}");
+        let cache = cfg.cache_dir.clone();
+        let ep = endpoint.clone();
+        std::thread::Builder::new()
+            .name("ggml-rpc-server".into())
+            .spawn(move || {
+                if let Err(e) = rpc::serve_forever(&ep, &cache, threads) {
+                    warn!(error = %e, "the shard RPC server stopped");
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + SERVER_START;
+        while tokio::net::TcpStream::connect(&endpoint).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("the RPC server did not listen on {endpoint}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut incoming = net
+            .streams()
+            .accept(StreamProtocol::new(SHARD_PROTOCOL))
+            .map_err(|e| format!("cannot accept {SHARD_PROTOCOL}: {e}"))?;
+        let host = Arc::new(ShardHost {
+            allow: cfg.allow.iter().copied().collect(),
+            refused: AtomicU64::new(0),
+            counters: Arc::default(),
+            rpc_port: port,
+            threads,
+        });
+        info!(
+            heads = cfg.allow.len(),
+            threads, "serving as a shard host (ggml RPC on {endpoint}, reached through /quiver/shard/1)"
+        );
+        let this = Arc::clone(&host);
+        tokio::spawn(async move {
+            let limit = Arc::new(Semaphore::new(MAX_STREAMS));
+            while let Some((peer, stream)) = incoming.next().await {
+                if !this.allow.contains(&peer) {
+                    this.refused.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, "shard stream refused: not on the allow list");
+                    drop(stream);
+                    continue;
+                }
+                let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                    debug!(%peer, "shard stream dropped: too many open");
+                    continue;
+                };
+                let this = Arc::clone(&this);
+                tokio::spawn(async move {
+                    if let Err(e) = this.serve_stream(stream).await {
+                        debug!(%peer, error = %e, "shard stream ended");
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok(host)
+    }
+
+    async fn serve_stream(&self, mut stream: quiver_net::Stream) -> Result<(), String> {
+        let hello: ShardHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream, MAX_SHARD_FRAME_BYTES))
+            .await
+            .map_err(|_| "no hello".to_string())?
+            .map_err(|e| e.to_string())?;
+        match shard_hello::Kind::try_from(hello.kind) {
+            Ok(shard_hello::Kind::Info) => {
+                let info = ShardInfo {
+                    memory_available: quiver_engine::host::available_memory().unwrap_or(0),
+                    memory_total: total_memory().unwrap_or(0),
+                    threads: self.threads,
+                    rpc_streams: u32::try_from(self.counters.open.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+                };
+                write_frame(&mut stream, &info).await.map_err(|e| e.to_string())
+            }
+            Ok(shard_hello::Kind::Rpc) => {
+                let tcp =
+                    tokio::net::TcpStream::connect(("127.0.0.1", self.rpc_port)).await.map_err(|e| e.to_string())?;
+                tunnel::pipe(tcp, stream, Side::Member, Arc::clone(&self.counters), Duration::ZERO)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(_) => Err(format!("unknown hello kind {}", hello.kind)),
+        }
+    }
+
+    pub fn status(&self) -> ShardHostStatus {
+        let mut allowed: Vec<String> = self.allow.iter().map(ToString::to_string).collect();
+        allowed.sort();
+        ShardHostStatus {
+            allowed,
+            refused: self.refused.load(Ordering::Relaxed),
+            tunnels: self.counters.open.load(Ordering::Relaxed),
+            threads: self.threads,
+        }
+    }
+
+    /// Streams refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
