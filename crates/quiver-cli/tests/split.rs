@@ -35,7 +35,7 @@ fn range(v: &Value) -> Option<(u64, u64)> {
 }
 
 /// Whether the head serves with exactly the members `peers`, their ranges following its own
-/// without a gap up to the last block, the last member also holding the output layer.
+/// without a gap up to the last block, the head also computing the output layer.
 fn serving_over(head: &Value, peers: &[&str]) -> bool {
     if head["state"] != "serving" {
         return false;
@@ -52,7 +52,7 @@ fn serving_over(head: &Value, peers: &[&str]) -> bool {
             _ => return false,
         }
     }
-    end == BLOCKS && holding.last().is_some_and(|m| m["layers"].as_str().is_some_and(|l| l.ends_with("+ output")))
+    end == BLOCKS && head["head_layers"].as_str().is_some_and(|l| l.ends_with("+ output"))
 }
 
 /// `quiver ask --json` through `boot`.

@@ -427,7 +427,7 @@ fn split_placement(path: &Path, target: &SplitTarget) -> Result<(LlamaModel, Dev
         device: format!("rpc×{}", target.endpoints.len()),
         memory_total: 0,
         memory_free: 0,
-        gpu_layers: blocks + 1 - plan.counts[0],
+        gpu_layers: blocks - plan.counts[0],
         layers: blocks + 1,
     };
     Ok((model, info))

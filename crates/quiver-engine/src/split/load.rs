@@ -19,6 +19,9 @@ use super::plan::LayerPlan;
 const _: () = assert!(std::mem::size_of::<LlamaModel>() == std::mem::size_of::<NonNull<sys::llama_model>>());
 const _: () = assert!(std::mem::align_of::<LlamaModel>() == std::mem::align_of::<NonNull<sys::llama_model>>());
 
+/// Tensors of the output layer (and the token embeddings, which tied models reuse as output).
+const OUTPUT_ON_HEAD: &std::ffi::CStr = c"^(output|output_norm|token_embd)\\.";
+
 /// Loads `path` with the plan's blocks on the CPU and on `devices` (one per member, in order).
 pub(crate) fn load(
     path: &Path,
@@ -38,6 +41,16 @@ pub(crate) fn load(
     split_all[..split.len()].copy_from_slice(&split);
     let mut devs: Vec<sys::ggml_backend_dev_t> = devices.to_vec();
     devs.push(ptr::null_mut());
+    // The output layer's weights stay on the head's CPU (llama.cpp would put them with the last
+    // block): the last member then sends back one hidden state per token, not the logits of
+    // the whole vocabulary (2 KiB instead of 192 KiB per token for SmolLM2, 0.5 MiB for a
+    // 128k-token vocabulary). Tied embeddings load the output as `token_embd.weight`.
+    // SAFETY: a plain query.
+    let cpu = unsafe { sys::ggml_backend_cpu_buffer_type() };
+    let overrides = [
+        sys::llama_model_tensor_buft_override { pattern: OUTPUT_ON_HEAD.as_ptr(), buft: cpu },
+        sys::llama_model_tensor_buft_override { pattern: ptr::null(), buft: ptr::null_mut() },
+    ];
     let c_path =
         CString::new(path.to_string_lossy().as_bytes()).map_err(|_| SplitError::Plan("path has a NUL".into()))?;
     // SAFETY: default parameters, then plain fields pointing at buffers that outlive the call.
@@ -47,6 +60,7 @@ pub(crate) fn load(
         params.n_gpu_layers = i32::try_from(n_gpu_layers).unwrap_or(i32::MAX);
         params.split_mode = sys::LLAMA_SPLIT_MODE_LAYER;
         params.tensor_split = split_all.as_ptr();
+        params.tensor_buft_overrides = overrides.as_ptr();
         sys::llama_model_load_from_file(c_path.as_ptr(), params)
     };
     let model =

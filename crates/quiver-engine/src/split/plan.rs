@@ -7,8 +7,9 @@
 
 use std::ops::Range;
 
-/// Layer counts per stage, head first. Counts are of repeating blocks; the output layer goes
-/// with the last member (llama.cpp places it on the device holding the last block).
+/// Layer counts per stage, head first. Counts are of repeating blocks. llama.cpp places the
+/// output layer with the last block, but [`super::load`] keeps its weights on the head, so the
+/// output is computed there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerPlan {
     /// Blocks per stage: `counts[0]` on the head, `counts[i]` on member `i - 1`.

@@ -67,7 +67,8 @@ pub struct ShardHeadStatus {
     pub model: String,
     /// `finding members`, `loading`, `serving`, `waiting for members`, `reloading`.
     pub state: String,
-    /// Blocks on the head's own CPU, e.g. `0..10` (empty while not loaded).
+    /// Blocks on the head's own CPU, e.g. `0..10 + output` (the output layer is computed on the
+    /// head too); `None` while not loaded.
     pub head_layers: Option<String>,
     pub members: Vec<ShardMemberStatus>,
     /// Times the model was reloaded after a member failed or the worker ended.
@@ -80,7 +81,7 @@ pub struct ShardMemberStatus {
     pub peer: String,
     /// Whether its latest probe was answered.
     pub up: bool,
-    /// Blocks it holds in the loaded model (the last member also holds the output layer).
+    /// Blocks it holds in the loaded model, e.g. `10..20`.
     pub layers: Option<String>,
     /// Round trip of its latest probe.
     pub rtt_ms: Option<f64>,
@@ -171,17 +172,13 @@ impl ShardHead {
             .lock()
             .map(|s| (s.phase, s.head_layers.clone(), s.member_layers.clone(), s.reloads, s.last_error.clone()));
         let (phase, head, layers, reloads, last_error) = s.unwrap_or(("unknown", None, Vec::new(), 0, None));
-        let last = layers.last().map(|(i, _)| *i);
         let members = self
             .members
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let p = m.probe.lock().map(|p| p.clone()).unwrap_or_default();
-                let range = layers.iter().find(|(j, _)| *j == i).map(|(_, r)| {
-                    let output = if last == Some(i) { " + output" } else { "" };
-                    format!("{}..{}{output}", r.start, r.end)
-                });
+                let range = layers.iter().find(|(j, _)| *j == i).map(|(_, r)| format!("{}..{}", r.start, r.end));
                 ShardMemberStatus {
                     peer: m.peer.to_string(),
                     up: p.info.is_some() && p.failures == 0,
@@ -197,7 +194,7 @@ impl ShardHead {
         ShardHeadStatus {
             model: self.cfg.id.name.clone(),
             state: phase.to_string(),
-            head_layers: head.map(|r| format!("{}..{}", r.start, r.end)),
+            head_layers: head.map(|r| format!("{}..{} + output", r.start, r.end)),
             members,
             reloads,
             last_error,

@@ -54,6 +54,14 @@ pub fn test_delay() -> Duration {
         .map_or(Duration::ZERO, Duration::from_millis)
 }
 
+/// Waits until `at` if it is still ahead. (A timer is never armed for a time already past:
+/// tokio's timers tick by the millisecond, which would add up to 1 ms to every chunk.)
+async fn hold_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
 /// Which end of the tunnel this is (the head counts; the member only carries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -98,7 +106,7 @@ pub async fn pipe(
         };
         let writer = async move {
             while let Some((at, bytes)) = rx.recv().await {
-                tokio::time::sleep_until(at.into()).await;
+                hold_until(at).await;
                 p2p_write.write_all(&bytes).await?;
                 p2p_write.flush().await?;
             }
@@ -127,7 +135,7 @@ pub async fn pipe(
         };
         let writer = async move {
             while let Some((at, bytes)) = rx.recv().await {
-                tokio::time::sleep_until(at.into()).await;
+                hold_until(at).await;
                 tcp_write.write_all(&bytes).await?;
             }
             tcp_write.shutdown().await
