@@ -102,6 +102,11 @@ pub fn default_config() -> String {
 # metal): a number (0 = CPU only; more than the model has = all), or "auto": as many as fit in
 # the GPU's free memory beside the KV cache of all slots (0 without a GPU device).
 # gpu_layers = "auto"
+
+# Split models: serve this machine's memory and CPU to the heads listed here (their PeerIds, as
+# `quiver id` prints them); every other node's shard streams are refused.
+# shard_host = false
+# shard_allow = ["12D3KooWHeadPeerIdFromQuiverId"]
 "#
     )
 }

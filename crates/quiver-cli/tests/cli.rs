@@ -76,6 +76,7 @@ fn init_writes_a_commented_config_that_loads() {
     );
     assert!(all.dht_mode.as_deref() == Some("auto") && all.upnp == Some(false) && all.relay_service == Some(true));
     assert_eq!(all.gpu_layers, Some(quiver_node::config::LayersSetting::Word("auto".into())));
+    assert!(all.shard_host == Some(false) && all.shard_allow.as_ref().is_some_and(|a| a.len() == 1));
     let relay = quiver_net::RelayLimits::default();
     assert_eq!(
         (all.relay_max_reservations, all.relay_max_circuits, all.relay_max_circuit_bytes),

@@ -207,16 +207,13 @@ impl ShardHead {
         let all: Vec<usize> = (0..self.members.len()).collect();
         loop {
             self.probe_all(&node, &all).await;
-            let present: Vec<usize> = (0..self.members.len()).filter(|&i| self.is_up(i)).collect();
-            let settle = began.elapsed() >= STARTUP_GRACE;
-            let chosen =
-                if present.len() == self.members.len() || (settle && !present.is_empty() && self.fits(&present)) {
-                    present
-                } else {
-                    self.set_phase("waiting for members");
-                    tokio::time::sleep(RETRY_EVERY).await;
-                    continue;
-                };
+            let up: Vec<bool> = (0..self.members.len()).map(|i| self.is_up(i)).collect();
+            let settled = began.elapsed() >= STARTUP_GRACE;
+            let Some(chosen) = choose(&up, settled, |present| self.fits(present)) else {
+                self.set_phase("waiting for members");
+                tokio::time::sleep(RETRY_EVERY).await;
+                continue;
+            };
             let plan = match self.plan(&chosen) {
                 Ok(p) => p,
                 Err(e) => {
@@ -316,13 +313,12 @@ impl ShardHead {
 
     /// Whether the model fits in the head and the members `chosen`, by their free memory.
     fn fits(&self, chosen: &[usize]) -> bool {
-        let need = self.cfg.file_bytes as f64 * (1.0 + MEMORY_MARGIN);
-        let head = quiver_engine::host::available_memory().unwrap_or(0) as f64;
-        let members: f64 = chosen
+        let head = quiver_engine::host::available_memory().unwrap_or(0);
+        let members: Vec<u64> = chosen
             .iter()
-            .filter_map(|&i| self.members[i].probe.lock().ok().and_then(|p| p.info).map(|i| i.memory_available as f64))
-            .sum();
-        head + members >= need
+            .map(|&i| self.members[i].probe.lock().ok().and_then(|p| p.info).map_or(0, |i| i.memory_available))
+            .collect();
+        fits(self.cfg.file_bytes, head, &members)
     }
 
     /// The layer plan over the head and the members `chosen`.
@@ -416,6 +412,25 @@ impl ShardHead {
     }
 }
 
+/// The members to load over, given which answer (`up`): all of them when all answer; once the
+/// start-up grace is over (`settled`), those that answer if the model `fits` in them and the
+/// head; otherwise `None`, to wait for the missing.
+fn choose(up: &[bool], settled: bool, fits: impl Fn(&[usize]) -> bool) -> Option<Vec<usize>> {
+    let present: Vec<usize> = (0..up.len()).filter(|&i| up[i]).collect();
+    if present.is_empty() {
+        return None;
+    }
+    (present.len() == up.len() || (settled && fits(&present))).then_some(present)
+}
+
+/// Whether a model file of `file_bytes` fits in the free memory of the head and `members`,
+/// with [`MEMORY_MARGIN`] for the KV cache and compute buffers.
+fn fits(file_bytes: u64, head_free: u64, members_free: &[u64]) -> bool {
+    let need = file_bytes as f64 * (1.0 + MEMORY_MARGIN);
+    let have = head_free as f64 + members_free.iter().map(|&m| m as f64).sum::<f64>();
+    have >= need
+}
+
 /// One info probe of `peer`: what it offers, and the round trip of the exchange.
 async fn probe(node: &Node, peer: PeerId) -> Result<(ShardInfo, Duration), String> {
     let exchange = async {
@@ -498,3 +513,7 @@ impl Engine for ShardEngine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "../tests/shard_head.rs"]
+mod tests;
