@@ -143,7 +143,17 @@ def main():
             f"| {name} | {delay} ms | {r['tps']:.1f} | {r['tps'] / whole['tps']:.2f} | {r['ttft_ms']:.0f} | "
             f"{r['round_trips_per_token']:.1f} | {r['kib_out_per_token']:.1f} | {r['kib_in_per_token']:.1f} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "Reading it: every generated token crosses each member once (about one RPC round trip per member "
+        "per token, as measured), so a split's time per token is roughly the whole model's compute plus "
+        "members × round trip, which the delayed rows show. Data out per token is mostly the compute graph "
+        "ggml's RPC sends each step; data in is the hidden state the last member returns (the output layer "
+        "runs on the head). Here all processes share one machine's cores, so the split rows also pay for "
+        "contention and extra process hops; a split is for a model that fits on no single machine, "
+        "not for speed.",
+        "",
+    ]
     publish(lines, a.out)
 
 
