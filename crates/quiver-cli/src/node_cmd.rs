@@ -294,6 +294,9 @@ fn settings(args: NodeArgs) -> Settings {
             allow: shard_allow.clone(),
             cache_dir: data_dir.join("shard-cache"),
             threads: 0,
+            models_dir: std::env::var_os("QUIVER_MODELS_DIR")
+                .filter(|d| !d.is_empty())
+                .map_or_else(|| data_dir.join("models"), PathBuf::from),
         }
     });
     Settings {

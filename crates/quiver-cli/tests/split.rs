@@ -73,7 +73,7 @@ fn ask_json(boot: &NodeProc, max_tokens: &str, prompt: &str) -> Value {
 }
 
 #[test]
-fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_a_member_leaving() {
+fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_members_leaving_or_stalling() {
     let models = model_dir();
     let models = models.to_str().expect("utf-8 path");
     let _machine = support::heavy();
@@ -103,16 +103,18 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
         .to_owned();
     let boot = NodeProc::start(NODE, "boot", &["--bootstrap-node", "--port", "0"], d);
     let hostport = format!("127.0.0.1:{}", boot.tcp_port);
-    let member = |name: &str| {
-        NodeProc::start(
+    let member = |name: &str, env: &[(&str, &str)]| {
+        NodeProc::start_with_env(
             NODE,
             name,
             &["--bootstrap", &hostport, "--port", "0", "--shard-host", "--shard-allow", &head_id],
+            env,
             d,
         )
     };
-    let m1 = member("m1");
-    let mut m2 = member("m2");
+    // m1 has its own copy of the model: it fills its weight cache from it.
+    let m1 = member("m1", &[("QUIVER_MODELS_DIR", models)]);
+    let mut m2 = member("m2", &[]);
     // Every forwarded chunk waits 10 ms each way in the head's tunnels (a test-only knob), so
     // that an answer takes long enough to kill a member in the middle of it.
     let head = NodeProc::start_with_env(
@@ -147,6 +149,10 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
         shard_head(&head).is_some_and(|h| serving_over(&h, &[&m1.peer_id, &m2.peer_id]))
     });
     step(t, "split model loaded over the head and two members");
+    let m1_log = std::fs::read_to_string(d.join("m1.log")).unwrap_or_default();
+    assert!(m1_log.contains("weight cache filled from the local copy"), "m1 used its own copy:\n{m1_log}");
+    let m2_log = std::fs::read_to_string(d.join("m2.log")).unwrap_or_default();
+    assert!(!m2_log.contains("weight cache filled"), "m2 has no copy of the model");
     let status = shard_head(&head).expect("shard status");
     for m in status["members"].as_array().expect("members") {
         assert!(m["rtt_ms"].as_f64().is_some_and(|r| r > 0.0), "a member's round trip is measured: {m}");
@@ -236,4 +242,28 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
     assert_eq!(result["provider"], head.peer_id.as_str(), "{result}");
     assert_eq!(result["text"].as_str(), Some(reference.as_str()), "the reloaded split gives the same answer");
     step(t, "the head serves again after reloading");
+
+    // A member that stalls without leaving (stopped: its connections stay open, it answers
+    // nothing): the head stops serving within a few probes and, with no member left that
+    // answers, takes no job and waits; once the member answers again it reloads and serves.
+    signal(&m1, "STOP");
+    eventually(Duration::from_secs(60), "the head notices the stalled member", || {
+        shard_head(&head).is_some_and(|h| h["state"] != "serving")
+    });
+    assert_eq!(head.status().and_then(|s| s["provider"]["free_slots"].as_u64()), Some(0), "no free slot while waiting");
+    step(t, "a stalled member stops the head");
+    signal(&m1, "CONT");
+    eventually(Duration::from_secs(120), "the head serves again once m1 answers", || {
+        shard_head(&head).is_some_and(|h| serving_over(&h, &[&m1.peer_id]) && h["reloads"].as_u64() >= Some(2))
+    });
+    let result = ask_json(&boot, max_tokens, prompt);
+    assert_eq!(result["provider"], head.peer_id.as_str(), "{result}");
+    assert_eq!(result["text"].as_str(), Some(reference.as_str()));
+    step(t, "the head serves again once the stalled member answers");
+}
+
+/// Sends `SIG<name>` to a node's process.
+fn signal(node: &NodeProc, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(node.child.id().to_string()).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} {}", node.name);
 }

@@ -144,3 +144,116 @@ fn a_worker_that_dies_fails_its_generations_and_refuses_new_ones() {
         assert_eq!(pipe.engine.ended().await, "the engine worker exited (signal: 6 (SIGABRT))");
     });
 }
+
+/// ggml's RPC client, asked to set a weight tensor above the hash threshold, sends nothing but
+/// its hash when the server's cache holds a file of that name (as `cache::fill_from_gguf`
+/// writes from a member's own copy of the model); a tensor not in the cache is sent whole, once,
+/// and cached by the server. A real RPC server (a thread here, as a member runs it) behind a
+/// proxy that counts the client's bytes.
+#[test]
+fn a_weight_in_the_members_cache_is_not_sent_again() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use llama_cpp_sys_2 as sys;
+    use quiver_engine::split::cache::{HASH_THRESHOLD, cache_name, fnv1a64};
+    use quiver_engine::split::rpc;
+
+    unsafe extern "C" {
+        fn ggml_backend_rpc_buffer_type(
+            endpoint: *const std::ffi::c_char,
+            device: u32,
+        ) -> sys::ggml_backend_buffer_type_t;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = format!("127.0.0.1:{port}");
+    let (ep, cache_dir) = (server.clone(), cache.clone());
+    std::thread::spawn(move || rpc::serve_forever(&ep, &cache_dir, 1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&server).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the RPC server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The proxy: each connection carried to the server (which serves one at a time, so a closed
+    // side closes the other), the client's bytes counted.
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_addr = proxy.local_addr().unwrap().to_string();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&sent);
+    std::thread::spawn(move || {
+        let carry = |mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>| {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                if let Some(c) = &count {
+                    c.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        };
+        for client in proxy.incoming() {
+            let Ok(client) = client else { break };
+            let upstream = TcpStream::connect(&server).unwrap();
+            let (c2, u2, count) = (client.try_clone().unwrap(), upstream.try_clone().unwrap(), Arc::clone(&counted));
+            std::thread::spawn(move || carry(c2, u2, Some(count)));
+            std::thread::spawn(move || carry(upstream, client, None));
+        }
+    });
+
+    let floats = ((HASH_THRESHOLD + (1 << 20)) / 4) as usize;
+    let bytes_of = |seed: f32| -> Vec<u8> { (0..floats).flat_map(|i| (i as f32 * seed).to_le_bytes()).collect() };
+    let (held, new) = (bytes_of(0.5), bytes_of(-0.25));
+    // The member's own copy put `held` in the cache.
+    std::fs::write(cache.join(cache_name(fnv1a64(&held))), &held).unwrap();
+
+    let endpoint = std::ffi::CString::new(proxy_addr).unwrap();
+    // SAFETY: ggml's C API on objects made here; the server runs for the rest of the process.
+    unsafe {
+        let buft = ggml_backend_rpc_buffer_type(endpoint.as_ptr(), 0);
+        assert!(!buft.is_null());
+        let params = sys::ggml_init_params {
+            mem_size: sys::ggml_tensor_overhead() * 4,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        };
+        let ctx = sys::ggml_init(params);
+        let a = sys::ggml_new_tensor_1d(ctx, sys::GGML_TYPE_F32, floats as i64);
+        let b = sys::ggml_new_tensor_1d(ctx, sys::GGML_TYPE_F32, floats as i64);
+        let buffer = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft);
+        assert!(!buffer.is_null());
+        sys::ggml_backend_buffer_set_usage(buffer, sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+
+        let before = sent.load(Ordering::SeqCst);
+        sys::ggml_backend_tensor_set(a, held.as_ptr().cast(), 0, held.len());
+        // A small read after it: everything the set sent has gone through by its answer.
+        let mut probe = [0u8; 4];
+        sys::ggml_backend_tensor_get(a, probe.as_mut_ptr().cast(), 0, 4);
+        let cached_cost = sent.load(Ordering::SeqCst) - before;
+        assert!(cached_cost < 4096, "a cached weight cost {cached_cost} bytes to set");
+
+        let before = sent.load(Ordering::SeqCst);
+        sys::ggml_backend_tensor_set(b, new.as_ptr().cast(), 0, new.len());
+        // Setting does not wait for the server; reading back does, and comes after it.
+        let mut back_b = vec![0u8; new.len()];
+        sys::ggml_backend_tensor_get(b, back_b.as_mut_ptr().cast(), 0, back_b.len());
+        assert!(back_b == new, "the sent weight's bytes on the server");
+        let uncached_cost = sent.load(Ordering::SeqCst) - before;
+        assert!(uncached_cost >= new.len() as u64, "a weight not in the cache is sent whole ({uncached_cost} bytes)");
+        assert_eq!(std::fs::read(cache.join(cache_name(fnv1a64(&new)))).unwrap(), new, "and cached by the server");
+
+        // What the server holds is what was meant: read both back.
+        let mut back = vec![0u8; held.len()];
+        sys::ggml_backend_tensor_get(a, back.as_mut_ptr().cast(), 0, back.len());
+        assert!(back == held, "the cached weight's bytes on the server");
+        sys::ggml_backend_buffer_free(buffer);
+        sys::ggml_free(ctx);
+    }
+}

@@ -56,6 +56,33 @@ pub fn gguf_layout(path: &Path) -> Result<GgufLayout, ModelError> {
     GgufReader { r: BufReader::new(file) }.layout(file_bytes)
 }
 
+/// One tensor of a GGUF file's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufTensor {
+    pub name: String,
+    /// Its dimensions, the first varying fastest (ggml's `ne`).
+    pub dims: Vec<u64>,
+    /// Its ggml type (`GGML_TYPE_*`).
+    pub ggml_type: u32,
+    /// Where its bytes start, relative to the data section.
+    pub offset: u64,
+}
+
+struct Header {
+    ints: HashMap<String, u64>,
+    architecture: String,
+    table: Vec<GgufTensor>,
+    /// File offset of the data section.
+    data_start: u64,
+}
+
+/// A model file's tensor table, and the file offset its tensors' offsets count from.
+pub fn gguf_tensors(path: &Path) -> Result<(Vec<GgufTensor>, u64), ModelError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let h = GgufReader { r: BufReader::new(file) }.header()?;
+    Ok((h.table, h.data_start))
+}
+
 /// Most tensors accepted in one file.
 const GGUF_MAX_TENSORS: u64 = 1 << 20;
 /// Most dimensions of one tensor.
@@ -97,8 +124,9 @@ impl<R: Read + Seek> GgufReader<R> {
         Ok(None)
     }
 
-    /// Reads the header and tensor table (see [`GgufLayout`]); `file_bytes` is the file's size.
-    pub(super) fn layout(&mut self, file_bytes: u64) -> Result<GgufLayout, ModelError> {
+    /// Reads the header: metadata integers, the architecture, the tensor table, and where the
+    /// data section starts.
+    fn header(&mut self) -> Result<Header, ModelError> {
         let bad = |m: &str| ModelError::Gguf(m.to_owned());
         let mut magic = [0u8; 4];
         self.bytes(&mut magic)?;
@@ -133,27 +161,29 @@ impl<R: Read + Seek> GgufReader<R> {
             }
         }
         // Tensor table: name, dimensions, type, offset into the data section.
-        let mut table: Vec<(String, u64, u64)> = Vec::with_capacity(tensors.min(4096) as usize);
+        let mut table: Vec<GgufTensor> = Vec::with_capacity(tensors.min(4096) as usize);
         for _ in 0..tensors {
             let name = self.string()?;
             let n_dims = self.u32()?;
             if n_dims > GGUF_MAX_DIMS {
                 return Err(ModelError::Gguf(format!("tensor {name} has {n_dims} dimensions")));
             }
-            let mut rows = 0;
-            for d in 0..n_dims {
-                let n = self.u64()?;
-                if d == 1 {
-                    rows = n;
-                }
-            }
-            let _type = self.u32()?;
+            let dims = (0..n_dims).map(|_| self.u64()).collect::<Result<Vec<u64>, _>>()?;
+            let ggml_type = self.u32()?;
             let offset = self.u64()?;
-            table.push((name, offset, rows));
+            table.push(GgufTensor { name, dims, ggml_type, offset });
         }
         let alignment = ints.get("general.alignment").copied().filter(|a| *a > 0).unwrap_or(32);
         let here = self.r.stream_position().map_err(|e| ModelError::Gguf(format!("truncated header: {e}")))?;
         let data_start = here.div_ceil(alignment).saturating_mul(alignment);
+        Ok(Header { ints, architecture, table, data_start })
+    }
+
+    /// Reads the header and tensor table (see [`GgufLayout`]); `file_bytes` is the file's size.
+    pub(super) fn layout(&mut self, file_bytes: u64) -> Result<GgufLayout, ModelError> {
+        let Header { ints, architecture, table, data_start } = self.header()?;
+        let table: Vec<(String, u64, u64)> =
+            table.into_iter().map(|t| (t.name, t.offset, t.dims.get(1).copied().unwrap_or(0))).collect();
         let data_bytes = file_bytes.saturating_sub(data_start);
         // A tensor's bytes run to the next tensor's offset (the last one's to the end of file).
         let mut offsets: Vec<u64> = table.iter().map(|t| t.1).collect();

@@ -17,7 +17,7 @@ mod reference;
 
 pub use catalogue::{CatalogueEntry, DEFAULT_MODEL, Source, catalogue, find};
 pub use fetch::{FetchProgress, fetch};
-pub use gguf::{GgufLayout, gguf_general_name, gguf_layout};
+pub use gguf::{GgufLayout, GgufTensor, gguf_general_name, gguf_layout, gguf_tensors};
 pub use reference::{HF_DEFAULT_REVISION, HfRef, HfTarget, ModelRef, OLLAMA_DEFAULT_TAG, OllamaRef};
 
 /// Block size for hashing and copying.

@@ -11,6 +11,7 @@
 //! as an [`Engine`](crate::Engine); when the worker dies, its generations fail with an error
 //! and the head decides what to do next.
 
+pub mod cache;
 pub mod load;
 pub mod plan;
 pub mod process;

@@ -37,6 +37,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// How long the head waits for all its members at start before it settles for those that
 /// answer (when the model fits in them).
 const STARTUP_GRACE: Duration = Duration::from_secs(30);
+/// Longest wait for members filling their weight cache from their own copy of the model.
+const PREPARE_LIMIT: Duration = Duration::from_secs(1800);
 /// Memory a stage needs beyond its share of the weights, as a fraction of that share (KV
 /// cache, compute buffers).
 const MEMORY_MARGIN: f64 = 0.25;
@@ -65,7 +67,8 @@ pub struct ShardHeadConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardHeadStatus {
     pub model: String,
-    /// `finding members`, `loading`, `serving`, `waiting for members`, `reloading`.
+    /// `finding members`, `preparing weights`, `loading`, `serving`, `waiting for members`,
+    /// `reloading`.
     pub state: String,
     /// Blocks on the head's own CPU, e.g. `0..10 + output` (the output layer is computed on the
     /// head too); `None` while not loaded.
@@ -223,6 +226,7 @@ impl ShardHead {
                     continue;
                 }
             };
+            self.prepare_weights(&node, &chosen, &plan).await;
             self.set_phase("loading");
             let mut tunnels = Vec::new();
             let mut endpoints = Vec::new();
@@ -352,9 +356,41 @@ impl ShardHead {
         Ok(plan)
     }
 
+    /// Tells the members `chosen` which blocks of the model they will hold; those with their own
+    /// copy of the model fill their weight cache from it, and the head waits (up to
+    /// [`PREPARE_LIMIT`]) until they have, so that those weights are not sent.
+    async fn prepare_weights(&self, node: &Node, chosen: &[usize], plan: &LayerPlan) {
+        let ranges = plan.ranges();
+        let deadline = Instant::now() + PREPARE_LIMIT;
+        loop {
+            let asks = chosen.iter().enumerate().map(|(k, &i)| {
+                let hello = ShardHello {
+                    kind: shard_hello::Kind::Info as i32,
+                    model_sha256: self.cfg.id.sha256.to_vec(),
+                    model_name: self.cfg.id.name.clone(),
+                    first_block: ranges[k + 1].start,
+                    end_block: ranges[k + 1].end,
+                };
+                probe(node, self.members[i].peer, hello)
+            });
+            let answers = futures::future::join_all(asks).await;
+            let filling =
+                answers.iter().filter(|a| matches!(a, Ok((info, _)) if info.has_model && !info.cache_ready)).count();
+            if filling == 0 || Instant::now() >= deadline {
+                let ready = answers.iter().filter(|a| matches!(a, Ok((info, _)) if info.cache_ready)).count();
+                if ready > 0 {
+                    info!(model = %self.cfg.id.name, members = ready, "members load their blocks from their own copy of the model");
+                }
+                return;
+            }
+            self.set_phase("preparing weights");
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+
     /// Probes the members `which` at once (each: its info and the round trip).
     async fn probe_all(&self, node: &Node, which: &[usize]) {
-        let probes = which.iter().map(|&i| async move { (i, probe(node, self.members[i].peer).await) });
+        let probes = which.iter().map(|&i| async move { (i, probe(node, self.members[i].peer, info_hello()).await) });
         for (i, result) in futures::future::join_all(probes).await {
             let Ok(mut p) = self.members[i].probe.lock() else { continue };
             match result {
@@ -399,7 +435,13 @@ impl ShardHead {
                         Ok(Err(e)) => return warn!(%peer, error = %e, "cannot open a shard tunnel"),
                         Err(_) => return warn!(%peer, "opening a shard tunnel timed out"),
                     };
-                    if write_frame(&mut stream, &ShardHello { kind: shard_hello::Kind::Rpc as i32 }).await.is_err() {
+                    if write_frame(
+                        &mut stream,
+                        &ShardHello { kind: shard_hello::Kind::Rpc as i32, ..ShardHello::default() },
+                    )
+                    .await
+                    .is_err()
+                    {
                         return;
                     }
                     if let Err(e) = tunnel::pipe(tcp, stream, Side::Head, counters, delay).await {
@@ -431,8 +473,13 @@ fn fits(file_bytes: u64, head_free: u64, members_free: &[u64]) -> bool {
     have >= need
 }
 
+/// An info hello naming no model.
+fn info_hello() -> ShardHello {
+    ShardHello { kind: shard_hello::Kind::Info as i32, ..ShardHello::default() }
+}
+
 /// One info probe of `peer`: what it offers, and the round trip of the exchange.
-async fn probe(node: &Node, peer: PeerId) -> Result<(ShardInfo, Duration), String> {
+async fn probe(node: &Node, peer: PeerId, hello: ShardHello) -> Result<(ShardInfo, Duration), String> {
     let exchange = async {
         reach(node, peer).await;
         let mut stream = node
@@ -442,9 +489,7 @@ async fn probe(node: &Node, peer: PeerId) -> Result<(ShardInfo, Duration), Strin
             .await
             .map_err(|e| e.to_string())?;
         let began = Instant::now();
-        write_frame(&mut stream, &ShardHello { kind: shard_hello::Kind::Info as i32 })
-            .await
-            .map_err(|e| e.to_string())?;
+        write_frame(&mut stream, &hello).await.map_err(|e| e.to_string())?;
         let info: ShardInfo = read_frame(&mut stream, MAX_SHARD_FRAME_BYTES).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((info, began.elapsed()))
     };

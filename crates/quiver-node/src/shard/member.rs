@@ -3,16 +3,16 @@
 //! `/quiver/shard/1` streams of the heads on its allow list. Anyone else's stream is dropped
 //! before a byte of it is read, and counted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use quiver_engine::split::rpc;
 use quiver_net::{NetClient, PeerId, StreamProtocol};
-use quiver_proto::shard::{MAX_SHARD_FRAME_BYTES, SHARD_PROTOCOL};
+use quiver_proto::shard::{MAX_SHARD_FRAME_BYTES, MAX_SHARD_MODEL_NAME, SHARD_PROTOCOL};
 use quiver_proto::{ShardHello, ShardInfo, read_frame, shard_hello, write_frame};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -24,6 +24,22 @@ use super::tunnel::{self, Side, TunnelCounters};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams of allowed heads handled at once (info probes and RPC tunnels).
 const MAX_STREAMS: usize = 32;
+/// Fills remembered (done, failed or running); beyond this new ones are not started.
+const MAX_FILLS: usize = 64;
+/// Largest block number a hello may name.
+const MAX_BLOCKS: u32 = 100_000;
+
+/// A weight-cache fill: (model sha256, first block, end block).
+type WeightsKey = ([u8; 32], u32, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Running,
+    Ready,
+    /// No local copy with that hash (or it could not be read): the head sends the weights.
+    NotHeld,
+}
+
 /// Time the RPC server has to start listening.
 const SERVER_START: Duration = Duration::from_secs(10);
 
@@ -36,6 +52,9 @@ pub struct ShardHostConfig {
     pub cache_dir: PathBuf,
     /// Threads its RPC server computes with (0 = the physical cores).
     pub threads: u32,
+    /// Where its own models are: a head's model found here with the same sha256 fills the
+    /// weight cache from this copy instead of being sent.
+    pub models_dir: PathBuf,
 }
 
 /// What `quiver status` shows of a member.
@@ -54,6 +73,10 @@ pub struct ShardHostStatus {
 /// A running member.
 pub struct ShardHost {
     allow: HashSet<PeerId>,
+    cache_dir: PathBuf,
+    models_dir: PathBuf,
+    /// Weight-cache fills from local model files, by (model sha256, first block, end block).
+    weights: Arc<Mutex<HashMap<WeightsKey, Fill>>>,
     refused: AtomicU64,
     counters: Arc<TunnelCounters>,
     rpc_port: u16,
@@ -100,6 +123,9 @@ impl ShardHost {
             .map_err(|e| format!("cannot accept {SHARD_PROTOCOL}: {e}"))?;
         let host = Arc::new(ShardHost {
             allow: cfg.allow.iter().copied().collect(),
+            cache_dir: cfg.cache_dir.clone(),
+            models_dir: cfg.models_dir.clone(),
+            weights: Arc::default(),
             refused: AtomicU64::new(0),
             counters: Arc::default(),
             rpc_port: port,
@@ -142,11 +168,14 @@ impl ShardHost {
             .map_err(|e| e.to_string())?;
         match shard_hello::Kind::try_from(hello.kind) {
             Ok(shard_hello::Kind::Info) => {
+                let (has_model, cache_ready) = self.weights_for(&hello);
                 let info = ShardInfo {
                     memory_available: quiver_engine::host::available_memory().unwrap_or(0),
                     memory_total: total_memory().unwrap_or(0),
                     threads: self.threads,
                     rpc_streams: u32::try_from(self.counters.open.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+                    has_model,
+                    cache_ready,
                 };
                 write_frame(&mut stream, &info).await.map_err(|e| e.to_string())
             }
@@ -159,6 +188,57 @@ impl ShardHost {
             }
             Err(_) => Err(format!("unknown hello kind {}", hello.kind)),
         }
+    }
+
+    /// Whether this member holds the model a hello names, and whether its weight cache holds
+    /// the big tensors of the blocks named; starts filling it from the local copy (one fill at
+    /// a time) when it does not yet. `(false, false)` for a hello naming no model.
+    fn weights_for(&self, hello: &ShardHello) -> (bool, bool) {
+        let Ok(sha256) = <[u8; 32]>::try_from(hello.model_sha256.as_slice()) else { return (false, false) };
+        let name = hello.model_name.clone();
+        if name.len() > MAX_SHARD_MODEL_NAME || quiver_proto::infer::validate_model_name(&name).is_err() {
+            return (false, false);
+        }
+        let blocks = hello.first_block..hello.end_block;
+        if blocks.is_empty() || blocks.end > MAX_BLOCKS {
+            return (false, false);
+        }
+        let key = (sha256, blocks.start, blocks.end);
+        let Ok(mut fills) = self.weights.lock() else { return (false, false) };
+        match fills.get(&key) {
+            Some(Fill::Ready) => return (true, true),
+            Some(Fill::NotHeld) => return (false, false),
+            Some(Fill::Running) => return (true, false),
+            None => {}
+        }
+        if fills.values().any(|f| *f == Fill::Running) || fills.len() >= MAX_FILLS {
+            // Another fill runs (or too many were asked for): this head sends the weights.
+            return (false, false);
+        }
+        fills.insert(key, Fill::Running);
+        drop(fills);
+        let (models_dir, cache_dir, weights) =
+            (self.models_dir.clone(), self.cache_dir.clone(), Arc::clone(&self.weights));
+        tokio::task::spawn_blocking(move || {
+            let outcome = match local_copy(&name, &sha256, &models_dir) {
+                Some(path) => match quiver_engine::split::cache::fill_from_gguf(&path, &cache_dir, blocks.clone()) {
+                    Ok(f) => {
+                        info!(model = %name, ?blocks, written = f.written, present = f.present, bytes = f.bytes,
+                            "weight cache filled from the local copy");
+                        Fill::Ready
+                    }
+                    Err(e) => {
+                        warn!(model = %name, error = %e, "cannot fill the weight cache from the local copy");
+                        Fill::NotHeld
+                    }
+                },
+                None => Fill::NotHeld,
+            };
+            if let Ok(mut fills) = weights.lock() {
+                fills.insert(key, outcome);
+            }
+        });
+        (true, false)
     }
 
     pub fn status(&self) -> ShardHostStatus {
@@ -176,6 +256,17 @@ impl ShardHost {
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
+}
+
+/// A model file in `models_dir` known as `name` whose sha256 is `sha256` (hashed here when its
+/// source does not say).
+fn local_copy(name: &str, sha256: &[u8; 32], models_dir: &std::path::Path) -> Option<PathBuf> {
+    let local = quiver_engine::models::resolve_local(name, models_dir).ok()?;
+    let known = match local.sha256 {
+        Some(s) => s,
+        None => quiver_engine::models::sha256_file(&local.path, &mut |_, _| {}).ok()?,
+    };
+    (known == *sha256).then_some(local.path)
 }
 
 /// `MemTotal` of `/proc/meminfo`, in bytes.
