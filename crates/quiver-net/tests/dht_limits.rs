@@ -97,12 +97,20 @@ async fn a_dht_flooder_is_refused_and_reported_while_others_are_answered() {
     }
 
     // Refusals leave the connection usable: once its budget refills, the flooder is answered
-    // again over the same connection.
+    // again over the same connection. (Asked again a few times: on a loaded machine the flood's
+    // last requests may still be spending its budget when the first lookup goes out.)
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let again = tokio::time::timeout(Duration::from_secs(15), flooder.get_providers(key))
-        .await
-        .expect("answered in time")
-        .expect("lookup runs");
+    let mut again = Vec::new();
+    for _ in 0..10 {
+        again = tokio::time::timeout(Duration::from_secs(15), flooder.get_providers(key.clone()))
+            .await
+            .expect("answered in time")
+            .expect("lookup runs");
+        if again.iter().any(|(p, _)| *p == a.peer_id()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     assert!(
         again.iter().any(|(p, _)| *p == a.peer_id()),
         "the flooder is not served after its budget refilled: {again:?}"

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -124,8 +124,6 @@ pub struct ShardHead {
     members: Vec<Member>,
     state: Mutex<State>,
     current: RwLock<Option<Arc<WorkerEngine>>>,
-    /// Generations started, to report when none is known yet.
-    started: AtomicU32,
 }
 
 impl ShardHead {
@@ -140,7 +138,6 @@ impl ShardHead {
             members,
             state: Mutex::new(State { phase: "finding members", ..State::default() }),
             current: RwLock::new(None),
-            started: AtomicU32::new(0),
         })
     }
 
@@ -549,7 +546,6 @@ impl Engine for ShardEngine {
         self.0.worker().is_some()
     }
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
-        self.0.started.fetch_add(1, Ordering::Relaxed);
         match self.0.worker() {
             Some(w) => w.generate(request),
             None => {
