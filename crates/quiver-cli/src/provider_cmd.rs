@@ -314,7 +314,9 @@ async fn build_shard_head(p: &ProviderArgs, models_dir: &Path) -> anyhow::Result
         file_bytes: layout.file_bytes,
         members: p.shard_peer.clone(),
         weights,
-        threads: p.threads.unwrap_or(0),
+        // Resolved here (the worker resolves 0 the same way), so heartbeats name the same
+        // threads before and after each load.
+        threads: p.threads.filter(|&t| t > 0).unwrap_or_else(host::default_threads).min(256),
         context_size,
         slots,
         worker_program,

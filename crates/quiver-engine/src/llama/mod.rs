@@ -42,7 +42,7 @@ use futures::future::BoxFuture;
 use gpu::GpuLayers;
 
 /// The `llama-cpp-2` version this crate pins; part of [`Engine::build_id`].
-const LLAMA_CPP_2_VERSION: &str = "0.1.160";
+pub(crate) const LLAMA_CPP_2_VERSION: &str = "0.1.160";
 /// Largest prompt text (after the chat template) accepted, in bytes.
 const MAX_INPUT_BYTES: usize = 4 << 20;
 /// Most chat messages accepted in one request.
@@ -292,6 +292,9 @@ impl Engine for LlamaEngine {
         // Offloaded layers compute on another device, whose numbers differ from the CPU's: only
         // engines placed alike are compared when outputs are verified.
         let d = &self.inner.device;
+        if d.device.starts_with("rpc") {
+            return crate::split::build_id();
+        }
         match d.gpu_layers {
             0 => format!("llama.cpp/llama-cpp-2={LLAMA_CPP_2_VERSION}"),
             n => format!("llama.cpp/llama-cpp-2={LLAMA_CPP_2_VERSION}+{}:{n}/{}", d.device, d.layers),

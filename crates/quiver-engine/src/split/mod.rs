@@ -35,6 +35,13 @@ pub const MAX_TO_WORKER_LINE: usize = 32 << 20;
 /// Longest line the parent accepts from its worker.
 pub const MAX_FROM_WORKER_LINE: usize = 1 << 20;
 
+/// The engine build of every split model: one id whatever the layout, so that a head reloading
+/// over other members keeps announcing what its receipts named (heartbeats are checked against
+/// receipts). Its answers are compared only with other split engines'.
+pub fn build_id() -> String {
+    format!("llama.cpp/llama-cpp-2={}+rpc", crate::llama::LLAMA_CPP_2_VERSION)
+}
+
 /// What goes wrong with a split model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SplitError {

@@ -55,6 +55,7 @@ pub struct ShardHeadConfig {
     pub members: Vec<PeerId>,
     /// Weights of the stages, head first (`--shard-split`); `None`: by free memory.
     pub weights: Option<Vec<f64>>,
+    /// CPU threads of the engine worker (resolved: never 0).
     pub threads: u32,
     pub context_size: u32,
     pub slots: u32,
@@ -528,10 +529,11 @@ impl Engine for ShardEngine {
         &self.0.cfg.id
     }
     fn build_id(&self) -> String {
-        self.0.worker().map_or_else(|| "llama.cpp/rpc (loading)".to_string(), |w| w.build_id())
+        quiver_engine::split::build_id()
     }
     fn threads(&self) -> u32 {
-        self.0.worker().map_or(self.0.cfg.threads, |w| w.threads())
+        // Resolved when configured, as the worker resolves it: the same before and after loads.
+        self.0.cfg.threads
     }
     fn context_size(&self) -> u32 {
         self.0.worker().map_or(self.0.cfg.context_size, |w| w.context_size())
