@@ -198,8 +198,10 @@ fn print_shard_head(h: &Value) {
         let free = m["memory_available"]
             .as_u64()
             .map_or_else(|| "-".to_string(), |b| format!("{:.1} GiB free", b as f64 / f64::from(1u32 << 30)));
+        let mib = |key: &str| n(m, key) as f64 / f64::from(1u32 << 20);
         println!(
-            "  {}  {:<4}  layers {:<16}  rtt {:<9}  {}  {} round trips, {} MiB out, {} MiB in",
+            "  {}  {:<4}  layers {:<16}  rtt {:<9}  {}  {} round trips, {} MiB out, {} MiB in; \
+             last load: {:.1} MiB of weights sent, {:.1} MiB from its cache",
             s(m, "peer"),
             if m["up"] == true { "up" } else { "down" },
             m["layers"].as_str().unwrap_or("-"),
@@ -207,7 +209,9 @@ fn print_shard_head(h: &Value) {
             free,
             n(m, "round_trips"),
             n(m, "bytes_sent") >> 20,
-            n(m, "bytes_received") >> 20
+            n(m, "bytes_received") >> 20,
+            mib("weights_sent"),
+            mib("weights_cached"),
         );
     }
 }

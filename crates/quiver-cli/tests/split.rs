@@ -156,8 +156,16 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
     let status = shard_head(&head).expect("shard status");
     for m in status["members"].as_array().expect("members") {
         assert!(m["rtt_ms"].as_f64().is_some_and(|r| r > 0.0), "a member's round trip is measured: {m}");
-        assert!(m["bytes_sent"].as_u64().is_some_and(|b| b > 0), "the member's weights went through its tunnel: {m}");
+        assert!(m["bytes_sent"].as_u64().is_some_and(|b| b > 0), "RPC traffic went through the member's tunnel: {m}");
     }
+    // m1 took its weights from its own copy: only the few tiny ones (norms, not worth an offer)
+    // were sent. m2, with an empty cache, was sent all of its share.
+    assert_loaded_from_own_copy(&member_status(&status, &m1.peer_id));
+    let m2_status = member_status(&status, &m2.peer_id);
+    assert!(
+        m2_status["weights_cached"] == 0 && m2_status["weights_sent"].as_u64().is_some_and(|b| b > 1 << 20),
+        "m2 was sent its weights: {m2_status}"
+    );
     let human = run_bounded(QUIVER, &["status", "--api", &head.api.to_string()], &[], ASK_LIMIT)
         .expect_success("quiver status")
         .stdout;
@@ -233,6 +241,8 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
         shard_head(&head).is_some_and(|h| serving_over(&h, &[&m1.peer_id]) && h["reloads"].as_u64() >= Some(1))
     });
     step(t, "the head reloaded over the remaining member");
+    // m1 now holds more blocks; those too come from its own copy.
+    assert_loaded_from_own_copy(&member_status(&shard_head(&head).expect("shard status"), &m1.peer_id));
     let other_peer = other.peer_id.clone();
     drop(other);
     eventually(Duration::from_secs(60), "the bootstrap node forgets the other provider", || {
@@ -260,6 +270,21 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
     assert_eq!(result["provider"], head.peer_id.as_str(), "{result}");
     assert_eq!(result["text"].as_str(), Some(reference.as_str()));
     step(t, "the head serves again once the stalled member answers");
+}
+
+/// The status of member `peer` in a head's status.
+fn member_status(head: &Value, peer: &str) -> Value {
+    head["members"].as_array().and_then(|ms| ms.iter().find(|m| m["peer"] == peer)).cloned().unwrap_or(Value::Null)
+}
+
+/// A member whose last load took its weights from its own copy of the model: megabytes from
+/// its cache, under 5% of that sent (the norms: too small to offer by hash).
+fn assert_loaded_from_own_copy(member: &Value) {
+    let (sent, cached) = (member["weights_sent"].as_u64(), member["weights_cached"].as_u64());
+    assert!(
+        matches!((sent, cached), (Some(s), Some(c)) if c > 1 << 20 && s * 20 < c),
+        "the member loaded from its own copy: {member}"
+    );
 }
 
 /// Sends `SIG<name>` to a node's process.

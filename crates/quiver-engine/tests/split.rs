@@ -145,40 +145,108 @@ fn a_worker_that_dies_fails_its_generations_and_refuses_new_ones() {
     });
 }
 
+unsafe extern "C" {
+    fn ggml_backend_rpc_buffer_type(
+        endpoint: *const std::ffi::c_char,
+        device: u32,
+    ) -> llama_cpp_sys_2::ggml_backend_buffer_type_t;
+}
+
+/// A real ggml RPC server (a thread here, as a member runs it) caching under `cache`; its
+/// endpoint once it listens.
+fn rpc_server(cache: &std::path::Path) -> String {
+    use std::net::{TcpListener, TcpStream};
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = format!("127.0.0.1:{port}");
+    let (ep, cache_dir) = (server.clone(), cache.to_path_buf());
+    std::thread::spawn(move || quiver_engine::split::rpc::serve_forever(&ep, &cache_dir, 1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&server).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the RPC server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+/// `n` f32 weights made from `seed`, as bytes.
+fn weight_bytes(n: usize, seed: f32) -> Vec<u8> {
+    (0..n).flat_map(|i| (i as f32 * seed).to_le_bytes()).collect()
+}
+
+/// Weight tensors of `sizes` floats each, allocated on the RPC server behind `endpoint` (ggml's
+/// own client), set and read back by `run`.
+struct RemoteWeights {
+    ctx: *mut llama_cpp_sys_2::ggml_context,
+    buffer: llama_cpp_sys_2::ggml_backend_buffer_t,
+    tensors: Vec<*mut llama_cpp_sys_2::ggml_tensor>,
+}
+
+impl RemoteWeights {
+    fn new(endpoint: &str, sizes: &[usize]) -> RemoteWeights {
+        use llama_cpp_sys_2 as sys;
+        let endpoint = std::ffi::CString::new(endpoint).unwrap();
+        // SAFETY: ggml's C API on objects made here; the server runs for the rest of the process.
+        unsafe {
+            let buft = ggml_backend_rpc_buffer_type(endpoint.as_ptr(), 0);
+            assert!(!buft.is_null());
+            let params = sys::ggml_init_params {
+                mem_size: sys::ggml_tensor_overhead() * (sizes.len() + 1),
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            };
+            let ctx = sys::ggml_init(params);
+            let tensors = sizes.iter().map(|&n| sys::ggml_new_tensor_1d(ctx, sys::GGML_TYPE_F32, n as i64)).collect();
+            let buffer = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft);
+            assert!(!buffer.is_null());
+            sys::ggml_backend_buffer_set_usage(buffer, sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            RemoteWeights { ctx, buffer, tensors }
+        }
+    }
+
+    /// Sets tensor `i` and waits until the server has it (a small read after it).
+    fn set(&self, i: usize, bytes: &[u8]) {
+        // SAFETY: `bytes` holds exactly the tensor's size (checked by ggml).
+        unsafe {
+            llama_cpp_sys_2::ggml_backend_tensor_set(self.tensors[i], bytes.as_ptr().cast(), 0, bytes.len());
+            let mut probe = [0u8; 4];
+            llama_cpp_sys_2::ggml_backend_tensor_get(self.tensors[i], probe.as_mut_ptr().cast(), 0, 4);
+        }
+    }
+
+    fn get(&self, i: usize, len: usize) -> Vec<u8> {
+        let mut back = vec![0u8; len];
+        // SAFETY: as in `set`.
+        unsafe { llama_cpp_sys_2::ggml_backend_tensor_get(self.tensors[i], back.as_mut_ptr().cast(), 0, len) };
+        back
+    }
+}
+
+impl Drop for RemoteWeights {
+    fn drop(&mut self) {
+        // SAFETY: made in `new`, freed once.
+        unsafe {
+            llama_cpp_sys_2::ggml_backend_buffer_free(self.buffer);
+            llama_cpp_sys_2::ggml_free(self.ctx);
+        }
+    }
+}
+
 /// ggml's RPC client, asked to set a weight tensor above the hash threshold, sends nothing but
 /// its hash when the server's cache holds a file of that name (as `cache::fill_from_gguf`
 /// writes from a member's own copy of the model); a tensor not in the cache is sent whole, once,
-/// and cached by the server. A real RPC server (a thread here, as a member runs it) behind a
-/// proxy that counts the client's bytes.
+/// and cached by the server. A real RPC server behind a proxy that counts the client's bytes.
 #[test]
 fn a_weight_in_the_members_cache_is_not_sent_again() {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use llama_cpp_sys_2 as sys;
     use quiver_engine::split::cache::{HASH_THRESHOLD, cache_name, fnv1a64};
-    use quiver_engine::split::rpc;
-
-    unsafe extern "C" {
-        fn ggml_backend_rpc_buffer_type(
-            endpoint: *const std::ffi::c_char,
-            device: u32,
-        ) -> sys::ggml_backend_buffer_type_t;
-    }
 
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     std::fs::create_dir_all(&cache).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = format!("127.0.0.1:{port}");
-    let (ep, cache_dir) = (server.clone(), cache.clone());
-    std::thread::spawn(move || rpc::serve_forever(&ep, &cache_dir, 1));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(&server).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the RPC server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = rpc_server(&cache);
     // The proxy: each connection carried to the server (which serves one at a time, so a closed
     // side closes the other), the client's bytes counted.
     let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -209,51 +277,97 @@ fn a_weight_in_the_members_cache_is_not_sent_again() {
     });
 
     let floats = ((HASH_THRESHOLD + (1 << 20)) / 4) as usize;
-    let bytes_of = |seed: f32| -> Vec<u8> { (0..floats).flat_map(|i| (i as f32 * seed).to_le_bytes()).collect() };
-    let (held, new) = (bytes_of(0.5), bytes_of(-0.25));
+    let (held, new) = (weight_bytes(floats, 0.5), weight_bytes(floats, -0.25));
     // The member's own copy put `held` in the cache.
     std::fs::write(cache.join(cache_name(fnv1a64(&held))), &held).unwrap();
 
-    let endpoint = std::ffi::CString::new(proxy_addr).unwrap();
-    // SAFETY: ggml's C API on objects made here; the server runs for the rest of the process.
-    unsafe {
-        let buft = ggml_backend_rpc_buffer_type(endpoint.as_ptr(), 0);
-        assert!(!buft.is_null());
-        let params = sys::ggml_init_params {
-            mem_size: sys::ggml_tensor_overhead() * 4,
-            mem_buffer: std::ptr::null_mut(),
-            no_alloc: true,
-        };
-        let ctx = sys::ggml_init(params);
-        let a = sys::ggml_new_tensor_1d(ctx, sys::GGML_TYPE_F32, floats as i64);
-        let b = sys::ggml_new_tensor_1d(ctx, sys::GGML_TYPE_F32, floats as i64);
-        let buffer = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft);
-        assert!(!buffer.is_null());
-        sys::ggml_backend_buffer_set_usage(buffer, sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    let remote = RemoteWeights::new(&proxy_addr, &[floats, floats]);
+    let before = sent.load(Ordering::SeqCst);
+    remote.set(0, &held);
+    let cached_cost = sent.load(Ordering::SeqCst) - before;
+    assert!(cached_cost < 4096, "a cached weight cost {cached_cost} bytes to set");
 
-        let before = sent.load(Ordering::SeqCst);
-        sys::ggml_backend_tensor_set(a, held.as_ptr().cast(), 0, held.len());
-        // A small read after it: everything the set sent has gone through by its answer.
-        let mut probe = [0u8; 4];
-        sys::ggml_backend_tensor_get(a, probe.as_mut_ptr().cast(), 0, 4);
-        let cached_cost = sent.load(Ordering::SeqCst) - before;
-        assert!(cached_cost < 4096, "a cached weight cost {cached_cost} bytes to set");
+    let before = sent.load(Ordering::SeqCst);
+    remote.set(1, &new);
+    assert!(remote.get(1, new.len()) == new, "the sent weight's bytes on the server");
+    let uncached_cost = sent.load(Ordering::SeqCst) - before;
+    assert!(uncached_cost >= new.len() as u64, "a weight not in the cache is sent whole ({uncached_cost} bytes)");
+    assert_eq!(std::fs::read(cache.join(cache_name(fnv1a64(&new)))).unwrap(), new, "and cached by the server");
+    // What the server holds is what was meant.
+    assert!(remote.get(0, held.len()) == held, "the cached weight's bytes on the server");
+}
 
-        let before = sent.load(Ordering::SeqCst);
-        sys::ggml_backend_tensor_set(b, new.as_ptr().cast(), 0, new.len());
-        // Setting does not wait for the server; reading back does, and comes after it.
-        let mut back_b = vec![0u8; new.len()];
-        sys::ggml_backend_tensor_get(b, back_b.as_mut_ptr().cast(), 0, back_b.len());
-        assert!(back_b == new, "the sent weight's bytes on the server");
-        let uncached_cost = sent.load(Ordering::SeqCst) - before;
-        assert!(uncached_cost >= new.len() as u64, "a weight not in the cache is sent whole ({uncached_cost} bytes)");
-        assert_eq!(std::fs::read(cache.join(cache_name(fnv1a64(&new)))).unwrap(), new, "and cached by the server");
+/// The head's relay offers by hash the weights ggml's client would send whole (those below its
+/// threshold): one the member holds costs an offer; one it lacks is sent once, kept, and costs
+/// an offer the next time; what the server holds is what the client set. The relay's counters
+/// say so, including a big weight ggml's client offered itself. A real RPC server behind
+/// `relay::relay`, with ggml's own client.
+#[test]
+fn the_heads_relay_offers_small_weights_by_hash_too() {
+    use quiver_engine::split::cache::{HASH_THRESHOLD, cache_name, fnv1a64};
+    use quiver_engine::split::relay::{self, Traffic};
+    use std::sync::atomic::Ordering;
 
-        // What the server holds is what was meant: read both back.
-        let mut back = vec![0u8; held.len()];
-        sys::ggml_backend_tensor_get(a, back.as_mut_ptr().cast(), 0, back.len());
-        assert!(back == held, "the cached weight's bytes on the server");
-        sys::ggml_backend_buffer_free(buffer);
-        sys::ggml_free(ctx);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let server = rpc_server(&cache);
+    let traffic = Arc::new(Traffic::default());
+    let rt = runtime();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let relay_addr = listener.local_addr().unwrap().to_string();
+    let t = Arc::clone(&traffic);
+    rt.spawn(async move {
+        while let Ok((worker, _)) = listener.accept().await {
+            let member = tokio::net::TcpStream::connect(&server).await.unwrap();
+            let t = Arc::clone(&t);
+            tokio::spawn(async move { relay::relay(worker, member, &t, Duration::ZERO).await });
+        }
+    });
+
+    let small = (256 << 10) / 4; // 256 KiB: below ggml's threshold, above the relay's minimum
+    let big = ((HASH_THRESHOLD + (1 << 20)) / 4) as usize;
+    let (held, new, held_big) = (weight_bytes(small, 0.5), weight_bytes(small, -0.25), weight_bytes(big, 0.125));
+    for bytes in [&held, &held_big] {
+        std::fs::write(cache.join(cache_name(fnv1a64(bytes))), bytes).unwrap();
     }
+    let remote = RemoteWeights::new(&relay_addr, &[small, small, big, small]);
+
+    traffic.begin_load();
+    let before = traffic.sent.load(Ordering::Relaxed);
+    remote.set(0, &held);
+    let cost = traffic.sent.load(Ordering::Relaxed) - before;
+    assert!(cost < 4096, "a held weight below ggml's threshold cost {cost} bytes to set");
+    assert_eq!(traffic.weights_cached.load(Ordering::Relaxed), held.len() as u64);
+
+    let before = traffic.sent.load(Ordering::Relaxed);
+    remote.set(1, &new);
+    let cost = traffic.sent.load(Ordering::Relaxed) - before;
+    assert!(cost >= new.len() as u64, "a weight the member lacks is sent whole ({cost} bytes)");
+    assert_eq!(std::fs::read(cache.join(cache_name(fnv1a64(&new)))).unwrap(), new, "and kept by the member");
+    assert_eq!(traffic.weights_sent.load(Ordering::Relaxed), new.len() as u64);
+
+    remote.set(2, &held_big);
+    assert_eq!(
+        traffic.weights_cached.load(Ordering::Relaxed),
+        (held.len() + held_big.len()) as u64,
+        "the big weight ggml's client offered itself counts as cached"
+    );
+
+    // The next load: the weight sent once is not sent again.
+    traffic.begin_load();
+    let before = traffic.sent.load(Ordering::Relaxed);
+    remote.set(3, &new);
+    let cost = traffic.sent.load(Ordering::Relaxed) - before;
+    assert!(cost < 4096, "a weight kept from the last load cost {cost} bytes");
+    assert_eq!(traffic.weights_sent.load(Ordering::Relaxed), 0);
+    traffic.end_load();
+
+    for (i, bytes) in [(0, &held), (1, &new), (2, &held_big), (3, &new)] {
+        assert!(remote.get(i, bytes.len()) == *bytes, "tensor {i} holds what was set");
+    }
+    // Once loaded, nothing is offered: a set goes whole.
+    let before = traffic.sent.load(Ordering::Relaxed);
+    remote.set(0, &held);
+    assert!(traffic.sent.load(Ordering::Relaxed) - before >= held.len() as u64);
 }

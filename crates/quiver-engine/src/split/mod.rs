@@ -15,7 +15,9 @@ pub mod cache;
 pub mod load;
 pub mod plan;
 pub mod process;
+pub mod relay;
 pub mod rpc;
+pub mod wire;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -49,8 +49,10 @@ fn fnv1a64_is_the_reference_hash() {
 #[test]
 fn a_members_own_gguf_fills_the_cache_with_its_big_tensors_in_range() {
     let dir = tempfile::tempdir().unwrap();
-    // 2.75 Mi floats = 11 MiB: above the threshold; 1,000 floats: below; a big one in block 1.
+    // 2.75 Mi floats = 11 MiB: offered by ggml's client; 64 Ki floats = 256 KiB: by the head's
+    // relay; 1,000 floats: sent, never offered; a big one in block 1.
     let big: Vec<f32> = (0..(11 << 18)).map(|i| i as f32 * 0.5).collect();
+    let mid: Vec<f32> = (0..(1 << 16)).map(|i| i as f32 * 0.25).collect();
     let small: Vec<f32> = (0..1000).map(|i| i as f32).collect();
     let other: Vec<f32> = (0..(11 << 18)).map(|i| -(i as f32)).collect();
     let path = dir.path().join("m.gguf");
@@ -59,19 +61,27 @@ fn a_members_own_gguf_fills_the_cache_with_its_big_tensors_in_range() {
         gguf(&[
             ("blk.0.ffn_up.weight", big.clone()),
             ("blk.0.attn_norm.weight", small),
+            ("blk.0.attn_q.weight", mid.clone()),
             ("blk.1.ffn_up.weight", other),
         ]),
     )
     .unwrap();
     let cache = dir.path().join("cache");
     let filled = fill_from_gguf(&path, &cache, 0..1).unwrap();
-    assert_eq!(filled, Filled { written: 1, present: 0, bytes: 11 << 20 });
-    let bytes: Vec<u8> = big.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let file = cache.join(cache_name(fnv1a64(&bytes)));
-    assert_eq!(std::fs::read(&file).unwrap(), bytes, "the cache file holds the tensor's bytes, named by their hash");
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1, "nothing else: not the small tensor, not block 1");
+    let want = (11 << 20) + (256 << 10);
+    assert_eq!(filled, Filled { written: 2, present: 0, bytes: want });
+    for tensor in [&big, &mid] {
+        let bytes: Vec<u8> = tensor.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let file = cache.join(cache_name(fnv1a64(&bytes)));
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            bytes,
+            "the cache file holds the tensor's bytes, named by their hash"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2, "nothing else: not the small tensor, not block 1");
     // Again: already there.
-    assert_eq!(fill_from_gguf(&path, &cache, 0..1).unwrap(), Filled { written: 0, present: 1, bytes: 11 << 20 });
+    assert_eq!(fill_from_gguf(&path, &cache, 0..1).unwrap(), Filled { written: 0, present: 2, bytes: want });
     assert_eq!(fill_from_gguf(&path, &cache, 1..2).unwrap().written, 1);
 }
 

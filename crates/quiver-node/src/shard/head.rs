@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::tunnel::{self, Side, TunnelCounters};
+use super::tunnel::{self, Traffic};
 use crate::Node;
 
 /// Time one probe of a member may take.
@@ -94,11 +94,17 @@ pub struct ShardMemberStatus {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub round_trips: u64,
+    /// Bytes of weights sent to it during the latest load, and of weights it took from its
+    /// cache instead (its own copy of the model, or an earlier load).
+    #[serde(default)]
+    pub weights_sent: u64,
+    #[serde(default)]
+    pub weights_cached: u64,
 }
 
 struct Member {
     peer: PeerId,
-    counters: Arc<TunnelCounters>,
+    traffic: Arc<Traffic>,
     probe: Mutex<Probe>,
 }
 
@@ -132,7 +138,7 @@ impl ShardHead {
         let members = cfg
             .members
             .iter()
-            .map(|&peer| Member { peer, counters: Arc::default(), probe: Mutex::new(Probe::default()) })
+            .map(|&peer| Member { peer, traffic: Arc::default(), probe: Mutex::new(Probe::default()) })
             .collect();
         Arc::new(ShardHead {
             cfg,
@@ -186,9 +192,11 @@ impl ShardHead {
                     layers: range,
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     memory_available: p.info.map(|i| i.memory_available),
-                    bytes_sent: m.counters.sent.load(Ordering::Relaxed),
-                    bytes_received: m.counters.received.load(Ordering::Relaxed),
-                    round_trips: m.counters.round_trips.load(Ordering::Relaxed),
+                    bytes_sent: m.traffic.sent.load(Ordering::Relaxed),
+                    bytes_received: m.traffic.received.load(Ordering::Relaxed),
+                    round_trips: m.traffic.round_trips.load(Ordering::Relaxed),
+                    weights_sent: m.traffic.weights_sent.load(Ordering::Relaxed),
+                    weights_cached: m.traffic.weights_cached.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -251,24 +259,34 @@ impl ShardHead {
                 split: SplitTarget { endpoints, counts: plan.counts.clone() },
             };
             let began = Instant::now();
-            let worker =
-                match WorkerEngine::start(&self.cfg.worker_program, &spec, self.cfg.id.clone(), self.cfg.load_timeout)
-                    .await
-                {
-                    Ok(w) => Arc::new(w),
-                    Err(e) => {
-                        self.set_error(format!("loading over {} members failed: {e}", chosen.len()));
-                        tokio::time::sleep(RETRY_EVERY).await;
-                        continue;
-                    }
-                };
+            // While the worker loads, the members' tunnels offer each weight by hash first.
+            for &i in &chosen {
+                self.members[i].traffic.begin_load();
+            }
+            let started =
+                WorkerEngine::start(&self.cfg.worker_program, &spec, self.cfg.id.clone(), self.cfg.load_timeout).await;
+            for &i in &chosen {
+                self.members[i].traffic.end_load();
+            }
+            let worker = match started {
+                Ok(w) => Arc::new(w),
+                Err(e) => {
+                    self.set_error(format!("loading over {} members failed: {e}", chosen.len()));
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    continue;
+                }
+            };
             let ranges = plan.ranges();
             if let Ok(mut s) = self.state.lock() {
                 s.head_layers = Some(ranges[0].clone());
                 s.member_layers = chosen.iter().copied().zip(ranges[1..].iter().cloned()).collect();
             }
+            let weights = |f: fn(&Traffic) -> &std::sync::atomic::AtomicU64| -> u64 {
+                chosen.iter().map(|&i| f(&self.members[i].traffic).load(Ordering::Relaxed)).sum()
+            };
             info!(model = %self.cfg.id.name, members = chosen.len(), counts = ?plan.counts,
-                secs = began.elapsed().as_secs_f64(), "split model loaded");
+                secs = began.elapsed().as_secs_f64(), weights_sent = weights(|t| &t.weights_sent),
+                weights_cached = weights(|t| &t.weights_cached), "split model loaded");
             if let Ok(mut c) = self.current.write() {
                 *c = Some(Arc::clone(&worker));
             }
@@ -413,7 +431,7 @@ impl ShardHead {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
         let endpoint = listener.local_addr().map_err(|e| e.to_string())?.to_string();
         let peer = self.members[i].peer;
-        let counters = Arc::clone(&self.members[i].counters);
+        let traffic = Arc::clone(&self.members[i].traffic);
         let control = node.net().streams();
         let delay = tunnel::test_delay();
         let task = tokio::spawn(async move {
@@ -421,7 +439,7 @@ impl ShardHead {
             while let Ok((tcp, _)) = listener.accept().await {
                 pipes.retain(|p| !p.0.is_finished());
                 let mut control = control.clone();
-                let counters = Arc::clone(&counters);
+                let traffic = Arc::clone(&traffic);
                 pipes.push(AbortOnDrop(tokio::spawn(async move {
                     let opened = tokio::time::timeout(
                         PROBE_TIMEOUT,
@@ -442,7 +460,7 @@ impl ShardHead {
                     {
                         return;
                     }
-                    if let Err(e) = tunnel::pipe(tcp, stream, Side::Head, counters, delay).await {
+                    if let Err(e) = tunnel::head(tcp, stream, &traffic, delay).await {
                         debug!(%peer, error = %e, "shard tunnel ended");
                     }
                 })));

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use super::tunnel::{self, Side, TunnelCounters};
+use super::tunnel;
 
 /// Time a head has to say what its stream is for.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,7 +78,8 @@ pub struct ShardHost {
     /// Weight-cache fills from local model files, by (model sha256, first block, end block).
     weights: Arc<Mutex<HashMap<WeightsKey, Fill>>>,
     refused: AtomicU64,
-    counters: Arc<TunnelCounters>,
+    /// Tunnels open now.
+    tunnels: AtomicU64,
     rpc_port: u16,
     threads: u32,
 }
@@ -127,7 +128,7 @@ impl ShardHost {
             models_dir: cfg.models_dir.clone(),
             weights: Arc::default(),
             refused: AtomicU64::new(0),
-            counters: Arc::default(),
+            tunnels: AtomicU64::new(0),
             rpc_port: port,
             threads,
         });
@@ -173,7 +174,7 @@ impl ShardHost {
                     memory_available: quiver_engine::host::available_memory().unwrap_or(0),
                     memory_total: total_memory().unwrap_or(0),
                     threads: self.threads,
-                    rpc_streams: u32::try_from(self.counters.open.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+                    rpc_streams: u32::try_from(self.tunnels.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
                     has_model,
                     cache_ready,
                 };
@@ -182,9 +183,7 @@ impl ShardHost {
             Ok(shard_hello::Kind::Rpc) => {
                 let tcp =
                     tokio::net::TcpStream::connect(("127.0.0.1", self.rpc_port)).await.map_err(|e| e.to_string())?;
-                tunnel::pipe(tcp, stream, Side::Member, Arc::clone(&self.counters), Duration::ZERO)
-                    .await
-                    .map_err(|e| e.to_string())
+                tunnel::member(tcp, stream, &self.tunnels).await.map_err(|e| e.to_string())
             }
             Err(_) => Err(format!("unknown hello kind {}", hello.kind)),
         }
@@ -247,7 +246,7 @@ impl ShardHost {
         ShardHostStatus {
             allowed,
             refused: self.refused.load(Ordering::Relaxed),
-            tunnels: self.counters.open.load(Ordering::Relaxed),
+            tunnels: self.tunnels.load(Ordering::Relaxed),
             threads: self.threads,
         }
     }
