@@ -11,4 +11,5 @@ mod churn;
 mod discovery;
 mod inference;
 mod load;
+mod shard;
 mod sybil;

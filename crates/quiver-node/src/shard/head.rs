@@ -100,6 +100,10 @@ pub struct ShardMemberStatus {
     pub weights_sent: u64,
     #[serde(default)]
     pub weights_cached: u64,
+    /// How the head found where it is the last time it was not connected to it: `heartbeat`,
+    /// `dht record` (its node record in the DHT) or `nowhere`.
+    #[serde(default)]
+    pub found_by: Option<String>,
 }
 
 struct Member {
@@ -111,6 +115,8 @@ struct Member {
 #[derive(Default, Clone)]
 struct Probe {
     info: Option<ShardInfo>,
+    /// How it was found the last time it had to be looked up.
+    found: Option<Found>,
     rtt: Option<Duration>,
     failures: u32,
 }
@@ -197,6 +203,7 @@ impl ShardHead {
                     round_trips: m.traffic.round_trips.load(Ordering::Relaxed),
                     weights_sent: m.traffic.weights_sent.load(Ordering::Relaxed),
                     weights_cached: m.traffic.weights_cached.load(Ordering::Relaxed),
+                    found_by: p.found.map(|f| f.as_str().to_string()),
                 }
             })
             .collect();
@@ -387,7 +394,7 @@ impl ShardHead {
                     first_block: ranges[k + 1].start,
                     end_block: ranges[k + 1].end,
                 };
-                probe(node, self.members[i].peer, hello)
+                async move { probe(node, self.members[i].peer, hello, &mut None).await }
             });
             let answers = futures::future::join_all(asks).await;
             let filling =
@@ -406,9 +413,16 @@ impl ShardHead {
 
     /// Probes the members `which` at once (each: its info and the round trip).
     async fn probe_all(&self, node: &Node, which: &[usize]) {
-        let probes = which.iter().map(|&i| async move { (i, probe(node, self.members[i].peer, info_hello()).await) });
-        for (i, result) in futures::future::join_all(probes).await {
+        let probes = which.iter().map(|&i| async move {
+            let mut found = None;
+            let result = probe(node, self.members[i].peer, info_hello(), &mut found).await;
+            (i, result, found)
+        });
+        for (i, result, found) in futures::future::join_all(probes).await {
             let Ok(mut p) = self.members[i].probe.lock() else { continue };
+            if found.is_some() {
+                p.found = found;
+            }
             match result {
                 Ok((info, rtt)) => {
                     p.info = Some(info);
@@ -494,10 +508,18 @@ fn info_hello() -> ShardHello {
     ShardHello { kind: shard_hello::Kind::Info as i32, ..ShardHello::default() }
 }
 
-/// One info probe of `peer`: what it offers, and the round trip of the exchange.
-async fn probe(node: &Node, peer: PeerId, hello: ShardHello) -> Result<(ShardInfo, Duration), String> {
+/// One info probe of `peer`: what it offers, and the round trip of the exchange; `found` says
+/// how it was found when it had to be looked up.
+async fn probe(
+    node: &Node,
+    peer: PeerId,
+    hello: ShardHello,
+    found: &mut Option<Found>,
+) -> Result<(ShardInfo, Duration), String> {
     let exchange = async {
-        reach(node, peer).await;
+        if let Some(how) = reach(node, peer).await {
+            *found = Some(how);
+        }
         let mut stream = node
             .net()
             .streams()
@@ -512,22 +534,46 @@ async fn probe(node: &Node, peer: PeerId, hello: ShardHello) -> Result<(ShardInf
     tokio::time::timeout(PROBE_TIMEOUT, exchange).await.map_err(|_| "timed out".to_string())?
 }
 
-/// Makes sure the swarm knows where `peer` is: from its heartbeats, else from its node record
-/// in the DHT. (Already connected peers are left alone.)
-async fn reach(node: &Node, peer: PeerId) {
-    if node.net().peers().await.is_ok_and(|peers| peers.iter().any(|p| p.peer_id == peer)) {
-        return;
+/// How the head found where a member is, the last time it had to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// From the member's heartbeats.
+    Heartbeat,
+    /// From its node record in the DHT (no heartbeat of it known).
+    DhtRecord,
+    /// Nowhere: no heartbeat, no record.
+    Nowhere,
+}
+
+impl Found {
+    fn as_str(self) -> &'static str {
+        match self {
+            Found::Heartbeat => "heartbeat",
+            Found::DhtRecord => "dht record",
+            Found::Nowhere => "nowhere",
+        }
     }
-    let addrs: Vec<Multiaddr> = match node.known_node(&peer) {
-        Some(known) => known.listen_addrs,
+}
+
+/// Makes sure the swarm knows where `peer` is: from its heartbeats, else from its node record
+/// in the DHT, and dials it. `None` when already connected (nothing to look up).
+async fn reach(node: &Node, peer: PeerId) -> Option<Found> {
+    if node.net().peers().await.is_ok_and(|peers| peers.iter().any(|p| p.peer_id == peer)) {
+        return None;
+    }
+    let (found, addrs): (Found, Vec<Multiaddr>) = match node.known_node(&peer) {
+        Some(known) => (Found::Heartbeat, known.listen_addrs),
         None => match node.lookup_node_record(&peer).await {
-            Ok(Some(hb)) => hb.listen_addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()).collect(),
-            _ => Vec::new(),
+            Ok(Some(hb)) => {
+                (Found::DhtRecord, hb.listen_addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()).collect())
+            }
+            _ => (Found::Nowhere, Vec::new()),
         },
     };
     if !addrs.is_empty() {
         let _ = node.net().connect(peer, addrs).await;
     }
+    Some(found)
 }
 
 /// A task aborted when this is dropped.
