@@ -4,7 +4,9 @@
 //! default model; its greedy answer through the network equals the bare engine's; a head that
 //! is not on a member's allow list is refused and counted; a member killed mid-answer fails the
 //! job cleanly, the client fails over to another provider of the model, and the head serves
-//! again on the member that remains.
+//! again on the member that remains; the member coming back is taken back (its weights from its
+//! cache); a stalled member stops the head until it answers again. The member holding its own
+//! copy of the model is sent none of its weights but the tiny norms.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -253,18 +255,41 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
     assert_eq!(result["text"].as_str(), Some(reference.as_str()), "the reloaded split gives the same answer");
     step(t, "the head serves again after reloading");
 
+    // m2 comes back (the same key and data directory): after a few probes the head finishes
+    // its jobs, reloads over both members, and m2 takes the weights it was sent before from
+    // its cache.
+    m2 = member("m2", &[]);
+    eventually(Duration::from_secs(120), "the head takes m2 back", || {
+        shard_head(&head)
+            .is_some_and(|h| serving_over(&h, &[&m1.peer_id, &m2.peer_id]) && h["reloads"].as_u64() >= Some(2))
+    });
+    let back = member_status(&shard_head(&head).expect("shard status"), &m2.peer_id);
+    let (sent, cached) = (back["weights_sent"].as_u64().unwrap_or(0), back["weights_cached"].as_u64().unwrap_or(0));
+    assert!(cached > 1 << 20 && sent < cached, "m2 kept the weights it was sent the first time: {back}");
+    assert_loaded_from_own_copy(&member_status(&shard_head(&head).expect("shard status"), &m1.peer_id));
+    let result = ask_json(&boot, max_tokens, prompt);
+    assert_eq!(result["provider"], head.peer_id.as_str(), "{result}");
+    assert_eq!(result["text"].as_str(), Some(reference.as_str()), "the same answer over both members again");
+    step(t, "a member that came back is taken back, its weights from its cache");
+
     // A member that stalls without leaving (stopped: its connections stay open, it answers
-    // nothing): the head stops serving within a few probes and, with no member left that
-    // answers, takes no job and waits; once the member answers again it reloads and serves.
+    // nothing): the head stops serving within a few probes, and takes no job until it serves
+    // again (over m2 alone, once it sees m1 gone); once m1 answers again the head is back
+    // over both.
     signal(&m1, "STOP");
     eventually(Duration::from_secs(60), "the head notices the stalled member", || {
-        shard_head(&head).is_some_and(|h| h["state"] != "serving")
+        // One snapshot: not serving, and no free slot announced.
+        head.status().is_some_and(|s| {
+            let stopped = s["shard_head"]["state"] != "serving";
+            assert!(!stopped || s["provider"]["free_slots"] == 0, "a free slot while not serving: {s}");
+            stopped
+        })
     });
-    assert_eq!(head.status().and_then(|s| s["provider"]["free_slots"].as_u64()), Some(0), "no free slot while waiting");
     step(t, "a stalled member stops the head");
     signal(&m1, "CONT");
-    eventually(Duration::from_secs(120), "the head serves again once m1 answers", || {
-        shard_head(&head).is_some_and(|h| serving_over(&h, &[&m1.peer_id]) && h["reloads"].as_u64() >= Some(2))
+    eventually(Duration::from_secs(120), "the head serves over both again once m1 answers", || {
+        shard_head(&head)
+            .is_some_and(|h| serving_over(&h, &[&m1.peer_id, &m2.peer_id]) && h["reloads"].as_u64() >= Some(3))
     });
     let result = ask_json(&boot, max_tokens, prompt);
     assert_eq!(result["provider"], head.peer_id.as_str(), "{result}");

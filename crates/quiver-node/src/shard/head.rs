@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,11 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 const STARTUP_GRACE: Duration = Duration::from_secs(30);
 /// Longest wait for members filling their weight cache from their own copy of the model.
 const PREPARE_LIMIT: Duration = Duration::from_secs(1800);
+/// Probes in a row a member left out of the loaded model must answer before the head reloads
+/// to take it back.
+const BACK_AFTER: u32 = 3;
+/// Longest wait for the jobs in flight to finish before such a reload.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// Memory a stage needs beyond its share of the weights, as a fraction of that share (KV
 /// cache, compute buffers).
 const MEMORY_MARGIN: f64 = 0.25;
@@ -68,7 +73,8 @@ pub struct ShardHeadConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardHeadStatus {
     pub model: String,
-    /// `finding members`, `preparing weights`, `loading`, `serving`, `waiting for members`,
+    /// `finding members`, `preparing weights`, `loading`, `serving`, `draining` (finishing the
+    /// jobs in flight before taking a returned member back), `waiting for members`,
     /// `reloading`.
     pub state: String,
     /// Blocks on the head's own CPU, e.g. `0..10 + output` (the output layer is computed on the
@@ -137,6 +143,8 @@ pub struct ShardHead {
     members: Vec<Member>,
     state: Mutex<State>,
     current: RwLock<Option<Arc<WorkerEngine>>>,
+    /// Set while the jobs in flight finish before a planned reload: no new ones are taken.
+    draining: AtomicBool,
 }
 
 impl ShardHead {
@@ -151,6 +159,7 @@ impl ShardHead {
             members,
             state: Mutex::new(State { phase: "finding members", ..State::default() }),
             current: RwLock::new(None),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -177,6 +186,11 @@ impl ShardHead {
 
     fn worker(&self) -> Option<Arc<WorkerEngine>> {
         self.current.read().ok().and_then(|c| c.clone()).filter(|w| w.alive())
+    }
+
+    /// The worker, when it takes new jobs (loaded, and not draining before a reload).
+    fn serving_worker(&self) -> Option<Arc<WorkerEngine>> {
+        self.worker().filter(|_| !self.draining.load(Ordering::Relaxed))
     }
 
     pub fn status(&self) -> ShardHeadStatus {
@@ -303,6 +317,7 @@ impl ShardHead {
             if let Ok(mut c) = self.current.write() {
                 *c = None;
             }
+            self.draining.store(false, Ordering::Relaxed);
             drop(tunnels);
             if let Ok(mut s) = self.state.lock() {
                 s.reloads += 1;
@@ -314,8 +329,11 @@ impl ShardHead {
         }
     }
 
-    /// Serves until the worker ends or a chosen member stops answering; says why.
+    /// Serves until the worker ends, a chosen member stops answering, or a member left out
+    /// of this load has answered [`BACK_AFTER`] probes in a row (then the jobs in flight
+    /// finish first); says why.
     async fn watch(&self, node: &Node, worker: &WorkerEngine, chosen: &[usize]) -> String {
+        let mut answering = vec![0u32; self.members.len()];
         loop {
             tokio::select! {
                 why = worker.ended() => return why,
@@ -325,8 +343,27 @@ impl ShardHead {
                     if let Some(&i) = chosen.iter().find(|&&i| self.stalled(i)) {
                         return format!("member {} stopped answering", self.members[i].peer);
                     }
+                    for (i, streak) in answering.iter_mut().enumerate() {
+                        *streak = if self.is_up(i) { streak.saturating_add(1) } else { 0 };
+                    }
+                    if let Some(i) = returned(chosen, &answering) {
+                        info!(model = %self.cfg.id.name, member = %self.members[i].peer,
+                            "a member is back: reloading over it once the jobs in flight are done");
+                        self.drain(worker).await;
+                        return format!("member {} is back", self.members[i].peer);
+                    }
                 }
             }
+        }
+    }
+
+    /// Takes no new jobs and waits (up to [`DRAIN_LIMIT`]) for those in flight to finish.
+    async fn drain(&self, worker: &WorkerEngine) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.set_phase("draining");
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while worker.alive() && worker.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -495,6 +532,12 @@ fn choose(up: &[bool], settled: bool, fits: impl Fn(&[usize]) -> bool) -> Option
     (present.len() == up.len() || (settled && fits(&present))).then_some(present)
 }
 
+/// A member left out of the loaded model (`chosen`) that has answered [`BACK_AFTER`] probes in
+/// a row (`answering`, by member), to be taken back.
+fn returned(chosen: &[usize], answering: &[u32]) -> Option<usize> {
+    (0..answering.len()).find(|i| !chosen.contains(i) && answering[*i] >= BACK_AFTER)
+}
+
 /// Whether a model file of `file_bytes` fits in the free memory of the head and `members`,
 /// with [`MEMORY_MARGIN`] for the KV cache and compute buffers.
 fn fits(file_bytes: u64, head_free: u64, members_free: &[u64]) -> bool {
@@ -609,10 +652,10 @@ impl Engine for ShardEngine {
         self.0.worker().map_or_else(|| DeviceInfo::cpu(self.0.cfg.blocks + 1), |w| w.device())
     }
     fn ready(&self) -> bool {
-        self.0.worker().is_some()
+        self.0.serving_worker().is_some()
     }
     fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
-        match self.0.worker() {
+        match self.0.serving_worker() {
             Some(w) => w.generate(request),
             None => {
                 Err(EngineError::Busy("the split model is not loaded now (a member is missing or it reloads)".into()))

@@ -30,3 +30,12 @@ fn fitting_counts_the_head_and_the_members_with_a_margin() {
     assert!(!fits(40 * GIB, 0, &[24 * GIB, 24 * GIB]));
     assert!(fits(40 * GIB, 2 * GIB, &[24 * GIB, 24 * GIB]));
 }
+
+#[test]
+fn a_member_left_out_is_taken_back_once_it_has_answered_a_few_probes_in_a_row() {
+    // Member 1 was left out of the load over 0 and 2.
+    assert_eq!(returned(&[0, 2], &[9, BACK_AFTER - 1, 9]), None, "not yet");
+    assert_eq!(returned(&[0, 2], &[9, BACK_AFTER, 9]), Some(1));
+    // Members in the load answering are just serving.
+    assert_eq!(returned(&[0, 1, 2], &[9, 9, 9]), None);
+}
