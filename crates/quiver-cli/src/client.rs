@@ -213,6 +213,10 @@ fn print_shard_head(h: &Value) {
             mib("weights_sent"),
             mib("weights_cached"),
         );
+        let devices: Vec<&str> = m["devices"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if !devices.is_empty() {
+            println!("      on {}", devices.join(", "));
+        }
     }
 }
 

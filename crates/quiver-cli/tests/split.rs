@@ -159,6 +159,8 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
     for m in status["members"].as_array().expect("members") {
         assert!(m["rtt_ms"].as_f64().is_some_and(|r| r > 0.0), "a member's round trip is measured: {m}");
         assert!(m["bytes_sent"].as_u64().is_some_and(|b| b > 0), "RPC traffic went through the member's tunnel: {m}");
+        // A CPU-only build's member serves its CPU.
+        assert!(m["devices"][0].as_str().is_some_and(|d| d.starts_with("CPU")), "the member's devices: {m}");
     }
     // m1 took its weights from its own copy: only the few tiny ones (norms, not worth an offer)
     // were sent. m2, with an empty cache, was sent all of its share.
@@ -175,8 +177,11 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
         assert!(human.contains(&m.peer_id), "quiver status lists member {}:\n{human}", m.peer_id);
     }
     assert!(
-        human.contains("+ output") && human.contains("ms"),
-        "quiver status shows layer ranges and round trips:\n{human}"
+        human.contains("+ output")
+            && human.contains("ms")
+            && human.contains("on CPU")
+            && human.contains("from its cache"),
+        "quiver status shows layer ranges, round trips, devices and weights:\n{human}"
     );
 
     eventually(Duration::from_secs(60), "the bootstrap node hears the head's model", || {

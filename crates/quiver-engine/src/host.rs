@@ -85,11 +85,21 @@ pub fn threads_rule(physical: Option<u32>, usable: u32) -> u32 {
 
 /// `MemAvailable` of a `/proc/meminfo` text, in bytes.
 pub fn mem_available_from(meminfo: &str) -> Option<u64> {
+    meminfo_field(meminfo, "MemAvailable:")
+}
+
+/// A `/proc/meminfo` field (`MemTotal:`, ...) in bytes.
+fn meminfo_field(meminfo: &str, key: &str) -> Option<u64> {
     meminfo.lines().find_map(|line| {
-        let rest = line.strip_prefix("MemAvailable:")?.trim();
+        let rest = line.strip_prefix(key)?.trim();
         let kib = rest.strip_suffix("kB").unwrap_or(rest).trim().parse::<u64>().ok()?;
         kib.checked_mul(1024)
     })
+}
+
+/// This machine's memory (`MemTotal`); `None` when it cannot be read.
+pub fn total_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(|m| meminfo_field(m, "MemTotal:"))
 }
 
 /// Memory available to new work on this machine (`MemAvailable`, capped by the cgroup's

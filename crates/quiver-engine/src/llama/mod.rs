@@ -412,19 +412,23 @@ impl LlamaEngine {
 /// layers [`gpu::layers_to_offload`] gives go to it, the KV cache of `slots × context_size` cells
 /// counted (a model whose header cannot be read for `auto` stays on the CPU).
 /// Loads the model split as `target` says: connects to each member's RPC server, then loads
-/// with the head's blocks on this CPU and each member's on its device.
+/// with the head's blocks on this CPU and each member's on its devices.
 fn split_placement(path: &Path, target: &SplitTarget) -> Result<(LlamaModel, DeviceInfo), crate::split::SplitError> {
     use crate::split::{LayerPlan, SplitError, load, rpc};
     let plan = LayerPlan { counts: target.counts.clone() };
     if target.endpoints.len() + 1 != plan.counts.len() {
         return Err(SplitError::Plan(format!("{} endpoints for {} stages", target.endpoints.len(), plan.counts.len())));
     }
+    // Every device each member serves (its GPUs, or its CPU); a member's blocks are dealt over
+    // its devices by their free memory.
     let mut devices = Vec::with_capacity(target.endpoints.len());
+    let mut free = Vec::with_capacity(target.endpoints.len());
     for endpoint in &target.endpoints {
         let found = rpc::add_server(endpoint)?;
-        devices.push(found[0]);
+        free.push(rpc::free_memory(&found));
+        devices.extend(found);
     }
-    let model = load::load(path, &devices, &plan)?;
+    let model = load::load(path, &devices, &plan.over_devices(&free))?;
     let blocks = plan.blocks();
     let info = DeviceInfo {
         device: format!("rpc×{}", target.endpoints.len()),

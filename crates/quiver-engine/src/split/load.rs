@@ -22,7 +22,8 @@ const _: () = assert!(std::mem::align_of::<LlamaModel>() == std::mem::align_of::
 /// Tensors of the output layer (and the token embeddings, which tied models reuse as output).
 const OUTPUT_ON_HEAD: &std::ffi::CStr = c"^(output|output_norm|token_embd)\\.";
 
-/// Loads `path` with the plan's blocks on the CPU and on `devices` (one per member, in order).
+/// Loads `path` with the plan's blocks on the CPU and on `devices` (one per stage after the
+/// head's, in order: a member serving several devices has a stage for each).
 pub(crate) fn load(
     path: &Path,
     devices: &[sys::ggml_backend_dev_t],
@@ -34,7 +35,10 @@ pub(crate) fn load(
     // SAFETY: a plain query.
     let max = unsafe { sys::llama_max_devices() };
     if devices.len() > max {
-        return Err(SplitError::Plan(format!("{} members; llama.cpp takes at most {max} devices", devices.len())));
+        return Err(SplitError::Plan(format!(
+            "{} devices over the members; llama.cpp takes at most {max}",
+            devices.len()
+        )));
     }
     let (n_gpu_layers, split) = plan.llama_params();
     let mut split_all = vec![0.0f32; max.max(split.len())];

@@ -67,6 +67,18 @@ impl LayerPlan {
         Ok(LayerPlan { counts })
     }
 
+    /// The plan with each member's blocks dealt over its devices in proportion to their
+    /// weights (`devices[i]`: member `i`'s, e.g. their free memory; one device or none given:
+    /// the member's count as it is), by largest remainder; a device may get none. The head
+    /// stays one stage. The result has one count per device, for [`LayerPlan::llama_params`].
+    pub fn over_devices(&self, devices: &[Vec<f64>]) -> LayerPlan {
+        let mut counts = vec![self.counts.first().copied().unwrap_or(0)];
+        for (i, &n) in self.counts.iter().skip(1).enumerate() {
+            counts.extend(deal(n, devices.get(i).map_or(&[][..], Vec::as_slice)));
+        }
+        LayerPlan { counts }
+    }
+
     /// Blocks in all.
     pub fn blocks(&self) -> u32 {
         self.counts.iter().sum()
@@ -97,6 +109,30 @@ impl LayerPlan {
         }
         (n_gpu_layers, split)
     }
+}
+
+/// `n` blocks dealt over devices of `weights` by largest remainder (ties to the earlier
+/// device); weights that are not all finite and >= 0 with a positive sum count as equal. One
+/// device or none: `[n]`.
+fn deal(n: u32, weights: &[f64]) -> Vec<u32> {
+    if weights.len() <= 1 {
+        return vec![n];
+    }
+    let usable = weights.iter().all(|w| w.is_finite() && *w >= 0.0) && weights.iter().sum::<f64>() > 0.0;
+    let w: Vec<f64> = if usable { weights.to_vec() } else { vec![1.0; weights.len()] };
+    let total: f64 = w.iter().sum();
+    let exact: Vec<f64> = w.iter().map(|x| x / total * f64::from(n)).collect();
+    let mut counts: Vec<u32> = exact.iter().map(|e| e.floor() as u32).collect();
+    let left = n.saturating_sub(counts.iter().sum());
+    let mut order: Vec<usize> = (0..w.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - f64::from(counts[a]), exact[b] - f64::from(counts[b]));
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for &i in order.iter().cycle().take(left as usize) {
+        counts[i] += 1;
+    }
+    counts
 }
 
 /// Where llama.cpp puts block `il` (or the output layer, `il == blocks`) given `n_gpu_layers`

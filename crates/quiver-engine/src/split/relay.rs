@@ -225,13 +225,19 @@ async fn requests<R: AsyncRead + Unpin>(
             }
             _ => {}
         }
-        send(head.to_vec()).await?;
+        // The header goes with the payload's first chunk: one write for a small command.
+        let mut message = head.to_vec();
         let mut left = size;
-        while left > 0 {
-            let mut chunk = vec![0u8; usize::try_from(left).unwrap_or(CHUNK).min(CHUNK)];
-            from.read_exact(&mut chunk).await?;
-            left -= chunk.len() as u64;
-            send(chunk).await?;
+        loop {
+            let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+            let at = message.len();
+            message.resize(at + n, 0);
+            from.read_exact(&mut message[at..]).await?;
+            left -= n as u64;
+            send(std::mem::take(&mut message)).await?;
+            if left == 0 {
+                break;
+            }
         }
     }
 }

@@ -58,3 +58,30 @@ fn llama_cpp_places_the_blocks_exactly_as_planned() {
         assert_eq!(where_, want, "blocks {blocks}, weights {weights:?}, plan {plan:?}");
     }
 }
+
+#[test]
+fn a_members_blocks_are_dealt_over_its_devices_and_land_there() {
+    let plan = LayerPlan { counts: vec![6, 8, 16] };
+    // Member 0 has one device; member 1 two GPUs with 24 and 8 GB free: 12 and 4 blocks.
+    let per_device = plan.over_devices(&[vec![], vec![24e9, 8e9]]);
+    assert_eq!(per_device.counts, vec![6, 8, 12, 4]);
+    // Devices without a weight get nothing; ties go to the earlier device; unusable weights
+    // count as equal.
+    let plan = LayerPlan { counts: vec![2, 3, 1] };
+    assert_eq!(plan.over_devices(&[vec![1.0, 0.0, 1.0], vec![5.0, 5.0]]).counts, vec![2, 2, 0, 1, 1, 0]);
+    assert_eq!(plan.over_devices(&[vec![f64::NAN, 1.0], vec![0.0, 0.0]]).counts, vec![2, 2, 1, 1, 0]);
+    assert_eq!(plan.over_devices(&[]), plan, "no devices named: one each");
+    // llama.cpp places every block on the device the plan gives it, zero-block devices skipped.
+    for per_device in [
+        LayerPlan { counts: vec![6, 8, 12, 4] },
+        LayerPlan { counts: vec![2, 2, 0, 1, 1, 0] },
+        LayerPlan { counts: vec![0, 0, 40, 0, 40] },
+    ] {
+        let mut want: Vec<Option<usize>> = Vec::new();
+        for (stage, &n) in per_device.counts.iter().enumerate() {
+            want.extend(std::iter::repeat_n(stage.checked_sub(1), n as usize));
+        }
+        want.push(Some(per_device.counts.len() - 2));
+        assert_eq!(placed(&per_device), want, "{per_device:?}");
+    }
+}

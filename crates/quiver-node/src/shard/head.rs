@@ -96,6 +96,9 @@ pub struct ShardMemberStatus {
     /// Round trip of its latest probe.
     pub rtt_ms: Option<f64>,
     pub memory_available: Option<u64>,
+    /// The devices it serves (its GPUs, or else its CPU).
+    #[serde(default)]
+    pub devices: Vec<String>,
     /// RPC traffic through its tunnel since start.
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -211,7 +214,8 @@ impl ShardHead {
                     up: p.info.is_some() && p.failures == 0,
                     layers: range,
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    memory_available: p.info.map(|i| i.memory_available),
+                    memory_available: p.info.as_ref().map(|i| i.memory_available),
+                    devices: p.info.as_ref().map(|i| i.devices.clone()).unwrap_or_default(),
                     bytes_sent: m.traffic.sent.load(Ordering::Relaxed),
                     bytes_received: m.traffic.received.load(Ordering::Relaxed),
                     round_trips: m.traffic.round_trips.load(Ordering::Relaxed),
@@ -367,6 +371,11 @@ impl ShardHead {
         }
     }
 
+    /// Member `i`'s free memory as its latest answered probe said (0 if none).
+    fn member_free(&self, i: usize) -> u64 {
+        self.members[i].probe.lock().ok().and_then(|p| p.info.as_ref().map(|i| i.memory_available)).unwrap_or(0)
+    }
+
     fn is_up(&self, i: usize) -> bool {
         self.members[i].probe.lock().is_ok_and(|p| p.info.is_some() && p.failures == 0)
     }
@@ -378,10 +387,7 @@ impl ShardHead {
     /// Whether the model fits in the head and the members `chosen`, by their free memory.
     fn fits(&self, chosen: &[usize]) -> bool {
         let head = quiver_engine::host::available_memory().unwrap_or(0);
-        let members: Vec<u64> = chosen
-            .iter()
-            .map(|&i| self.members[i].probe.lock().ok().and_then(|p| p.info).map_or(0, |i| i.memory_available))
-            .collect();
+        let members: Vec<u64> = chosen.iter().map(|&i| self.member_free(i)).collect();
         fits(self.cfg.file_bytes, head, &members)
     }
 
@@ -391,16 +397,7 @@ impl ShardHead {
             Some(w) => std::iter::once(w[0]).chain(chosen.iter().map(|&i| w[i + 1])).collect(),
             None => {
                 let head = quiver_engine::host::available_memory().unwrap_or(0) as f64;
-                std::iter::once(head)
-                    .chain(chosen.iter().map(|&i| {
-                        self.members[i]
-                            .probe
-                            .lock()
-                            .ok()
-                            .and_then(|p| p.info)
-                            .map_or(0.0, |i| i.memory_available as f64)
-                    }))
-                    .collect()
+                std::iter::once(head).chain(chosen.iter().map(|&i| self.member_free(i) as f64)).collect()
             }
         };
         let plan = LayerPlan::by_weights(self.cfg.blocks, &weights).map_err(|e| e.to_string())?;
@@ -408,7 +405,7 @@ impl ShardHead {
         let per_block = self.cfg.file_bytes as f64 / f64::from(self.cfg.blocks.max(1));
         for (k, &i) in chosen.iter().enumerate() {
             let share = per_block * f64::from(plan.counts[k + 1]) * (1.0 + MEMORY_MARGIN);
-            let free = self.members[i].probe.lock().ok().and_then(|p| p.info).map_or(0, |i| i.memory_available);
+            let free = self.member_free(i);
             if free > 0 && share > free as f64 {
                 return Err(format!("member {} has {free} bytes free for a share of {share:.0}", self.members[i].peer));
             }

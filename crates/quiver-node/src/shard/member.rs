@@ -68,6 +68,9 @@ pub struct ShardHostStatus {
     pub tunnels: u64,
     /// Threads of its RPC server.
     pub threads: u32,
+    /// The devices it serves: its GPUs, or else its CPU.
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 /// A running member.
@@ -82,6 +85,7 @@ pub struct ShardHost {
     tunnels: AtomicU64,
     rpc_port: u16,
     threads: u32,
+    devices: Vec<rpc::ServedDevice>,
 }
 
 impl ShardHost {
@@ -95,6 +99,7 @@ impl ShardHost {
             0 => quiver_engine::host::default_threads(),
             n => n,
         };
+        let devices = rpc::served_devices().map_err(|e| e.to_string())?;
         // A free port: bound and released, then taken by ggml's server (which binds it itself).
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -131,10 +136,13 @@ impl ShardHost {
             tunnels: AtomicU64::new(0),
             rpc_port: port,
             threads,
+            devices,
         });
         info!(
             heads = cfg.allow.len(),
-            threads, "serving as a shard host (ggml RPC on {endpoint}, reached through /quiver/shard/1)"
+            threads,
+            devices = ?host.devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+            "serving as a shard host (ggml RPC on {endpoint}, reached through /quiver/shard/1)"
         );
         let this = Arc::clone(&host);
         tokio::spawn(async move {
@@ -170,9 +178,11 @@ impl ShardHost {
         match shard_hello::Kind::try_from(hello.kind) {
             Ok(shard_hello::Kind::Info) => {
                 let (has_model, cache_ready) = self.weights_for(&hello);
+                let (memory_available, memory_total) = self.memory();
                 let info = ShardInfo {
-                    memory_available: quiver_engine::host::available_memory().unwrap_or(0),
-                    memory_total: total_memory().unwrap_or(0),
+                    memory_available,
+                    memory_total,
+                    devices: self.devices.iter().map(|d| format!("{} ({})", d.name, d.description)).collect(),
                     threads: self.threads,
                     rpc_streams: u32::try_from(self.tunnels.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
                     has_model,
@@ -240,6 +250,20 @@ impl ShardHost {
         (true, false)
     }
 
+    /// Memory its heads can fill, free and in all: its GPUs' when it serves GPUs, else the
+    /// machine's.
+    fn memory(&self) -> (u64, u64) {
+        if self.devices.iter().all(|d| d.cpu) {
+            let host = quiver_engine::host::available_memory().unwrap_or(0);
+            return (host, quiver_engine::host::total_memory().unwrap_or(0));
+        }
+        rpc::served_devices()
+            .unwrap_or_default()
+            .iter()
+            .filter(|d| !d.cpu)
+            .fold((0, 0), |(free, total), d| (free + d.free, total + d.total))
+    }
+
     pub fn status(&self) -> ShardHostStatus {
         let mut allowed: Vec<String> = self.allow.iter().map(ToString::to_string).collect();
         allowed.sort();
@@ -248,6 +272,7 @@ impl ShardHost {
             refused: self.refused.load(Ordering::Relaxed),
             tunnels: self.tunnels.load(Ordering::Relaxed),
             threads: self.threads,
+            devices: self.devices.iter().map(|d| format!("{} ({})", d.name, d.description)).collect(),
         }
     }
 
@@ -266,12 +291,4 @@ fn local_copy(name: &str, sha256: &[u8; 32], models_dir: &std::path::Path) -> Op
         None => quiver_engine::models::sha256_file(&local.path, &mut |_, _| {}).ok()?,
     };
     (known == *sha256).then_some(local.path)
-}
-
-/// `MemTotal` of `/proc/meminfo`, in bytes.
-fn total_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
