@@ -85,3 +85,79 @@ async fn a_head_finds_a_member_known_only_by_its_dht_record() {
     assert!(m.rtt_ms.is_some() && m.memory_available.is_some_and(|b| b > 0), "the member answered its probe: {m:?}");
     assert!(node.known_node(&member.peer_id()).is_none(), "the head never heard a heartbeat of the member");
 }
+
+/// Opens an RPC tunnel from `head` to `member` and says HELLO to the RPC server behind it;
+/// returns the stream (kept open) and the protocol major version the server answered.
+async fn rpc_hello(head: &Node, member: quiver_node::PeerId) -> (quiver_net::Stream, u8) {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use quiver_node::engine::split::wire;
+    use quiver_node::proto::{ShardHello, shard::SHARD_PROTOCOL, shard_hello, write_frame};
+
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        head.net().streams().open_stream(member, quiver_net::StreamProtocol::new(SHARD_PROTOCOL)),
+    )
+    .await
+    .expect("opened in time")
+    .expect("the member accepts the stream");
+    write_frame(&mut stream, &ShardHello { kind: shard_hello::Kind::Rpc as i32, ..ShardHello::default() })
+        .await
+        .expect("hello sent");
+    stream.write_all(&wire::hello_request()).await.expect("RPC HELLO sent");
+    stream.flush().await.expect("flushed");
+    let mut head_bytes = [0u8; wire::RESPONSE_HEADER];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head_bytes))
+        .await
+        .expect("the RPC server answers in time")
+        .expect("an answer");
+    let size = wire::response_size(&head_bytes).expect("a size") as usize;
+    assert!(size >= 1 && size <= 64, "a HELLO answer of {size} bytes");
+    let mut answer = vec![0u8; size];
+    stream.read_exact(&mut answer).await.expect("the answer's payload");
+    let mut frame = head_bytes.to_vec();
+    frame.extend_from_slice(&answer);
+    (stream, wire::hello_major(&frame).expect("a version"))
+}
+
+/// ggml's RPC server serves one client at a time; a member gives each of its heads a server of
+/// its own, so two heads are both answered while both hold their connections open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_serves_each_of_its_heads_at_once() {
+    let _shared = light().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let boot = Node::start(NodeConfig { bootstrap_node: true, ..loopback_config() }).await.expect("boot starts");
+    let boot_addr = tcp_addr(&boot).await;
+    let mut heads = Vec::new();
+    for name in ["h1", "h2"] {
+        let cfg = NodeConfig {
+            bootstrap_peers: vec![boot_addr.clone()],
+            data_dir: Some(dir.path().join(name)),
+            ..loopback_config()
+        };
+        heads.push(Node::start(cfg).await.expect("head starts"));
+    }
+    let member = Node::start(NodeConfig {
+        bootstrap_peers: vec![boot_addr],
+        shard_host: Some(ShardHostConfig {
+            allow: heads.iter().map(Node::peer_id).collect(),
+            cache_dir: dir.path().join("member-cache"),
+            threads: 1,
+            models_dir: dir.path().join("member-models"),
+        }),
+        ..loopback_config()
+    })
+    .await
+    .expect("member starts");
+    for head in &heads {
+        let addrs = member.listen_addrs().borrow().clone();
+        head.net().connect(member.peer_id(), addrs).await.expect("the head reaches the member");
+    }
+    let (first, major) = rpc_hello(&heads[0], member.peer_id()).await;
+    assert_eq!(major, quiver_node::engine::split::wire::PROTO_MAJOR);
+    // The first head's connection is still open: the second is answered all the same.
+    let (second, major) = rpc_hello(&heads[1], member.peer_id()).await;
+    assert_eq!(major, quiver_node::engine::split::wire::PROTO_MAJOR);
+    let status = member.status().await.expect("status").shard_host.expect("a member");
+    assert_eq!(status.tunnels, 2, "both tunnels open at once: {status:?}");
+    drop((first, second));
+}

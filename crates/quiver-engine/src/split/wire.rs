@@ -18,6 +18,8 @@ pub const PROTO_MAJOR: u8 = 7;
 pub const CMD_SET_TENSOR: u8 = 6;
 pub const CMD_SET_TENSOR_HASH: u8 = 7;
 pub const CMD_HELLO: u8 = 14;
+/// Bytes of a HELLO request's payload (the client's transport capabilities).
+pub const HELLO_REQUEST_BYTES: usize = 24;
 /// Bytes of a request's header (command and payload size).
 pub const REQUEST_HEADER: usize = 9;
 /// Bytes of a response's header (payload size).
@@ -42,6 +44,13 @@ pub fn encode_request_header(cmd: u8, size: u64) -> [u8; REQUEST_HEADER] {
     h[0] = cmd;
     h[1..].copy_from_slice(&size.to_le_bytes());
     h
+}
+
+/// A whole HELLO request offering no transport upgrade: what every connection starts with.
+pub fn hello_request() -> Vec<u8> {
+    let mut out = encode_request_header(CMD_HELLO, HELLO_REQUEST_BYTES as u64).to_vec();
+    out.resize(REQUEST_HEADER + HELLO_REQUEST_BYTES, 0);
+    out
 }
 
 /// A response's payload size, once its header is complete.

@@ -70,3 +70,12 @@ fn answers_are_read_by_their_shape() {
     assert_eq!(hello_major(&[4, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0]), Some(7));
     assert_eq!(hello_major(&[0, 0, 0, 0, 0, 0, 0, 0]), None);
 }
+
+#[test]
+fn a_hello_offers_no_transport_upgrade() {
+    let hello = hello_request();
+    let head: [u8; REQUEST_HEADER] = hello[..REQUEST_HEADER].try_into().unwrap();
+    assert_eq!(request_header(&head), (CMD_HELLO, HELLO_REQUEST_BYTES as u64));
+    assert_eq!(hello.len(), REQUEST_HEADER + HELLO_REQUEST_BYTES);
+    assert!(hello[REQUEST_HEADER..].iter().all(|&b| b == 0), "no capabilities offered");
+}

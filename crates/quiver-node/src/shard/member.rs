@@ -1,7 +1,7 @@
 //! A member of split-model groups (`quiver-node --shard-host --shard-allow PEERID`): it serves
-//! its CPU through ggml's RPC server, which listens on 127.0.0.1 only, and carries to it the
-//! `/quiver/shard/1` streams of the heads on its allow list. Anyone else's stream is dropped
-//! before a byte of it is read, and counted.
+//! its GPUs (or else its CPU) through ggml's RPC servers, one per allowed head, which listen on
+//! 127.0.0.1 only, and carries to each the `/quiver/shard/1` streams of its head. Anyone else's
+//! stream is dropped before a byte of it is read, and counted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -83,13 +83,14 @@ pub struct ShardHost {
     refused: AtomicU64,
     /// Tunnels open now.
     tunnels: AtomicU64,
-    rpc_port: u16,
+    /// The port of each allowed head's RPC server.
+    rpc_ports: HashMap<PeerId, u16>,
     threads: u32,
     devices: Vec<rpc::ServedDevice>,
 }
 
 impl ShardHost {
-    /// Starts the RPC server (on 127.0.0.1, a free port) and accepts heads' streams.
+    /// Starts an RPC server per allowed head (on 127.0.0.1, free ports) and accepts heads' streams.
     pub(crate) async fn start(net: NetClient, cfg: ShardHostConfig) -> Result<Arc<ShardHost>, String> {
         if !rpc::available() {
             return Err("this build has no ggml RPC backend".into());
@@ -100,28 +101,11 @@ impl ShardHost {
             n => n,
         };
         let devices = rpc::served_devices().map_err(|e| e.to_string())?;
-        // A free port: bound and released, then taken by ggml's server (which binds it itself).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port on 127.0.0.1: {e}"))?
-            .port();
-        let endpoint = format!("127.0.0.1:{port}");
-        let cache = cfg.cache_dir.clone();
-        let ep = endpoint.clone();
-        std::thread::Builder::new()
-            .name("ggml-rpc-server".into())
-            .spawn(move || {
-                if let Err(e) = rpc::serve_forever(&ep, &cache, threads) {
-                    warn!(error = %e, "the shard RPC server stopped");
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        let deadline = tokio::time::Instant::now() + SERVER_START;
-        while tokio::net::TcpStream::connect(&endpoint).await.is_err() {
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!("the RPC server did not listen on {endpoint}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // One RPC server per head (ggml's serves one client at a time): every head on the
+        // allow list can load at once, each planning by the memory the others left free.
+        let mut rpc_ports = HashMap::new();
+        for head in cfg.allow.iter().copied().collect::<HashSet<PeerId>>() {
+            rpc_ports.insert(head, start_rpc_server(&cfg.cache_dir, threads).await?);
         }
         let mut incoming = net
             .streams()
@@ -134,7 +118,7 @@ impl ShardHost {
             weights: Arc::default(),
             refused: AtomicU64::new(0),
             tunnels: AtomicU64::new(0),
-            rpc_port: port,
+            rpc_ports,
             threads,
             devices,
         });
@@ -142,7 +126,7 @@ impl ShardHost {
             heads = cfg.allow.len(),
             threads,
             devices = ?host.devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
-            "serving as a shard host (ggml RPC on {endpoint}, reached through /quiver/shard/1)"
+            "serving as a shard host (ggml RPC on 127.0.0.1, one server per head, reached through /quiver/shard/1)"
         );
         let this = Arc::clone(&host);
         tokio::spawn(async move {
@@ -160,7 +144,7 @@ impl ShardHost {
                 };
                 let this = Arc::clone(&this);
                 tokio::spawn(async move {
-                    if let Err(e) = this.serve_stream(stream).await {
+                    if let Err(e) = this.serve_stream(peer, stream).await {
                         debug!(%peer, error = %e, "shard stream ended");
                     }
                     drop(permit);
@@ -170,7 +154,7 @@ impl ShardHost {
         Ok(host)
     }
 
-    async fn serve_stream(&self, mut stream: quiver_net::Stream) -> Result<(), String> {
+    async fn serve_stream(&self, head: PeerId, mut stream: quiver_net::Stream) -> Result<(), String> {
         let hello: ShardHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream, MAX_SHARD_FRAME_BYTES))
             .await
             .map_err(|_| "no hello".to_string())?
@@ -191,8 +175,8 @@ impl ShardHost {
                 write_frame(&mut stream, &info).await.map_err(|e| e.to_string())
             }
             Ok(shard_hello::Kind::Rpc) => {
-                let tcp =
-                    tokio::net::TcpStream::connect(("127.0.0.1", self.rpc_port)).await.map_err(|e| e.to_string())?;
+                let port = self.rpc_ports.get(&head).copied().ok_or("no RPC server for this head")?;
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
                 tunnel::member(tcp, stream, &self.tunnels).await.map_err(|e| e.to_string())
             }
             Err(_) => Err(format!("unknown hello kind {}", hello.kind)),
@@ -280,6 +264,34 @@ impl ShardHost {
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
+}
+
+/// Starts a ggml RPC server on a free port of 127.0.0.1 (on a thread of its own, for the life
+/// of the process) and waits until it listens; its port.
+async fn start_rpc_server(cache_dir: &std::path::Path, threads: u32) -> Result<u16, String> {
+    // A free port: bound and released, then taken by ggml's server (which binds it itself).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))?
+        .port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let (cache, ep) = (cache_dir.to_path_buf(), endpoint.clone());
+    std::thread::Builder::new()
+        .name("ggml-rpc-server".into())
+        .spawn(move || {
+            if let Err(e) = rpc::serve_forever(&ep, &cache, threads) {
+                warn!(error = %e, "the shard RPC server stopped");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + SERVER_START;
+    while tokio::net::TcpStream::connect(&endpoint).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the RPC server did not listen on {endpoint}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(port)
 }
 
 /// A model file in `models_dir` known as `name` whose sha256 is `sha256` (hashed here when its
