@@ -9,6 +9,11 @@ use quiver_node::engine::{ModelId, models};
 use quiver_node::shard::{ShardHead, ShardHeadConfig, ShardHostConfig};
 use quiver_node::{Node, NodeConfig, ProviderConfig};
 
+/// A member serving the heads `allow`, its cache and models under `dir`.
+fn member_config(allow: Vec<quiver_node::PeerId>, dir: &std::path::Path) -> ShardHostConfig {
+    ShardHostConfig { allow, cache_dir: dir.join("member-cache"), threads: 1, models_dir: dir.join("member-models") }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_finds_a_member_known_only_by_its_dht_record() {
     let _shared = light().await;
@@ -28,12 +33,7 @@ async fn a_head_finds_a_member_known_only_by_its_dht_record() {
         heartbeat_interval: quiet,
         random_walk_interval: quiet,
         kad_bootstrap_interval: quiet,
-        shard_host: Some(ShardHostConfig {
-            allow: vec![head_id],
-            cache_dir: dir.path().join("member-cache"),
-            threads: 1,
-            models_dir: dir.path().join("member-models"),
-        }),
+        shard_host: Some(member_config(vec![head_id], dir.path())),
         ..loopback_config()
     })
     .await
@@ -138,12 +138,7 @@ async fn a_member_serves_each_of_its_heads_at_once() {
     }
     let member = Node::start(NodeConfig {
         bootstrap_peers: vec![boot_addr],
-        shard_host: Some(ShardHostConfig {
-            allow: heads.iter().map(Node::peer_id).collect(),
-            cache_dir: dir.path().join("member-cache"),
-            threads: 1,
-            models_dir: dir.path().join("member-models"),
-        }),
+        shard_host: Some(member_config(heads.iter().map(Node::peer_id).collect(), dir.path())),
         ..loopback_config()
     })
     .await
