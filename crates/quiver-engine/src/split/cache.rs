@@ -1,8 +1,8 @@
 //! A member's weight cache, as ggml's RPC server reads it: before sending a weight tensor, the
 //! head asks whether the server holds a file named by the FNV-1a hash of the tensor's bytes
 //! (`<cache>/<16 hex digits>`); if so the server copies it in and nothing is sent. (ggml's client
-//! asks so for tensors above [`HASH_THRESHOLD`], the head's relay for those of
-//! [`OFFER_MIN`](super::relay::OFFER_MIN) and up: see [`super::relay`].) The server writes such
+//! asks so for tensors above [`HASH_THRESHOLD`], the head's relay for the smaller ones: see
+//! [`super::relay`].) The server writes such
 //! a file for each tensor it was sent to keep; [`fill_from_gguf`] writes them from the member's
 //! own copy of the model, so that a member holding the model receives none of the tensors
 //! offered by hash.
@@ -69,9 +69,8 @@ pub struct Filled {
     pub bytes: u64,
 }
 
-/// Writes to `cache_dir` every tensor of blocks `blocks` of the GGUF at `path` that the head
-/// offers by hash ([`OFFER_MIN`](super::relay::OFFER_MIN) bytes and up), unless its file is
-/// there already.
+/// Writes to `cache_dir` every tensor of blocks `blocks` of the GGUF at `path` (the head offers
+/// a member holding the model each of them by hash), unless its file is there already.
 /// Files appear whole (written aside, then renamed).
 pub fn fill_from_gguf(path: &Path, cache_dir: &Path, blocks: Range<u32>) -> Result<Filled, SplitError> {
     let io = |e: std::io::Error| SplitError::Worker(format!("weight cache: {e}"));
@@ -85,7 +84,7 @@ pub fn fill_from_gguf(path: &Path, cache_dir: &Path, blocks: Range<u32>) -> Resu
         if !block_of(&t.name).is_some_and(|b| blocks.contains(&b)) {
             continue;
         }
-        let Some(size) = tensor_bytes(t).filter(|&n| n >= super::relay::OFFER_MIN) else { continue };
+        let Some(size) = tensor_bytes(t).filter(|&n| n > 0) else { continue };
         let start = data_start.saturating_add(t.offset);
         if start.checked_add(size).is_none_or(|end| end > file_len) {
             return Err(SplitError::Worker(format!("tensor {} runs past the end of {}", t.name, path.display())));

@@ -5,7 +5,8 @@
 //!
 //! ggml's own client offers only weights above [`HASH_THRESHOLD`] by hash; it sends the smaller
 //! ones whole, to every member, on every load. The relay reads the commands it carries
-//! ([`wire`]): a SET_TENSOR of [`OFFER_MIN`] to [`HASH_THRESHOLD`] bytes of data is held back
+//! ([`wire`]): a SET_TENSOR of [`OFFER_MIN`] (any size, for a member holding the model) to
+//! [`HASH_THRESHOLD`] bytes of data is held back
 //! and a SET_TENSOR_HASH sent in its place; if the member has the bytes (from its own copy of
 //! the model, or from an earlier load) nothing more goes; if not, the held SET_TENSOR goes, with
 //! its cache flag set so that the member keeps it. The member's answer to the offer is taken
@@ -28,7 +29,8 @@ use super::cache::HASH_THRESHOLD;
 use super::wire::{self, PROTO_MAJOR};
 
 /// Weights this big and up (to [`HASH_THRESHOLD`]) are offered by hash while loading; smaller
-/// ones cost less to send than the round trip an offer takes.
+/// ones cost less to send than the round trip an offer takes, unless the member holds the
+/// model itself ([`Traffic::offer_all`]).
 pub const OFFER_MIN: u64 = 64 << 10;
 /// Bytes read at a time in each direction.
 const CHUNK: usize = 64 * 1024;
@@ -51,6 +53,8 @@ pub struct Traffic {
     pub open: AtomicU64,
     /// Set while the head's worker loads the model (see [`Traffic::begin_load`]).
     loading: AtomicBool,
+    /// Offer every weight by hash, however small (the member holds the model itself).
+    all: AtomicBool,
     /// Bytes of weights sent to the member, and of weights it took from its cache instead,
     /// during the latest load.
     pub weights_sent: AtomicU64,
@@ -68,6 +72,17 @@ impl Traffic {
 
     pub fn end_load(&self) {
         self.loading.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether every weight is offered by hash, however small: set for a member that filled its
+    /// cache from its own copy of the model, so that none of its weights is sent.
+    pub fn offer_all(&self, all: bool) {
+        self.all.store(all, Ordering::Relaxed);
+    }
+
+    /// The smallest weight offered by hash.
+    fn offer_min(&self) -> u64 {
+        if self.all.load(Ordering::Relaxed) { 1 } else { OFFER_MIN }
     }
 
     fn loading(&self) -> bool {
@@ -196,7 +211,6 @@ async fn requests<R: AsyncRead + Unpin>(
         let line = line.clone();
         async move { line.send((Instant::now() + delay, bytes)).await.map_err(|_| closed()) }
     };
-    let offerable = (wire::SET_TENSOR_PREFIX as u64 + OFFER_MIN)..=(wire::SET_TENSOR_PREFIX as u64 + HASH_THRESHOLD);
     loop {
         let mut head = [0u8; wire::REQUEST_HEADER];
         match from.read_exact(&mut head).await {
@@ -216,7 +230,13 @@ async fn requests<R: AsyncRead + Unpin>(
                 send(frame).await?;
                 continue;
             }
-            wire::CMD_SET_TENSOR if conn.known() && traffic.loading() && offerable.contains(&size) => {
+            wire::CMD_SET_TENSOR
+                if conn.known()
+                    && traffic.loading()
+                    && (wire::SET_TENSOR_PREFIX as u64 + traffic.offer_min()
+                        ..=wire::SET_TENSOR_PREFIX as u64 + HASH_THRESHOLD)
+                        .contains(&size) =>
+            {
                 offer(from, &head, size, &send, traffic, conn).await?;
                 continue;
             }

@@ -47,10 +47,11 @@ fn fnv1a64_is_the_reference_hash() {
 }
 
 #[test]
-fn a_members_own_gguf_fills_the_cache_with_its_big_tensors_in_range() {
+fn a_members_own_gguf_fills_the_cache_with_its_tensors_in_range() {
     let dir = tempfile::tempdir().unwrap();
-    // 2.75 Mi floats = 11 MiB: offered by ggml's client; 64 Ki floats = 256 KiB: by the head's
-    // relay; 1,000 floats: sent, never offered; a big one in block 1.
+    // 2.75 Mi floats = 11 MiB: offered by ggml's client; 64 Ki floats = 256 KiB and 1,000
+    // floats: by the head's relay (to a member holding the model, whatever their size); a big
+    // one in block 1.
     let big: Vec<f32> = (0..(11 << 18)).map(|i| i as f32 * 0.5).collect();
     let mid: Vec<f32> = (0..(1 << 16)).map(|i| i as f32 * 0.25).collect();
     let small: Vec<f32> = (0..1000).map(|i| i as f32).collect();
@@ -60,7 +61,7 @@ fn a_members_own_gguf_fills_the_cache_with_its_big_tensors_in_range() {
         &path,
         gguf(&[
             ("blk.0.ffn_up.weight", big.clone()),
-            ("blk.0.attn_norm.weight", small),
+            ("blk.0.attn_norm.weight", small.clone()),
             ("blk.0.attn_q.weight", mid.clone()),
             ("blk.1.ffn_up.weight", other),
         ]),
@@ -68,9 +69,9 @@ fn a_members_own_gguf_fills_the_cache_with_its_big_tensors_in_range() {
     .unwrap();
     let cache = dir.path().join("cache");
     let filled = fill_from_gguf(&path, &cache, 0..1).unwrap();
-    let want = (11 << 20) + (256 << 10);
-    assert_eq!(filled, Filled { written: 2, present: 0, bytes: want });
-    for tensor in [&big, &mid] {
+    let want = (11 << 20) + (256 << 10) + 4000;
+    assert_eq!(filled, Filled { written: 3, present: 0, bytes: want });
+    for tensor in [&big, &mid, &small] {
         let bytes: Vec<u8> = tensor.iter().flat_map(|v| v.to_le_bytes()).collect();
         let file = cache.join(cache_name(fnv1a64(&bytes)));
         assert_eq!(
@@ -79,9 +80,9 @@ fn a_members_own_gguf_fills_the_cache_with_its_big_tensors_in_range() {
             "the cache file holds the tensor's bytes, named by their hash"
         );
     }
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2, "nothing else: not the small tensor, not block 1");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3, "nothing else: not block 1");
     // Again: already there.
-    assert_eq!(fill_from_gguf(&path, &cache, 0..1).unwrap(), Filled { written: 0, present: 2, bytes: want });
+    assert_eq!(fill_from_gguf(&path, &cache, 0..1).unwrap(), Filled { written: 0, present: 3, bytes: want });
     assert_eq!(fill_from_gguf(&path, &cache, 1..2).unwrap().written, 1);
 }
 

@@ -140,3 +140,25 @@ async fn a_garbled_answer_to_an_offer_ends_the_connection() {
     let read = tokio::time::timeout(WAIT, e.worker.read_to_end(&mut rest)).await.expect("closed in time");
     assert!(read.is_ok() && rest.is_empty(), "nothing of the garbled answer reaches the worker");
 }
+
+#[tokio::test]
+async fn a_member_holding_the_model_is_offered_even_the_smallest_weight() {
+    let mut e = start();
+    hello(&mut e, PROTO_MAJOR).await;
+    e.traffic.begin_load();
+    let norm = vec![7u8; 2304];
+    let set = set_tensor(&norm);
+    // Not worth an offer to a member without the model: sent as it is.
+    e.worker.write_all(&set).await.unwrap();
+    assert!(read_n(&mut e.member, set.len()).await == set);
+    // To one holding it: offered.
+    e.traffic.offer_all(true);
+    e.worker.write_all(&set).await.unwrap();
+    let offer = read_n(&mut e.member, wire::REQUEST_HEADER + wire::SET_TENSOR_HASH_BYTES).await;
+    assert_eq!(&offer[offer.len() - 8..], &fnv1a64(&norm).to_le_bytes());
+    e.member.write_all(&answer(&[1])).await.unwrap();
+    let get = request(8, &[1u8; 24]);
+    e.worker.write_all(&get).await.unwrap();
+    assert_eq!(read_n(&mut e.member, get.len()).await, get, "the norm itself was not sent");
+    assert_eq!(e.traffic.weights_cached.load(Ordering::Relaxed), norm.len() as u64);
+}
