@@ -112,14 +112,7 @@ fn greedy_answer_through_the_network_equals_the_bare_engine() {
     let max_tokens = "48";
 
     // The reference: the bare engine, no network, same threads and sampling (greedy).
-    let local = run_bounded(
-        QUIVER,
-        &["ask", "--local", "--threads", "2", "--models-dir", models, "--json", "--max-tokens", max_tokens, prompt],
-        &[],
-        ASK_LIMIT,
-    )
-    .expect_success("quiver ask --local");
-    let local = parse_json(&local.stdout, "quiver ask --local --json");
+    let local = support::local_answer(models, "2", max_tokens, prompt);
     let reference = local["text"].as_str().expect("text").to_owned();
     assert!(!reference.trim().is_empty(), "the bare engine answered nothing: {local}");
     assert_eq!(local["model_sha256"], MODEL_SHA256);

@@ -85,14 +85,7 @@ fn a_model_split_over_three_processes_answers_like_the_whole_model_and_survives_
     let prompt = "Write a short poem about the sea.";
     let max_tokens = "48";
 
-    let local = run_bounded(
-        QUIVER,
-        &["ask", "--local", "--threads", "2", "--models-dir", models, "--json", "--max-tokens", max_tokens, prompt],
-        &[],
-        ASK_LIMIT,
-    )
-    .expect_success("quiver ask --local");
-    let local: Value = serde_json::from_str(&local.stdout).expect("quiver ask --local --json");
+    let local = support::local_answer(models, "2", max_tokens, prompt);
     let reference = local["text"].as_str().expect("text").to_owned();
     step(t, "bare engine answered");
 

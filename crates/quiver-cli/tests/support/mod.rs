@@ -388,6 +388,17 @@ pub fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatu
     }
 }
 
+/// The bare engine's greedy answer (`quiver ask --local --json`, no network) on the default
+/// model in `models` with `threads` threads: the reference an answer through the network is
+/// compared with.
+pub fn local_answer(models: &str, threads: &str, max_tokens: &str, prompt: &str) -> Value {
+    let args =
+        ["ask", "--local", "--threads", threads, "--models-dir", models, "--json", "--max-tokens", max_tokens, prompt];
+    let local = run_bounded(env!("CARGO_BIN_EXE_quiver"), &args, &[], Duration::from_secs(120))
+        .expect_success("quiver ask --local");
+    serde_json::from_str(&local.stdout).unwrap_or_else(|e| panic!("quiver ask --local --json: {e}\n{}", local.stdout))
+}
+
 /// Runs `bin args` with `env` and no stdin, waits at most `limit` (then kills it and panics),
 /// and returns its exit status and output.
 pub fn run_bounded(bin: &str, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Finished {

@@ -5,6 +5,7 @@
 
 pub mod head;
 pub mod member;
+mod reach;
 pub mod tunnel;
 
 pub use head::{ShardHead, ShardHeadConfig, ShardHeadStatus, ShardMemberStatus};
