@@ -39,7 +39,7 @@ import urllib.request
 
 from bench import MODEL_FILE, Proc, cpu_model, git_rev, loadavg, log, publish, wait_idle
 from network import wait_known
-from serving import stream
+from serving import free_port, stream
 
 # The output layer's tensors (tied models reuse the token embeddings as output) on the head's
 # CPU, as QUIVer's loader does (crates/quiver-engine/src/split/load.rs, OUTPUT_ON_HEAD).
@@ -161,12 +161,6 @@ def run_layout(a, members, delay_ms):
 # Upstream llama.cpp
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Child:
     """A process whose output goes to a log file in `work`."""
 
@@ -198,32 +192,29 @@ class Child:
         self.log.close()
 
 
-def wait_tcp(child, port, limit=60):
+def wait_until(child, ready, what, limit):
+    """Polls `ready()` until it holds; `child` fails if it exits first or `limit` s pass."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if child.p.poll() is not None:
             child.fail(f"exited with {child.p.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            if ready():
                 return
-        except OSError:
-            time.sleep(0.1)
-    child.fail(f"never listened on port {port}")
-
-
-def wait_health(child, port, limit=300):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if child.p.poll() is not None:
-            child.fail(f"exited with {child.p.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
         except Exception:
             pass
-        time.sleep(0.2)
-    child.fail("never became healthy")
+        time.sleep(0.1)
+    child.fail(f"never {what}")
+
+
+def listening(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+def healthy(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+        return r.status == 200
 
 
 class DelayProxy:
@@ -303,7 +294,7 @@ def run_upstream(a, members, delay_ms, layout):
             c = Child([os.path.join(a.upstream, "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port),
                        "-t", str(a.threads)], f"rpc-server-{i}", work)
             children.append(c)
-            wait_tcp(c, port)
+            wait_until(c, lambda: listening(port), f"listened on port {port}", 60)
             rpc.append(f"127.0.0.1:{port}")
         if members and delay_ms > 0:
             proxy = DelayProxy(rpc, delay_ms, work)
@@ -322,7 +313,7 @@ def run_upstream(a, members, delay_ms, layout):
                 argv += ["-lv", "5"]
             c = Child(argv, name, work)
             children.append(c)
-            wait_health(c, port)
+            wait_until(c, lambda: healthy(port), "became healthy", 300)
             return c, port
 
         placement = None

@@ -152,20 +152,23 @@ unsafe extern "C" {
     ) -> llama_cpp_sys_2::ggml_backend_buffer_type_t;
 }
 
-/// A real ggml RPC server (a thread here, as a member runs it) caching under `cache`; its
-/// endpoint once it listens.
-fn rpc_server(cache: &std::path::Path) -> String {
+/// A real ggml RPC server (a thread here, as a member runs it) caching in a new directory: the
+/// directory (removed on drop), its cache and the server's endpoint once it listens.
+fn rpc_server() -> (tempfile::TempDir, std::path::PathBuf, String) {
     use std::net::{TcpListener, TcpStream};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let server = format!("127.0.0.1:{port}");
-    let (ep, cache_dir) = (server.clone(), cache.to_path_buf());
+    let (ep, cache_dir) = (server.clone(), cache.clone());
     std::thread::spawn(move || quiver_engine::split::rpc::serve_forever(&ep, &cache_dir, 1));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(&server).is_err() {
         assert!(std::time::Instant::now() < deadline, "the RPC server did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    server
+    (dir, cache, server)
 }
 
 /// `n` f32 weights made from `seed`, as bytes.
@@ -174,7 +177,7 @@ fn weight_bytes(n: usize, seed: f32) -> Vec<u8> {
 }
 
 /// Weight tensors of `sizes` floats each, allocated on the RPC server behind `endpoint` (ggml's
-/// own client), set and read back by `run`.
+/// own client), set and read back.
 struct RemoteWeights {
     ctx: *mut llama_cpp_sys_2::ggml_context,
     buffer: llama_cpp_sys_2::ggml_backend_buffer_t,
@@ -243,10 +246,7 @@ fn a_weight_in_the_members_cache_is_not_sent_again() {
 
     use quiver_engine::split::cache::{HASH_THRESHOLD, cache_name, fnv1a64};
 
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let server = rpc_server(&cache);
+    let (_dir, cache, server) = rpc_server();
     // The proxy: each connection carried to the server (which serves one at a time, so a closed
     // side closes the other), the client's bytes counted.
     let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -308,10 +308,7 @@ fn the_heads_relay_offers_small_weights_by_hash_too() {
     use quiver_engine::split::relay::{self, Traffic};
     use std::sync::atomic::Ordering;
 
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let server = rpc_server(&cache);
+    let (_dir, cache, server) = rpc_server();
     let traffic = Arc::new(Traffic::default());
     let rt = runtime();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();

@@ -122,7 +122,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn expect(&self, e: Expect) {
+    fn await_answer(&self, e: Expect) {
         if let Ok(mut slot) = self.expect.lock() {
             *slot = Some(e);
         }
@@ -155,6 +155,13 @@ async fn hold_until(at: Instant) {
 
 type Line = mpsc::Sender<(Instant, Vec<u8>)>;
 
+/// One connection's relaying: its counters, what its two directions share, the added delay.
+struct Link<'a> {
+    traffic: &'a Traffic,
+    conn: Conn,
+    delay: Duration,
+}
+
 /// Writes what `rx` brings to `to`, each message once its time has come; closes `to` at the end.
 async fn deliver<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<(Instant, Vec<u8>)>, to: &mut W) -> std::io::Result<()> {
     while let Some((at, bytes)) = rx.recv().await {
@@ -175,17 +182,16 @@ where
 {
     let (mut worker_read, mut worker_write) = tokio::io::split(worker);
     let (mut member_read, mut member_write) = tokio::io::split(member);
-    let conn = Conn::default();
+    let link = Link { traffic, conn: Conn::default(), delay };
     traffic.open.fetch_add(1, Ordering::Relaxed);
     let up = async {
         let (tx, rx) = mpsc::channel(DELAY_LINE);
-        let (r, w) =
-            tokio::join!(requests(&mut worker_read, tx, traffic, &conn, delay), deliver(rx, &mut member_write));
+        let (r, w) = tokio::join!(link.requests(&mut worker_read, tx), deliver(rx, &mut member_write));
         r.and(w)
     };
     let down = async {
         let (tx, rx) = mpsc::channel(DELAY_LINE);
-        let (r, w) = tokio::join!(answers(&mut member_read, tx, traffic, &conn, delay), deliver(rx, &mut worker_write));
+        let (r, w) = tokio::join!(link.answers(&mut member_read, tx), deliver(rx, &mut worker_write));
         r.and(w)
     };
     // Either direction ending ends the connection: an RPC connection is useless half-open, and
@@ -198,169 +204,161 @@ where
     result
 }
 
-/// The worker's commands, toward the member.
-async fn requests<R: AsyncRead + Unpin>(
-    from: &mut R,
-    line: Line,
-    traffic: &Traffic,
-    conn: &Conn,
-    delay: Duration,
-) -> std::io::Result<()> {
-    let send = |bytes: Vec<u8>| {
-        traffic.outbound(bytes.len());
-        let line = line.clone();
-        async move { line.send((Instant::now() + delay, bytes)).await.map_err(|_| closed()) }
-    };
-    loop {
-        let mut head = [0u8; wire::REQUEST_HEADER];
-        match from.read_exact(&mut head).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let (cmd, size) = wire::request_header(&head);
-        match cmd {
-            wire::CMD_HELLO => conn.expect(Expect::Hello),
-            wire::CMD_SET_TENSOR_HASH if conn.known() && size == wire::SET_TENSOR_HASH_BYTES as u64 => {
-                let mut payload = vec![0u8; wire::SET_TENSOR_HASH_BYTES];
-                from.read_exact(&mut payload).await?;
-                conn.expect(Expect::ClientHash(wire::hashed_tensor_bytes(&payload).unwrap_or(0)));
-                let mut frame = head.to_vec();
-                frame.extend_from_slice(&payload);
-                send(frame).await?;
-                continue;
-            }
-            wire::CMD_SET_TENSOR
-                if conn.known()
-                    && traffic.loading()
-                    && (wire::SET_TENSOR_PREFIX as u64 + traffic.offer_min()
-                        ..=wire::SET_TENSOR_PREFIX as u64 + HASH_THRESHOLD)
-                        .contains(&size) =>
-            {
-                offer(from, &head, size, &send, traffic, conn).await?;
-                continue;
-            }
-            wire::CMD_SET_TENSOR if traffic.loading() => {
-                traffic.weights_sent.fetch_add(size.saturating_sub(wire::SET_TENSOR_PREFIX as u64), Ordering::Relaxed);
-            }
-            _ => {}
-        }
-        // The header goes with the payload's first chunk: one write for a small command.
-        let mut message = head.to_vec();
-        let mut left = size;
+impl Link<'_> {
+    /// Puts `bytes` on the way to the member, counted, due after the delay.
+    async fn send(&self, line: &Line, bytes: Vec<u8>) -> std::io::Result<()> {
+        self.traffic.outbound(bytes.len());
+        line.send((Instant::now() + self.delay, bytes)).await.map_err(|_| closed())
+    }
+
+    /// The worker's commands, toward the member.
+    async fn requests<R: AsyncRead + Unpin>(&self, from: &mut R, line: Line) -> std::io::Result<()> {
+        // `line` is owned: when this returns it closes, and the delivery behind it ends.
+        let line = &line;
+        let (traffic, conn) = (self.traffic, &self.conn);
         loop {
-            let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
-            let at = message.len();
-            message.resize(at + n, 0);
-            from.read_exact(&mut message[at..]).await?;
-            left -= n as u64;
-            send(std::mem::take(&mut message)).await?;
-            if left == 0 {
-                break;
+            let mut head = [0u8; wire::REQUEST_HEADER];
+            match from.read_exact(&mut head).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
             }
-        }
-    }
-}
-
-/// One SET_TENSOR (header read, `size` bytes of payload still in `from`): offered by hash first,
-/// sent (to be cached) only if the member lacks it.
-async fn offer<R, S, F>(
-    from: &mut R,
-    head: &[u8],
-    size: u64,
-    send: &S,
-    traffic: &Traffic,
-    conn: &Conn,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    S: Fn(Vec<u8>) -> F,
-    F: Future<Output = std::io::Result<()>>,
-{
-    let mut payload = vec![0u8; usize::try_from(size).map_err(|_| garbled("size"))?];
-    from.read_exact(&mut payload).await?;
-    let Some(set) = wire::parse_set_tensor(&payload) else { return Err(garbled("short SET_TENSOR")) };
-    let (data_len, flagged, request) = (set.data.len() as u64, set.cache_flag != 0, wire::hash_request(&set));
-    if !flagged {
-        let (tx, rx) = oneshot::channel();
-        conn.expect(Expect::Offer(tx));
-        send(request).await?;
-        let (at, answer) = rx.await.map_err(|_| closed())?;
-        hold_until(at).await;
-        match wire::hash_found(&answer) {
-            Some(true) => {
-                traffic.weights_cached.fetch_add(data_len, Ordering::Relaxed);
-                return Ok(());
+            let (cmd, size) = wire::request_header(&head);
+            match cmd {
+                wire::CMD_HELLO => self.conn.await_answer(Expect::Hello),
+                wire::CMD_SET_TENSOR_HASH if conn.known() && size == wire::SET_TENSOR_HASH_BYTES as u64 => {
+                    let mut payload = vec![0u8; wire::SET_TENSOR_HASH_BYTES];
+                    from.read_exact(&mut payload).await?;
+                    self.conn.await_answer(Expect::ClientHash(wire::hashed_tensor_bytes(&payload).unwrap_or(0)));
+                    let mut frame = head.to_vec();
+                    frame.extend_from_slice(&payload);
+                    self.send(line, frame).await?;
+                    continue;
+                }
+                wire::CMD_SET_TENSOR
+                    if conn.known()
+                        && traffic.loading()
+                        && (wire::SET_TENSOR_PREFIX as u64 + traffic.offer_min()
+                            ..=wire::SET_TENSOR_PREFIX as u64 + HASH_THRESHOLD)
+                            .contains(&size) =>
+                {
+                    self.offer(from, line, &head, size).await?;
+                    continue;
+                }
+                wire::CMD_SET_TENSOR if traffic.loading() => {
+                    traffic
+                        .weights_sent
+                        .fetch_add(size.saturating_sub(wire::SET_TENSOR_PREFIX as u64), Ordering::Relaxed);
+                }
+                _ => {}
             }
-            Some(false) => wire::set_cache_flag(&mut payload),
-            None => return Err(garbled("the member's answer to an offer")),
-        }
-    }
-    traffic.weights_sent.fetch_add(data_len, Ordering::Relaxed);
-    let mut frame = Vec::with_capacity(head.len() + payload.len());
-    frame.extend_from_slice(head);
-    frame.extend_from_slice(&payload);
-    send(frame).await
-}
-
-/// The member's answers, toward the worker; the ones the relay waits for are read on the way.
-async fn answers<R: AsyncRead + Unpin>(
-    from: &mut R,
-    line: Line,
-    traffic: &Traffic,
-    conn: &Conn,
-    delay: Duration,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut reading: Option<(Expect, Vec<u8>)> = None;
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        traffic.inbound(n);
-        let at = Instant::now() + delay;
-        let mut rest = &buf[..n];
-        let mut forward = Vec::with_capacity(n);
-        while !rest.is_empty() {
-            if reading.is_none() {
-                reading = conn.take_expected().map(|e| (e, Vec::new()));
-            }
-            let Some((expect, frame)) = reading.as_mut() else {
-                forward.extend_from_slice(rest);
-                break;
-            };
-            let want = match wire::response_size(frame) {
-                None => wire::RESPONSE_HEADER - frame.len(),
-                Some(size) if size <= MAX_READ_ANSWER => wire::RESPONSE_HEADER + size as usize - frame.len(),
-                Some(size) => return Err(garbled(&format!("an answer of {size} bytes where a few were due"))),
-            };
-            let k = want.min(rest.len());
-            frame.extend_from_slice(&rest[..k]);
-            if !matches!(expect, Expect::Offer(_)) {
-                forward.extend_from_slice(&rest[..k]);
-            }
-            rest = &rest[k..];
-            let complete =
-                wire::response_size(frame).is_some_and(|s| frame.len() as u64 == wire::RESPONSE_HEADER as u64 + s);
-            if complete && let Some((expect, frame)) = reading.take() {
-                match expect {
-                    Expect::Hello => {
-                        conn.known.store(wire::hello_major(&frame) == Some(PROTO_MAJOR), Ordering::Relaxed)
-                    }
-                    Expect::ClientHash(bytes) => {
-                        if wire::hash_found(&frame) == Some(true) && traffic.loading() {
-                            traffic.weights_cached.fetch_add(bytes, Ordering::Relaxed);
-                        }
-                    }
-                    Expect::Offer(tx) => {
-                        let _ = tx.send((at, frame));
-                    }
+            // The header goes with the payload's first chunk: one write for a small command.
+            let mut message = head.to_vec();
+            let mut left = size;
+            loop {
+                let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+                let at = message.len();
+                message.resize(at + n, 0);
+                from.read_exact(&mut message[at..]).await?;
+                left -= n as u64;
+                self.send(line, std::mem::take(&mut message)).await?;
+                if left == 0 {
+                    break;
                 }
             }
         }
-        if !forward.is_empty() && line.send((at, forward)).await.is_err() {
-            return Ok(());
+    }
+
+    /// One SET_TENSOR (header read, `size` bytes of payload still in `from`): offered by hash first,
+    /// sent (to be cached) only if the member lacks it.
+    async fn offer<R: AsyncRead + Unpin>(
+        &self,
+        from: &mut R,
+        line: &Line,
+        head: &[u8],
+        size: u64,
+    ) -> std::io::Result<()> {
+        let traffic = self.traffic;
+        let mut payload = vec![0u8; usize::try_from(size).map_err(|_| garbled("size"))?];
+        from.read_exact(&mut payload).await?;
+        let Some(set) = wire::parse_set_tensor(&payload) else { return Err(garbled("short SET_TENSOR")) };
+        let (data_len, flagged, request) = (set.data.len() as u64, set.cache_flag != 0, wire::hash_request(&set));
+        if !flagged {
+            let (tx, rx) = oneshot::channel();
+            self.conn.await_answer(Expect::Offer(tx));
+            self.send(line, request).await?;
+            let (at, answer) = rx.await.map_err(|_| closed())?;
+            hold_until(at).await;
+            match wire::hash_found(&answer) {
+                Some(true) => {
+                    traffic.weights_cached.fetch_add(data_len, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Some(false) => wire::set_cache_flag(&mut payload),
+                None => return Err(garbled("the member's answer to an offer")),
+            }
+        }
+        traffic.weights_sent.fetch_add(data_len, Ordering::Relaxed);
+        let mut frame = Vec::with_capacity(head.len() + payload.len());
+        frame.extend_from_slice(head);
+        frame.extend_from_slice(&payload);
+        self.send(line, frame).await
+    }
+
+    /// The member's answers, toward the worker; the ones the relay waits for are read on the way.
+    async fn answers<R: AsyncRead + Unpin>(&self, from: &mut R, line: Line) -> std::io::Result<()> {
+        let (traffic, conn, delay) = (self.traffic, &self.conn, self.delay);
+        let mut buf = vec![0u8; CHUNK];
+        let mut reading: Option<(Expect, Vec<u8>)> = None;
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            traffic.inbound(n);
+            let at = Instant::now() + delay;
+            let mut rest = &buf[..n];
+            let mut forward = Vec::with_capacity(n);
+            while !rest.is_empty() {
+                if reading.is_none() {
+                    reading = conn.take_expected().map(|e| (e, Vec::new()));
+                }
+                let Some((expect, frame)) = reading.as_mut() else {
+                    forward.extend_from_slice(rest);
+                    break;
+                };
+                let want = match wire::response_size(frame) {
+                    None => wire::RESPONSE_HEADER - frame.len(),
+                    Some(size) if size <= MAX_READ_ANSWER => wire::RESPONSE_HEADER + size as usize - frame.len(),
+                    Some(size) => return Err(garbled(&format!("an answer of {size} bytes where a few were due"))),
+                };
+                let k = want.min(rest.len());
+                frame.extend_from_slice(&rest[..k]);
+                if !matches!(expect, Expect::Offer(_)) {
+                    forward.extend_from_slice(&rest[..k]);
+                }
+                rest = &rest[k..];
+                let complete =
+                    wire::response_size(frame).is_some_and(|s| frame.len() as u64 == wire::RESPONSE_HEADER as u64 + s);
+                if complete && let Some((expect, frame)) = reading.take() {
+                    match expect {
+                        Expect::Hello => {
+                            conn.known.store(wire::hello_major(&frame) == Some(PROTO_MAJOR), Ordering::Relaxed)
+                        }
+                        Expect::ClientHash(bytes) => {
+                            if wire::hash_found(&frame) == Some(true) && traffic.loading() {
+                                traffic.weights_cached.fetch_add(bytes, Ordering::Relaxed);
+                            }
+                        }
+                        Expect::Offer(tx) => {
+                            let _ = tx.send((at, frame));
+                        }
+                    }
+                }
+            }
+            if !forward.is_empty() && line.send((at, forward)).await.is_err() {
+                return Ok(());
+            }
         }
     }
 }

@@ -435,10 +435,12 @@ impl ShardHead {
             if filling == 0 || Instant::now() >= deadline {
                 // A member whose cache holds its blocks from its own copy is offered every weight
                 // by hash, the smallest too: none of its weights is sent.
+                let mut ready = 0;
                 for (answer, &i) in answers.iter().zip(chosen) {
-                    self.members[i].traffic.offer_all(matches!(answer, Ok((info, _)) if info.cache_ready));
+                    let own_copy = matches!(answer, Ok((info, _)) if info.cache_ready);
+                    self.members[i].traffic.offer_all(own_copy);
+                    ready += usize::from(own_copy);
                 }
-                let ready = answers.iter().filter(|a| matches!(a, Ok((info, _)) if info.cache_ready)).count();
                 if ready > 0 {
                     info!(model = %self.cfg.id.name, members = ready, "members load their blocks from their own copy of the model");
                 }
